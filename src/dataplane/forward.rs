@@ -1,0 +1,396 @@
+//! The forwarding decision, with no I/O: given a packet in a caller-owned buffer, say what to do.
+//!
+//! Buffers have [`HEADROOM`] bytes in front of the inner packet so that encapsulation writes the
+//! outer headers in place, without copying the packet.
+
+use super::counters::DropReason;
+use super::peers::PeerTable;
+use crate::proto::ethernet::{self, EthernetFrame};
+use crate::proto::icmp;
+use crate::proto::ipv4::{self, Ipv4Packet};
+use crate::proto::mac::MacAddr;
+use crate::proto::vxlan::{self, VxlanPacket};
+use crate::proto::WireError;
+use ipnet::Ipv4Net;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::ops::Range;
+
+/// Room reserved in front of every inner packet: the largest outer header weft writes in user
+/// space (VXLAN 8 + Ethernet 14; the outer IP/UDP headers are the kernel's).
+pub const HEADROOM: usize = vxlan::HEADER_LEN + ethernet::HEADER_LEN;
+
+/// Largest inner packet: an IPv4 packet can be 65 535 bytes.
+pub const MAX_PACKET: usize = 65_535;
+
+/// A buffer size that holds any datagram or packet with headroom.
+pub const BUF_LEN: usize = HEADROOM + MAX_PACKET;
+
+/// How inner packets travel between hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encap {
+    /// flannel's UDP backend: the datagram is the bare inner IP packet.
+    Udp,
+    /// VXLAN: 8-byte header + inner Ethernet + IP.
+    Vxlan {
+        /// Our VNI.
+        vni: u32,
+        /// Our VTEP MAC (source of what we send, destination of what we accept).
+        mac: MacAddr,
+    },
+}
+
+impl Encap {
+    /// Bytes of outer header weft writes before the inner packet.
+    pub fn overhead(&self) -> usize {
+        match self {
+            Self::Udp => 0,
+            Self::Vxlan { .. } => HEADROOM,
+        }
+    }
+}
+
+/// Everything the forwarding decision needs to know about this node.
+#[derive(Debug, Clone)]
+pub struct Forwarder {
+    /// Encapsulation of the backend.
+    pub encap: Encap,
+    /// Our leased subnet.
+    pub subnet: Ipv4Net,
+    /// Address of the TUN device (source of the ICMP errors we generate).
+    pub tun_addr: Ipv4Addr,
+    /// Accept only inner sources inside the sending peer's subnet (§5 of the design).
+    pub check_inner_src: bool,
+}
+
+/// What to do with a packet read from the TUN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Egress {
+    /// Send `buf[range]` as one UDP datagram to `to`.
+    Send {
+        /// The encapsulated frame within the buffer.
+        range: Range<usize>,
+        /// The peer's endpoint.
+        to: SocketAddrV4,
+    },
+    /// Write the first `len` bytes of the scratch buffer (an ICMP error) back into the TUN; the
+    /// packet itself was dropped as `NoRoute`.
+    Reply {
+        /// Length of the reply in the scratch buffer.
+        len: usize,
+    },
+    /// Drop the packet.
+    Drop(DropReason),
+}
+
+/// What to do with a datagram received from the underlay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingress {
+    /// Write `buf[range]` (the inner IP packet) into the TUN.
+    Deliver(Range<usize>),
+    /// Drop it.
+    Drop(DropReason),
+}
+
+fn wire_drop(e: WireError) -> DropReason {
+    match e {
+        WireError::Truncated => DropReason::Truncated,
+        _ => DropReason::BadIpHeader,
+    }
+}
+
+impl Forwarder {
+    /// Decides the fate of the packet at `buf[HEADROOM..HEADROOM + len]` read from the TUN.
+    /// May rewrite the packet (TTL) and the headroom (outer headers). `scratch` receives an
+    /// ICMP error when one is due; it must hold [`icmp::MAX_LEN`] bytes.
+    pub fn egress(&self, peers: &PeerTable, buf: &mut [u8], len: usize, scratch: &mut [u8]) -> Egress {
+        let Some(pkt) = buf.get_mut(HEADROOM..HEADROOM + len) else {
+            return Egress::Drop(DropReason::Truncated);
+        };
+        if len < ipv4::MIN_HEADER_LEN {
+            return Egress::Drop(DropReason::TooShort);
+        }
+        if pkt[0] >> 4 == 6 {
+            return Egress::Drop(DropReason::Ipv6);
+        }
+        let mut ip = match Ipv4Packet::new_checked(&mut pkt[..]) {
+            Ok(ip) => ip,
+            Err(e) => return Egress::Drop(wire_drop(e)),
+        };
+        let dst = ip.dst();
+        let Some(peer) = peers.lookup(dst) else {
+            if self.subnet.contains(&dst) {
+                return Egress::Drop(DropReason::OwnSubnet);
+            }
+            let offender = Ipv4Packet::new_unchecked(&buf[HEADROOM..HEADROOM + len]);
+            return match icmp::net_unreachable(&offender, self.tun_addr, scratch) {
+                Some(n) => Egress::Reply { len: n },
+                None => Egress::Drop(DropReason::NoRoute),
+            };
+        };
+        if peer.subnet == self.subnet {
+            return Egress::Drop(DropReason::OwnSubnet);
+        }
+        if !ip.decrement_ttl() {
+            return Egress::Drop(DropReason::TtlExpired);
+        }
+        let total = ip.total_len();
+        let to = peer.endpoint;
+        match self.encap {
+            Encap::Udp => Egress::Send { range: HEADROOM..HEADROOM + total, to },
+            Encap::Vxlan { vni, mac } => {
+                let Some(peer_mac) = peer.vtep_mac else {
+                    return Egress::Drop(DropReason::PeerUnusable);
+                };
+                // HEADROOM == 8 + 14, so both writes fit in the headroom by construction.
+                let _ = vxlan::write_header(&mut buf[..vxlan::HEADER_LEN], vni);
+                let _ = ethernet::write_header(&mut buf[vxlan::HEADER_LEN..HEADROOM], peer_mac, mac, ethernet::ETHERTYPE_IPV4);
+                Egress::Send { range: 0..HEADROOM + total, to }
+            }
+        }
+    }
+
+    /// Decides the fate of the datagram `buf[..len]` received from `from`. May rewrite the
+    /// inner packet (TTL).
+    pub fn ingress(&self, peers: &PeerTable, from: SocketAddr, buf: &mut [u8], len: usize) -> Ingress {
+        let SocketAddr::V4(from) = from else {
+            return Ingress::Drop(DropReason::UnknownSender);
+        };
+        if !peers.is_sender(*from.ip()) {
+            return Ingress::Drop(DropReason::UnknownSender);
+        }
+        let Some(dgram) = buf.get(..len) else {
+            return Ingress::Drop(DropReason::Truncated);
+        };
+        let start = match self.encap {
+            Encap::Udp => 0,
+            Encap::Vxlan { vni, mac } => {
+                let vx = match VxlanPacket::new_checked(dgram) {
+                    Ok(v) => v,
+                    Err(_) => return Ingress::Drop(DropReason::BadVxlan),
+                };
+                if vx.vni() != vni {
+                    return Ingress::Drop(DropReason::WrongVni);
+                }
+                let Ok(eth) = EthernetFrame::new_checked(vx.payload()) else {
+                    return Ingress::Drop(DropReason::TooShort);
+                };
+                if eth.dst() != mac {
+                    return Ingress::Drop(DropReason::WrongMac);
+                }
+                match eth.ethertype() {
+                    ethernet::ETHERTYPE_IPV4 => {}
+                    ethernet::ETHERTYPE_IPV6 => return Ingress::Drop(DropReason::Ipv6),
+                    _ => return Ingress::Drop(DropReason::NotIp),
+                }
+                HEADROOM
+            }
+        };
+        let inner = &mut buf[start..len];
+        if inner.len() < ipv4::MIN_HEADER_LEN {
+            return Ingress::Drop(DropReason::TooShort);
+        }
+        if inner[0] >> 4 == 6 {
+            return Ingress::Drop(DropReason::Ipv6);
+        }
+        let mut ip = match Ipv4Packet::new_checked(&mut inner[..]) {
+            Ok(ip) => ip,
+            Err(e) => return Ingress::Drop(wire_drop(e)),
+        };
+        if self.check_inner_src {
+            let src = ip.src();
+            if !peers.senders(*from.ip()).any(|p| p.subnet.contains(&src)) {
+                return Ingress::Drop(DropReason::ForeignSource);
+            }
+        }
+        if !self.subnet.contains(&ip.dst()) {
+            return Ingress::Drop(DropReason::NotForUs);
+        }
+        if !ip.decrement_ttl() {
+            return Ingress::Drop(DropReason::TtlExpired);
+        }
+        // Link-layer padding after Total Length is not part of the packet.
+        Ingress::Deliver(start..start + ip.total_len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::peers::Peer;
+
+    const LOCAL_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+    const PEER_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
+    const PEER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
+    fn fwd(encap: Encap) -> Forwarder {
+        Forwarder { encap, subnet: "100.96.1.0/24".parse().unwrap(), tun_addr: Ipv4Addr::new(100, 96, 1, 0), check_inner_src: true }
+    }
+
+    fn table(port: u16) -> PeerTable {
+        PeerTable::new([Peer { subnet: "100.96.2.0/24".parse().unwrap(), endpoint: SocketAddrV4::new(PEER_IP, port), vtep_mac: Some(PEER_MAC) }])
+    }
+
+    /// A UDP packet src → dst with a 4-byte payload, TTL 64, valid header checksum.
+    fn packet(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+        let b = etherparse::PacketBuilder::ipv4(src, dst, 64).udp(1000, 2000);
+        let mut v = Vec::new();
+        b.write(&mut v, &[1, 2, 3, 4]).unwrap();
+        v
+    }
+
+    fn in_buf(pkt: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; BUF_LEN];
+        b[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(pkt);
+        b
+    }
+
+    #[test]
+    fn egress_udp_is_the_bare_packet_with_ttl_decremented() {
+        let p = packet([100, 96, 1, 2], [100, 96, 2, 2]);
+        let mut b = in_buf(&p);
+        let mut s = [0u8; icmp::MAX_LEN];
+        let e = fwd(Encap::Udp).egress(&table(8285), &mut b, p.len(), &mut s);
+        let Egress::Send { range, to } = e else { panic!("{e:?}") };
+        assert_eq!(to, SocketAddrV4::new(PEER_IP, 8285));
+        let out = Ipv4Packet::new_checked(&b[range]).unwrap();
+        assert_eq!(out.ttl(), 63);
+        assert!(out.verify_checksum());
+        assert_eq!(out.payload(), &p[20..]);
+    }
+
+    #[test]
+    fn egress_vxlan_frame_bytes() {
+        let p = packet([100, 96, 1, 2], [100, 96, 2, 2]);
+        let mut b = in_buf(&p);
+        let mut s = [0u8; icmp::MAX_LEN];
+        let e = fwd(Encap::Vxlan { vni: 1, mac: LOCAL_MAC }).egress(&table(8472), &mut b, p.len(), &mut s);
+        let Egress::Send { range, .. } = e else { panic!("{e:?}") };
+        let f = &b[range];
+        assert_eq!(&f[..8], &[0x08, 0, 0, 0, 0, 0, 1, 0]);
+        assert_eq!(&f[8..22], &[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00]);
+        assert_eq!(f.len(), 22 + p.len());
+        // What we send, the peer accepts.
+        let peer = Forwarder { subnet: "100.96.2.0/24".parse().unwrap(), encap: Encap::Vxlan { vni: 1, mac: PEER_MAC }, ..fwd(Encap::Udp) };
+        let back = PeerTable::new([Peer { subnet: "100.96.1.0/24".parse().unwrap(), endpoint: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 8472), vtep_mac: Some(LOCAL_MAC) }]);
+        let mut rx = f.to_vec();
+        let n = rx.len();
+        let got = peer.ingress(&back, "198.18.0.1:8472".parse().unwrap(), &mut rx, n);
+        assert_eq!(got, Ingress::Deliver(22..22 + p.len()));
+        assert_eq!(Ipv4Packet::new_checked(&rx[22..]).unwrap().ttl(), 62);
+    }
+
+    #[test]
+    fn egress_no_route_answers_icmp_and_own_subnet_drops() {
+        let p = packet([100, 96, 1, 2], [100, 96, 77, 2]);
+        let mut b = in_buf(&p);
+        let mut s = [0u8; icmp::MAX_LEN];
+        let f = fwd(Encap::Udp);
+        let Egress::Reply { len } = f.egress(&table(8285), &mut b, p.len(), &mut s) else { panic!() };
+        let r = Ipv4Packet::new_checked(&s[..len]).unwrap();
+        assert_eq!((r.src(), r.dst()), (Ipv4Addr::new(100, 96, 1, 0), Ipv4Addr::new(100, 96, 1, 2)));
+        let p = packet([100, 96, 1, 2], [100, 96, 1, 9]);
+        let mut b = in_buf(&p);
+        assert_eq!(f.egress(&table(8285), &mut b, p.len(), &mut s), Egress::Drop(DropReason::OwnSubnet));
+    }
+
+    #[test]
+    fn egress_drops_are_classified() {
+        let f = fwd(Encap::Udp);
+        let t = table(8285);
+        let mut s = [0u8; icmp::MAX_LEN];
+        let mut ttl1 = packet([100, 96, 1, 2], [100, 96, 2, 2]);
+        ttl1[8] = 1;
+        Ipv4Packet::new_unchecked(&mut ttl1[..]).fill_checksum();
+        let cases: Vec<(Vec<u8>, DropReason)> = vec![
+            (vec![0x45; 10], DropReason::TooShort),
+            (vec![0x60; 40], DropReason::Ipv6),
+            (vec![0x55; 40], DropReason::BadIpHeader),
+            (packet([100, 96, 1, 2], [100, 96, 2, 2])[..25].to_vec(), DropReason::Truncated),
+            (ttl1, DropReason::TtlExpired),
+        ];
+        for (p, want) in cases {
+            let mut b = in_buf(&p);
+            assert_eq!(f.egress(&t, &mut b, p.len(), &mut s), Egress::Drop(want));
+        }
+        let mut small = vec![0u8; 10];
+        assert_eq!(f.egress(&t, &mut small, 5, &mut s), Egress::Drop(DropReason::Truncated));
+        // A vxlan peer without a MAC cannot be reached.
+        let nomac = PeerTable::new([Peer { subnet: "100.96.2.0/24".parse().unwrap(), endpoint: SocketAddrV4::new(PEER_IP, 8472), vtep_mac: None }]);
+        let p = packet([100, 96, 1, 2], [100, 96, 2, 2]);
+        let mut b = in_buf(&p);
+        assert_eq!(fwd(Encap::Vxlan { vni: 1, mac: LOCAL_MAC }).egress(&nomac, &mut b, p.len(), &mut s), Egress::Drop(DropReason::PeerUnusable));
+    }
+
+    #[test]
+    fn ingress_checks_sender_source_and_destination() {
+        let f = fwd(Encap::Udp);
+        let t = table(8285);
+        let from: SocketAddr = SocketAddr::V4(SocketAddrV4::new(PEER_IP, 8285));
+        let run = |p: &[u8], from: SocketAddr| {
+            let mut b = p.to_vec();
+            f.ingress(&t, from, &mut b, p.len())
+        };
+        let good = packet([100, 96, 2, 2], [100, 96, 1, 2]);
+        assert_eq!(run(&good, from), Ingress::Deliver(0..good.len()));
+        let mut padded = good.clone();
+        padded.extend_from_slice(&[0; 6]);
+        assert_eq!(run(&padded, from), Ingress::Deliver(0..good.len()));
+        assert_eq!(run(&good, "198.18.0.66:8285".parse().unwrap()), Ingress::Drop(DropReason::UnknownSender));
+        assert_eq!(run(&good, "[::1]:8285".parse().unwrap()), Ingress::Drop(DropReason::UnknownSender));
+        assert_eq!(run(&packet([100, 96, 3, 2], [100, 96, 1, 2]), from), Ingress::Drop(DropReason::ForeignSource));
+        assert_eq!(run(&packet([100, 96, 2, 2], [100, 96, 9, 2]), from), Ingress::Drop(DropReason::NotForUs));
+        assert_eq!(run(&good[..19], from), Ingress::Drop(DropReason::TooShort));
+        assert_eq!(run(&good[..30], from), Ingress::Drop(DropReason::Truncated));
+        let relaxed = Forwarder { check_inner_src: false, ..f.clone() };
+        let mut b = packet([100, 96, 3, 2], [100, 96, 1, 2]);
+        let n = b.len();
+        assert_eq!(relaxed.ingress(&t, from, &mut b, n), Ingress::Deliver(0..n));
+    }
+
+    #[test]
+    fn ingress_vxlan_rejects_wrong_vni_mac_and_ethertype() {
+        let f = fwd(Encap::Vxlan { vni: 1, mac: LOCAL_MAC });
+        let t = table(8472);
+        let from: SocketAddr = SocketAddr::V4(SocketAddrV4::new(PEER_IP, 8472));
+        let inner = packet([100, 96, 2, 2], [100, 96, 1, 2]);
+        let frame = |vni: u32, dst: MacAddr, et: u16| {
+            let mut v = vec![0u8; HEADROOM];
+            vxlan::write_header(&mut v, vni).unwrap();
+            ethernet::write_header(&mut v[8..], dst, PEER_MAC, et).unwrap();
+            v.extend_from_slice(&inner);
+            v
+        };
+        let run = |mut v: Vec<u8>| {
+            let n = v.len();
+            f.ingress(&t, from, &mut v, n)
+        };
+        assert_eq!(run(frame(1, LOCAL_MAC, 0x0800)), Ingress::Deliver(22..22 + inner.len()));
+        assert_eq!(run(frame(2, LOCAL_MAC, 0x0800)), Ingress::Drop(DropReason::WrongVni));
+        assert_eq!(run(frame(1, PEER_MAC, 0x0800)), Ingress::Drop(DropReason::WrongMac));
+        assert_eq!(run(frame(1, LOCAL_MAC, 0x0806)), Ingress::Drop(DropReason::NotIp));
+        assert_eq!(run(frame(1, LOCAL_MAC, 0x86dd)), Ingress::Drop(DropReason::Ipv6));
+        let mut noflag = frame(1, LOCAL_MAC, 0x0800);
+        noflag[0] = 0;
+        assert_eq!(run(noflag), Ingress::Drop(DropReason::BadVxlan));
+        assert_eq!(run(frame(1, LOCAL_MAC, 0x0800)[..7].to_vec()), Ingress::Drop(DropReason::BadVxlan));
+        assert_eq!(run(frame(1, LOCAL_MAC, 0x0800)[..20].to_vec()), Ingress::Drop(DropReason::TooShort));
+        assert_eq!(run(frame(1, LOCAL_MAC, 0x0800)[..30].to_vec()), Ingress::Drop(DropReason::TooShort));
+    }
+
+    #[test]
+    fn every_prefix_and_byte_flip_is_handled() {
+        let f = fwd(Encap::Vxlan { vni: 1, mac: LOCAL_MAC });
+        let t = table(8472);
+        let mut frame = vec![0u8; HEADROOM];
+        vxlan::write_header(&mut frame, 1).unwrap();
+        ethernet::write_header(&mut frame[8..], LOCAL_MAC, PEER_MAC, 0x0800).unwrap();
+        frame.extend_from_slice(&packet([100, 96, 2, 2], [100, 96, 1, 2]));
+        for n in 0..=frame.len() {
+            for i in 0..n {
+                let mut v = frame.clone();
+                v[i] ^= 0xff;
+                let _ = f.ingress(&t, "198.18.0.2:8472".parse().unwrap(), &mut v, n);
+            }
+        }
+    }
+}

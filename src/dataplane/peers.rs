@@ -1,0 +1,134 @@
+//! The immutable peer table the data path reads: who owns which subnet, and where to send.
+//!
+//! The control plane builds a new table on every lease change and swaps it in whole
+//! (`arc-swap`); the data path never locks.
+
+use crate::proto::mac::MacAddr;
+use ipnet::Ipv4Net;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// One remote host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The subnet it leases.
+    pub subnet: Ipv4Net,
+    /// Where its encapsulated traffic goes (PublicIP and the backend port).
+    pub endpoint: SocketAddrV4,
+    /// Its VTEP MAC (vxlan peers only).
+    pub vtep_mac: Option<MacAddr>,
+}
+
+/// Longest-prefix match over peers' subnets, plus lookup by sender address.
+///
+/// Lookup costs one hash probe per distinct prefix length present (flannel hands out one
+/// length per network, so usually one), independent of the number of peers.
+#[derive(Debug, Default)]
+pub struct PeerTable {
+    peers: Vec<Peer>,
+    /// Prefix lengths present, longest first, each with network address → index into `peers`.
+    by_prefix: Vec<(u8, HashMap<u32, usize>)>,
+    /// PublicIP → indices of the peers (normally one) that send from it.
+    by_sender: HashMap<Ipv4Addr, Vec<usize>>,
+}
+
+fn mask(len: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
+}
+
+impl PeerTable {
+    /// Builds a table. A later peer with the same subnet replaces an earlier one.
+    pub fn new(peers: impl IntoIterator<Item = Peer>) -> Self {
+        let mut t = Self::default();
+        let mut index: HashMap<Ipv4Net, usize> = HashMap::new();
+        for p in peers {
+            let subnet = p.subnet.trunc();
+            match index.get(&subnet) {
+                Some(&i) => t.peers[i] = Peer { subnet, ..p },
+                None => {
+                    index.insert(subnet, t.peers.len());
+                    t.peers.push(Peer { subnet, ..p });
+                }
+            }
+        }
+        for (i, p) in t.peers.iter().enumerate() {
+            let len = p.subnet.prefix_len();
+            let pos = match t.by_prefix.iter().position(|(l, _)| *l == len) {
+                Some(pos) => pos,
+                None => {
+                    t.by_prefix.push((len, HashMap::new()));
+                    t.by_prefix.len() - 1
+                }
+            };
+            t.by_prefix[pos].1.insert(u32::from(p.subnet.network()), i);
+            t.by_sender.entry(*p.endpoint.ip()).or_default().push(i);
+        }
+        t.by_prefix.sort_by(|a, b| b.0.cmp(&a.0));
+        t
+    }
+
+    /// The peer whose subnet holds `dst`, longest prefix first.
+    pub fn lookup(&self, dst: Ipv4Addr) -> Option<&Peer> {
+        let a = u32::from(dst);
+        self.by_prefix.iter().find_map(|(len, m)| m.get(&(a & mask(*len)))).and_then(|&i| self.peers.get(i))
+    }
+
+    /// The peers that send from `ip`.
+    pub fn senders(&self, ip: Ipv4Addr) -> impl Iterator<Item = &Peer> {
+        self.by_sender.get(&ip).into_iter().flatten().filter_map(|&i| self.peers.get(i))
+    }
+
+    /// True when `ip` is some peer's PublicIP.
+    pub fn is_sender(&self, ip: Ipv4Addr) -> bool {
+        self.by_sender.contains_key(&ip)
+    }
+
+    /// Number of peers.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// True when there are no peers.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// All peers, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Peer> {
+        self.peers.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(net: &str, ip: [u8; 4]) -> Peer {
+        Peer { subnet: net.parse().unwrap(), endpoint: SocketAddrV4::new(ip.into(), 8285), vtep_mac: None }
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let t = PeerTable::new([peer("100.96.0.0/16", [198, 18, 0, 9]), peer("100.96.2.0/24", [198, 18, 0, 2]), peer("100.96.2.128/25", [198, 18, 0, 3])]);
+        assert_eq!(t.lookup(Ipv4Addr::new(100, 96, 2, 200)).unwrap().endpoint.ip(), &Ipv4Addr::new(198, 18, 0, 3));
+        assert_eq!(t.lookup(Ipv4Addr::new(100, 96, 2, 1)).unwrap().endpoint.ip(), &Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(t.lookup(Ipv4Addr::new(100, 96, 7, 1)).unwrap().endpoint.ip(), &Ipv4Addr::new(198, 18, 0, 9));
+        assert!(t.lookup(Ipv4Addr::new(100, 97, 0, 1)).is_none());
+        assert!(PeerTable::default().lookup(Ipv4Addr::new(1, 2, 3, 4)).is_none());
+    }
+
+    #[test]
+    fn senders_and_replacement() {
+        let t = PeerTable::new([peer("100.96.2.0/24", [198, 18, 0, 2]), peer("100.96.2.0/24", [198, 18, 0, 5])]);
+        assert_eq!(t.len(), 1);
+        assert!(t.is_sender(Ipv4Addr::new(198, 18, 0, 5)));
+        assert!(!t.is_sender(Ipv4Addr::new(198, 18, 0, 2)));
+        assert_eq!(t.senders(Ipv4Addr::new(198, 18, 0, 5)).count(), 1);
+    }
+
+    #[test]
+    fn zero_length_prefix() {
+        let t = PeerTable::new([peer("0.0.0.0/0", [198, 18, 0, 2])]);
+        assert!(t.lookup(Ipv4Addr::new(8, 8, 8, 8)).is_some());
+    }
+}

@@ -1,0 +1,139 @@
+//! IPv6 fixed header view (RFC 8200).
+
+use super::WireError;
+use std::net::Ipv6Addr;
+
+mod field {
+    use std::ops::Range;
+    pub const PAYLOAD_LEN: Range<usize> = 4..6;
+    pub const NEXT_HEADER: usize = 6;
+    pub const HOP_LIMIT: usize = 7;
+    pub const SRC: Range<usize> = 8..24;
+    pub const DST: Range<usize> = 24..40;
+}
+
+/// Length of the fixed IPv6 header.
+pub const HEADER_LEN: usize = 40;
+
+/// A view of an IPv6 packet; see `Ipv4Packet` for the contract.
+#[derive(Debug, Clone, Copy)]
+pub struct Ipv6Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Ipv6Packet<T> {
+    /// Wraps without checking.
+    pub const fn new_unchecked(buffer: T) -> Self {
+        Self { buffer }
+    }
+
+    /// Wraps and validates: version 6, fixed header and payload within the buffer.
+    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
+        let p = Self::new_unchecked(buffer);
+        p.check_len()?;
+        Ok(p)
+    }
+
+    /// The validation contract of `new_checked`.
+    pub fn check_len(&self) -> Result<(), WireError> {
+        let d = self.buffer.as_ref();
+        if d.len() < HEADER_LEN {
+            return Err(WireError::Truncated);
+        }
+        if d[0] >> 4 != 6 {
+            return Err(WireError::BadVersion);
+        }
+        if HEADER_LEN + self.payload_len() > d.len() {
+            return Err(WireError::Truncated);
+        }
+        Ok(())
+    }
+
+    fn b(&self) -> &[u8] {
+        self.buffer.as_ref()
+    }
+
+    /// Payload Length field.
+    pub fn payload_len(&self) -> usize {
+        let f = &self.b()[field::PAYLOAD_LEN];
+        usize::from(u16::from_be_bytes([f[0], f[1]]))
+    }
+
+    /// Header plus payload length.
+    pub fn total_len(&self) -> usize {
+        HEADER_LEN + self.payload_len()
+    }
+
+    /// Next Header field.
+    pub fn next_header(&self) -> u8 {
+        self.b()[field::NEXT_HEADER]
+    }
+
+    /// Hop Limit field.
+    pub fn hop_limit(&self) -> u8 {
+        self.b()[field::HOP_LIMIT]
+    }
+
+    /// Source address.
+    pub fn src(&self) -> Ipv6Addr {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&self.b()[field::SRC]);
+        Ipv6Addr::from(a)
+    }
+
+    /// Destination address.
+    pub fn dst(&self) -> Ipv6Addr {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&self.b()[field::DST]);
+        Ipv6Addr::from(a)
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
+    /// Decrements Hop Limit (IPv6 has no header checksum). `false` means discard.
+    pub fn decrement_hop_limit(&mut self) -> bool {
+        let h = self.hop_limit();
+        if h <= 1 {
+            return false;
+        }
+        self.buffer.as_mut()[field::HOP_LIMIT] = h - 1;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// UDP fd00::1 → fd00::2, 4-byte payload, hop limit 64.
+    const PKT: [u8; 44] = [
+        0x60, 0, 0, 0, 0, 4, 17, 64, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xfd, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 1, 2, 3, 4,
+    ];
+
+    #[test]
+    fn parses_fields() {
+        let p = Ipv6Packet::new_checked(&PKT[..]).unwrap();
+        assert_eq!(p.payload_len(), 4);
+        assert_eq!(p.next_header(), 17);
+        assert_eq!(p.hop_limit(), 64);
+        assert_eq!(p.src(), "fd00::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(p.dst(), "fd00::2".parse::<Ipv6Addr>().unwrap());
+    }
+
+    #[test]
+    fn rejects_and_decrements() {
+        for n in 0..PKT.len() {
+            assert!(Ipv6Packet::new_checked(&PKT[..n]).is_err());
+        }
+        let mut v = PKT;
+        v[0] = 0x40;
+        assert_eq!(Ipv6Packet::new_checked(&v[..]).unwrap_err(), WireError::BadVersion);
+        let mut v = PKT;
+        let mut p = Ipv6Packet::new_checked(&mut v[..]).unwrap();
+        assert!(p.decrement_hop_limit());
+        assert_eq!(p.hop_limit(), 63);
+        v[7] = 1;
+        assert!(!Ipv6Packet::new_checked(&mut v[..]).unwrap().decrement_hop_limit());
+    }
+}

@@ -1,0 +1,30 @@
+//! Wire and data formats. No I/O, no `unsafe`: every parser validates once and then cannot panic.
+
+pub mod checksum;
+pub mod ethernet;
+pub mod icmp;
+pub mod ipv4;
+pub mod ipv6;
+pub mod json;
+pub mod lease;
+pub mod mac;
+pub mod netconfig;
+pub mod subnet_env;
+pub mod vxlan;
+
+/// Why a packet view refused a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// Shorter than its headers or its own length field says.
+    #[error("truncated")]
+    Truncated,
+    /// The IP version nibble is not the one expected.
+    #[error("bad IP version")]
+    BadVersion,
+    /// A header length field is out of range.
+    #[error("bad header length")]
+    BadHeaderLen,
+    /// A field holds a value the protocol forbids.
+    #[error("malformed")]
+    Malformed,
+}

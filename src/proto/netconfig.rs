@@ -1,0 +1,276 @@
+//! flannel's network configuration JSON (`<prefix>/config`), with flanneld's defaults and checks.
+
+use super::json::GoObject;
+use ipnet::{Ipv4Net, Ipv6Net};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+/// Default UDP port of the UDP backend.
+pub const UDP_DEFAULT_PORT: u16 = 8285;
+/// flannel's VXLAN port when `Port` is 0 or absent (the Linux kernel's historical default).
+pub const VXLAN_DEFAULT_PORT: u16 = 8472;
+/// flannel's default VNI.
+pub const VXLAN_DEFAULT_VNI: u32 = 1;
+
+/// The backend types weft knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendType {
+    /// Raw IP in UDP (flannel `udp`).
+    Udp,
+    /// VXLAN (flannel `vxlan`).
+    Vxlan,
+    /// A route per peer via its PublicIP (flannel `host-gw`).
+    HostGw,
+}
+
+impl BackendType {
+    /// The lower-case name flannel uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Vxlan => "vxlan",
+            Self::HostGw => "host-gw",
+        }
+    }
+}
+
+impl fmt::Display for BackendType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The `Backend` object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// `Type`, lower-cased.
+    pub kind: BackendType,
+    /// `Port` with flannel's per-backend default applied.
+    pub port: u16,
+    /// `VNI` (vxlan), default 1.
+    pub vni: u32,
+    /// `MTU`, when set (overrides the derived TUN/VXLAN MTU).
+    pub mtu: Option<u32>,
+    /// `DirectRouting` (vxlan).
+    pub direct_routing: bool,
+}
+
+/// A validated network configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// `Network`.
+    pub network: Ipv4Net,
+    /// `SubnetLen` with defaults applied.
+    pub subnet_len: u8,
+    /// `SubnetMin` with defaults applied (a subnet's network address).
+    pub subnet_min: Ipv4Addr,
+    /// `SubnetMax` with defaults applied.
+    pub subnet_max: Ipv4Addr,
+    /// `IPv6Network`, parsed but not served (see `parse`).
+    pub ipv6_network: Option<Ipv6Net>,
+    /// The backend.
+    pub backend: BackendConfig,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("network config: {0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+impl NetConfig {
+    /// Parses and validates the JSON text as flanneld would.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let obj = GoObject::parse(text).map_err(|e| ConfigError(format!("not a JSON object: {e}")))?;
+        let get_err = ConfigError;
+        let enable_v4: bool = obj.get("EnableIPv4").map_err(get_err)?.unwrap_or(true);
+        let enable_v6: bool = obj.get("EnableIPv6").map_err(get_err)?.unwrap_or(false);
+        if !enable_v4 {
+            return err("EnableIPv4=false (IPv6-only networks) is not supported by weft yet");
+        }
+        if enable_v6 {
+            return err("EnableIPv6=true (dual-stack) is not supported by weft yet");
+        }
+        let network: Ipv4Net = match obj.get::<String>("Network").map_err(get_err)? {
+            None => return err("Network is missing"),
+            Some(s) => s.parse().map_err(|_| ConfigError(format!("Network {s:?} is not an IPv4 CIDR")))?,
+        };
+        if network.network() != network.addr() {
+            return err(format!("Network {network} has host bits set"));
+        }
+        let prefix = network.prefix_len();
+        let subnet_len = match obj.get::<u8>("SubnetLen").map_err(get_err)? {
+            None | Some(0) => match prefix {
+                0..=22 => 24,
+                23..=28 => prefix + 2,
+                _ => return err(format!("Network {network} is too small (prefix > 28)")),
+            },
+            Some(n) if n > 30 => return err(format!("SubnetLen {n} is larger than 30")),
+            Some(n) if n < prefix + 2 => {
+                return err(format!("SubnetLen {n} must be at least the network prefix + 2 ({})", prefix + 2));
+            }
+            Some(n) => n,
+        };
+        let net_start = u32::from(network.network());
+        let subnet_size = 1u64 << (32 - u32::from(subnet_len));
+        let net_size = 1u64 << (32 - u32::from(prefix));
+        let to_addr = |v: u64| Ipv4Addr::from(u32::try_from(v).unwrap_or(u32::MAX));
+        let default_min = to_addr(u64::from(net_start) + subnet_size);
+        let default_max = to_addr(u64::from(net_start) + net_size - subnet_size);
+        let bound = |name: &str, default: Ipv4Addr| -> Result<Ipv4Addr, ConfigError> {
+            let Some(s) = obj.get::<String>(name).map_err(ConfigError)? else {
+                return Ok(default);
+            };
+            let a: Ipv4Addr = s.parse().map_err(|_| ConfigError(format!("{name} {s:?} is not an IPv4 address")))?;
+            if !network.contains(&a) {
+                return Err(ConfigError(format!("{name} {a} is not inside Network {network}")));
+            }
+            if u64::from(u32::from(a)) % subnet_size != 0 {
+                return Err(ConfigError(format!("{name} {a} is not aligned to SubnetLen {subnet_len}")));
+            }
+            Ok(a)
+        };
+        let subnet_min = bound("SubnetMin", default_min)?;
+        let subnet_max = bound("SubnetMax", default_max)?;
+        if subnet_min > subnet_max {
+            return err(format!("SubnetMin {subnet_min} is above SubnetMax {subnet_max}"));
+        }
+        let ipv6_network = match obj.get::<String>("IPv6Network").map_err(get_err)? {
+            None => None,
+            Some(s) => Some(s.parse().map_err(|_| ConfigError(format!("IPv6Network {s:?} is not an IPv6 CIDR")))?),
+        };
+        let backend = parse_backend(&obj)?;
+        Ok(Self { network, subnet_len, subnet_min, subnet_max, ipv6_network, backend })
+    }
+
+    /// True when `subnet` is one this configuration can hand out.
+    pub fn fits(&self, subnet: &Ipv4Net) -> bool {
+        subnet.prefix_len() == self.subnet_len
+            && subnet.network() == subnet.addr()
+            && self.network.contains(subnet)
+            && subnet.addr() >= self.subnet_min
+            && subnet.addr() <= self.subnet_max
+    }
+
+    /// Every subnet from SubnetMin to SubnetMax, in order (lazily).
+    pub fn subnets(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
+        let step = 1u64 << (32 - u32::from(self.subnet_len));
+        let (lo, hi) = (u64::from(u32::from(self.subnet_min)), u64::from(u32::from(self.subnet_max)));
+        (0..)
+            .map(move |i: u64| lo + i * step)
+            .take_while(move |a| *a <= hi)
+            .filter_map(move |a| {
+                let addr = Ipv4Addr::from(u32::try_from(a).ok()?);
+                Ipv4Net::new(addr, self.subnet_len).ok()
+            })
+    }
+}
+
+fn parse_backend(obj: &GoObject<'_>) -> Result<BackendConfig, ConfigError> {
+    let Some(raw) = obj.raw("Backend").filter(|r| r.get() != "null") else {
+        // flanneld with no Backend runs the udp backend.
+        return Ok(BackendConfig { kind: BackendType::Udp, port: UDP_DEFAULT_PORT, vni: 0, mtu: None, direct_routing: false });
+    };
+    let b = GoObject::parse(raw.get()).map_err(|e| ConfigError(format!("Backend is not an object: {e}")))?;
+    let kind_name = b.get::<String>("Type").map_err(ConfigError)?.unwrap_or_else(|| "udp".into()).to_ascii_lowercase();
+    let kind = match kind_name.as_str() {
+        "udp" => BackendType::Udp,
+        "vxlan" => BackendType::Vxlan,
+        "host-gw" => BackendType::HostGw,
+        other => return err(format!("Backend.Type {other:?} is not supported (udp, vxlan, host-gw)")),
+    };
+    let port: u16 = b.get("Port").map_err(ConfigError)?.unwrap_or(0);
+    let port = match (kind, port) {
+        (BackendType::Udp, 0) => UDP_DEFAULT_PORT,
+        (BackendType::Vxlan, 0) => VXLAN_DEFAULT_PORT,
+        (_, p) => p,
+    };
+    let vni: u32 = b.get("VNI").map_err(ConfigError)?.unwrap_or(VXLAN_DEFAULT_VNI);
+    if kind == BackendType::Vxlan && (vni == 0 || vni > 0x00ff_ffff) {
+        return err(format!("Backend.VNI {vni} is outside 1..=16777215"));
+    }
+    let mtu: Option<u32> = b.get("MTU").map_err(ConfigError)?.filter(|m| *m != 0);
+    if let Some(m) = mtu
+        && !(576..=65_535).contains(&m)
+    {
+        return err(format!("Backend.MTU {m} is outside 576..=65535"));
+    }
+    let direct_routing = b.get("DirectRouting").map_err(ConfigError)?.unwrap_or(false);
+    Ok(BackendConfig { kind, port, vni, mtu, direct_routing })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<NetConfig, ConfigError> {
+        NetConfig::parse(s)
+    }
+
+    #[test]
+    fn flannel_example_defaults() {
+        let c = parse(r#"{"Network":"100.96.0.0/16","Backend":{"Type":"udp"}}"#).unwrap();
+        assert_eq!(c.subnet_len, 24);
+        assert_eq!(c.subnet_min, Ipv4Addr::new(100, 96, 1, 0));
+        assert_eq!(c.subnet_max, Ipv4Addr::new(100, 96, 255, 0));
+        assert_eq!(c.backend.kind, BackendType::Udp);
+        assert_eq!(c.backend.port, 8285);
+        assert_eq!(c.subnets().count(), 255);
+    }
+
+    #[test]
+    fn backend_absent_is_udp_and_names_are_case_insensitive() {
+        let c = parse(r#"{"network":"10.1.0.0/16","SUBNETLEN":26}"#).unwrap();
+        assert_eq!(c.backend.kind, BackendType::Udp);
+        assert_eq!(c.subnet_len, 26);
+        let c = parse(r#"{"Network":"10.1.0.0/16","backend":{"type":"VXLAN"}}"#).unwrap();
+        assert_eq!(c.backend.kind, BackendType::Vxlan);
+        assert_eq!(c.backend.port, 8472);
+        assert_eq!(c.backend.vni, 1);
+        let c = parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan","Port":4789,"VNI":7}}"#).unwrap();
+        assert_eq!((c.backend.port, c.backend.vni), (4789, 7));
+    }
+
+    #[test]
+    fn subnet_len_defaults_by_prefix() {
+        for (net, want) in [("10.0.0.0/8", 24), ("10.0.0.0/22", 24), ("10.0.0.0/23", 25), ("10.0.0.0/28", 30)] {
+            assert_eq!(parse(&format!(r#"{{"Network":"{net}"}}"#)).unwrap().subnet_len, want, "{net}");
+        }
+        assert!(parse(r#"{"Network":"10.0.0.0/29"}"#).is_err());
+    }
+
+    #[test]
+    fn min_max_defaults_and_checks() {
+        let c = parse(r#"{"Network":"10.0.0.0/23"}"#).unwrap();
+        assert_eq!(c.subnet_len, 25);
+        assert_eq!((c.subnet_min, c.subnet_max), (Ipv4Addr::new(10, 0, 0, 128), Ipv4Addr::new(10, 0, 1, 128)));
+        let c = parse(r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.10.0","SubnetMax":"10.0.20.0"}"#).unwrap();
+        assert_eq!(c.subnets().count(), 11);
+        assert!(c.fits(&"10.0.10.0/24".parse().unwrap()));
+        assert!(!c.fits(&"10.0.9.0/24".parse().unwrap()));
+        assert!(!c.fits(&"10.0.10.0/25".parse().unwrap()));
+        for bad in [
+            r#"{"Network":"10.0.0.0/16","SubnetMin":"10.1.0.0"}"#,
+            r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.0.5"}"#,
+            r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.9.0","SubnetMax":"10.0.8.0"}"#,
+            r#"{"Network":"10.0.0.0/16","SubnetLen":31}"#,
+            r#"{"Network":"10.0.0.0/16","SubnetLen":17}"#,
+            r#"{"Network":"10.0.0.1/16"}"#,
+            r#"{"Network":"fc00::/64"}"#,
+            r#"{"Backend":{"Type":"udp"}}"#,
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"gre"}}"#,
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"udp","Port":"x"}}"#,
+            r#"{"Network":"10.0.0.0/16","Backend":[]}"#,
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#,
+            r#"{"Network":"#,
+            "",
+            "[]",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}
