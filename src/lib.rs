@@ -5,3 +5,5 @@
 
 pub mod proto;
 pub mod dataplane;
+pub mod control;
+pub mod lab;

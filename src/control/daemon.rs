@@ -1,0 +1,294 @@
+//! `weft run`: join the network, hold a lease, set up the host, and keep the data path's peer
+//! table in step with the registry until SIGINT/SIGTERM.
+
+use super::lease::{acquire, peers_from_leases};
+use super::netlink::{Netlink, Underlay, sysctl};
+use super::registry::dir::{DirRegistry, write_atomic};
+use super::registry::{LEASE_TTL, Lease, Registry};
+use crate::dataplane::counters::{Counters, Crossing, DropReason};
+use crate::dataplane::engine::{self, EngineContext, Mode};
+use crate::dataplane::forward::{Encap, Forwarder};
+use crate::dataplane::peers::{Peer, PeerTable};
+use crate::dataplane::sys::{tun::Tun, udp};
+use crate::proto::lease::{LeaseAttrs, VxlanData};
+use crate::proto::mac::MacAddr;
+use crate::proto::netconfig::{BackendType, NetConfig};
+use crate::proto::subnet_env::SubnetEnv;
+use anyhow::{Context, Result, bail};
+use arc_swap::ArcSwap;
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Bytes the UDP backend adds: outer IPv4 20 + UDP 8.
+pub const UDP_OVERHEAD: u32 = 28;
+/// Bytes VXLAN adds: outer IPv4 20 + UDP 8 + VXLAN 8 + Ethernet 14.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// Options of `weft run`. Flag names follow flanneld's where flanneld has one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunOptions {
+    /// Directory registry: DIR/config holds the net-config JSON, DIR/subnets/<key> the leases
+    /// (the layout of flannel's etcd keyspace under --etcd-prefix).
+    #[arg(long, value_name = "DIR")]
+    pub registry_dir: PathBuf,
+    /// Key prefix of the flannel keyspace (used with etcd; a registry directory is the prefix).
+    #[arg(long, default_value = "/coreos.com/network", value_name = "PREFIX")]
+    pub etcd_prefix: String,
+    /// IP other hosts send to (default: the --iface interface's first IPv4 address).
+    #[arg(long, value_name = "IP")]
+    pub public_ip: Option<Ipv4Addr>,
+    /// Underlay interface (default: the one holding --public-ip, else the default route's).
+    #[arg(long, value_name = "NAME")]
+    pub iface: Option<String>,
+    /// subnet.env to write, and to read a previous subnet from.
+    #[arg(long, default_value = "/run/flannel/subnet.env", value_name = "PATH")]
+    pub subnet_file: PathBuf,
+    /// Forwarding engine.
+    #[arg(long, value_enum, default_value = "naive")]
+    pub mode: Mode,
+    /// TUN device name (default: flannel0 for udp, flannel-tun.<VNI> for vxlan).
+    #[arg(long, value_name = "NAME")]
+    pub tun_name: Option<String>,
+    /// Accept inner packets whose source lies outside the sending peer's subnet.
+    #[arg(long)]
+    pub allow_foreign_src: bool,
+    /// Renew the lease this many minutes before it expires.
+    #[arg(long, default_value_t = 60, value_name = "MINUTES")]
+    pub subnet_lease_renew_margin: u64,
+}
+
+/// Runs the daemon to completion. Returns after a clean shutdown.
+pub fn run(opts: RunOptions) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the control runtime")?;
+    rt.block_on(run_async(opts))
+}
+
+fn mtu_for(cfg: &NetConfig, underlay: &Underlay) -> Result<u32> {
+    if let Some(m) = cfg.backend.mtu {
+        return Ok(m);
+    }
+    let overhead = match cfg.backend.kind {
+        BackendType::Udp => UDP_OVERHEAD,
+        BackendType::Vxlan => VXLAN_OVERHEAD,
+        BackendType::HostGw => 0,
+    };
+    let mtu = underlay.mtu.saturating_sub(overhead);
+    if mtu < 576 {
+        bail!("underlay {} MTU {} leaves {mtu} for the overlay (< 576)", underlay.name, underlay.mtu);
+    }
+    Ok(mtu)
+}
+
+fn read_previous_subnet(path: &std::path::Path) -> Option<ipnet::Ipv4Net> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match SubnetEnv::parse(&text) {
+        Ok(e) => Some(e.lease_subnet()),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "ignoring unreadable subnet file: {e}");
+            None
+        }
+    }
+}
+
+/// The lease value for our backend; a vxlan node keeps its previous VtepMAC.
+fn attrs_for(cfg: &NetConfig, public_ip: Ipv4Addr, previous: Option<&LeaseAttrs>) -> LeaseAttrs {
+    match cfg.backend.kind {
+        BackendType::Udp => LeaseAttrs::udp(public_ip),
+        BackendType::HostGw => LeaseAttrs::host_gw(public_ip),
+        BackendType::Vxlan => {
+            let vtep_mac = previous.and_then(|p| p.vxlan_data()).map(|d| d.vtep_mac).unwrap_or_else(|| MacAddr::random_local(&mut rand::rng()));
+            LeaseAttrs::vxlan(public_ip, VxlanData { vni: cfg.backend.vni, vtep_mac })
+        }
+    }
+}
+
+fn log_peer_changes(old: &PeerTable, new: &[Peer]) {
+    let before: BTreeSet<String> = old.iter().map(|p| format!("{} via {}", p.subnet, p.endpoint)).collect();
+    let after: BTreeSet<String> = new.iter().map(|p| format!("{} via {}", p.subnet, p.endpoint)).collect();
+    for added in after.difference(&before) {
+        tracing::info!("peer added: {added}");
+    }
+    for removed in before.difference(&after) {
+        tracing::info!("peer removed: {removed}");
+    }
+}
+
+async fn shutdown_signal() -> Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// Keeps the kernel's host-gw routes equal to `peers` (adds missing, removes gone ones).
+async fn sync_host_gw(nl: &Netlink, installed: &mut Vec<Peer>, peers: &[Peer]) {
+    for p in installed.iter().filter(|p| !peers.contains(p)) {
+        if let Err(e) = nl.del_via_route(p.subnet, *p.endpoint.ip()).await {
+            tracing::warn!("{e}");
+        }
+    }
+    for p in peers.iter().filter(|p| !installed.contains(p)) {
+        if let Err(e) = nl.add_via_route(p.subnet, *p.endpoint.ip()).await {
+            tracing::warn!("{e}");
+        }
+    }
+    *installed = peers.to_vec();
+}
+
+async fn run_async(opts: RunOptions) -> Result<()> {
+    let reg = DirRegistry::open(&opts.registry_dir).context("opening the registry")?;
+    let cfg_text = reg.config().await.context("reading the network config")?;
+    let cfg = NetConfig::parse(&cfg_text)?;
+    let nl = Netlink::connect()?;
+    let underlay = nl.underlay(opts.iface.as_deref(), opts.public_ip).await?;
+    let public_ip = underlay.addr;
+    let mtu = mtu_for(&cfg, &underlay)?;
+    tracing::info!(network = %cfg.network, backend = %cfg.backend.kind, iface = %underlay.name, %public_ip, registry = %reg.describe(), "starting");
+
+    let previous = read_previous_subnet(&opts.subnet_file);
+    let lease = acquire(&reg, &cfg, public_ip, previous, |prev| attrs_for(&cfg, public_ip, prev)).await?;
+    let subnet = lease.key.v4;
+    let tun_addr = subnet.network();
+
+    let env = SubnetEnv::for_lease(cfg.network, subnet, mtu, false);
+    let leases = reg.leases().await?;
+    let peers = peers_from_leases(&cfg, &leases, &lease.key);
+
+    // Backend-specific data path.
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters = Arc::new(Counters::default());
+    let table = Arc::new(ArcSwap::from_pointee(PeerTable::new(peers.clone())));
+    let mut host_gw_routes: Vec<Peer> = Vec::new();
+    let (engine_done_tx, mut engine_done) = tokio::sync::oneshot::channel::<Result<(), engine::EngineError>>();
+    let mut engine_thread = None;
+    let mut tun_index = None;
+    match cfg.backend.kind {
+        BackendType::HostGw => {
+            sync_host_gw(&nl, &mut host_gw_routes, &peers).await;
+            drop(engine_done_tx);
+        }
+        BackendType::Udp | BackendType::Vxlan => {
+            let encap = match cfg.backend.kind {
+                BackendType::Vxlan => {
+                    let mac = lease.attrs.vxlan_data().map(|d| d.vtep_mac).context("our vxlan lease has no VtepMAC")?;
+                    Encap::Vxlan { vni: cfg.backend.vni, mac }
+                }
+                _ => Encap::Udp,
+            };
+            let tun_name = opts.tun_name.clone().unwrap_or_else(|| match cfg.backend.kind {
+                BackendType::Vxlan => format!("flannel-tun.{}", cfg.backend.vni),
+                _ => "flannel0".to_string(),
+            });
+            let tun = Tun::open(&tun_name).with_context(|| format!("creating TUN device {tun_name}"))?;
+            let idx = nl.link_index(tun.name()).await?.with_context(|| format!("TUN {} has no link index", tun.name()))?;
+            tun_index = Some(idx);
+            // The overlay is IPv4; router solicitations would only be counted drops.
+            let _ = sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", tun.name()), "1");
+            // Our ICMP errors come from the TUN's own address; let the kernel accept them.
+            let _ = sysctl(&format!("net/ipv4/conf/{}/accept_local", tun.name()), "1");
+            nl.set_up(idx, mtu).await?;
+            nl.add_address(idx, tun_addr, 32).await?;
+            nl.add_dev_route(cfg.network, idx).await?;
+            let socket = udp::bind(SocketAddr::new(public_ip.into(), cfg.backend.port)).with_context(|| format!("binding UDP {public_ip}:{}", cfg.backend.port))?;
+            let forwarder = Forwarder { encap, subnet, tun_addr, check_inner_src: !opts.allow_foreign_src };
+            let ctx = EngineContext { tun, socket, forwarder, peers: table.clone(), counters: counters.clone(), stop: stop.clone() };
+            let mode = opts.mode;
+            engine_thread = Some(
+                std::thread::Builder::new()
+                    .name(format!("weft-{}", mode.name()))
+                    .spawn(move || {
+                        let r = engine::run(mode, ctx);
+                        let _ = engine_done_tx.send(r);
+                    })
+                    .context("spawning the engine thread")?,
+            );
+        }
+    }
+    write_atomic(&opts.subnet_file, env.render().as_bytes()).with_context(|| format!("writing {}", opts.subnet_file.display()))?;
+    tracing::info!(%subnet, mtu, peers = peers.len(), mode = opts.mode.name(), "ready");
+
+    let renew_every = LEASE_TTL.saturating_sub(Duration::from_secs(opts.subnet_lease_renew_margin.saturating_mul(60))).max(Duration::from_secs(60));
+    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+    let mut known: Vec<Lease> = leases;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let outcome: Result<()> = loop {
+        tokio::select! {
+            sig = &mut shutdown => {
+                tracing::info!("{}: shutting down", sig?);
+                break Ok(());
+            }
+            r = &mut engine_done, if engine_thread.is_some() => {
+                break match r {
+                    Ok(Err(e)) => Err(anyhow::Error::new(e).context("engine stopped")),
+                    _ => Err(anyhow::anyhow!("engine stopped unexpectedly")),
+                };
+            }
+            _ = renew.tick() => {
+                match reg.renew_lease(&lease.key, &lease.attrs, LEASE_TTL).await {
+                    Ok(()) => tracing::info!(%subnet, "lease renewed"),
+                    Err(e) => tracing::warn!("lease renewal failed (will retry): {e}"),
+                }
+            }
+            changed = reg.watch_leases(&known) => {
+                match changed {
+                    Ok(now) => {
+                        if !now.iter().any(|l| l.key.v4 == subnet) {
+                            tracing::warn!(%subnet, "our lease disappeared; taking it again");
+                            if let Err(e) = reg.create_lease(&lease.key, &lease.attrs, LEASE_TTL).await {
+                                tracing::warn!("re-creating our lease failed: {e}");
+                            }
+                        }
+                        let peers = peers_from_leases(&cfg, &now, &lease.key);
+                        log_peer_changes(&table.load(), &peers);
+                        if cfg.backend.kind == BackendType::HostGw {
+                            sync_host_gw(&nl, &mut host_gw_routes, &peers).await;
+                        }
+                        table.store(Arc::new(PeerTable::new(peers)));
+                        known = now;
+                    }
+                    Err(e) => {
+                        tracing::warn!("watching leases: {e}; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+    };
+
+    // Shutdown: stop the engine, then remove what we created.
+    stop.store(true, Ordering::Relaxed);
+    if let Some(t) = engine_thread {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    if cfg.backend.kind == BackendType::HostGw {
+        sync_host_gw(&nl, &mut host_gw_routes, &[]).await;
+    }
+    if let Some(idx) = tun_index {
+        // The non-persistent TUN vanishes with its fd (closed when the engine returned); delete it
+        // explicitly in case something else still holds it open.
+        nl.del_dev_route(cfg.network, idx).await.ok();
+        nl.delete_link(idx).await.ok();
+    }
+    log_summary(&counters);
+    outcome
+}
+
+fn log_summary(c: &Counters) {
+    let s = c.snapshot();
+    let drops: Vec<String> = DropReason::ALL.iter().filter(|r| s.drops(**r) > 0).map(|r| format!("{}={}", r.label(), s.drops(*r))).collect();
+    tracing::info!(
+        egress_packets = s.packets(Crossing::UdpSend),
+        ingress_packets = s.packets(Crossing::TunWrite),
+        icmp_sent = s.icmp_sent,
+        drops = %drops.join(","),
+        "stopped"
+    );
+}

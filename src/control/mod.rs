@@ -1,0 +1,7 @@
+//! The control plane: registries, leases, watch, and host network setup over netlink.
+//! It never touches packets; it hands the data path immutable peer tables.
+
+pub mod daemon;
+pub mod lease;
+pub mod netlink;
+pub mod registry;

@@ -1,0 +1,239 @@
+//! Host network setup over rtnetlink: links, addresses, routes. No shelling out to `ip`.
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteScope};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// A netlink failure, with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// The netlink socket could not be opened.
+    #[error("netlink socket: {0}")]
+    Connect(#[source] io::Error),
+    /// The kernel refused or the request failed.
+    #[error("{what}: {source}")]
+    Request {
+        /// What weft was doing.
+        what: String,
+        /// The kernel's answer.
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// Something weft needs is not there.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
+    }
+}
+
+/// The underlay interface weft sends through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Underlay {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// Its MTU.
+    pub mtu: u32,
+    /// Its IPv4 address used as PublicIP.
+    pub addr: Ipv4Addr,
+}
+
+/// A handle on the kernel's routing netlink. Must be created inside a tokio runtime.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+struct LinkInfo {
+    index: u32,
+    name: String,
+    mtu: u32,
+}
+
+impl Netlink {
+    /// Opens a netlink socket in the calling thread's network namespace.
+    pub fn connect() -> Result<Self, NetlinkError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    async fn links(&self) -> Result<Vec<LinkInfo>, NetlinkError> {
+        let mut out = Vec::new();
+        let mut s = self.handle.link().get().execute();
+        loop {
+            match s.try_next().await {
+                Ok(Some(m)) => {
+                    let mut li = LinkInfo { index: m.header.index, name: String::new(), mtu: 0 };
+                    for a in m.attributes {
+                        match a {
+                            LinkAttribute::IfName(n) => li.name = n,
+                            LinkAttribute::Mtu(m) => li.mtu = m,
+                            _ => {}
+                        }
+                    }
+                    out.push(li);
+                }
+                Ok(None) => return Ok(out),
+                Err(source) => return Err(NetlinkError::Request { what: "listing links".into(), source }),
+            }
+        }
+    }
+
+    /// The index of link `name`, if it exists.
+    pub async fn link_index(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
+        Ok(self.links().await?.into_iter().find(|l| l.name == name).map(|l| l.index))
+    }
+
+    async fn v4_addrs(&self) -> Result<Vec<(u32, Ipv4Addr)>, NetlinkError> {
+        let mut out = Vec::new();
+        let mut s = self.handle.address().get().execute();
+        loop {
+            match s.try_next().await {
+                Ok(Some(m)) => {
+                    let idx = m.header.index;
+                    for a in m.attributes {
+                        if let AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) = a
+                            && !out.contains(&(idx, ip))
+                        {
+                            out.push((idx, ip));
+                        }
+                    }
+                }
+                Ok(None) => return Ok(out),
+                Err(source) => return Err(NetlinkError::Request { what: "listing addresses".into(), source }),
+            }
+        }
+    }
+
+    async fn default_route_oif(&self) -> Result<Option<u32>, NetlinkError> {
+        let mut s = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        loop {
+            match s.try_next().await {
+                Ok(Some(m)) => {
+                    if m.header.destination_prefix_length == 0 {
+                        for a in m.attributes {
+                            if let RouteAttribute::Oif(i) = a {
+                                return Ok(Some(i));
+                            }
+                        }
+                    }
+                }
+                Ok(None) => return Ok(None),
+                Err(source) => return Err(NetlinkError::Request { what: "listing routes".into(), source }),
+            }
+        }
+    }
+
+    /// Finds the underlay as flanneld does: the interface named `iface`, else the one holding
+    /// `public_ip`, else the default route's. PublicIP is `public_ip` if given, else the
+    /// interface's first IPv4 address.
+    pub async fn underlay(&self, iface: Option<&str>, public_ip: Option<Ipv4Addr>) -> Result<Underlay, NetlinkError> {
+        let links = self.links().await?;
+        let addrs = self.v4_addrs().await?;
+        let link = if let Some(name) = iface {
+            links.iter().find(|l| l.name == name).ok_or_else(|| NetlinkError::NotFound(format!("interface {name:?} not found")))?
+        } else if let Some(ip) = public_ip {
+            let idx = addrs.iter().find(|(_, a)| *a == ip).map(|(i, _)| *i).ok_or_else(|| {
+                NetlinkError::NotFound(format!("no interface has address {ip}; pass --iface to choose one"))
+            })?;
+            links.iter().find(|l| l.index == idx).ok_or_else(|| NetlinkError::NotFound(format!("link {idx} vanished")))?
+        } else {
+            let idx = self.default_route_oif().await?.ok_or_else(|| {
+                NetlinkError::NotFound("no default route to pick the underlay interface; pass --iface or --public-ip".into())
+            })?;
+            links.iter().find(|l| l.index == idx).ok_or_else(|| NetlinkError::NotFound(format!("link {idx} vanished")))?
+        };
+        let addr = match public_ip {
+            Some(ip) => ip,
+            None => addrs.iter().find(|(i, _)| *i == link.index).map(|(_, a)| *a).ok_or_else(|| {
+                NetlinkError::NotFound(format!("interface {} has no IPv4 address; pass --public-ip", link.name))
+            })?,
+        };
+        Ok(Underlay { index: link.index, name: link.name.clone(), mtu: link.mtu, addr })
+    }
+
+    /// Sets a link's MTU and brings it up.
+    pub async fn set_up(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
+        self.handle.link().set(msg).execute().await.map_err(|source| NetlinkError::Request { what: format!("setting link {index} up with MTU {mtu}"), source })
+    }
+
+    /// Adds `addr/prefix` to a link; an address already there is fine.
+    pub async fn add_address(&self, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<(), NetlinkError> {
+        match self.handle.address().add(index, IpAddr::V4(addr), prefix).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno_of(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(source) => Err(NetlinkError::Request { what: format!("adding {addr}/{prefix} to link {index}"), source }),
+        }
+    }
+
+    fn dev_route(dst: Ipv4Net, index: u32) -> RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst.network(), dst.prefix_len()).output_interface(index).scope(RouteScope::Universe).build()
+    }
+
+    fn via_route(dst: Ipv4Net, gw: Ipv4Addr) -> RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst.network(), dst.prefix_len()).gateway(gw).build()
+    }
+
+    async fn add(&self, msg: RouteMessage, what: String) -> Result<(), NetlinkError> {
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno_of(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(source) => Err(NetlinkError::Request { what, source }),
+        }
+    }
+
+    async fn del(&self, msg: RouteMessage, what: String) -> Result<(), NetlinkError> {
+        match self.handle.route().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno_of(&e), Some(libc::ESRCH | libc::ENOENT | libc::ENODEV)) => Ok(()),
+            Err(source) => Err(NetlinkError::Request { what, source }),
+        }
+    }
+
+    /// Adds a route for `dst` out of link `index`; an existing one is fine.
+    pub async fn add_dev_route(&self, dst: Ipv4Net, index: u32) -> Result<(), NetlinkError> {
+        self.add(Self::dev_route(dst, index), format!("adding route {dst} dev {index}")).await
+    }
+
+    /// Removes the route for `dst` out of link `index`; a missing one is fine.
+    pub async fn del_dev_route(&self, dst: Ipv4Net, index: u32) -> Result<(), NetlinkError> {
+        self.del(Self::dev_route(dst, index), format!("deleting route {dst} dev {index}")).await
+    }
+
+    /// Adds a route for `dst` via gateway `gw`; an existing one is fine.
+    pub async fn add_via_route(&self, dst: Ipv4Net, gw: Ipv4Addr) -> Result<(), NetlinkError> {
+        self.add(Self::via_route(dst, gw), format!("adding route {dst} via {gw}")).await
+    }
+
+    /// Removes the route for `dst` via `gw`; a missing one is fine.
+    pub async fn del_via_route(&self, dst: Ipv4Net, gw: Ipv4Addr) -> Result<(), NetlinkError> {
+        self.del(Self::via_route(dst, gw), format!("deleting route {dst} via {gw}")).await
+    }
+
+    /// Deletes link `index`; a missing one is fine.
+    pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(()),
+            Err(source) => Err(NetlinkError::Request { what: format!("deleting link {index}"), source }),
+        }
+    }
+}
+
+/// Writes a sysctl under /proc/sys (e.g. `net/ipv6/conf/flannel0/disable_ipv6`).
+pub fn sysctl(path: &str, value: &str) -> io::Result<()> {
+    std::fs::write(format!("/proc/sys/{path}"), value)
+}

@@ -1,0 +1,67 @@
+//! Where the network config and the leases live: etcd, or a directory that mirrors its keyspace.
+
+pub mod dir;
+
+use crate::proto::lease::{LeaseAttrs, SubnetKey};
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+/// flannel's lease TTL (`LeaseGrant(86400 s)`).
+pub const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// One subnet lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The key under `subnets/`.
+    pub key: SubnetKey,
+    /// The value.
+    pub attrs: LeaseAttrs,
+    /// When it lapses unless renewed.
+    pub expires: Option<SystemTime>,
+}
+
+/// A registry failure.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// No network config is stored.
+    #[error("no network config at {0}")]
+    NoConfig(String),
+    /// A filesystem operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// The operation.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The registry cannot be reached.
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The operations weft needs from a registry. Every implementation stores the same keys and
+/// values (flannel's), so nothing above this trait knows which one it has.
+pub trait Registry: Send + Sync + 'static {
+    /// A human-readable name of where the data lives (for logs).
+    fn describe(&self) -> String;
+
+    /// The net-config JSON text.
+    fn config(&self) -> impl Future<Output = Result<String, RegistryError>> + Send;
+
+    /// Every live lease. Keys that are not lease keys and values that do not parse are skipped.
+    fn leases(&self) -> impl Future<Output = Result<Vec<Lease>, RegistryError>> + Send;
+
+    /// Creates `key` with `attrs` if no live lease holds it. `Ok(false)` means someone else
+    /// holds it (a lost race, for the caller to move on from).
+    fn create_lease(&self, key: &SubnetKey, attrs: &LeaseAttrs, ttl: Duration) -> impl Future<Output = Result<bool, RegistryError>> + Send;
+
+    /// Writes `key` with `attrs` and a fresh TTL, whether or not it exists (renewal, reuse).
+    fn renew_lease(&self, key: &SubnetKey, attrs: &LeaseAttrs, ttl: Duration) -> impl Future<Output = Result<(), RegistryError>> + Send;
+
+    /// Resolves with the new lease set once it differs from `known`.
+    fn watch_leases(&self, known: &[Lease]) -> impl Future<Output = Result<Vec<Lease>, RegistryError>> + Send;
+}

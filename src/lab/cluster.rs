@@ -1,0 +1,192 @@
+//! weft processes running on the hosts of a [`Topology`], sharing a directory registry.
+//! Used by `weft lab` and by the integration tests.
+
+use super::topology::{POD_NETWORK, Topology, UNDERLAY_IF};
+use crate::control::registry::dir::write_atomic;
+use crate::proto::lease::{LeaseAttrs, VxlanData};
+use crate::proto::mac::MacAddr;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `weft run` process inside a host namespace. Dropping it sends SIGTERM, then SIGKILL.
+#[derive(Debug)]
+pub struct WeftProcess {
+    child: Option<Child>,
+    /// Its subnet.env (written when it is ready).
+    pub subnet_file: PathBuf,
+    /// Its log (stderr).
+    pub log: PathBuf,
+}
+
+impl WeftProcess {
+    /// Sends SIGTERM and waits up to `timeout` for exit; SIGKILL after that.
+    pub fn stop(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+        let Some(mut child) = self.child.take() else { return Ok(None) };
+        let pid = Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(st) = child.try_wait()? {
+                return Ok(Some(st));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        child.wait()?;
+        Ok(None)
+    }
+
+    /// True while the process runs.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WeftProcess {
+    fn drop(&mut self) {
+        let _ = self.stop(Duration::from_secs(3));
+    }
+}
+
+/// Starts `weft run` in namespace `ns` with `args` after `run`, logging to `log`.
+pub fn spawn_weft(bin: &Path, ns: &str, args: &[String], subnet_file: PathBuf, log: PathBuf) -> io::Result<WeftProcess> {
+    let logf = std::fs::File::create(&log)?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(bin)
+        .arg("run")
+        .args(args)
+        .env("RUST_LOG", std::env::var("WEFT_CHILD_LOG").unwrap_or_else(|_| "info".into()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(logf)
+        .spawn()?;
+    Ok(WeftProcess { child: Some(child), subnet_file, log })
+}
+
+/// A deterministic VTEP MAC for host `i` of a lab (locally administered unicast).
+pub fn lab_vtep_mac(i: usize) -> MacAddr {
+    MacAddr([0x02, 0x77, 0x65, 0x66, 0x74, u8::try_from(i % 256).unwrap_or(0)])
+}
+
+/// Hosts running weft against one registry directory.
+pub struct Cluster {
+    /// The weft processes, index 0 = host 1 (dropped before the topology).
+    pub procs: Vec<WeftProcess>,
+    /// The registry directory.
+    pub registry: tempfile::TempDir,
+    /// The namespaces.
+    pub topo: Topology,
+}
+
+/// How to start a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// Tag for namespace names.
+    pub tag: String,
+    /// Number of hosts.
+    pub hosts: usize,
+    /// The `Backend` object of the net-config, e.g. `{"Type":"udp"}`.
+    pub backend: String,
+    /// Seed each host's lease (flannel's JSON) so it gets the subnet its container is in.
+    pub preseed: bool,
+    /// Extra `weft run` arguments for every host.
+    pub extra_args: Vec<String>,
+}
+
+impl Cluster {
+    /// Builds the topology, writes the registry, starts weft on every host and waits until each
+    /// has written its subnet.env (its "ready" signal).
+    pub fn start(bin: &Path, spec: &ClusterSpec, ready_timeout: Duration) -> io::Result<Self> {
+        let topo = Topology::build(&spec.tag, spec.hosts)?;
+        let registry = tempfile::Builder::new().prefix("weft-registry-").tempdir()?;
+        let config = format!(r#"{{"Network":"{POD_NETWORK}","Backend":{}}}"#, spec.backend);
+        write_atomic(&registry.path().join("config"), config.as_bytes())?;
+        std::fs::create_dir_all(registry.path().join("subnets"))?;
+        if spec.preseed {
+            let backend = crate::proto::netconfig::NetConfig::parse(&config).map_err(io::Error::other)?.backend;
+            for (i, h) in topo.hosts.iter().enumerate() {
+                let attrs = match backend.kind {
+                    crate::proto::netconfig::BackendType::Udp => LeaseAttrs::udp(h.underlay_ip),
+                    crate::proto::netconfig::BackendType::HostGw => LeaseAttrs::host_gw(h.underlay_ip),
+                    crate::proto::netconfig::BackendType::Vxlan => LeaseAttrs::vxlan(h.underlay_ip, VxlanData { vni: backend.vni, vtep_mac: lab_vtep_mac(i + 1) }),
+                };
+                let key = format!("{}-{}", h.subnet.network(), h.subnet.prefix_len());
+                write_atomic(&registry.path().join("subnets").join(key), attrs.to_json().as_bytes())?;
+            }
+        }
+        let mut c = Cluster { procs: Vec::new(), registry, topo };
+        for i in 0..c.topo.hosts.len() {
+            c.start_host(bin, i, &spec.extra_args)?;
+        }
+        c.wait_ready(ready_timeout)?;
+        Ok(c)
+    }
+
+    /// The standard arguments for host `i` (0-based).
+    pub fn host_args(&self, i: usize) -> Vec<String> {
+        let h = &self.topo.hosts[i];
+        vec![
+            "--registry-dir".into(),
+            self.registry.path().display().to_string(),
+            "--public-ip".into(),
+            h.underlay_ip.to_string(),
+            "--iface".into(),
+            UNDERLAY_IF.into(),
+            "--subnet-file".into(),
+            self.subnet_file(i).display().to_string(),
+        ]
+    }
+
+    /// Host `i`'s subnet.env path.
+    pub fn subnet_file(&self, i: usize) -> PathBuf {
+        self.registry.path().join(format!("h{}.env", i + 1))
+    }
+
+    /// (Re)starts weft on host `i` (0-based) with the standard and `extra` arguments.
+    pub fn start_host(&mut self, bin: &Path, i: usize, extra: &[String]) -> io::Result<()> {
+        let mut args = self.host_args(i);
+        args.extend_from_slice(extra);
+        let sf = self.subnet_file(i);
+        let _ = std::fs::remove_file(&sf);
+        let log = self.registry.path().join(format!("h{}.log", i + 1));
+        let p = spawn_weft(bin, &self.topo.hosts[i].ns, &args, sf, log)?;
+        if i < self.procs.len() {
+            self.procs[i] = p;
+        } else {
+            self.procs.push(p);
+        }
+        Ok(())
+    }
+
+    /// Waits until every running weft has written its subnet.env.
+    pub fn wait_ready(&mut self, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        for (i, p) in self.procs.iter_mut().enumerate() {
+            while !p.subnet_file.exists() {
+                if !p.running() {
+                    return Err(io::Error::other(format!("weft on host {} exited:\n{}", i + 1, p.log_text())));
+                }
+                if Instant::now() > deadline {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, format!("weft on host {} not ready:\n{}", i + 1, p.log_text())));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// All logs, for failure messages.
+    pub fn logs(&self) -> String {
+        self.procs.iter().enumerate().map(|(i, p)| format!("--- host {} ---\n{}", i + 1, p.log_text())).collect()
+    }
+}
