@@ -3,7 +3,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
-pub mod proto;
-pub mod dataplane;
 pub mod control;
+pub mod dataplane;
 pub mod lab;
+pub mod proto;

@@ -50,7 +50,7 @@ pub struct RunOptions {
     /// Forwarding engine.
     #[arg(long, value_enum, default_value = "naive")]
     pub mode: Mode,
-    /// TUN device name (default: flannel0 for udp, flannel-tun.<VNI> for vxlan).
+    /// TUN device name (default: flannel0 for udp, weft.<VNI> for vxlan).
     #[arg(long, value_name = "NAME")]
     pub tun_name: Option<String>,
     /// Accept inner packets whose source lies outside the sending peer's subnet.
@@ -63,7 +63,10 @@ pub struct RunOptions {
 
 /// Runs the daemon to completion. Returns after a clean shutdown.
 pub fn run(opts: RunOptions) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the control runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the control runtime")?;
     rt.block_on(run_async(opts))
 }
 
@@ -78,7 +81,11 @@ fn mtu_for(cfg: &NetConfig, underlay: &Underlay) -> Result<u32> {
     };
     let mtu = underlay.mtu.saturating_sub(overhead);
     if mtu < 576 {
-        bail!("underlay {} MTU {} leaves {mtu} for the overlay (< 576)", underlay.name, underlay.mtu);
+        bail!(
+            "underlay {} MTU {} leaves {mtu} for the overlay (< 576)",
+            underlay.name,
+            underlay.mtu
+        );
     }
     Ok(mtu)
 }
@@ -100,15 +107,30 @@ fn attrs_for(cfg: &NetConfig, public_ip: Ipv4Addr, previous: Option<&LeaseAttrs>
         BackendType::Udp => LeaseAttrs::udp(public_ip),
         BackendType::HostGw => LeaseAttrs::host_gw(public_ip),
         BackendType::Vxlan => {
-            let vtep_mac = previous.and_then(|p| p.vxlan_data()).map(|d| d.vtep_mac).unwrap_or_else(|| MacAddr::random_local(&mut rand::rng()));
-            LeaseAttrs::vxlan(public_ip, VxlanData { vni: cfg.backend.vni, vtep_mac })
+            let vtep_mac = previous
+                .and_then(|p| p.vxlan_data())
+                .map(|d| d.vtep_mac)
+                .unwrap_or_else(|| MacAddr::random_local(&mut rand::rng()));
+            LeaseAttrs::vxlan(
+                public_ip,
+                VxlanData {
+                    vni: cfg.backend.vni,
+                    vtep_mac,
+                },
+            )
         }
     }
 }
 
 fn log_peer_changes(old: &PeerTable, new: &[Peer]) {
-    let before: BTreeSet<String> = old.iter().map(|p| format!("{} via {}", p.subnet, p.endpoint)).collect();
-    let after: BTreeSet<String> = new.iter().map(|p| format!("{} via {}", p.subnet, p.endpoint)).collect();
+    let before: BTreeSet<String> = old
+        .iter()
+        .map(|p| format!("{} via {}", p.subnet, p.endpoint))
+        .collect();
+    let after: BTreeSet<String> = new
+        .iter()
+        .map(|p| format!("{} via {}", p.subnet, p.endpoint))
+        .collect();
     for added in after.difference(&before) {
         tracing::info!("peer added: {added}");
     }
@@ -153,7 +175,10 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     tracing::info!(network = %cfg.network, backend = %cfg.backend.kind, iface = %underlay.name, %public_ip, registry = %reg.describe(), "starting");
 
     let previous = read_previous_subnet(&opts.subnet_file);
-    let lease = acquire(&reg, &cfg, public_ip, previous, |prev| attrs_for(&cfg, public_ip, prev)).await?;
+    let lease = acquire(&reg, &cfg, public_ip, previous, |prev| {
+        attrs_for(&cfg, public_ip, prev)
+    })
+    .await?;
     let subnet = lease.key.v4;
     let tun_addr = subnet.network();
 
@@ -166,7 +191,8 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     let counters = Arc::new(Counters::default());
     let table = Arc::new(ArcSwap::from_pointee(PeerTable::new(peers.clone())));
     let mut host_gw_routes: Vec<Peer> = Vec::new();
-    let (engine_done_tx, mut engine_done) = tokio::sync::oneshot::channel::<Result<(), engine::EngineError>>();
+    let (engine_done_tx, mut engine_done) =
+        tokio::sync::oneshot::channel::<Result<(), engine::EngineError>>();
     let mut engine_thread = None;
     let mut tun_index = None;
     match cfg.backend.kind {
@@ -177,17 +203,31 @@ async fn run_async(opts: RunOptions) -> Result<()> {
         BackendType::Udp | BackendType::Vxlan => {
             let encap = match cfg.backend.kind {
                 BackendType::Vxlan => {
-                    let mac = lease.attrs.vxlan_data().map(|d| d.vtep_mac).context("our vxlan lease has no VtepMAC")?;
-                    Encap::Vxlan { vni: cfg.backend.vni, mac }
+                    let mac = lease
+                        .attrs
+                        .vxlan_data()
+                        .map(|d| d.vtep_mac)
+                        .context("our vxlan lease has no VtepMAC")?;
+                    Encap::Vxlan {
+                        vni: cfg.backend.vni,
+                        mac,
+                    }
                 }
                 _ => Encap::Udp,
             };
-            let tun_name = opts.tun_name.clone().unwrap_or_else(|| match cfg.backend.kind {
-                BackendType::Vxlan => format!("flannel-tun.{}", cfg.backend.vni),
-                _ => "flannel0".to_string(),
-            });
-            let tun = Tun::open(&tun_name).with_context(|| format!("creating TUN device {tun_name}"))?;
-            let idx = nl.link_index(tun.name()).await?.with_context(|| format!("TUN {} has no link index", tun.name()))?;
+            let tun_name = opts
+                .tun_name
+                .clone()
+                .unwrap_or_else(|| match cfg.backend.kind {
+                    BackendType::Vxlan => format!("weft.{}", cfg.backend.vni),
+                    _ => "flannel0".to_string(),
+                });
+            let tun =
+                Tun::open(&tun_name).with_context(|| format!("creating TUN device {tun_name}"))?;
+            let idx = nl
+                .link_index(tun.name())
+                .await?
+                .with_context(|| format!("TUN {} has no link index", tun.name()))?;
             tun_index = Some(idx);
             // The overlay is IPv4; router solicitations would only be counted drops.
             let _ = sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", tun.name()), "1");
@@ -196,9 +236,22 @@ async fn run_async(opts: RunOptions) -> Result<()> {
             nl.set_up(idx, mtu).await?;
             nl.add_address(idx, tun_addr, 32).await?;
             nl.add_dev_route(cfg.network, idx).await?;
-            let socket = udp::bind(SocketAddr::new(public_ip.into(), cfg.backend.port)).with_context(|| format!("binding UDP {public_ip}:{}", cfg.backend.port))?;
-            let forwarder = Forwarder { encap, subnet, tun_addr, check_inner_src: !opts.allow_foreign_src };
-            let ctx = EngineContext { tun, socket, forwarder, peers: table.clone(), counters: counters.clone(), stop: stop.clone() };
+            let socket = udp::bind(SocketAddr::new(public_ip.into(), cfg.backend.port))
+                .with_context(|| format!("binding UDP {public_ip}:{}", cfg.backend.port))?;
+            let forwarder = Forwarder {
+                encap,
+                subnet,
+                tun_addr,
+                check_inner_src: !opts.allow_foreign_src,
+            };
+            let ctx = EngineContext {
+                tun,
+                socket,
+                forwarder,
+                peers: table.clone(),
+                counters: counters.clone(),
+                stop: stop.clone(),
+            };
             let mode = opts.mode;
             engine_thread = Some(
                 std::thread::Builder::new()
@@ -211,11 +264,17 @@ async fn run_async(opts: RunOptions) -> Result<()> {
             );
         }
     }
-    write_atomic(&opts.subnet_file, env.render().as_bytes()).with_context(|| format!("writing {}", opts.subnet_file.display()))?;
+    write_atomic(&opts.subnet_file, env.render().as_bytes())
+        .with_context(|| format!("writing {}", opts.subnet_file.display()))?;
     tracing::info!(%subnet, mtu, peers = peers.len(), mode = opts.mode.name(), "ready");
 
-    let renew_every = LEASE_TTL.saturating_sub(Duration::from_secs(opts.subnet_lease_renew_margin.saturating_mul(60))).max(Duration::from_secs(60));
-    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+    let renew_every = LEASE_TTL
+        .saturating_sub(Duration::from_secs(
+            opts.subnet_lease_renew_margin.saturating_mul(60),
+        ))
+        .max(Duration::from_secs(60));
+    let mut renew =
+        tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
     let mut known: Vec<Lease> = leases;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -283,7 +342,11 @@ async fn run_async(opts: RunOptions) -> Result<()> {
 
 fn log_summary(c: &Counters) {
     let s = c.snapshot();
-    let drops: Vec<String> = DropReason::ALL.iter().filter(|r| s.drops(**r) > 0).map(|r| format!("{}={}", r.label(), s.drops(*r))).collect();
+    let drops: Vec<String> = DropReason::ALL
+        .iter()
+        .filter(|r| s.drops(**r) > 0)
+        .map(|r| format!("{}={}", r.label(), s.drops(*r)))
+        .collect();
     tracing::info!(
         egress_packets = s.packets(Crossing::UdpSend),
         ingress_packets = s.packets(Crossing::TunWrite),

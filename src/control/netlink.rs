@@ -75,7 +75,11 @@ impl Netlink {
         loop {
             match s.try_next().await {
                 Ok(Some(m)) => {
-                    let mut li = LinkInfo { index: m.header.index, name: String::new(), mtu: 0 };
+                    let mut li = LinkInfo {
+                        index: m.header.index,
+                        name: String::new(),
+                        mtu: 0,
+                    };
                     for a in m.attributes {
                         match a {
                             LinkAttribute::IfName(n) => li.name = n,
@@ -86,14 +90,24 @@ impl Netlink {
                     out.push(li);
                 }
                 Ok(None) => return Ok(out),
-                Err(source) => return Err(NetlinkError::Request { what: "listing links".into(), source }),
+                Err(source) => {
+                    return Err(NetlinkError::Request {
+                        what: "listing links".into(),
+                        source,
+                    });
+                }
             }
         }
     }
 
     /// The index of link `name`, if it exists.
     pub async fn link_index(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
-        Ok(self.links().await?.into_iter().find(|l| l.name == name).map(|l| l.index))
+        Ok(self
+            .links()
+            .await?
+            .into_iter()
+            .find(|l| l.name == name)
+            .map(|l| l.index))
     }
 
     async fn v4_addrs(&self) -> Result<Vec<(u32, Ipv4Addr)>, NetlinkError> {
@@ -104,7 +118,8 @@ impl Netlink {
                 Ok(Some(m)) => {
                     let idx = m.header.index;
                     for a in m.attributes {
-                        if let AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) = a
+                        if let AddressAttribute::Local(IpAddr::V4(ip))
+                        | AddressAttribute::Address(IpAddr::V4(ip)) = a
                             && !out.contains(&(idx, ip))
                         {
                             out.push((idx, ip));
@@ -112,13 +127,22 @@ impl Netlink {
                     }
                 }
                 Ok(None) => return Ok(out),
-                Err(source) => return Err(NetlinkError::Request { what: "listing addresses".into(), source }),
+                Err(source) => {
+                    return Err(NetlinkError::Request {
+                        what: "listing addresses".into(),
+                        source,
+                    });
+                }
             }
         }
     }
 
     async fn default_route_oif(&self) -> Result<Option<u32>, NetlinkError> {
-        let mut s = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        let mut s = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
         loop {
             match s.try_next().await {
                 Ok(Some(m)) => {
@@ -131,7 +155,12 @@ impl Netlink {
                     }
                 }
                 Ok(None) => return Ok(None),
-                Err(source) => return Err(NetlinkError::Request { what: "listing routes".into(), source }),
+                Err(source) => {
+                    return Err(NetlinkError::Request {
+                        what: "listing routes".into(),
+                        source,
+                    });
+                }
             }
         }
     }
@@ -139,52 +168,115 @@ impl Netlink {
     /// Finds the underlay as flanneld does: the interface named `iface`, else the one holding
     /// `public_ip`, else the default route's. PublicIP is `public_ip` if given, else the
     /// interface's first IPv4 address.
-    pub async fn underlay(&self, iface: Option<&str>, public_ip: Option<Ipv4Addr>) -> Result<Underlay, NetlinkError> {
+    pub async fn underlay(
+        &self,
+        iface: Option<&str>,
+        public_ip: Option<Ipv4Addr>,
+    ) -> Result<Underlay, NetlinkError> {
         let links = self.links().await?;
         let addrs = self.v4_addrs().await?;
         let link = if let Some(name) = iface {
-            links.iter().find(|l| l.name == name).ok_or_else(|| NetlinkError::NotFound(format!("interface {name:?} not found")))?
+            links
+                .iter()
+                .find(|l| l.name == name)
+                .ok_or_else(|| NetlinkError::NotFound(format!("interface {name:?} not found")))?
         } else if let Some(ip) = public_ip {
-            let idx = addrs.iter().find(|(_, a)| *a == ip).map(|(i, _)| *i).ok_or_else(|| {
-                NetlinkError::NotFound(format!("no interface has address {ip}; pass --iface to choose one"))
-            })?;
-            links.iter().find(|l| l.index == idx).ok_or_else(|| NetlinkError::NotFound(format!("link {idx} vanished")))?
+            let idx = addrs
+                .iter()
+                .find(|(_, a)| *a == ip)
+                .map(|(i, _)| *i)
+                .ok_or_else(|| {
+                    NetlinkError::NotFound(format!(
+                        "no interface has address {ip}; pass --iface to choose one"
+                    ))
+                })?;
+            links
+                .iter()
+                .find(|l| l.index == idx)
+                .ok_or_else(|| NetlinkError::NotFound(format!("link {idx} vanished")))?
         } else {
             let idx = self.default_route_oif().await?.ok_or_else(|| {
-                NetlinkError::NotFound("no default route to pick the underlay interface; pass --iface or --public-ip".into())
+                NetlinkError::NotFound(
+                    "no default route to pick the underlay interface; pass --iface or --public-ip"
+                        .into(),
+                )
             })?;
-            links.iter().find(|l| l.index == idx).ok_or_else(|| NetlinkError::NotFound(format!("link {idx} vanished")))?
+            links
+                .iter()
+                .find(|l| l.index == idx)
+                .ok_or_else(|| NetlinkError::NotFound(format!("link {idx} vanished")))?
         };
         let addr = match public_ip {
             Some(ip) => ip,
-            None => addrs.iter().find(|(i, _)| *i == link.index).map(|(_, a)| *a).ok_or_else(|| {
-                NetlinkError::NotFound(format!("interface {} has no IPv4 address; pass --public-ip", link.name))
-            })?,
+            None => addrs
+                .iter()
+                .find(|(i, _)| *i == link.index)
+                .map(|(_, a)| *a)
+                .ok_or_else(|| {
+                    NetlinkError::NotFound(format!(
+                        "interface {} has no IPv4 address; pass --public-ip",
+                        link.name
+                    ))
+                })?,
         };
-        Ok(Underlay { index: link.index, name: link.name.clone(), mtu: link.mtu, addr })
+        Ok(Underlay {
+            index: link.index,
+            name: link.name.clone(),
+            mtu: link.mtu,
+            addr,
+        })
     }
 
     /// Sets a link's MTU and brings it up.
     pub async fn set_up(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
-        self.handle.link().set(msg).execute().await.map_err(|source| NetlinkError::Request { what: format!("setting link {index} up with MTU {mtu}"), source })
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Request {
+                what: format!("setting link {index} up with MTU {mtu}"),
+                source,
+            })
     }
 
     /// Adds `addr/prefix` to a link; an address already there is fine.
-    pub async fn add_address(&self, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<(), NetlinkError> {
-        match self.handle.address().add(index, IpAddr::V4(addr), prefix).execute().await {
+    pub async fn add_address(
+        &self,
+        index: u32,
+        addr: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), NetlinkError> {
+        match self
+            .handle
+            .address()
+            .add(index, IpAddr::V4(addr), prefix)
+            .execute()
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if errno_of(&e) == Some(libc::EEXIST) => Ok(()),
-            Err(source) => Err(NetlinkError::Request { what: format!("adding {addr}/{prefix} to link {index}"), source }),
+            Err(source) => Err(NetlinkError::Request {
+                what: format!("adding {addr}/{prefix} to link {index}"),
+                source,
+            }),
         }
     }
 
     fn dev_route(dst: Ipv4Net, index: u32) -> RouteMessage {
-        RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst.network(), dst.prefix_len()).output_interface(index).scope(RouteScope::Universe).build()
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .output_interface(index)
+            .scope(RouteScope::Universe)
+            .build()
     }
 
     fn via_route(dst: Ipv4Net, gw: Ipv4Addr) -> RouteMessage {
-        RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst.network(), dst.prefix_len()).gateway(gw).build()
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .gateway(gw)
+            .build()
     }
 
     async fn add(&self, msg: RouteMessage, what: String) -> Result<(), NetlinkError> {
@@ -198,29 +290,52 @@ impl Netlink {
     async fn del(&self, msg: RouteMessage, what: String) -> Result<(), NetlinkError> {
         match self.handle.route().del(msg).execute().await {
             Ok(()) => Ok(()),
-            Err(e) if matches!(errno_of(&e), Some(libc::ESRCH | libc::ENOENT | libc::ENODEV)) => Ok(()),
+            Err(e)
+                if matches!(
+                    errno_of(&e),
+                    Some(libc::ESRCH | libc::ENOENT | libc::ENODEV)
+                ) =>
+            {
+                Ok(())
+            }
             Err(source) => Err(NetlinkError::Request { what, source }),
         }
     }
 
     /// Adds a route for `dst` out of link `index`; an existing one is fine.
     pub async fn add_dev_route(&self, dst: Ipv4Net, index: u32) -> Result<(), NetlinkError> {
-        self.add(Self::dev_route(dst, index), format!("adding route {dst} dev {index}")).await
+        self.add(
+            Self::dev_route(dst, index),
+            format!("adding route {dst} dev {index}"),
+        )
+        .await
     }
 
     /// Removes the route for `dst` out of link `index`; a missing one is fine.
     pub async fn del_dev_route(&self, dst: Ipv4Net, index: u32) -> Result<(), NetlinkError> {
-        self.del(Self::dev_route(dst, index), format!("deleting route {dst} dev {index}")).await
+        self.del(
+            Self::dev_route(dst, index),
+            format!("deleting route {dst} dev {index}"),
+        )
+        .await
     }
 
     /// Adds a route for `dst` via gateway `gw`; an existing one is fine.
     pub async fn add_via_route(&self, dst: Ipv4Net, gw: Ipv4Addr) -> Result<(), NetlinkError> {
-        self.add(Self::via_route(dst, gw), format!("adding route {dst} via {gw}")).await
+        self.add(
+            Self::via_route(dst, gw),
+            format!("adding route {dst} via {gw}"),
+        )
+        .await
     }
 
     /// Removes the route for `dst` via `gw`; a missing one is fine.
     pub async fn del_via_route(&self, dst: Ipv4Net, gw: Ipv4Addr) -> Result<(), NetlinkError> {
-        self.del(Self::via_route(dst, gw), format!("deleting route {dst} via {gw}")).await
+        self.del(
+            Self::via_route(dst, gw),
+            format!("deleting route {dst} via {gw}"),
+        )
+        .await
     }
 
     /// Deletes link `index`; a missing one is fine.
@@ -228,7 +343,10 @@ impl Netlink {
         match self.handle.link().del(index).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(()),
-            Err(source) => Err(NetlinkError::Request { what: format!("deleting link {index}"), source }),
+            Err(source) => Err(NetlinkError::Request {
+                what: format!("deleting link {index}"),
+                source,
+            }),
         }
     }
 }

@@ -25,7 +25,9 @@ pub struct WeftProcess {
 impl WeftProcess {
     /// Sends SIGTERM and waits up to `timeout` for exit; SIGKILL after that.
     pub fn stop(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
-        let Some(mut child) = self.child.take() else { return Ok(None) };
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
         let pid = Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?);
         let _ = kill(pid, Signal::SIGTERM);
         let deadline = Instant::now() + timeout;
@@ -42,7 +44,9 @@ impl WeftProcess {
 
     /// True while the process runs.
     pub fn running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// The log so far.
@@ -58,24 +62,44 @@ impl Drop for WeftProcess {
 }
 
 /// Starts `weft run` in namespace `ns` with `args` after `run`, logging to `log`.
-pub fn spawn_weft(bin: &Path, ns: &str, args: &[String], subnet_file: PathBuf, log: PathBuf) -> io::Result<WeftProcess> {
+pub fn spawn_weft(
+    bin: &Path,
+    ns: &str,
+    args: &[String],
+    subnet_file: PathBuf,
+    log: PathBuf,
+) -> io::Result<WeftProcess> {
     let logf = std::fs::File::create(&log)?;
     let child = Command::new("ip")
         .args(["netns", "exec", ns])
         .arg(bin)
         .arg("run")
         .args(args)
-        .env("RUST_LOG", std::env::var("WEFT_CHILD_LOG").unwrap_or_else(|_| "info".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("WEFT_CHILD_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(logf)
         .spawn()?;
-    Ok(WeftProcess { child: Some(child), subnet_file, log })
+    Ok(WeftProcess {
+        child: Some(child),
+        subnet_file,
+        log,
+    })
 }
 
 /// A deterministic VTEP MAC for host `i` of a lab (locally administered unicast).
 pub fn lab_vtep_mac(i: usize) -> MacAddr {
-    MacAddr([0x02, 0x77, 0x65, 0x66, 0x74, u8::try_from(i % 256).unwrap_or(0)])
+    MacAddr([
+        0x02,
+        0x77,
+        0x65,
+        0x66,
+        0x74,
+        u8::try_from(i % 256).unwrap_or(0),
+    ])
 }
 
 /// Hosts running weft against one registry directory.
@@ -101,6 +125,8 @@ pub struct ClusterSpec {
     pub preseed: bool,
     /// Extra `weft run` arguments for every host.
     pub extra_args: Vec<String>,
+    /// Hosts (0-based) where weft is not started (e.g. a kernel-VXLAN peer set up by the caller).
+    pub skip_hosts: Vec<usize>,
 }
 
 impl Cluster {
@@ -108,25 +134,55 @@ impl Cluster {
     /// has written its subnet.env (its "ready" signal).
     pub fn start(bin: &Path, spec: &ClusterSpec, ready_timeout: Duration) -> io::Result<Self> {
         let topo = Topology::build(&spec.tag, spec.hosts)?;
-        let registry = tempfile::Builder::new().prefix("weft-registry-").tempdir()?;
-        let config = format!(r#"{{"Network":"{POD_NETWORK}","Backend":{}}}"#, spec.backend);
+        let registry = tempfile::Builder::new()
+            .prefix("weft-registry-")
+            .tempdir()?;
+        let config = format!(
+            r#"{{"Network":"{POD_NETWORK}","Backend":{}}}"#,
+            spec.backend
+        );
         write_atomic(&registry.path().join("config"), config.as_bytes())?;
         std::fs::create_dir_all(registry.path().join("subnets"))?;
         if spec.preseed {
-            let backend = crate::proto::netconfig::NetConfig::parse(&config).map_err(io::Error::other)?.backend;
+            let backend = crate::proto::netconfig::NetConfig::parse(&config)
+                .map_err(io::Error::other)?
+                .backend;
             for (i, h) in topo.hosts.iter().enumerate() {
                 let attrs = match backend.kind {
                     crate::proto::netconfig::BackendType::Udp => LeaseAttrs::udp(h.underlay_ip),
-                    crate::proto::netconfig::BackendType::HostGw => LeaseAttrs::host_gw(h.underlay_ip),
-                    crate::proto::netconfig::BackendType::Vxlan => LeaseAttrs::vxlan(h.underlay_ip, VxlanData { vni: backend.vni, vtep_mac: lab_vtep_mac(i + 1) }),
+                    crate::proto::netconfig::BackendType::HostGw => {
+                        LeaseAttrs::host_gw(h.underlay_ip)
+                    }
+                    crate::proto::netconfig::BackendType::Vxlan => LeaseAttrs::vxlan(
+                        h.underlay_ip,
+                        VxlanData {
+                            vni: backend.vni,
+                            vtep_mac: lab_vtep_mac(i + 1),
+                        },
+                    ),
                 };
                 let key = format!("{}-{}", h.subnet.network(), h.subnet.prefix_len());
-                write_atomic(&registry.path().join("subnets").join(key), attrs.to_json().as_bytes())?;
+                write_atomic(
+                    &registry.path().join("subnets").join(key),
+                    attrs.to_json().as_bytes(),
+                )?;
             }
         }
-        let mut c = Cluster { procs: Vec::new(), registry, topo };
+        let mut c = Cluster {
+            procs: Vec::new(),
+            registry,
+            topo,
+        };
         for i in 0..c.topo.hosts.len() {
-            c.start_host(bin, i, &spec.extra_args)?;
+            if spec.skip_hosts.contains(&i) {
+                c.procs.push(WeftProcess {
+                    child: None,
+                    subnet_file: c.subnet_file(i),
+                    log: c.registry.path().join("none.log"),
+                });
+            } else {
+                c.start_host(bin, i, &spec.extra_args)?;
+            }
         }
         c.wait_ready(ready_timeout)?;
         Ok(c)
@@ -171,13 +227,25 @@ impl Cluster {
     /// Waits until every running weft has written its subnet.env.
     pub fn wait_ready(&mut self, timeout: Duration) -> io::Result<()> {
         let deadline = Instant::now() + timeout;
-        for (i, p) in self.procs.iter_mut().enumerate() {
+        for (i, p) in self
+            .procs
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, p)| p.child.is_some())
+        {
             while !p.subnet_file.exists() {
                 if !p.running() {
-                    return Err(io::Error::other(format!("weft on host {} exited:\n{}", i + 1, p.log_text())));
+                    return Err(io::Error::other(format!(
+                        "weft on host {} exited:\n{}",
+                        i + 1,
+                        p.log_text()
+                    )));
                 }
                 if Instant::now() > deadline {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, format!("weft on host {} not ready:\n{}", i + 1, p.log_text())));
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("weft on host {} not ready:\n{}", i + 1, p.log_text()),
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -187,6 +255,10 @@ impl Cluster {
 
     /// All logs, for failure messages.
     pub fn logs(&self) -> String {
-        self.procs.iter().enumerate().map(|(i, p)| format!("--- host {} ---\n{}", i + 1, p.log_text())).collect()
+        self.procs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("--- host {} ---\n{}", i + 1, p.log_text()))
+            .collect()
     }
 }

@@ -121,7 +121,13 @@ pub struct VxlanData {
 impl LeaseAttrs {
     /// The attributes of a udp-backend lease.
     pub fn udp(public_ip: Ipv4Addr) -> Self {
-        Self { public_ip, public_ipv6: None, backend_type: None, backend_data: None, backend_v6_data: None }
+        Self {
+            public_ip,
+            public_ipv6: None,
+            backend_type: None,
+            backend_data: None,
+            backend_v6_data: None,
+        }
     }
 
     /// The attributes of a vxlan lease.
@@ -129,12 +135,21 @@ impl LeaseAttrs {
         let text = format!(r#"{{"VNI":{},"VtepMAC":"{}"}}"#, data.vni, data.vtep_mac);
         // The text above is well-formed JSON by construction.
         let raw = RawValue::from_string(text).ok();
-        Self { public_ip, public_ipv6: None, backend_type: Some("vxlan".into()), backend_data: raw, backend_v6_data: None }
+        Self {
+            public_ip,
+            public_ipv6: None,
+            backend_type: Some("vxlan".into()),
+            backend_data: raw,
+            backend_v6_data: None,
+        }
     }
 
     /// The attributes of a host-gw lease.
     pub fn host_gw(public_ip: Ipv4Addr) -> Self {
-        Self { backend_type: Some("host-gw".into()), ..Self::udp(public_ip) }
+        Self {
+            backend_type: Some("host-gw".into()),
+            ..Self::udp(public_ip)
+        }
     }
 
     /// The backend type, empty meaning udp (flannel's udp backend writes none).
@@ -148,17 +163,36 @@ impl LeaseAttrs {
             return None;
         }
         let o = GoObject::parse(self.backend_data.as_ref()?.get()).ok()?;
-        Some(VxlanData { vni: o.get("VNI").ok()??, vtep_mac: o.get("VtepMAC").ok()?? })
+        Some(VxlanData {
+            vni: o.get("VNI").ok()??,
+            vtep_mac: o.get("VtepMAC").ok()??,
+        })
     }
 
     /// Parses a lease value (field names matched as Go does).
     pub fn parse(text: &str) -> Result<Self, LeaseError> {
         let o = GoObject::parse(text).map_err(|e| LeaseError(format!("not a JSON object: {e}")))?;
-        let public_ip: Ipv4Addr = o.get("PublicIP").map_err(LeaseError)?.ok_or_else(|| LeaseError("PublicIP is missing".into()))?;
+        let public_ip: Ipv4Addr = o
+            .get("PublicIP")
+            .map_err(LeaseError)?
+            .ok_or_else(|| LeaseError("PublicIP is missing".into()))?;
         let public_ipv6 = o.get("PublicIPv6").map_err(LeaseError)?;
-        let backend_type: Option<String> = o.get::<String>("BackendType").map_err(LeaseError)?.filter(|s| !s.is_empty());
-        let raw = |name| -> Option<Box<RawValue>> { o.raw(name).filter(|r| r.get() != "null").map(|r| r.to_owned()) };
-        Ok(Self { public_ip, public_ipv6, backend_type, backend_data: raw("BackendData"), backend_v6_data: raw("BackendV6Data") })
+        let backend_type: Option<String> = o
+            .get::<String>("BackendType")
+            .map_err(LeaseError)?
+            .filter(|s| !s.is_empty());
+        let raw = |name| -> Option<Box<RawValue>> {
+            o.raw(name)
+                .filter(|r| r.get() != "null")
+                .map(|r| r.to_owned())
+        };
+        Ok(Self {
+            public_ip,
+            public_ipv6,
+            backend_type,
+            backend_data: raw("BackendData"),
+            backend_v6_data: raw("BackendV6Data"),
+        })
     }
 
     /// Serializes as flanneld does: `PublicIP`, `PublicIPv6` (null when absent), then the
@@ -198,7 +232,19 @@ mod tests {
         let k: SubnetKey = "10.1.5.0-24&fc00::-64".parse().unwrap();
         assert_eq!(k.v6, Some("fc00::/64".parse().unwrap()));
         assert_eq!(k.to_string(), "10.1.5.0-24&fc00::-64");
-        for bad in ["", "10.244.1.0", "10.244.1.0-", "10.244.1.0-33", "10.244.1.1-24", "10.244.1.0-24&", "10.244.1.0-24&fc00::-129", "x-24", "10.244.1.0-+24", "10.244.1.0-24&fc00::1-64", "10.244.1.0/24"] {
+        for bad in [
+            "",
+            "10.244.1.0",
+            "10.244.1.0-",
+            "10.244.1.0-33",
+            "10.244.1.1-24",
+            "10.244.1.0-24&",
+            "10.244.1.0-24&fc00::-129",
+            "x-24",
+            "10.244.1.0-+24",
+            "10.244.1.0-24&fc00::1-64",
+            "10.244.1.0/24",
+        ] {
             assert!(bad.parse::<SubnetKey>().is_err(), "{bad}");
         }
     }
@@ -206,7 +252,10 @@ mod tests {
     #[test]
     fn udp_value_exact_bytes() {
         let a = LeaseAttrs::udp(Ipv4Addr::new(10, 168, 0, 3));
-        assert_eq!(a.to_json(), r#"{"PublicIP":"10.168.0.3","PublicIPv6":null}"#);
+        assert_eq!(
+            a.to_json(),
+            r#"{"PublicIP":"10.168.0.3","PublicIPv6":null}"#
+        );
         assert_eq!(LeaseAttrs::parse(&a.to_json()).unwrap(), a);
         assert_eq!(a.backend_name(), "udp");
     }
@@ -228,10 +277,20 @@ mod tests {
         let a = LeaseAttrs::parse(r#"{"publicip":"1.2.3.4","BackendType":"","Extra":5}"#).unwrap();
         assert_eq!(a.public_ip, Ipv4Addr::new(1, 2, 3, 4));
         assert_eq!(a.backend_type, None);
-        for bad in ["", "{}", r#"{"PublicIP":"1.2.3"}"#, r#"{"PublicIP":1}"#, "[]", r#"{"PublicIP":"1.2.3.4","PublicIPv6":"x"}"#] {
+        for bad in [
+            "",
+            "{}",
+            r#"{"PublicIP":"1.2.3"}"#,
+            r#"{"PublicIP":1}"#,
+            "[]",
+            r#"{"PublicIP":"1.2.3.4","PublicIPv6":"x"}"#,
+        ] {
             assert!(LeaseAttrs::parse(bad).is_err(), "{bad}");
         }
-        let no_mac = LeaseAttrs::parse(r#"{"PublicIP":"1.2.3.4","BackendType":"vxlan","BackendData":{"VNI":1}}"#).unwrap();
+        let no_mac = LeaseAttrs::parse(
+            r#"{"PublicIP":"1.2.3.4","BackendType":"vxlan","BackendData":{"VNI":1}}"#,
+        )
+        .unwrap();
         assert_eq!(no_mac.vxlan_data(), None);
     }
 }

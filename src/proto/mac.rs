@@ -25,7 +25,11 @@ impl MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 
@@ -40,7 +44,10 @@ impl FromStr for MacAddr {
         let mut out = [0u8; 6];
         let mut parts = s.split(':');
         for o in &mut out {
-            let p = parts.next().filter(|p| p.len() == 2).ok_or_else(|| MacParseError(s.into()))?;
+            let p = parts
+                .next()
+                .filter(|p| p.len() == 2)
+                .ok_or_else(|| MacParseError(s.into()))?;
             *o = u8::from_str_radix(p, 16).map_err(|_| MacParseError(s.into()))?;
         }
         if parts.next().is_some() {
@@ -72,7 +79,14 @@ mod tests {
         let m: MacAddr = "C6:d2:32:6f:8f:44".parse().unwrap();
         assert_eq!(m.0, [0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44]);
         assert_eq!(m.to_string(), "c6:d2:32:6f:8f:44");
-        for bad in ["", "c6:d2:32:6f:8f", "c6:d2:32:6f:8f:44:00", "c6-d2-32-6f-8f-44", "g6:d2:32:6f:8f:44", "c:d2:32:6f:8f:445"] {
+        for bad in [
+            "",
+            "c6:d2:32:6f:8f",
+            "c6:d2:32:6f:8f:44:00",
+            "c6-d2-32-6f-8f-44",
+            "g6:d2:32:6f:8f:44",
+            "c:d2:32:6f:8f:445",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }

@@ -57,11 +57,24 @@ pub trait Registry: Send + Sync + 'static {
 
     /// Creates `key` with `attrs` if no live lease holds it. `Ok(false)` means someone else
     /// holds it (a lost race, for the caller to move on from).
-    fn create_lease(&self, key: &SubnetKey, attrs: &LeaseAttrs, ttl: Duration) -> impl Future<Output = Result<bool, RegistryError>> + Send;
+    fn create_lease(
+        &self,
+        key: &SubnetKey,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, RegistryError>> + Send;
 
     /// Writes `key` with `attrs` and a fresh TTL, whether or not it exists (renewal, reuse).
-    fn renew_lease(&self, key: &SubnetKey, attrs: &LeaseAttrs, ttl: Duration) -> impl Future<Output = Result<(), RegistryError>> + Send;
+    fn renew_lease(
+        &self,
+        key: &SubnetKey,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
 
     /// Resolves with the new lease set once it differs from `known`.
-    fn watch_leases(&self, known: &[Lease]) -> impl Future<Output = Result<Vec<Lease>, RegistryError>> + Send;
+    fn watch_leases(
+        &self,
+        known: &[Lease],
+    ) -> impl Future<Output = Result<Vec<Lease>, RegistryError>> + Send;
 }

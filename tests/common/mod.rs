@@ -1,0 +1,82 @@
+//! Shared helpers of the integration tests: every test builds its own namespaces (unique
+//! names) and removes them through guards, also when it fails.
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use weft::lab::cluster::{Cluster, ClusterSpec};
+use weft::lab::topology::ns_exec;
+
+/// The weft binary under test.
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_weft"))
+}
+
+/// These tests need root and /dev/net/tun. Missing them is a failure, never a skip.
+pub fn require_privileges() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "integration tests need root (network namespaces, TUN); run them as root"
+    );
+    assert!(
+        Path::new("/dev/net/tun").exists(),
+        "/dev/net/tun is missing"
+    );
+}
+
+/// Starts a 2-host cluster with `backend` and pre-seeded leases.
+pub fn cluster(tag: &str, backend: &str, extra: &[&str]) -> Cluster {
+    require_privileges();
+    let spec = ClusterSpec {
+        tag: tag.into(),
+        hosts: 2,
+        backend: backend.into(),
+        preseed: true,
+        extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        skip_hosts: vec![],
+    };
+    Cluster::start(bin(), &spec, Duration::from_secs(15)).expect("cluster starts")
+}
+
+/// `ping -c count` from namespace `ns` to `dst`; true when every echo was answered.
+pub fn ping(ns: &str, dst: Ipv4Addr, count: u32) -> bool {
+    let out = ns_exec(
+        ns,
+        &[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            &dst.to_string(),
+        ],
+    )
+    .expect("ping runs (apt-get install iputils-ping)");
+    out.status.success()
+}
+
+/// Polls `f` every 50 ms until it holds or `timeout` passes; returns whether it held.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// True when namespace `ns` has a link called `name`.
+pub fn has_link(ns: &str, name: &str) -> bool {
+    ns_exec(ns, &["ip", "link", "show", name])
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
