@@ -20,14 +20,7 @@ fn help_lists_commands_and_flags() {
     assert!(out.contains("run") && out.contains("lab"), "{out}");
     let (code, out, _) = weft(&["run", "--help"]);
     assert_eq!(code, 0);
-    for flag in [
-        "--registry-dir",
-        "--public-ip",
-        "--iface",
-        "--subnet-file",
-        "--etcd-prefix",
-        "--mode",
-    ] {
+    for flag in ["--registry-dir", "--public-ip", "--iface", "--subnet-file", "--etcd-prefix", "--mode"] {
         assert!(out.contains(flag), "{flag} missing from:\n{out}");
     }
 }
@@ -54,10 +47,7 @@ fn broken_config_is_a_one_line_error() {
     for (config, want) in [
         ("{", "not a JSON object"),
         (r#"{"Network":"100.96.0.0/29"}"#, "too small"),
-        (
-            r#"{"Network":"100.96.0.0/16","Backend":{"Type":"gre"}}"#,
-            "gre",
-        ),
+        (r#"{"Network":"100.96.0.0/16","Backend":{"Type":"gre"}}"#, "gre"),
     ] {
         std::fs::write(d.path().join("config"), config).unwrap();
         let (code, _, err) = weft(&[
@@ -68,18 +58,11 @@ fn broken_config_is_a_one_line_error() {
             d.path().join("env").to_str().unwrap(),
         ]);
         assert_eq!(code, 1, "{err}");
-        let lines: Vec<&str> = err
-            .lines()
-            .filter(|l| l.starts_with("weft: error"))
-            .collect();
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("weft: error")).collect();
         assert_eq!(lines.len(), 1, "{err}");
         assert!(lines[0].contains(want), "{err}");
     }
-    let (code, _, err) = weft(&[
-        "run",
-        "--registry-dir",
-        d.path().join("missing").to_str().unwrap(),
-    ]);
+    let (code, _, err) = weft(&["run", "--registry-dir", d.path().join("missing").to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("missing"), "{err}");
     let empty = tempfile::tempdir().unwrap();

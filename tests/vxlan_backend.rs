@@ -30,10 +30,7 @@ fn tcp_both_ways(c: &Cluster) {
 
 fn lease_of(c: &Cluster, h: &Host) -> LeaseAttrs {
     let key = format!("{}-{}", h.subnet.network(), h.subnet.prefix_len());
-    LeaseAttrs::parse(
-        &std::fs::read_to_string(c.registry.path().join("subnets").join(key)).unwrap(),
-    )
-    .unwrap()
+    LeaseAttrs::parse(&std::fs::read_to_string(c.registry.path().join("subnets").join(key)).unwrap()).unwrap()
 }
 
 #[test]
@@ -44,10 +41,7 @@ fn weft_to_weft_ping_and_tcp() {
     assert!(ping(&h2.container_ns, h1.container_ip, 3), "{}", c.logs());
     tcp_both_ways(&c);
     let env = std::fs::read_to_string(c.subnet_file(0)).unwrap();
-    assert!(
-        env.contains("FLANNEL_MTU=1450"),
-        "vxlan MTU = 1500 - 50: {env}"
-    );
+    assert!(env.contains("FLANNEL_MTU=1450"), "vxlan MTU = 1500 - 50: {env}");
 }
 
 #[test]
@@ -73,14 +67,7 @@ fn vtep_mac_is_kept_when_the_lease_is_reused() {
 }
 
 /// Programs host `h` as flanneld's vxlan backend would, for one remote lease.
-fn kernel_flannel(
-    h: &Host,
-    own_mac: MacAddr,
-    vni: u32,
-    port: u16,
-    remote: &Host,
-    remote_mac: MacAddr,
-) {
+fn kernel_flannel(h: &Host, own_mac: MacAddr, vni: u32, port: u16, remote: &Host, remote_mac: MacAddr) {
     let ns = h.ns.as_str();
     let dev = format!("flannel.{vni}");
     ip(&[
@@ -102,76 +89,18 @@ fn kernel_flannel(
         "nolearning",
     ])
     .unwrap();
-    ip(&[
-        "-n",
-        ns,
-        "link",
-        "set",
-        &dev,
-        "address",
-        &own_mac.to_string(),
-        "mtu",
-        "1450",
-        "up",
-    ])
-    .unwrap();
-    ip(&[
-        "-n",
-        ns,
-        "addr",
-        "add",
-        &format!("{}/32", h.subnet.network()),
-        "dev",
-        &dev,
-    ])
-    .unwrap();
+    ip(&["-n", ns, "link", "set", &dev, "address", &own_mac.to_string(), "mtu", "1450", "up"]).unwrap();
+    ip(&["-n", ns, "addr", "add", &format!("{}/32", h.subnet.network()), "dev", &dev]).unwrap();
     let gw = remote.subnet.network().to_string();
-    ip(&[
-        "-n",
-        ns,
-        "neigh",
-        "replace",
-        &gw,
-        "lladdr",
-        &remote_mac.to_string(),
-        "dev",
-        &dev,
-        "nud",
-        "permanent",
-    ])
-    .unwrap();
+    ip(&["-n", ns, "neigh", "replace", &gw, "lladdr", &remote_mac.to_string(), "dev", &dev, "nud", "permanent"])
+        .unwrap();
     let out = ns_exec(
         ns,
-        &[
-            "bridge",
-            "fdb",
-            "append",
-            &remote_mac.to_string(),
-            "dev",
-            &dev,
-            "dst",
-            &remote.underlay_ip.to_string(),
-        ],
+        &["bridge", "fdb", "append", &remote_mac.to_string(), "dev", &dev, "dst", &remote.underlay_ip.to_string()],
     )
     .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ip(&[
-        "-n",
-        ns,
-        "route",
-        "add",
-        &remote.subnet.to_string(),
-        "via",
-        &gw,
-        "dev",
-        &dev,
-        "onlink",
-    ])
-    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ip(&["-n", ns, "route", "add", &remote.subnet.to_string(), "via", &gw, "dev", &dev, "onlink"]).unwrap();
 }
 
 fn mixed_pair(tag: &str, backend: &str, vni: u32, port: u16) {
@@ -192,23 +121,11 @@ fn mixed_pair(tag: &str, backend: &str, vni: u32, port: u16) {
     // A kernel VXLAN sender leaves inner TCP checksums CHECKSUM_PARTIAL for the NIC to finish.
     // A veth never finishes them, and a user-space receiver sees only bytes, so make the kernel
     // host's underlay behave like a real NIC: checksums completed before the wire.
-    let out = ns_exec(&h2.ns, &["ethtool", "-K", UNDERLAY_IF, "tx", "off"])
-        .expect("ethtool runs (apt-get install ethtool)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        ping(&h1.container_ns, h2.container_ip, 3),
-        "weft → kernel\n{}",
-        c.logs()
-    );
-    assert!(
-        ping(&h2.container_ns, h1.container_ip, 3),
-        "kernel → weft\n{}",
-        c.logs()
-    );
+    let out =
+        ns_exec(&h2.ns, &["ethtool", "-K", UNDERLAY_IF, "tx", "off"]).expect("ethtool runs (apt-get install ethtool)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(ping(&h1.container_ns, h2.container_ip, 3), "weft → kernel\n{}", c.logs());
+    assert!(ping(&h2.container_ns, h1.container_ip, 3), "kernel → weft\n{}", c.logs());
     tcp_both_ways(&c);
 }
 

@@ -1,8 +1,9 @@
 //! `weft run`: join the network, hold a lease, set up the host, and keep the data path's peer
 //! table in step with the registry until SIGINT/SIGTERM.
 
+use super::kernel::{KernelBackend, KernelDataplane};
 use super::lease::{acquire, peers_from_leases};
-use super::netlink::{Netlink, Underlay, sysctl};
+use super::netlink::{Netlink, Underlay, VxlanDevice, sysctl};
 use super::registry::dir::{DirRegistry, write_atomic};
 use super::registry::{LEASE_TTL, Lease, Registry};
 use crate::dataplane::counters::{Counters, Crossing, DropReason};
@@ -47,7 +48,11 @@ pub struct RunOptions {
     /// subnet.env to write, and to read a previous subnet from.
     #[arg(long, default_value = "/run/flannel/subnet.env", value_name = "PATH")]
     pub subnet_file: PathBuf,
-    /// Forwarding engine.
+    /// Who moves the packets: weft in user space, or the kernel (a VXLAN device weft programs,
+    /// as flanneld does). host-gw is always a kernel data path.
+    #[arg(long, value_enum, default_value = "userspace")]
+    pub dataplane: Dataplane,
+    /// Forwarding engine of the userspace data path.
     #[arg(long, value_enum, default_value = "naive")]
     pub mode: Mode,
     /// TUN device name (default: flannel0 for udp, weft.<VNI> for vxlan).
@@ -61,12 +66,19 @@ pub struct RunOptions {
     pub subnet_lease_renew_margin: u64,
 }
 
+/// Where packets are moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dataplane {
+    /// weft reads the TUN and sends UDP itself (the engine is --mode).
+    Userspace,
+    /// The kernel forwards; weft programs it over netlink.
+    Kernel,
+}
+
 /// Runs the daemon to completion. Returns after a clean shutdown.
 pub fn run(opts: RunOptions) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the control runtime")?;
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the control runtime")?;
     rt.block_on(run_async(opts))
 }
 
@@ -81,11 +93,7 @@ fn mtu_for(cfg: &NetConfig, underlay: &Underlay) -> Result<u32> {
     };
     let mtu = underlay.mtu.saturating_sub(overhead);
     if mtu < 576 {
-        bail!(
-            "underlay {} MTU {} leaves {mtu} for the overlay (< 576)",
-            underlay.name,
-            underlay.mtu
-        );
+        bail!("underlay {} MTU {} leaves {mtu} for the overlay (< 576)", underlay.name, underlay.mtu);
     }
     Ok(mtu)
 }
@@ -111,26 +119,14 @@ fn attrs_for(cfg: &NetConfig, public_ip: Ipv4Addr, previous: Option<&LeaseAttrs>
                 .and_then(|p| p.vxlan_data())
                 .map(|d| d.vtep_mac)
                 .unwrap_or_else(|| MacAddr::random_local(&mut rand::rng()));
-            LeaseAttrs::vxlan(
-                public_ip,
-                VxlanData {
-                    vni: cfg.backend.vni,
-                    vtep_mac,
-                },
-            )
+            LeaseAttrs::vxlan(public_ip, VxlanData { vni: cfg.backend.vni, vtep_mac })
         }
     }
 }
 
 fn log_peer_changes(old: &PeerTable, new: &[Peer]) {
-    let before: BTreeSet<String> = old
-        .iter()
-        .map(|p| format!("{} via {}", p.subnet, p.endpoint))
-        .collect();
-    let after: BTreeSet<String> = new
-        .iter()
-        .map(|p| format!("{} via {}", p.subnet, p.endpoint))
-        .collect();
+    let before: BTreeSet<String> = old.iter().map(|p| format!("{} via {}", p.subnet, p.endpoint)).collect();
+    let after: BTreeSet<String> = new.iter().map(|p| format!("{} via {}", p.subnet, p.endpoint)).collect();
     for added in after.difference(&before) {
         tracing::info!("peer added: {added}");
     }
@@ -149,21 +145,6 @@ async fn shutdown_signal() -> Result<&'static str> {
     })
 }
 
-/// Keeps the kernel's host-gw routes equal to `peers` (adds missing, removes gone ones).
-async fn sync_host_gw(nl: &Netlink, installed: &mut Vec<Peer>, peers: &[Peer]) {
-    for p in installed.iter().filter(|p| !peers.contains(p)) {
-        if let Err(e) = nl.del_via_route(p.subnet, *p.endpoint.ip()).await {
-            tracing::warn!("{e}");
-        }
-    }
-    for p in peers.iter().filter(|p| !installed.contains(p)) {
-        if let Err(e) = nl.add_via_route(p.subnet, *p.endpoint.ip()).await {
-            tracing::warn!("{e}");
-        }
-    }
-    *installed = peers.to_vec();
-}
-
 async fn run_async(opts: RunOptions) -> Result<()> {
     let reg = DirRegistry::open(&opts.registry_dir).context("opening the registry")?;
     let cfg_text = reg.config().await.context("reading the network config")?;
@@ -175,10 +156,7 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     tracing::info!(network = %cfg.network, backend = %cfg.backend.kind, iface = %underlay.name, %public_ip, registry = %reg.describe(), "starting");
 
     let previous = read_previous_subnet(&opts.subnet_file);
-    let lease = acquire(&reg, &cfg, public_ip, previous, |prev| {
-        attrs_for(&cfg, public_ip, prev)
-    })
-    .await?;
+    let lease = acquire(&reg, &cfg, public_ip, previous, |prev| attrs_for(&cfg, public_ip, prev)).await?;
     let subnet = lease.key.v4;
     let tun_addr = subnet.network();
 
@@ -190,44 +168,50 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(Counters::default());
     let table = Arc::new(ArcSwap::from_pointee(PeerTable::new(peers.clone())));
-    let mut host_gw_routes: Vec<Peer> = Vec::new();
-    let (engine_done_tx, mut engine_done) =
-        tokio::sync::oneshot::channel::<Result<(), engine::EngineError>>();
+    let (engine_done_tx, mut engine_done) = tokio::sync::oneshot::channel::<Result<(), engine::EngineError>>();
     let mut engine_thread = None;
     let mut tun_index = None;
+    let mut kernel: Option<KernelDataplane> = None;
+    let mut kernel_device = None;
+    let kernel_path = cfg.backend.kind == BackendType::HostGw || opts.dataplane == Dataplane::Kernel;
     match cfg.backend.kind {
         BackendType::HostGw => {
-            sync_host_gw(&nl, &mut host_gw_routes, &peers).await;
+            kernel = Some(KernelDataplane::new(nl.clone(), KernelBackend::HostGw));
+            drop(engine_done_tx);
+        }
+        BackendType::Udp if kernel_path => bail!("the udp backend has no kernel data path (use --dataplane userspace)"),
+        BackendType::Vxlan if kernel_path => {
+            let mac = lease.attrs.vxlan_data().map(|d| d.vtep_mac).context("our vxlan lease has no VtepMAC")?;
+            let dev = VxlanDevice {
+                name: format!("flannel.{}", cfg.backend.vni),
+                vni: cfg.backend.vni,
+                port: cfg.backend.port,
+                local: public_ip,
+                underlay: underlay.index,
+                mac,
+                mtu,
+            };
+            let idx = nl.create_vxlan(&dev).await?;
+            nl.add_address(idx, tun_addr, 32).await?;
+            kernel_device = Some(idx);
+            kernel = Some(KernelDataplane::new(nl.clone(), KernelBackend::Vxlan { index: idx }));
             drop(engine_done_tx);
         }
         BackendType::Udp | BackendType::Vxlan => {
             let encap = match cfg.backend.kind {
                 BackendType::Vxlan => {
-                    let mac = lease
-                        .attrs
-                        .vxlan_data()
-                        .map(|d| d.vtep_mac)
-                        .context("our vxlan lease has no VtepMAC")?;
-                    Encap::Vxlan {
-                        vni: cfg.backend.vni,
-                        mac,
-                    }
+                    let mac = lease.attrs.vxlan_data().map(|d| d.vtep_mac).context("our vxlan lease has no VtepMAC")?;
+                    Encap::Vxlan { vni: cfg.backend.vni, mac }
                 }
                 _ => Encap::Udp,
             };
-            let tun_name = opts
-                .tun_name
-                .clone()
-                .unwrap_or_else(|| match cfg.backend.kind {
-                    BackendType::Vxlan => format!("weft.{}", cfg.backend.vni),
-                    _ => "flannel0".to_string(),
-                });
-            let tun =
-                Tun::open(&tun_name).with_context(|| format!("creating TUN device {tun_name}"))?;
-            let idx = nl
-                .link_index(tun.name())
-                .await?
-                .with_context(|| format!("TUN {} has no link index", tun.name()))?;
+            let tun_name = opts.tun_name.clone().unwrap_or_else(|| match cfg.backend.kind {
+                BackendType::Vxlan => format!("weft.{}", cfg.backend.vni),
+                _ => "flannel0".to_string(),
+            });
+            let tun = Tun::open(&tun_name).with_context(|| format!("creating TUN device {tun_name}"))?;
+            let idx =
+                nl.link_index(tun.name()).await?.with_context(|| format!("TUN {} has no link index", tun.name()))?;
             tun_index = Some(idx);
             // The overlay is IPv4; router solicitations would only be counted drops.
             let _ = sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", tun.name()), "1");
@@ -238,12 +222,7 @@ async fn run_async(opts: RunOptions) -> Result<()> {
             nl.add_dev_route(cfg.network, idx).await?;
             let socket = udp::bind(SocketAddr::new(public_ip.into(), cfg.backend.port))
                 .with_context(|| format!("binding UDP {public_ip}:{}", cfg.backend.port))?;
-            let forwarder = Forwarder {
-                encap,
-                subnet,
-                tun_addr,
-                check_inner_src: !opts.allow_foreign_src,
-            };
+            let forwarder = Forwarder { encap, subnet, tun_addr, check_inner_src: !opts.allow_foreign_src };
             let ctx = EngineContext {
                 tun,
                 socket,
@@ -264,17 +243,18 @@ async fn run_async(opts: RunOptions) -> Result<()> {
             );
         }
     }
+    if let Some(k) = kernel.as_mut() {
+        k.sync(&peers).await;
+    }
     write_atomic(&opts.subnet_file, env.render().as_bytes())
         .with_context(|| format!("writing {}", opts.subnet_file.display()))?;
-    tracing::info!(%subnet, mtu, peers = peers.len(), mode = opts.mode.name(), "ready");
+    let path_name = if kernel_path { "kernel".to_string() } else { format!("userspace/{}", opts.mode.name()) };
+    tracing::info!(%subnet, mtu, peers = peers.len(), dataplane = %path_name, "ready");
 
     let renew_every = LEASE_TTL
-        .saturating_sub(Duration::from_secs(
-            opts.subnet_lease_renew_margin.saturating_mul(60),
-        ))
+        .saturating_sub(Duration::from_secs(opts.subnet_lease_renew_margin.saturating_mul(60)))
         .max(Duration::from_secs(60));
-    let mut renew =
-        tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
     let mut known: Vec<Lease> = leases;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -307,8 +287,8 @@ async fn run_async(opts: RunOptions) -> Result<()> {
                         }
                         let peers = peers_from_leases(&cfg, &now, &lease.key);
                         log_peer_changes(&table.load(), &peers);
-                        if cfg.backend.kind == BackendType::HostGw {
-                            sync_host_gw(&nl, &mut host_gw_routes, &peers).await;
+                        if let Some(k) = kernel.as_mut() {
+                            k.sync(&peers).await;
                         }
                         table.store(Arc::new(PeerTable::new(peers)));
                         known = now;
@@ -327,8 +307,11 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     if let Some(t) = engine_thread {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
-    if cfg.backend.kind == BackendType::HostGw {
-        sync_host_gw(&nl, &mut host_gw_routes, &[]).await;
+    if let Some(k) = kernel.as_mut() {
+        k.sync(&[]).await;
+    }
+    if let Some(idx) = kernel_device {
+        nl.delete_link(idx).await.ok();
     }
     if let Some(idx) = tun_index {
         // The non-persistent TUN vanishes with its fd (closed when the engine returned); delete it
@@ -342,11 +325,8 @@ async fn run_async(opts: RunOptions) -> Result<()> {
 
 fn log_summary(c: &Counters) {
     let s = c.snapshot();
-    let drops: Vec<String> = DropReason::ALL
-        .iter()
-        .filter(|r| s.drops(**r) > 0)
-        .map(|r| format!("{}={}", r.label(), s.drops(*r)))
-        .collect();
+    let drops: Vec<String> =
+        DropReason::ALL.iter().filter(|r| s.drops(**r) > 0).map(|r| format!("{}={}", r.label(), s.drops(*r))).collect();
     tracing::info!(
         egress_packets = s.packets(Crossing::UdpSend),
         ingress_packets = s.packets(Crossing::TunWrite),

@@ -35,10 +35,7 @@ pub fn plan(
     previous: Option<Ipv4Net>,
     rng: &mut impl rand::Rng,
 ) -> Plan {
-    if let Some(own) = leases
-        .iter()
-        .find(|l| l.attrs.public_ip == public_ip && cfg.fits(&l.key.v4))
-    {
+    if let Some(own) = leases.iter().find(|l| l.attrs.public_ip == public_ip && cfg.fits(&l.key.v4)) {
         return Plan::Reuse(own.clone());
     }
     let taken: HashSet<Ipv4Net> = leases.iter().map(|l| l.key.v4).collect();
@@ -46,11 +43,8 @@ pub fn plan(
     if let Some(prev) = previous.filter(|p| cfg.fits(p) && !taken.contains(p)) {
         order.push(prev);
     }
-    let mut pool: Vec<Ipv4Net> = cfg
-        .subnets()
-        .filter(|s| !taken.contains(s) && Some(*s) != previous)
-        .take(RANDOM_POOL)
-        .collect();
+    let mut pool: Vec<Ipv4Net> =
+        cfg.subnets().filter(|s| !taken.contains(s) && Some(*s) != previous).take(RANDOM_POOL).collect();
     pool.shuffle(rng);
     order.extend(pool);
     Plan::Create(order)
@@ -91,11 +85,7 @@ pub async fn acquire<R: Registry>(
                 let key = SubnetKey::v4(subnet);
                 if reg.create_lease(&key, &attrs, LEASE_TTL).await? {
                     tracing::info!(%subnet, "acquired a new lease");
-                    return Ok(Lease {
-                        key,
-                        attrs,
-                        expires: None,
-                    });
+                    return Ok(Lease { key, attrs, expires: None });
                 }
                 tracing::debug!(%subnet, "lost the race for a subnet, trying the next");
             }
@@ -141,18 +131,11 @@ mod tests {
     use rand::SeedableRng;
 
     fn cfg() -> NetConfig {
-        NetConfig::parse(
-            r#"{"Network":"100.96.0.0/16","SubnetMin":"100.96.1.0","SubnetMax":"100.96.10.0"}"#,
-        )
-        .unwrap()
+        NetConfig::parse(r#"{"Network":"100.96.0.0/16","SubnetMin":"100.96.1.0","SubnetMax":"100.96.10.0"}"#).unwrap()
     }
 
     fn lease(net: &str, ip: [u8; 4]) -> Lease {
-        Lease {
-            key: SubnetKey::v4(net.parse().unwrap()),
-            attrs: LeaseAttrs::udp(ip.into()),
-            expires: None,
-        }
+        Lease { key: SubnetKey::v4(net.parse().unwrap()), attrs: LeaseAttrs::udp(ip.into()), expires: None }
     }
 
     fn rng() -> rand::rngs::StdRng {
@@ -161,44 +144,27 @@ mod tests {
 
     #[test]
     fn reuses_own_fitting_lease() {
-        let ls = [
-            lease("100.96.3.0/24", [198, 18, 0, 2]),
-            lease("100.96.4.0/24", [198, 18, 0, 1]),
-        ];
-        assert_eq!(
-            plan(&cfg(), &ls, Ipv4Addr::new(198, 18, 0, 1), None, &mut rng()),
-            Plan::Reuse(ls[1].clone())
-        );
+        let ls = [lease("100.96.3.0/24", [198, 18, 0, 2]), lease("100.96.4.0/24", [198, 18, 0, 1])];
+        assert_eq!(plan(&cfg(), &ls, Ipv4Addr::new(198, 18, 0, 1), None, &mut rng()), Plan::Reuse(ls[1].clone()));
         // A lease of ours that no longer fits (outside SubnetMin..Max) is not reused.
         let ls = [lease("100.96.200.0/24", [198, 18, 0, 1])];
-        assert!(matches!(
-            plan(&cfg(), &ls, Ipv4Addr::new(198, 18, 0, 1), None, &mut rng()),
-            Plan::Create(_)
-        ));
+        assert!(matches!(plan(&cfg(), &ls, Ipv4Addr::new(198, 18, 0, 1), None, &mut rng()), Plan::Create(_)));
     }
 
     #[test]
     fn previous_subnet_first_when_free() {
         let ls = [lease("100.96.3.0/24", [198, 18, 0, 2])];
-        let Plan::Create(o) = plan(
-            &cfg(),
-            &ls,
-            Ipv4Addr::new(198, 18, 0, 1),
-            Some("100.96.7.0/24".parse().unwrap()),
-            &mut rng(),
-        ) else {
+        let Plan::Create(o) =
+            plan(&cfg(), &ls, Ipv4Addr::new(198, 18, 0, 1), Some("100.96.7.0/24".parse().unwrap()), &mut rng())
+        else {
             panic!()
         };
         assert_eq!(o[0], "100.96.7.0/24".parse::<Ipv4Net>().unwrap());
         assert_eq!(o.len(), 9);
         assert!(!o.contains(&"100.96.3.0/24".parse().unwrap()));
-        let Plan::Create(o) = plan(
-            &cfg(),
-            &ls,
-            Ipv4Addr::new(198, 18, 0, 1),
-            Some("100.96.3.0/24".parse().unwrap()),
-            &mut rng(),
-        ) else {
+        let Plan::Create(o) =
+            plan(&cfg(), &ls, Ipv4Addr::new(198, 18, 0, 1), Some("100.96.3.0/24".parse().unwrap()), &mut rng())
+        else {
             panic!()
         };
         assert_eq!(o.len(), 9);
@@ -208,24 +174,18 @@ mod tests {
     #[test]
     fn random_pool_is_capped_at_100() {
         let c = NetConfig::parse(r#"{"Network":"100.64.0.0/10"}"#).unwrap();
-        let Plan::Create(o) = plan(&c, &[], Ipv4Addr::new(198, 18, 0, 1), None, &mut rng()) else {
-            panic!()
-        };
+        let Plan::Create(o) = plan(&c, &[], Ipv4Addr::new(198, 18, 0, 1), None, &mut rng()) else { panic!() };
         assert_eq!(o.len(), RANDOM_POOL);
         assert!(o.iter().all(|s| c.fits(s)));
     }
 
     #[test]
     fn peers_skip_self_and_other_backends() {
-        let c =
-            NetConfig::parse(r#"{"Network":"100.96.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+        let c = NetConfig::parse(r#"{"Network":"100.96.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
         let mac = MacAddr([2, 0, 0, 0, 0, 9]);
         let vx = |net: &str, vni| Lease {
             key: SubnetKey::v4(net.parse().unwrap()),
-            attrs: LeaseAttrs::vxlan(
-                Ipv4Addr::new(198, 18, 0, 9),
-                VxlanData { vni, vtep_mac: mac },
-            ),
+            attrs: LeaseAttrs::vxlan(Ipv4Addr::new(198, 18, 0, 9), VxlanData { vni, vtep_mac: mac }),
             expires: None,
         };
         let ls = [

@@ -2,6 +2,7 @@
 //! It never touches packets; it hands the data path immutable peer tables.
 
 pub mod daemon;
+pub mod kernel;
 pub mod lease;
 pub mod netlink;
 pub mod registry;

@@ -1,11 +1,16 @@
 //! Host network setup over rtnetlink: links, addresses, routes. No shelling out to `ip`.
 
+use crate::proto::mac::MacAddr;
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteScope};
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -75,11 +80,7 @@ impl Netlink {
         loop {
             match s.try_next().await {
                 Ok(Some(m)) => {
-                    let mut li = LinkInfo {
-                        index: m.header.index,
-                        name: String::new(),
-                        mtu: 0,
-                    };
+                    let mut li = LinkInfo { index: m.header.index, name: String::new(), mtu: 0 };
                     for a in m.attributes {
                         match a {
                             LinkAttribute::IfName(n) => li.name = n,
@@ -91,10 +92,7 @@ impl Netlink {
                 }
                 Ok(None) => return Ok(out),
                 Err(source) => {
-                    return Err(NetlinkError::Request {
-                        what: "listing links".into(),
-                        source,
-                    });
+                    return Err(NetlinkError::Request { what: "listing links".into(), source });
                 }
             }
         }
@@ -102,12 +100,7 @@ impl Netlink {
 
     /// The index of link `name`, if it exists.
     pub async fn link_index(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
-        Ok(self
-            .links()
-            .await?
-            .into_iter()
-            .find(|l| l.name == name)
-            .map(|l| l.index))
+        Ok(self.links().await?.into_iter().find(|l| l.name == name).map(|l| l.index))
     }
 
     async fn v4_addrs(&self) -> Result<Vec<(u32, Ipv4Addr)>, NetlinkError> {
@@ -118,8 +111,7 @@ impl Netlink {
                 Ok(Some(m)) => {
                     let idx = m.header.index;
                     for a in m.attributes {
-                        if let AddressAttribute::Local(IpAddr::V4(ip))
-                        | AddressAttribute::Address(IpAddr::V4(ip)) = a
+                        if let AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) = a
                             && !out.contains(&(idx, ip))
                         {
                             out.push((idx, ip));
@@ -128,21 +120,14 @@ impl Netlink {
                 }
                 Ok(None) => return Ok(out),
                 Err(source) => {
-                    return Err(NetlinkError::Request {
-                        what: "listing addresses".into(),
-                        source,
-                    });
+                    return Err(NetlinkError::Request { what: "listing addresses".into(), source });
                 }
             }
         }
     }
 
     async fn default_route_oif(&self) -> Result<Option<u32>, NetlinkError> {
-        let mut s = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
+        let mut s = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
         loop {
             match s.try_next().await {
                 Ok(Some(m)) => {
@@ -156,10 +141,7 @@ impl Netlink {
                 }
                 Ok(None) => return Ok(None),
                 Err(source) => {
-                    return Err(NetlinkError::Request {
-                        what: "listing routes".into(),
-                        source,
-                    });
+                    return Err(NetlinkError::Request { what: "listing routes".into(), source });
                 }
             }
         }
@@ -168,11 +150,7 @@ impl Netlink {
     /// Finds the underlay as flanneld does: the interface named `iface`, else the one holding
     /// `public_ip`, else the default route's. PublicIP is `public_ip` if given, else the
     /// interface's first IPv4 address.
-    pub async fn underlay(
-        &self,
-        iface: Option<&str>,
-        public_ip: Option<Ipv4Addr>,
-    ) -> Result<Underlay, NetlinkError> {
+    pub async fn underlay(&self, iface: Option<&str>, public_ip: Option<Ipv4Addr>) -> Result<Underlay, NetlinkError> {
         let links = self.links().await?;
         let addrs = self.v4_addrs().await?;
         let link = if let Some(name) = iface {
@@ -181,15 +159,9 @@ impl Netlink {
                 .find(|l| l.name == name)
                 .ok_or_else(|| NetlinkError::NotFound(format!("interface {name:?} not found")))?
         } else if let Some(ip) = public_ip {
-            let idx = addrs
-                .iter()
-                .find(|(_, a)| *a == ip)
-                .map(|(i, _)| *i)
-                .ok_or_else(|| {
-                    NetlinkError::NotFound(format!(
-                        "no interface has address {ip}; pass --iface to choose one"
-                    ))
-                })?;
+            let idx = addrs.iter().find(|(_, a)| *a == ip).map(|(i, _)| *i).ok_or_else(|| {
+                NetlinkError::NotFound(format!("no interface has address {ip}; pass --iface to choose one"))
+            })?;
             links
                 .iter()
                 .find(|l| l.index == idx)
@@ -197,8 +169,7 @@ impl Netlink {
         } else {
             let idx = self.default_route_oif().await?.ok_or_else(|| {
                 NetlinkError::NotFound(
-                    "no default route to pick the underlay interface; pass --iface or --public-ip"
-                        .into(),
+                    "no default route to pick the underlay interface; pass --iface or --public-ip".into(),
                 )
             })?;
             links
@@ -208,23 +179,11 @@ impl Netlink {
         };
         let addr = match public_ip {
             Some(ip) => ip,
-            None => addrs
-                .iter()
-                .find(|(i, _)| *i == link.index)
-                .map(|(_, a)| *a)
-                .ok_or_else(|| {
-                    NetlinkError::NotFound(format!(
-                        "interface {} has no IPv4 address; pass --public-ip",
-                        link.name
-                    ))
-                })?,
+            None => addrs.iter().find(|(i, _)| *i == link.index).map(|(_, a)| *a).ok_or_else(|| {
+                NetlinkError::NotFound(format!("interface {} has no IPv4 address; pass --public-ip", link.name))
+            })?,
         };
-        Ok(Underlay {
-            index: link.index,
-            name: link.name.clone(),
-            mtu: link.mtu,
-            addr,
-        })
+        Ok(Underlay { index: link.index, name: link.name.clone(), mtu: link.mtu, addr })
     }
 
     /// Sets a link's MTU and brings it up.
@@ -235,32 +194,17 @@ impl Netlink {
             .set(msg)
             .execute()
             .await
-            .map_err(|source| NetlinkError::Request {
-                what: format!("setting link {index} up with MTU {mtu}"),
-                source,
-            })
+            .map_err(|source| NetlinkError::Request { what: format!("setting link {index} up with MTU {mtu}"), source })
     }
 
     /// Adds `addr/prefix` to a link; an address already there is fine.
-    pub async fn add_address(
-        &self,
-        index: u32,
-        addr: Ipv4Addr,
-        prefix: u8,
-    ) -> Result<(), NetlinkError> {
-        match self
-            .handle
-            .address()
-            .add(index, IpAddr::V4(addr), prefix)
-            .execute()
-            .await
-        {
+    pub async fn add_address(&self, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<(), NetlinkError> {
+        match self.handle.address().add(index, IpAddr::V4(addr), prefix).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno_of(&e) == Some(libc::EEXIST) => Ok(()),
-            Err(source) => Err(NetlinkError::Request {
-                what: format!("adding {addr}/{prefix} to link {index}"),
-                source,
-            }),
+            Err(source) => {
+                Err(NetlinkError::Request { what: format!("adding {addr}/{prefix} to link {index}"), source })
+            }
         }
     }
 
@@ -273,10 +217,7 @@ impl Netlink {
     }
 
     fn via_route(dst: Ipv4Net, gw: Ipv4Addr) -> RouteMessage {
-        RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst.network(), dst.prefix_len())
-            .gateway(gw)
-            .build()
+        RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst.network(), dst.prefix_len()).gateway(gw).build()
     }
 
     async fn add(&self, msg: RouteMessage, what: String) -> Result<(), NetlinkError> {
@@ -290,52 +231,29 @@ impl Netlink {
     async fn del(&self, msg: RouteMessage, what: String) -> Result<(), NetlinkError> {
         match self.handle.route().del(msg).execute().await {
             Ok(()) => Ok(()),
-            Err(e)
-                if matches!(
-                    errno_of(&e),
-                    Some(libc::ESRCH | libc::ENOENT | libc::ENODEV)
-                ) =>
-            {
-                Ok(())
-            }
+            Err(e) if matches!(errno_of(&e), Some(libc::ESRCH | libc::ENOENT | libc::ENODEV)) => Ok(()),
             Err(source) => Err(NetlinkError::Request { what, source }),
         }
     }
 
     /// Adds a route for `dst` out of link `index`; an existing one is fine.
     pub async fn add_dev_route(&self, dst: Ipv4Net, index: u32) -> Result<(), NetlinkError> {
-        self.add(
-            Self::dev_route(dst, index),
-            format!("adding route {dst} dev {index}"),
-        )
-        .await
+        self.add(Self::dev_route(dst, index), format!("adding route {dst} dev {index}")).await
     }
 
     /// Removes the route for `dst` out of link `index`; a missing one is fine.
     pub async fn del_dev_route(&self, dst: Ipv4Net, index: u32) -> Result<(), NetlinkError> {
-        self.del(
-            Self::dev_route(dst, index),
-            format!("deleting route {dst} dev {index}"),
-        )
-        .await
+        self.del(Self::dev_route(dst, index), format!("deleting route {dst} dev {index}")).await
     }
 
     /// Adds a route for `dst` via gateway `gw`; an existing one is fine.
     pub async fn add_via_route(&self, dst: Ipv4Net, gw: Ipv4Addr) -> Result<(), NetlinkError> {
-        self.add(
-            Self::via_route(dst, gw),
-            format!("adding route {dst} via {gw}"),
-        )
-        .await
+        self.add(Self::via_route(dst, gw), format!("adding route {dst} via {gw}")).await
     }
 
     /// Removes the route for `dst` via `gw`; a missing one is fine.
     pub async fn del_via_route(&self, dst: Ipv4Net, gw: Ipv4Addr) -> Result<(), NetlinkError> {
-        self.del(
-            Self::via_route(dst, gw),
-            format!("deleting route {dst} via {gw}"),
-        )
-        .await
+        self.del(Self::via_route(dst, gw), format!("deleting route {dst} via {gw}")).await
     }
 
     /// Deletes link `index`; a missing one is fine.
@@ -343,11 +261,131 @@ impl Netlink {
         match self.handle.link().del(index).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(()),
-            Err(source) => Err(NetlinkError::Request {
-                what: format!("deleting link {index}"),
-                source,
-            }),
+            Err(source) => Err(NetlinkError::Request { what: format!("deleting link {index}"), source }),
         }
+    }
+}
+
+/// A kernel VXLAN device as flanneld creates `flannel.<VNI>`.
+#[derive(Debug, Clone)]
+pub struct VxlanDevice {
+    /// Device name.
+    pub name: String,
+    /// VNI.
+    pub vni: u32,
+    /// Destination UDP port.
+    pub port: u16,
+    /// Local (PublicIP) address.
+    pub local: Ipv4Addr,
+    /// Underlay device index.
+    pub underlay: u32,
+    /// MAC (published as VtepMAC).
+    pub mac: MacAddr,
+    /// MTU.
+    pub mtu: u32,
+}
+
+fn neigh_msg(family: AddressFamily, index: u32) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = family;
+    m.header.ifindex = index;
+    m.header.state = NeighbourState::Permanent;
+    m
+}
+
+impl Netlink {
+    /// Creates (replacing any existing one of that name) a VXLAN device with learning off, and
+    /// brings it up. Returns its index.
+    pub async fn create_vxlan(&self, d: &VxlanDevice) -> Result<u32, NetlinkError> {
+        if let Some(old) = self.link_index(&d.name).await? {
+            self.delete_link(old).await?;
+        }
+        let msg = LinkVxlan::new(&d.name, d.vni)
+            .dev(d.underlay)
+            .local(d.local)
+            .port(d.port)
+            .learning(false)
+            .mtu(d.mtu)
+            .address(d.mac.0.to_vec())
+            .up()
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Request { what: format!("creating VXLAN device {}", d.name), source })?;
+        self.link_index(&d.name)
+            .await?
+            .ok_or_else(|| NetlinkError::NotFound(format!("VXLAN device {} vanished", d.name)))
+    }
+
+    /// `ip neigh replace IP lladdr MAC dev INDEX nud permanent`.
+    pub async fn set_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> Result<(), NetlinkError> {
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(ip))
+            .link_layer_address(&mac.0)
+            .replace()
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Request { what: format!("adding neighbour {ip} lladdr {mac}"), source })
+    }
+
+    /// Removes a neighbour entry; a missing one is fine.
+    pub async fn del_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetlinkError> {
+        let mut m = neigh_msg(AddressFamily::Inet, index);
+        m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        match self.handle.neighbours().del(m).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno_of(&e), Some(libc::ENOENT | libc::ESRCH)) => Ok(()),
+            Err(source) => Err(NetlinkError::Request { what: format!("deleting neighbour {ip}"), source }),
+        }
+    }
+
+    /// `bridge fdb replace MAC dev INDEX dst IP self permanent`.
+    pub async fn set_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> Result<(), NetlinkError> {
+        self.handle
+            .neighbours()
+            .add_bridge(index, &mac.0)
+            .flags(NeighbourFlags::Own)
+            .destination(IpAddr::V4(dst))
+            .replace()
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Request { what: format!("adding fdb {mac} dst {dst}"), source })
+    }
+
+    /// Removes an fdb entry; a missing one is fine.
+    pub async fn del_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> Result<(), NetlinkError> {
+        let mut m = neigh_msg(AddressFamily::Bridge, index);
+        m.header.flags = NeighbourFlags::Own;
+        m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        match self.handle.neighbours().del(m).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno_of(&e), Some(libc::ENOENT | libc::ESRCH)) => Ok(()),
+            Err(source) => Err(NetlinkError::Request { what: format!("deleting fdb {mac}"), source }),
+        }
+    }
+
+    fn onlink_route(dst: Ipv4Net, gw: Ipv4Addr, index: u32) -> RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .gateway(gw)
+            .output_interface(index)
+            .onlink()
+            .build()
+    }
+
+    /// `ip route add DST via GW dev INDEX onlink`; an existing one is fine.
+    pub async fn add_onlink_route(&self, dst: Ipv4Net, gw: Ipv4Addr, index: u32) -> Result<(), NetlinkError> {
+        self.add(Self::onlink_route(dst, gw, index), format!("adding route {dst} via {gw} dev {index} onlink")).await
+    }
+
+    /// Removes an onlink route; a missing one is fine.
+    pub async fn del_onlink_route(&self, dst: Ipv4Net, gw: Ipv4Addr, index: u32) -> Result<(), NetlinkError> {
+        self.del(Self::onlink_route(dst, gw, index), format!("deleting route {dst} via {gw} dev {index}")).await
     }
 }
 

@@ -72,12 +72,7 @@ pub enum Crossing {
 
 impl Crossing {
     /// Every crossing.
-    pub const ALL: [Crossing; 4] = [
-        Crossing::TunRead,
-        Crossing::UdpSend,
-        Crossing::UdpRecv,
-        Crossing::TunWrite,
-    ];
+    pub const ALL: [Crossing; 4] = [Crossing::TunRead, Crossing::UdpSend, Crossing::UdpRecv, Crossing::TunWrite];
     /// The label used in reports.
     pub fn label(self) -> &'static str {
         match self {
@@ -195,12 +190,7 @@ impl Snapshot {
     }
     /// Adds another snapshot (to sum workers).
     pub fn add(&mut self, o: &Snapshot) {
-        for (a, b) in self
-            .crossings
-            .iter_mut()
-            .flatten()
-            .zip(o.crossings.iter().flatten())
-        {
+        for (a, b) in self.crossings.iter_mut().flatten().zip(o.crossings.iter().flatten()) {
             *a += b;
         }
         for (a, b) in self.drops.iter_mut().zip(&o.drops) {
@@ -212,12 +202,7 @@ impl Snapshot {
     /// What happened between `earlier` and `self`.
     pub fn since(&self, earlier: &Snapshot) -> Snapshot {
         let mut d = *self;
-        for (a, b) in d
-            .crossings
-            .iter_mut()
-            .flatten()
-            .zip(earlier.crossings.iter().flatten())
-        {
+        for (a, b) in d.crossings.iter_mut().flatten().zip(earlier.crossings.iter().flatten()) {
             *a = a.saturating_sub(*b);
         }
         for (a, b) in d.drops.iter_mut().zip(&earlier.drops) {
@@ -241,19 +226,14 @@ mod tests {
         c.drop(DropReason::NoRoute);
         let a = c.snapshot();
         assert_eq!(
-            (
-                a.syscalls(Crossing::TunRead),
-                a.packets(Crossing::TunRead),
-                a.bytes(Crossing::TunRead)
-            ),
+            (a.syscalls(Crossing::TunRead), a.packets(Crossing::TunRead), a.bytes(Crossing::TunRead)),
             (2, 1, 100)
         );
         c.drop(DropReason::NoRoute);
         let d = c.snapshot().since(&a);
         assert_eq!(d.drops(DropReason::NoRoute), 1);
         assert_eq!(d.total_drops(), 1);
-        let labels: std::collections::HashSet<_> =
-            DropReason::ALL.iter().map(|r| r.label()).collect();
+        let labels: std::collections::HashSet<_> = DropReason::ALL.iter().map(|r| r.label()).collect();
         assert_eq!(labels.len(), DROP_REASONS);
     }
 }

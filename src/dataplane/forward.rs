@@ -102,13 +102,7 @@ impl Forwarder {
     /// Decides the fate of the packet at `buf[HEADROOM..HEADROOM + len]` read from the TUN.
     /// May rewrite the packet (TTL) and the headroom (outer headers). `scratch` receives an
     /// ICMP error when one is due; it must hold [`icmp::MAX_LEN`] bytes.
-    pub fn egress(
-        &self,
-        peers: &PeerTable,
-        buf: &mut [u8],
-        len: usize,
-        scratch: &mut [u8],
-    ) -> Egress {
+    pub fn egress(&self, peers: &PeerTable, buf: &mut [u8], len: usize, scratch: &mut [u8]) -> Egress {
         let Some(pkt) = buf.get_mut(HEADROOM..HEADROOM + len) else {
             return Egress::Drop(DropReason::Truncated);
         };
@@ -142,10 +136,7 @@ impl Forwarder {
         let total = ip.total_len();
         let to = peer.endpoint;
         match self.encap {
-            Encap::Udp => Egress::Send {
-                range: HEADROOM..HEADROOM + total,
-                to,
-            },
+            Encap::Udp => Egress::Send { range: HEADROOM..HEADROOM + total, to },
             Encap::Vxlan { vni, mac } => {
                 let Some(peer_mac) = peer.vtep_mac else {
                     return Egress::Drop(DropReason::PeerUnusable);
@@ -158,23 +149,14 @@ impl Forwarder {
                     mac,
                     ethernet::ETHERTYPE_IPV4,
                 );
-                Egress::Send {
-                    range: 0..HEADROOM + total,
-                    to,
-                }
+                Egress::Send { range: 0..HEADROOM + total, to }
             }
         }
     }
 
     /// Decides the fate of the datagram `buf[..len]` received from `from`. May rewrite the
     /// inner packet (TTL).
-    pub fn ingress(
-        &self,
-        peers: &PeerTable,
-        from: SocketAddr,
-        buf: &mut [u8],
-        len: usize,
-    ) -> Ingress {
+    pub fn ingress(&self, peers: &PeerTable, from: SocketAddr, buf: &mut [u8], len: usize) -> Ingress {
         let SocketAddr::V4(from) = from else {
             return Ingress::Drop(DropReason::UnknownSender);
         };
@@ -282,9 +264,7 @@ mod tests {
         let mut b = in_buf(&p);
         let mut s = [0u8; icmp::MAX_LEN];
         let e = fwd(Encap::Udp).egress(&table(8285), &mut b, p.len(), &mut s);
-        let Egress::Send { range, to } = e else {
-            panic!("{e:?}")
-        };
+        let Egress::Send { range, to } = e else { panic!("{e:?}") };
         assert_eq!(to, SocketAddrV4::new(PEER_IP, 8285));
         let out = Ipv4Packet::new_checked(&b[range]).unwrap();
         assert_eq!(out.ttl(), 63);
@@ -297,14 +277,8 @@ mod tests {
         let p = packet([100, 96, 1, 2], [100, 96, 2, 2]);
         let mut b = in_buf(&p);
         let mut s = [0u8; icmp::MAX_LEN];
-        let e = fwd(Encap::Vxlan {
-            vni: 1,
-            mac: LOCAL_MAC,
-        })
-        .egress(&table(8472), &mut b, p.len(), &mut s);
-        let Egress::Send { range, .. } = e else {
-            panic!("{e:?}")
-        };
+        let e = fwd(Encap::Vxlan { vni: 1, mac: LOCAL_MAC }).egress(&table(8472), &mut b, p.len(), &mut s);
+        let Egress::Send { range, .. } = e else { panic!("{e:?}") };
         let f = &b[range];
         assert_eq!(&f[..8], &[0x08, 0, 0, 0, 0, 0, 1, 0]);
         assert_eq!(&f[8..22], &[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00]);
@@ -312,10 +286,7 @@ mod tests {
         // What we send, the peer accepts.
         let peer = Forwarder {
             subnet: "100.96.2.0/24".parse().unwrap(),
-            encap: Encap::Vxlan {
-                vni: 1,
-                mac: PEER_MAC,
-            },
+            encap: Encap::Vxlan { vni: 1, mac: PEER_MAC },
             ..fwd(Encap::Udp)
         };
         let back = PeerTable::new([Peer {
@@ -336,20 +307,12 @@ mod tests {
         let mut b = in_buf(&p);
         let mut s = [0u8; icmp::MAX_LEN];
         let f = fwd(Encap::Udp);
-        let Egress::Reply { len } = f.egress(&table(8285), &mut b, p.len(), &mut s) else {
-            panic!()
-        };
+        let Egress::Reply { len } = f.egress(&table(8285), &mut b, p.len(), &mut s) else { panic!() };
         let r = Ipv4Packet::new_checked(&s[..len]).unwrap();
-        assert_eq!(
-            (r.src(), r.dst()),
-            (Ipv4Addr::new(100, 96, 1, 0), Ipv4Addr::new(100, 96, 1, 2))
-        );
+        assert_eq!((r.src(), r.dst()), (Ipv4Addr::new(100, 96, 1, 0), Ipv4Addr::new(100, 96, 1, 2)));
         let p = packet([100, 96, 1, 2], [100, 96, 1, 9]);
         let mut b = in_buf(&p);
-        assert_eq!(
-            f.egress(&table(8285), &mut b, p.len(), &mut s),
-            Egress::Drop(DropReason::OwnSubnet)
-        );
+        assert_eq!(f.egress(&table(8285), &mut b, p.len(), &mut s), Egress::Drop(DropReason::OwnSubnet));
     }
 
     #[test]
@@ -364,10 +327,7 @@ mod tests {
             (vec![0x45; 10], DropReason::TooShort),
             (vec![0x60; 40], DropReason::Ipv6),
             (vec![0x55; 40], DropReason::BadIpHeader),
-            (
-                packet([100, 96, 1, 2], [100, 96, 2, 2])[..25].to_vec(),
-                DropReason::Truncated,
-            ),
+            (packet([100, 96, 1, 2], [100, 96, 2, 2])[..25].to_vec(), DropReason::Truncated),
             (ttl1, DropReason::TtlExpired),
         ];
         for (p, want) in cases {
@@ -375,10 +335,7 @@ mod tests {
             assert_eq!(f.egress(&t, &mut b, p.len(), &mut s), Egress::Drop(want));
         }
         let mut small = vec![0u8; 10];
-        assert_eq!(
-            f.egress(&t, &mut small, 5, &mut s),
-            Egress::Drop(DropReason::Truncated)
-        );
+        assert_eq!(f.egress(&t, &mut small, 5, &mut s), Egress::Drop(DropReason::Truncated));
         // A vxlan peer without a MAC cannot be reached.
         let nomac = PeerTable::new([Peer {
             subnet: "100.96.2.0/24".parse().unwrap(),
@@ -388,11 +345,7 @@ mod tests {
         let p = packet([100, 96, 1, 2], [100, 96, 2, 2]);
         let mut b = in_buf(&p);
         assert_eq!(
-            fwd(Encap::Vxlan {
-                vni: 1,
-                mac: LOCAL_MAC
-            })
-            .egress(&nomac, &mut b, p.len(), &mut s),
+            fwd(Encap::Vxlan { vni: 1, mac: LOCAL_MAC }).egress(&nomac, &mut b, p.len(), &mut s),
             Egress::Drop(DropReason::PeerUnusable)
         );
     }
@@ -411,28 +364,13 @@ mod tests {
         let mut padded = good.clone();
         padded.extend_from_slice(&[0; 6]);
         assert_eq!(run(&padded, from), Ingress::Deliver(0..good.len()));
-        assert_eq!(
-            run(&good, "198.18.0.66:8285".parse().unwrap()),
-            Ingress::Drop(DropReason::UnknownSender)
-        );
-        assert_eq!(
-            run(&good, "[::1]:8285".parse().unwrap()),
-            Ingress::Drop(DropReason::UnknownSender)
-        );
-        assert_eq!(
-            run(&packet([100, 96, 3, 2], [100, 96, 1, 2]), from),
-            Ingress::Drop(DropReason::ForeignSource)
-        );
-        assert_eq!(
-            run(&packet([100, 96, 2, 2], [100, 96, 9, 2]), from),
-            Ingress::Drop(DropReason::NotForUs)
-        );
+        assert_eq!(run(&good, "198.18.0.66:8285".parse().unwrap()), Ingress::Drop(DropReason::UnknownSender));
+        assert_eq!(run(&good, "[::1]:8285".parse().unwrap()), Ingress::Drop(DropReason::UnknownSender));
+        assert_eq!(run(&packet([100, 96, 3, 2], [100, 96, 1, 2]), from), Ingress::Drop(DropReason::ForeignSource));
+        assert_eq!(run(&packet([100, 96, 2, 2], [100, 96, 9, 2]), from), Ingress::Drop(DropReason::NotForUs));
         assert_eq!(run(&good[..19], from), Ingress::Drop(DropReason::TooShort));
         assert_eq!(run(&good[..30], from), Ingress::Drop(DropReason::Truncated));
-        let relaxed = Forwarder {
-            check_inner_src: false,
-            ..f.clone()
-        };
+        let relaxed = Forwarder { check_inner_src: false, ..f.clone() };
         let mut b = packet([100, 96, 3, 2], [100, 96, 1, 2]);
         let n = b.len();
         assert_eq!(relaxed.ingress(&t, from, &mut b, n), Ingress::Deliver(0..n));
@@ -440,10 +378,7 @@ mod tests {
 
     #[test]
     fn ingress_vxlan_rejects_wrong_vni_mac_and_ethertype() {
-        let f = fwd(Encap::Vxlan {
-            vni: 1,
-            mac: LOCAL_MAC,
-        });
+        let f = fwd(Encap::Vxlan { vni: 1, mac: LOCAL_MAC });
         let t = table(8472);
         let from: SocketAddr = SocketAddr::V4(SocketAddrV4::new(PEER_IP, 8472));
         let inner = packet([100, 96, 2, 2], [100, 96, 1, 2]);
@@ -458,49 +393,22 @@ mod tests {
             let n = v.len();
             f.ingress(&t, from, &mut v, n)
         };
-        assert_eq!(
-            run(frame(1, LOCAL_MAC, 0x0800)),
-            Ingress::Deliver(22..22 + inner.len())
-        );
-        assert_eq!(
-            run(frame(2, LOCAL_MAC, 0x0800)),
-            Ingress::Drop(DropReason::WrongVni)
-        );
-        assert_eq!(
-            run(frame(1, PEER_MAC, 0x0800)),
-            Ingress::Drop(DropReason::WrongMac)
-        );
-        assert_eq!(
-            run(frame(1, LOCAL_MAC, 0x0806)),
-            Ingress::Drop(DropReason::NotIp)
-        );
-        assert_eq!(
-            run(frame(1, LOCAL_MAC, 0x86dd)),
-            Ingress::Drop(DropReason::Ipv6)
-        );
+        assert_eq!(run(frame(1, LOCAL_MAC, 0x0800)), Ingress::Deliver(22..22 + inner.len()));
+        assert_eq!(run(frame(2, LOCAL_MAC, 0x0800)), Ingress::Drop(DropReason::WrongVni));
+        assert_eq!(run(frame(1, PEER_MAC, 0x0800)), Ingress::Drop(DropReason::WrongMac));
+        assert_eq!(run(frame(1, LOCAL_MAC, 0x0806)), Ingress::Drop(DropReason::NotIp));
+        assert_eq!(run(frame(1, LOCAL_MAC, 0x86dd)), Ingress::Drop(DropReason::Ipv6));
         let mut noflag = frame(1, LOCAL_MAC, 0x0800);
         noflag[0] = 0;
         assert_eq!(run(noflag), Ingress::Drop(DropReason::BadVxlan));
-        assert_eq!(
-            run(frame(1, LOCAL_MAC, 0x0800)[..7].to_vec()),
-            Ingress::Drop(DropReason::BadVxlan)
-        );
-        assert_eq!(
-            run(frame(1, LOCAL_MAC, 0x0800)[..20].to_vec()),
-            Ingress::Drop(DropReason::TooShort)
-        );
-        assert_eq!(
-            run(frame(1, LOCAL_MAC, 0x0800)[..30].to_vec()),
-            Ingress::Drop(DropReason::TooShort)
-        );
+        assert_eq!(run(frame(1, LOCAL_MAC, 0x0800)[..7].to_vec()), Ingress::Drop(DropReason::BadVxlan));
+        assert_eq!(run(frame(1, LOCAL_MAC, 0x0800)[..20].to_vec()), Ingress::Drop(DropReason::TooShort));
+        assert_eq!(run(frame(1, LOCAL_MAC, 0x0800)[..30].to_vec()), Ingress::Drop(DropReason::TooShort));
     }
 
     #[test]
     fn every_prefix_and_byte_flip_is_handled() {
-        let f = fwd(Encap::Vxlan {
-            vni: 1,
-            mac: LOCAL_MAC,
-        });
+        let f = fwd(Encap::Vxlan { vni: 1, mac: LOCAL_MAC });
         let t = table(8472);
         let mut frame = vec![0u8; HEADROOM];
         vxlan::write_header(&mut frame, 1).unwrap();

@@ -70,19 +70,12 @@ impl PeerTable {
     /// The peer whose subnet holds `dst`, longest prefix first.
     pub fn lookup(&self, dst: Ipv4Addr) -> Option<&Peer> {
         let a = u32::from(dst);
-        self.by_prefix
-            .iter()
-            .find_map(|(len, m)| m.get(&(a & mask(*len))))
-            .and_then(|&i| self.peers.get(i))
+        self.by_prefix.iter().find_map(|(len, m)| m.get(&(a & mask(*len)))).and_then(|&i| self.peers.get(i))
     }
 
     /// The peers that send from `ip`.
     pub fn senders(&self, ip: Ipv4Addr) -> impl Iterator<Item = &Peer> {
-        self.by_sender
-            .get(&ip)
-            .into_iter()
-            .flatten()
-            .filter_map(|&i| self.peers.get(i))
+        self.by_sender.get(&ip).into_iter().flatten().filter_map(|&i| self.peers.get(i))
     }
 
     /// True when `ip` is some peer's PublicIP.
@@ -111,11 +104,7 @@ mod tests {
     use super::*;
 
     fn peer(net: &str, ip: [u8; 4]) -> Peer {
-        Peer {
-            subnet: net.parse().unwrap(),
-            endpoint: SocketAddrV4::new(ip.into(), 8285),
-            vtep_mac: None,
-        }
+        Peer { subnet: net.parse().unwrap(), endpoint: SocketAddrV4::new(ip.into(), 8285), vtep_mac: None }
     }
 
     #[test]
@@ -125,41 +114,16 @@ mod tests {
             peer("100.96.2.0/24", [198, 18, 0, 2]),
             peer("100.96.2.128/25", [198, 18, 0, 3]),
         ]);
-        assert_eq!(
-            t.lookup(Ipv4Addr::new(100, 96, 2, 200))
-                .unwrap()
-                .endpoint
-                .ip(),
-            &Ipv4Addr::new(198, 18, 0, 3)
-        );
-        assert_eq!(
-            t.lookup(Ipv4Addr::new(100, 96, 2, 1))
-                .unwrap()
-                .endpoint
-                .ip(),
-            &Ipv4Addr::new(198, 18, 0, 2)
-        );
-        assert_eq!(
-            t.lookup(Ipv4Addr::new(100, 96, 7, 1))
-                .unwrap()
-                .endpoint
-                .ip(),
-            &Ipv4Addr::new(198, 18, 0, 9)
-        );
+        assert_eq!(t.lookup(Ipv4Addr::new(100, 96, 2, 200)).unwrap().endpoint.ip(), &Ipv4Addr::new(198, 18, 0, 3));
+        assert_eq!(t.lookup(Ipv4Addr::new(100, 96, 2, 1)).unwrap().endpoint.ip(), &Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(t.lookup(Ipv4Addr::new(100, 96, 7, 1)).unwrap().endpoint.ip(), &Ipv4Addr::new(198, 18, 0, 9));
         assert!(t.lookup(Ipv4Addr::new(100, 97, 0, 1)).is_none());
-        assert!(
-            PeerTable::default()
-                .lookup(Ipv4Addr::new(1, 2, 3, 4))
-                .is_none()
-        );
+        assert!(PeerTable::default().lookup(Ipv4Addr::new(1, 2, 3, 4)).is_none());
     }
 
     #[test]
     fn senders_and_replacement() {
-        let t = PeerTable::new([
-            peer("100.96.2.0/24", [198, 18, 0, 2]),
-            peer("100.96.2.0/24", [198, 18, 0, 5]),
-        ]);
+        let t = PeerTable::new([peer("100.96.2.0/24", [198, 18, 0, 2]), peer("100.96.2.0/24", [198, 18, 0, 5])]);
         assert_eq!(t.len(), 1);
         assert!(t.is_sender(Ipv4Addr::new(198, 18, 0, 5)));
         assert!(!t.is_sender(Ipv4Addr::new(198, 18, 0, 2)));

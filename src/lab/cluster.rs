@@ -44,9 +44,7 @@ impl WeftProcess {
 
     /// True while the process runs.
     pub fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// The log so far.
@@ -75,31 +73,17 @@ pub fn spawn_weft(
         .arg(bin)
         .arg("run")
         .args(args)
-        .env(
-            "RUST_LOG",
-            std::env::var("WEFT_CHILD_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .env("RUST_LOG", std::env::var("WEFT_CHILD_LOG").unwrap_or_else(|_| "info".into()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(logf)
         .spawn()?;
-    Ok(WeftProcess {
-        child: Some(child),
-        subnet_file,
-        log,
-    })
+    Ok(WeftProcess { child: Some(child), subnet_file, log })
 }
 
 /// A deterministic VTEP MAC for host `i` of a lab (locally administered unicast).
 pub fn lab_vtep_mac(i: usize) -> MacAddr {
-    MacAddr([
-        0x02,
-        0x77,
-        0x65,
-        0x66,
-        0x74,
-        u8::try_from(i % 256).unwrap_or(0),
-    ])
+    MacAddr([0x02, 0x77, 0x65, 0x66, 0x74, u8::try_from(i % 256).unwrap_or(0)])
 }
 
 /// Hosts running weft against one registry directory.
@@ -134,45 +118,25 @@ impl Cluster {
     /// has written its subnet.env (its "ready" signal).
     pub fn start(bin: &Path, spec: &ClusterSpec, ready_timeout: Duration) -> io::Result<Self> {
         let topo = Topology::build(&spec.tag, spec.hosts)?;
-        let registry = tempfile::Builder::new()
-            .prefix("weft-registry-")
-            .tempdir()?;
-        let config = format!(
-            r#"{{"Network":"{POD_NETWORK}","Backend":{}}}"#,
-            spec.backend
-        );
+        let registry = tempfile::Builder::new().prefix("weft-registry-").tempdir()?;
+        let config = format!(r#"{{"Network":"{POD_NETWORK}","Backend":{}}}"#, spec.backend);
         write_atomic(&registry.path().join("config"), config.as_bytes())?;
         std::fs::create_dir_all(registry.path().join("subnets"))?;
         if spec.preseed {
-            let backend = crate::proto::netconfig::NetConfig::parse(&config)
-                .map_err(io::Error::other)?
-                .backend;
+            let backend = crate::proto::netconfig::NetConfig::parse(&config).map_err(io::Error::other)?.backend;
             for (i, h) in topo.hosts.iter().enumerate() {
                 let attrs = match backend.kind {
                     crate::proto::netconfig::BackendType::Udp => LeaseAttrs::udp(h.underlay_ip),
-                    crate::proto::netconfig::BackendType::HostGw => {
-                        LeaseAttrs::host_gw(h.underlay_ip)
+                    crate::proto::netconfig::BackendType::HostGw => LeaseAttrs::host_gw(h.underlay_ip),
+                    crate::proto::netconfig::BackendType::Vxlan => {
+                        LeaseAttrs::vxlan(h.underlay_ip, VxlanData { vni: backend.vni, vtep_mac: lab_vtep_mac(i + 1) })
                     }
-                    crate::proto::netconfig::BackendType::Vxlan => LeaseAttrs::vxlan(
-                        h.underlay_ip,
-                        VxlanData {
-                            vni: backend.vni,
-                            vtep_mac: lab_vtep_mac(i + 1),
-                        },
-                    ),
                 };
                 let key = format!("{}-{}", h.subnet.network(), h.subnet.prefix_len());
-                write_atomic(
-                    &registry.path().join("subnets").join(key),
-                    attrs.to_json().as_bytes(),
-                )?;
+                write_atomic(&registry.path().join("subnets").join(key), attrs.to_json().as_bytes())?;
             }
         }
-        let mut c = Cluster {
-            procs: Vec::new(),
-            registry,
-            topo,
-        };
+        let mut c = Cluster { procs: Vec::new(), registry, topo };
         for i in 0..c.topo.hosts.len() {
             if spec.skip_hosts.contains(&i) {
                 c.procs.push(WeftProcess {
@@ -227,19 +191,10 @@ impl Cluster {
     /// Waits until every running weft has written its subnet.env.
     pub fn wait_ready(&mut self, timeout: Duration) -> io::Result<()> {
         let deadline = Instant::now() + timeout;
-        for (i, p) in self
-            .procs
-            .iter_mut()
-            .enumerate()
-            .filter(|(_, p)| p.child.is_some())
-        {
+        for (i, p) in self.procs.iter_mut().enumerate().filter(|(_, p)| p.child.is_some()) {
             while !p.subnet_file.exists() {
                 if !p.running() {
-                    return Err(io::Error::other(format!(
-                        "weft on host {} exited:\n{}",
-                        i + 1,
-                        p.log_text()
-                    )));
+                    return Err(io::Error::other(format!("weft on host {} exited:\n{}", i + 1, p.log_text())));
                 }
                 if Instant::now() > deadline {
                     return Err(io::Error::new(
@@ -255,10 +210,6 @@ impl Cluster {
 
     /// All logs, for failure messages.
     pub fn logs(&self) -> String {
-        self.procs
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("--- host {} ---\n{}", i + 1, p.log_text()))
-            .collect()
+        self.procs.iter().enumerate().map(|(i, p)| format!("--- host {} ---\n{}", i + 1, p.log_text())).collect()
     }
 }

@@ -47,10 +47,7 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Runs `ip` with `args`, turning a failure into an error that quotes the command.
 pub fn ip(args: &[&str]) -> io::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()?;
+    let out = Command::new("ip").args(args).stdin(Stdio::null()).output()?;
     if !out.status.success() {
         return Err(io::Error::other(format!(
             "ip {}: {}",
@@ -71,10 +68,7 @@ pub fn ns_exec(ns: &str, cmd: &[&str]) -> io::Result<std::process::Output> {
 fn sysctl_in(ns: &str, key: &str, value: &str) -> io::Result<()> {
     let out = ns_exec(ns, &["sysctl", "-qw", &format!("{key}={value}")])?;
     if !out.status.success() {
-        return Err(io::Error::other(format!(
-            "sysctl {key} in {ns}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(io::Error::other(format!("sysctl {key} in {ns}: {}", String::from_utf8_lossy(&out.stderr).trim())));
     }
     Ok(())
 }
@@ -82,40 +76,25 @@ fn sysctl_in(ns: &str, key: &str, value: &str) -> io::Result<()> {
 impl Topology {
     /// A unique namespace-name prefix for `tag` (unique per process and call).
     pub fn unique_prefix(tag: &str) -> String {
-        let tag: String = tag
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .take(12)
-            .collect();
-        format!(
-            "weft-{tag}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        )
+        let tag: String = tag.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
+        format!("weft-{tag}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Builds `n` hosts (2 ≤ n ≤ 200) with a container each. With 2 hosts the underlay is one
     /// veth pair; with more, a bridge in a switch namespace.
     pub fn build(tag: &str, n: usize) -> io::Result<Self> {
         if !(2..=200).contains(&n) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "hosts must be 2..=200",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "hosts must be 2..=200"));
         }
         let prefix = Self::unique_prefix(tag);
-        let mut t = Topology {
-            hosts: Vec::new(),
-            namespaces: Vec::new(),
-        };
+        let mut t = Topology { hosts: Vec::new(), namespaces: Vec::new() };
         for i in 1..=n {
             let i8 = u8::try_from(i).map_err(io::Error::other)?;
             t.hosts.push(Host {
                 ns: format!("{prefix}-h{i}"),
                 container_ns: format!("{prefix}-c{i}"),
                 underlay_ip: Ipv4Addr::new(198, 18, 0, i8),
-                subnet: Ipv4Net::new(Ipv4Addr::new(100, 96, i8, 0), 24)
-                    .map_err(io::Error::other)?,
+                subnet: Ipv4Net::new(Ipv4Addr::new(100, 96, i8, 0), 24).map_err(io::Error::other)?,
                 container_ip: Ipv4Addr::new(100, 96, i8, 2),
             });
         }
@@ -147,35 +126,14 @@ impl Topology {
             ip(&["-n", &sw, "link", "set", "br0", "up"])?;
             for (i, h) in hosts.iter().enumerate() {
                 let port = format!("p{}", i + 1);
-                ip(&[
-                    "-n",
-                    &sw,
-                    "link",
-                    "add",
-                    &port,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    UNDERLAY_IF,
-                    "netns",
-                    &h.ns,
-                ])?;
+                ip(&["-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", UNDERLAY_IF, "netns", &h.ns])?;
                 ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"])?;
             }
         }
         for h in &hosts {
             let gw = Ipv4Addr::from(u32::from(h.subnet.network()) + 1);
             ip(&["-n", &h.ns, "link", "set", "lo", "up"])?;
-            ip(&[
-                "-n",
-                &h.ns,
-                "addr",
-                "add",
-                &format!("{}/24", h.underlay_ip),
-                "dev",
-                UNDERLAY_IF,
-            ])?;
+            ip(&["-n", &h.ns, "addr", "add", &format!("{}/24", h.underlay_ip), "dev", UNDERLAY_IF])?;
             ip(&["-n", &h.ns, "link", "set", UNDERLAY_IF, "up"])?;
             ip(&[
                 "-n",
@@ -191,36 +149,12 @@ impl Topology {
                 "netns",
                 &h.container_ns,
             ])?;
-            ip(&[
-                "-n",
-                &h.ns,
-                "addr",
-                "add",
-                &format!("{gw}/24"),
-                "dev",
-                "veth-c",
-            ])?;
+            ip(&["-n", &h.ns, "addr", "add", &format!("{gw}/24"), "dev", "veth-c"])?;
             ip(&["-n", &h.ns, "link", "set", "veth-c", "up"])?;
             ip(&["-n", &h.container_ns, "link", "set", "lo", "up"])?;
-            ip(&[
-                "-n",
-                &h.container_ns,
-                "addr",
-                "add",
-                &format!("{}/24", h.container_ip),
-                "dev",
-                "eth0",
-            ])?;
+            ip(&["-n", &h.container_ns, "addr", "add", &format!("{}/24", h.container_ip), "dev", "eth0"])?;
             ip(&["-n", &h.container_ns, "link", "set", "eth0", "up"])?;
-            ip(&[
-                "-n",
-                &h.container_ns,
-                "route",
-                "add",
-                "default",
-                "via",
-                &gw.to_string(),
-            ])?;
+            ip(&["-n", &h.container_ns, "route", "add", "default", "via", &gw.to_string()])?;
             sysctl_in(&h.ns, "net.ipv4.ip_forward", "1")?;
         }
         Ok(t)

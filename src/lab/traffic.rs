@@ -22,9 +22,7 @@ fn pattern_at(i: u64) -> u8 {
 
 /// A pattern block long enough to slice `CHUNK` bytes from any phase.
 fn pattern_block() -> Vec<u8> {
-    (0..(CHUNK + PATTERN_PERIOD) as u64)
-        .map(pattern_at)
-        .collect()
+    (0..(CHUNK + PATTERN_PERIOD) as u64).map(pattern_at).collect()
 }
 
 fn phase(offset: u64) -> usize {
@@ -43,11 +41,7 @@ pub struct TcpResult {
 impl TcpResult {
     /// Throughput in Gbit/s.
     pub fn gbit_per_s(&self) -> f64 {
-        if self.seconds <= 0.0 {
-            0.0
-        } else {
-            self.bytes as f64 * 8.0 / self.seconds / 1e9
-        }
+        if self.seconds <= 0.0 { 0.0 } else { self.bytes as f64 * 8.0 / self.seconds / 1e9 }
     }
 }
 
@@ -72,8 +66,7 @@ fn in_ns<T: Send + 'static>(
 }
 
 fn join<T>(h: thread::JoinHandle<io::Result<T>>) -> io::Result<T> {
-    h.join()
-        .map_err(|_| io::Error::other("traffic thread panicked"))?
+    h.join().map_err(|_| io::Error::other("traffic thread panicked"))?
 }
 
 /// One TCP stream from `client_ns` to `server_ip` (a listener started in `server_ns`), sending
@@ -113,11 +106,7 @@ pub fn tcp_bulk(
             }
             let p = phase(got);
             if buf[..n] != pat[p..p + n] {
-                let bad = buf[..n]
-                    .iter()
-                    .zip(&pat[p..p + n])
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(0);
+                let bad = buf[..n].iter().zip(&pat[p..p + n]).position(|(a, b)| a != b).unwrap_or(0);
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("TCP stream corrupted at byte {}", got + bad as u64),
@@ -125,22 +114,14 @@ pub fn tcp_bulk(
             }
             got += n as u64;
             if start.elapsed() > timeout {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "TCP receive exceeded its time bound",
-                ));
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "TCP receive exceeded its time bound"));
             }
         }
         Ok((got, start.elapsed()))
     });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .map_err(|_| io::Error::other("TCP server did not start"))?;
+    ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("TCP server did not start"))?;
     let client = in_ns(client_ns, move || {
-        let mut s = TcpStream::connect_timeout(
-            &SocketAddr::from((server_ip, TCP_PORT)),
-            Duration::from_secs(5),
-        )?;
+        let mut s = TcpStream::connect_timeout(&SocketAddr::from((server_ip, TCP_PORT)), Duration::from_secs(5))?;
         s.set_write_timeout(Some(timeout))?;
         let pat = pattern_block();
         let start = Instant::now();
@@ -153,10 +134,7 @@ pub fn tcp_bulk(
                 Amount::Duration(_) => CHUNK,
             };
             if start.elapsed() > timeout {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "TCP send exceeded its time bound",
-                ));
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "TCP send exceeded its time bound"));
             }
             let p = phase(sent);
             let n = s.write(&pat[p..p + want])?;
@@ -170,29 +148,18 @@ pub fn tcp_bulk(
     let sent = sent?;
     let (got, elapsed) = received?;
     if got != sent {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("sent {sent} bytes, received {got}"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("sent {sent} bytes, received {got}")));
     }
-    Ok(TcpResult {
-        bytes: got,
-        seconds: elapsed.as_secs_f64(),
-    })
+    Ok(TcpResult { bytes: got, seconds: elapsed.as_secs_f64() })
 }
 
 /// Sends UDP datagrams from `client_ns` to `dst` and returns the first error the kernel reports
 /// for them. `IP_RECVERR` is set because Linux treats ICMP net-unreachable as a soft error that a
 /// UDP socket otherwise never hears about.
-pub fn udp_probe_error(
-    client_ns: &str,
-    dst: SocketAddr,
-    wait: Duration,
-) -> io::Result<Option<io::Error>> {
+pub fn udp_probe_error(client_ns: &str, dst: SocketAddr, wait: Duration) -> io::Result<Option<io::Error>> {
     join(in_ns(client_ns, move || {
         let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv4RecvErr, &true)
-            .map_err(io::Error::from)?;
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv4RecvErr, &true).map_err(io::Error::from)?;
         s.connect(dst)?;
         s.set_read_timeout(Some(wait))?;
         let deadline = Instant::now() + wait;
@@ -201,12 +168,7 @@ pub fn udp_probe_error(
             let mut b = [0u8; 64];
             match s.recv(&mut b) {
                 Ok(_) => return Ok(None),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                     continue;
                 }
                 Err(e) => return Ok(Some(e)),

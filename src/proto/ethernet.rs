@@ -81,17 +81,9 @@ mod tests {
         let src: MacAddr = "02:00:00:00:00:01".parse().unwrap();
         let mut h = [0u8; 20];
         write_header(&mut h, dst, src, ETHERTYPE_IPV4).unwrap();
-        assert_eq!(
-            &h[..14],
-            &[
-                0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44, 2, 0, 0, 0, 0, 1, 0x08, 0x00
-            ]
-        );
+        assert_eq!(&h[..14], &[0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44, 2, 0, 0, 0, 0, 1, 0x08, 0x00]);
         let f = EthernetFrame::new_checked(&h[..]).unwrap();
-        assert_eq!(
-            (f.dst(), f.src(), f.ethertype()),
-            (dst, src, ETHERTYPE_IPV4)
-        );
+        assert_eq!((f.dst(), f.src(), f.ethertype()), (dst, src, ETHERTYPE_IPV4));
         assert_eq!(f.payload().len(), 6);
         assert!(EthernetFrame::new_checked(&h[..13]).is_err());
         assert!(write_header(&mut h[..13], dst, src, 1).is_none());

@@ -22,11 +22,7 @@ pub fn may_answer(offender: &Ipv4Packet<&[u8]>) -> bool {
 /// Writes an ICMP net-unreachable about `offender` into `out`, from `src` back to the
 /// offender's source. Returns the length written, or `None` when no message may be sent
 /// (see [`may_answer`]) or `out` is shorter than [`MAX_LEN`].
-pub fn net_unreachable(
-    offender: &Ipv4Packet<&[u8]>,
-    src: Ipv4Addr,
-    out: &mut [u8],
-) -> Option<usize> {
+pub fn net_unreachable(offender: &Ipv4Packet<&[u8]>, src: Ipv4Addr, out: &mut [u8]) -> Option<usize> {
     if !may_answer(offender) || out.len() < MAX_LEN {
         return None;
     }
@@ -90,9 +86,7 @@ mod tests {
             Some(etherparse::TransportSlice::Icmpv4(i)) => {
                 assert!(matches!(
                     i.icmp_type(),
-                    etherparse::Icmpv4Type::DestinationUnreachable(
-                        etherparse::icmpv4::DestUnreachableHeader::Network
-                    )
+                    etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Network)
                 ));
             }
             other => panic!("not ICMPv4: {other:?}"),

@@ -61,10 +61,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         if hl < MIN_HEADER_LEN || hl > data.len() {
             return Err(WireError::BadHeaderLen);
         }
-        let total = usize::from(u16::from_be_bytes([
-            data[field::LENGTH.start],
-            data[field::LENGTH.start + 1],
-        ]));
+        let total = usize::from(u16::from_be_bytes([data[field::LENGTH.start], data[field::LENGTH.start + 1]]));
         if total < hl {
             return Err(WireError::BadHeaderLen);
         }
@@ -192,8 +189,8 @@ pub(crate) mod tests {
 
     /// An ICMP echo request 100.96.1.2 → 100.96.2.2, TTL 64, as ping sends it (header + 8 bytes).
     pub const ECHO: [u8; 28] = [
-        0x45, 0x00, 0x00, 0x1c, 0x12, 0x34, 0x40, 0x00, 0x40, 0x01, 0x00, 0x00, 100, 96, 1, 2, 100,
-        96, 2, 2, 0x08, 0x00, 0xf7, 0xff, 0x00, 0x00, 0x00, 0x00,
+        0x45, 0x00, 0x00, 0x1c, 0x12, 0x34, 0x40, 0x00, 0x40, 0x01, 0x00, 0x00, 100, 96, 1, 2, 100, 96, 2, 2, 0x08,
+        0x00, 0xf7, 0xff, 0x00, 0x00, 0x00, 0x00,
     ];
 
     pub fn echo() -> Vec<u8> {
@@ -221,37 +218,19 @@ pub(crate) mod tests {
     #[test]
     fn checked_rejects_bad_input() {
         let v = echo();
-        assert_eq!(
-            Ipv4Packet::new_checked(&v[..19]).unwrap_err(),
-            WireError::Truncated
-        );
+        assert_eq!(Ipv4Packet::new_checked(&v[..19]).unwrap_err(), WireError::Truncated);
         // Total Length says 28, buffer holds 27.
-        assert_eq!(
-            Ipv4Packet::new_checked(&v[..27]).unwrap_err(),
-            WireError::Truncated
-        );
+        assert_eq!(Ipv4Packet::new_checked(&v[..27]).unwrap_err(), WireError::Truncated);
         let mut bad = v.clone();
         bad[0] = 0x65;
-        assert_eq!(
-            Ipv4Packet::new_checked(&bad[..]).unwrap_err(),
-            WireError::BadVersion
-        );
+        assert_eq!(Ipv4Packet::new_checked(&bad[..]).unwrap_err(), WireError::BadVersion);
         bad[0] = 0x44;
-        assert_eq!(
-            Ipv4Packet::new_checked(&bad[..]).unwrap_err(),
-            WireError::BadHeaderLen
-        );
+        assert_eq!(Ipv4Packet::new_checked(&bad[..]).unwrap_err(), WireError::BadHeaderLen);
         bad[0] = 0x4f; // 60-byte header in a 28-byte buffer
-        assert_eq!(
-            Ipv4Packet::new_checked(&bad[..]).unwrap_err(),
-            WireError::BadHeaderLen
-        );
+        assert_eq!(Ipv4Packet::new_checked(&bad[..]).unwrap_err(), WireError::BadHeaderLen);
         let mut short_total = v.clone();
         short_total[2..4].copy_from_slice(&10u16.to_be_bytes());
-        assert_eq!(
-            Ipv4Packet::new_checked(&short_total[..]).unwrap_err(),
-            WireError::BadHeaderLen
-        );
+        assert_eq!(Ipv4Packet::new_checked(&short_total[..]).unwrap_err(), WireError::BadHeaderLen);
     }
 
     #[test]

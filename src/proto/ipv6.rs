@@ -107,8 +107,8 @@ mod tests {
 
     /// UDP fd00::1 → fd00::2, 4-byte payload, hop limit 64.
     const PKT: [u8; 44] = [
-        0x60, 0, 0, 0, 0, 4, 17, 64, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xfd, 0, 0,
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 1, 2, 3, 4,
+        0x60, 0, 0, 0, 0, 4, 17, 64, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 2, 1, 2, 3, 4,
     ];
 
     #[test]
@@ -128,19 +128,12 @@ mod tests {
         }
         let mut v = PKT;
         v[0] = 0x40;
-        assert_eq!(
-            Ipv6Packet::new_checked(&v[..]).unwrap_err(),
-            WireError::BadVersion
-        );
+        assert_eq!(Ipv6Packet::new_checked(&v[..]).unwrap_err(), WireError::BadVersion);
         let mut v = PKT;
         let mut p = Ipv6Packet::new_checked(&mut v[..]).unwrap();
         assert!(p.decrement_hop_limit());
         assert_eq!(p.hop_limit(), 63);
         v[7] = 1;
-        assert!(
-            !Ipv6Packet::new_checked(&mut v[..])
-                .unwrap()
-                .decrement_hop_limit()
-        );
+        assert!(!Ipv6Packet::new_checked(&mut v[..]).unwrap().decrement_hop_limit());
     }
 }

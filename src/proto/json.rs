@@ -20,10 +20,7 @@ impl<'a> GoObject<'a> {
         if let Some(v) = self.fields.get(name) {
             return Some(v);
         }
-        self.fields
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| *v)
+        self.fields.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| *v)
     }
 
     /// Field `name` decoded as `T`; a JSON `null` or an absent field is `None`.
@@ -31,9 +28,7 @@ impl<'a> GoObject<'a> {
         match self.raw(name) {
             None => Ok(None),
             Some(raw) if raw.get() == "null" => Ok(None),
-            Some(raw) => serde_json::from_str(raw.get())
-                .map(Some)
-                .map_err(|e| format!("field {name}: {e}")),
+            Some(raw) => serde_json::from_str(raw.get()).map(Some).map_err(|e| format!("field {name}: {e}")),
         }
     }
 }

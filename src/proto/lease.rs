@@ -121,13 +121,7 @@ pub struct VxlanData {
 impl LeaseAttrs {
     /// The attributes of a udp-backend lease.
     pub fn udp(public_ip: Ipv4Addr) -> Self {
-        Self {
-            public_ip,
-            public_ipv6: None,
-            backend_type: None,
-            backend_data: None,
-            backend_v6_data: None,
-        }
+        Self { public_ip, public_ipv6: None, backend_type: None, backend_data: None, backend_v6_data: None }
     }
 
     /// The attributes of a vxlan lease.
@@ -146,10 +140,7 @@ impl LeaseAttrs {
 
     /// The attributes of a host-gw lease.
     pub fn host_gw(public_ip: Ipv4Addr) -> Self {
-        Self {
-            backend_type: Some("host-gw".into()),
-            ..Self::udp(public_ip)
-        }
+        Self { backend_type: Some("host-gw".into()), ..Self::udp(public_ip) }
     }
 
     /// The backend type, empty meaning udp (flannel's udp backend writes none).
@@ -163,29 +154,18 @@ impl LeaseAttrs {
             return None;
         }
         let o = GoObject::parse(self.backend_data.as_ref()?.get()).ok()?;
-        Some(VxlanData {
-            vni: o.get("VNI").ok()??,
-            vtep_mac: o.get("VtepMAC").ok()??,
-        })
+        Some(VxlanData { vni: o.get("VNI").ok()??, vtep_mac: o.get("VtepMAC").ok()?? })
     }
 
     /// Parses a lease value (field names matched as Go does).
     pub fn parse(text: &str) -> Result<Self, LeaseError> {
         let o = GoObject::parse(text).map_err(|e| LeaseError(format!("not a JSON object: {e}")))?;
-        let public_ip: Ipv4Addr = o
-            .get("PublicIP")
-            .map_err(LeaseError)?
-            .ok_or_else(|| LeaseError("PublicIP is missing".into()))?;
+        let public_ip: Ipv4Addr =
+            o.get("PublicIP").map_err(LeaseError)?.ok_or_else(|| LeaseError("PublicIP is missing".into()))?;
         let public_ipv6 = o.get("PublicIPv6").map_err(LeaseError)?;
-        let backend_type: Option<String> = o
-            .get::<String>("BackendType")
-            .map_err(LeaseError)?
-            .filter(|s| !s.is_empty());
-        let raw = |name| -> Option<Box<RawValue>> {
-            o.raw(name)
-                .filter(|r| r.get() != "null")
-                .map(|r| r.to_owned())
-        };
+        let backend_type: Option<String> =
+            o.get::<String>("BackendType").map_err(LeaseError)?.filter(|s| !s.is_empty());
+        let raw = |name| -> Option<Box<RawValue>> { o.raw(name).filter(|r| r.get() != "null").map(|r| r.to_owned()) };
         Ok(Self {
             public_ip,
             public_ipv6,
@@ -252,10 +232,7 @@ mod tests {
     #[test]
     fn udp_value_exact_bytes() {
         let a = LeaseAttrs::udp(Ipv4Addr::new(10, 168, 0, 3));
-        assert_eq!(
-            a.to_json(),
-            r#"{"PublicIP":"10.168.0.3","PublicIPv6":null}"#
-        );
+        assert_eq!(a.to_json(), r#"{"PublicIP":"10.168.0.3","PublicIPv6":null}"#);
         assert_eq!(LeaseAttrs::parse(&a.to_json()).unwrap(), a);
         assert_eq!(a.backend_name(), "udp");
     }
@@ -287,10 +264,8 @@ mod tests {
         ] {
             assert!(LeaseAttrs::parse(bad).is_err(), "{bad}");
         }
-        let no_mac = LeaseAttrs::parse(
-            r#"{"PublicIP":"1.2.3.4","BackendType":"vxlan","BackendData":{"VNI":1}}"#,
-        )
-        .unwrap();
+        let no_mac =
+            LeaseAttrs::parse(r#"{"PublicIP":"1.2.3.4","BackendType":"vxlan","BackendData":{"VNI":1}}"#).unwrap();
         assert_eq!(no_mac.vxlan_data(), None);
     }
 }

@@ -25,11 +25,7 @@ impl MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
     }
 }
 
@@ -44,10 +40,7 @@ impl FromStr for MacAddr {
         let mut out = [0u8; 6];
         let mut parts = s.split(':');
         for o in &mut out {
-            let p = parts
-                .next()
-                .filter(|p| p.len() == 2)
-                .ok_or_else(|| MacParseError(s.into()))?;
+            let p = parts.next().filter(|p| p.len() == 2).ok_or_else(|| MacParseError(s.into()))?;
             *o = u8::from_str_radix(p, 16).map_err(|_| MacParseError(s.into()))?;
         }
         if parts.next().is_some() {

@@ -84,8 +84,7 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
 impl NetConfig {
     /// Parses and validates the JSON text as flanneld would.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let obj =
-            GoObject::parse(text).map_err(|e| ConfigError(format!("not a JSON object: {e}")))?;
+        let obj = GoObject::parse(text).map_err(|e| ConfigError(format!("not a JSON object: {e}")))?;
         let get_err = ConfigError;
         let enable_v4: bool = obj.get("EnableIPv4").map_err(get_err)?.unwrap_or(true);
         let enable_v6: bool = obj.get("EnableIPv6").map_err(get_err)?.unwrap_or(false);
@@ -97,9 +96,7 @@ impl NetConfig {
         }
         let network: Ipv4Net = match obj.get::<String>("Network").map_err(get_err)? {
             None => return err("Network is missing"),
-            Some(s) => s
-                .parse()
-                .map_err(|_| ConfigError(format!("Network {s:?} is not an IPv4 CIDR")))?,
+            Some(s) => s.parse().map_err(|_| ConfigError(format!("Network {s:?} is not an IPv4 CIDR")))?,
         };
         if network.network() != network.addr() {
             return err(format!("Network {network} has host bits set"));
@@ -113,10 +110,7 @@ impl NetConfig {
             },
             Some(n) if n > 30 => return err(format!("SubnetLen {n} is larger than 30")),
             Some(n) if n < prefix + 2 => {
-                return err(format!(
-                    "SubnetLen {n} must be at least the network prefix + 2 ({})",
-                    prefix + 2
-                ));
+                return err(format!("SubnetLen {n} must be at least the network prefix + 2 ({})", prefix + 2));
             }
             Some(n) => n,
         };
@@ -130,44 +124,26 @@ impl NetConfig {
             let Some(s) = obj.get::<String>(name).map_err(ConfigError)? else {
                 return Ok(default);
             };
-            let a: Ipv4Addr = s
-                .parse()
-                .map_err(|_| ConfigError(format!("{name} {s:?} is not an IPv4 address")))?;
+            let a: Ipv4Addr = s.parse().map_err(|_| ConfigError(format!("{name} {s:?} is not an IPv4 address")))?;
             if !network.contains(&a) {
-                return Err(ConfigError(format!(
-                    "{name} {a} is not inside Network {network}"
-                )));
+                return Err(ConfigError(format!("{name} {a} is not inside Network {network}")));
             }
             if u64::from(u32::from(a)) % subnet_size != 0 {
-                return Err(ConfigError(format!(
-                    "{name} {a} is not aligned to SubnetLen {subnet_len}"
-                )));
+                return Err(ConfigError(format!("{name} {a} is not aligned to SubnetLen {subnet_len}")));
             }
             Ok(a)
         };
         let subnet_min = bound("SubnetMin", default_min)?;
         let subnet_max = bound("SubnetMax", default_max)?;
         if subnet_min > subnet_max {
-            return err(format!(
-                "SubnetMin {subnet_min} is above SubnetMax {subnet_max}"
-            ));
+            return err(format!("SubnetMin {subnet_min} is above SubnetMax {subnet_max}"));
         }
         let ipv6_network = match obj.get::<String>("IPv6Network").map_err(get_err)? {
             None => None,
-            Some(s) => Some(
-                s.parse()
-                    .map_err(|_| ConfigError(format!("IPv6Network {s:?} is not an IPv6 CIDR")))?,
-            ),
+            Some(s) => Some(s.parse().map_err(|_| ConfigError(format!("IPv6Network {s:?} is not an IPv6 CIDR")))?),
         };
         let backend = parse_backend(&obj)?;
-        Ok(Self {
-            network,
-            subnet_len,
-            subnet_min,
-            subnet_max,
-            ipv6_network,
-            backend,
-        })
+        Ok(Self { network, subnet_len, subnet_min, subnet_max, ipv6_network, backend })
     }
 
     /// True when `subnet` is one this configuration can hand out.
@@ -182,17 +158,11 @@ impl NetConfig {
     /// Every subnet from SubnetMin to SubnetMax, in order (lazily).
     pub fn subnets(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
         let step = 1u64 << (32 - u32::from(self.subnet_len));
-        let (lo, hi) = (
-            u64::from(u32::from(self.subnet_min)),
-            u64::from(u32::from(self.subnet_max)),
-        );
-        (0..)
-            .map(move |i: u64| lo + i * step)
-            .take_while(move |a| *a <= hi)
-            .filter_map(move |a| {
-                let addr = Ipv4Addr::from(u32::try_from(a).ok()?);
-                Ipv4Net::new(addr, self.subnet_len).ok()
-            })
+        let (lo, hi) = (u64::from(u32::from(self.subnet_min)), u64::from(u32::from(self.subnet_max)));
+        (0..).map(move |i: u64| lo + i * step).take_while(move |a| *a <= hi).filter_map(move |a| {
+            let addr = Ipv4Addr::from(u32::try_from(a).ok()?);
+            Ipv4Net::new(addr, self.subnet_len).ok()
+        })
     }
 }
 
@@ -207,21 +177,14 @@ fn parse_backend(obj: &GoObject<'_>) -> Result<BackendConfig, ConfigError> {
             direct_routing: false,
         });
     };
-    let b = GoObject::parse(raw.get())
-        .map_err(|e| ConfigError(format!("Backend is not an object: {e}")))?;
-    let kind_name = b
-        .get::<String>("Type")
-        .map_err(ConfigError)?
-        .unwrap_or_else(|| "udp".into())
-        .to_ascii_lowercase();
+    let b = GoObject::parse(raw.get()).map_err(|e| ConfigError(format!("Backend is not an object: {e}")))?;
+    let kind_name = b.get::<String>("Type").map_err(ConfigError)?.unwrap_or_else(|| "udp".into()).to_ascii_lowercase();
     let kind = match kind_name.as_str() {
         "udp" => BackendType::Udp,
         "vxlan" => BackendType::Vxlan,
         "host-gw" => BackendType::HostGw,
         other => {
-            return err(format!(
-                "Backend.Type {other:?} is not supported (udp, vxlan, host-gw)"
-            ));
+            return err(format!("Backend.Type {other:?} is not supported (udp, vxlan, host-gw)"));
         }
     };
     let port: u16 = b.get("Port").map_err(ConfigError)?.unwrap_or(0);
@@ -230,10 +193,7 @@ fn parse_backend(obj: &GoObject<'_>) -> Result<BackendConfig, ConfigError> {
         (BackendType::Vxlan, 0) => VXLAN_DEFAULT_PORT,
         (_, p) => p,
     };
-    let vni: u32 = b
-        .get("VNI")
-        .map_err(ConfigError)?
-        .unwrap_or(VXLAN_DEFAULT_VNI);
+    let vni: u32 = b.get("VNI").map_err(ConfigError)?.unwrap_or(VXLAN_DEFAULT_VNI);
     if kind == BackendType::Vxlan && (vni == 0 || vni > 0x00ff_ffff) {
         return err(format!("Backend.VNI {vni} is outside 1..=16777215"));
     }
@@ -243,17 +203,8 @@ fn parse_backend(obj: &GoObject<'_>) -> Result<BackendConfig, ConfigError> {
     {
         return err(format!("Backend.MTU {m} is outside 576..=65535"));
     }
-    let direct_routing = b
-        .get("DirectRouting")
-        .map_err(ConfigError)?
-        .unwrap_or(false);
-    Ok(BackendConfig {
-        kind,
-        port,
-        vni,
-        mtu,
-        direct_routing,
-    })
+    let direct_routing = b.get("DirectRouting").map_err(ConfigError)?.unwrap_or(false);
+    Ok(BackendConfig { kind, port, vni, mtu, direct_routing })
 }
 
 #[cfg(test)]
@@ -284,27 +235,14 @@ mod tests {
         assert_eq!(c.backend.kind, BackendType::Vxlan);
         assert_eq!(c.backend.port, 8472);
         assert_eq!(c.backend.vni, 1);
-        let c =
-            parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan","Port":4789,"VNI":7}}"#)
-                .unwrap();
+        let c = parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan","Port":4789,"VNI":7}}"#).unwrap();
         assert_eq!((c.backend.port, c.backend.vni), (4789, 7));
     }
 
     #[test]
     fn subnet_len_defaults_by_prefix() {
-        for (net, want) in [
-            ("10.0.0.0/8", 24),
-            ("10.0.0.0/22", 24),
-            ("10.0.0.0/23", 25),
-            ("10.0.0.0/28", 30),
-        ] {
-            assert_eq!(
-                parse(&format!(r#"{{"Network":"{net}"}}"#))
-                    .unwrap()
-                    .subnet_len,
-                want,
-                "{net}"
-            );
+        for (net, want) in [("10.0.0.0/8", 24), ("10.0.0.0/22", 24), ("10.0.0.0/23", 25), ("10.0.0.0/28", 30)] {
+            assert_eq!(parse(&format!(r#"{{"Network":"{net}"}}"#)).unwrap().subnet_len, want, "{net}");
         }
         assert!(parse(r#"{"Network":"10.0.0.0/29"}"#).is_err());
     }
@@ -313,13 +251,8 @@ mod tests {
     fn min_max_defaults_and_checks() {
         let c = parse(r#"{"Network":"10.0.0.0/23"}"#).unwrap();
         assert_eq!(c.subnet_len, 25);
-        assert_eq!(
-            (c.subnet_min, c.subnet_max),
-            (Ipv4Addr::new(10, 0, 0, 128), Ipv4Addr::new(10, 0, 1, 128))
-        );
-        let c =
-            parse(r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.10.0","SubnetMax":"10.0.20.0"}"#)
-                .unwrap();
+        assert_eq!((c.subnet_min, c.subnet_max), (Ipv4Addr::new(10, 0, 0, 128), Ipv4Addr::new(10, 0, 1, 128)));
+        let c = parse(r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.10.0","SubnetMax":"10.0.20.0"}"#).unwrap();
         assert_eq!(c.subnets().count(), 11);
         assert!(c.fits(&"10.0.10.0/24".parse().unwrap()));
         assert!(!c.fits(&"10.0.9.0/24".parse().unwrap()));

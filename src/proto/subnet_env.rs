@@ -27,12 +27,7 @@ impl SubnetEnv {
     pub fn for_lease(network: Ipv4Net, lease: Ipv4Net, mtu: u32, ipmasq: bool) -> Self {
         let first = Ipv4Addr::from(u32::from(lease.network()).wrapping_add(1));
         let subnet = Ipv4Net::new(first, lease.prefix_len()).unwrap_or(lease);
-        Self {
-            network,
-            subnet,
-            mtu,
-            ipmasq,
-        }
+        Self { network, subnet, mtu, ipmasq }
     }
 
     /// The leased subnet itself (`10.1.74.1/24` → `10.1.74.0/24`).
@@ -58,14 +53,10 @@ impl SubnetEnv {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (k, v) = line
-                .split_once('=')
-                .ok_or_else(|| EnvError(format!("line {}: no '='", n + 1)))?;
+            let (k, v) = line.split_once('=').ok_or_else(|| EnvError(format!("line {}: no '='", n + 1)))?;
             let bad = || EnvError(format!("line {}: bad value for {k}: {v:?}", n + 1));
             match k.trim() {
-                "FLANNEL_NETWORK" => {
-                    network = Some(v.trim().parse::<Ipv4Net>().map_err(|_| bad())?)
-                }
+                "FLANNEL_NETWORK" => network = Some(v.trim().parse::<Ipv4Net>().map_err(|_| bad())?),
                 "FLANNEL_SUBNET" => subnet = Some(v.trim().parse::<Ipv4Net>().map_err(|_| bad())?),
                 "FLANNEL_MTU" => mtu = Some(v.trim().parse::<u32>().map_err(|_| bad())?),
                 "FLANNEL_IPMASQ" => ipmasq = v.trim().parse::<bool>().map_err(|_| bad())?,
@@ -85,22 +76,15 @@ impl SubnetEnv {
 mod tests {
     use super::*;
 
-    const FILE: &str = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.2.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
+    const FILE: &str =
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.2.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
 
     #[test]
     fn render_matches_flannel() {
-        let e = SubnetEnv::for_lease(
-            "10.244.0.0/16".parse().unwrap(),
-            "10.244.2.0/24".parse().unwrap(),
-            1450,
-            false,
-        );
+        let e = SubnetEnv::for_lease("10.244.0.0/16".parse().unwrap(), "10.244.2.0/24".parse().unwrap(), 1450, false);
         assert_eq!(e.render(), FILE);
         assert_eq!(SubnetEnv::parse(FILE).unwrap(), e);
-        assert_eq!(
-            e.lease_subnet(),
-            "10.244.2.0/24".parse::<Ipv4Net>().unwrap()
-        );
+        assert_eq!(e.lease_subnet(), "10.244.2.0/24".parse::<Ipv4Net>().unwrap());
     }
 
     #[test]

@@ -74,15 +74,9 @@ mod tests {
     fn reserved_bits_are_ignored_and_i_flag_required() {
         let p = VxlanPacket::new_checked(&[0xff, 0xff, 0xff, 0xff, 0, 0, 1, 0xff][..]).unwrap();
         assert_eq!(p.vni(), 1);
-        assert_eq!(
-            VxlanPacket::new_checked(&[0u8, 0, 0, 0, 0, 0, 1, 0][..]).unwrap_err(),
-            WireError::Malformed
-        );
+        assert_eq!(VxlanPacket::new_checked(&[0u8, 0, 0, 0, 0, 0, 1, 0][..]).unwrap_err(), WireError::Malformed);
         for n in 0..8 {
-            assert_eq!(
-                VxlanPacket::new_checked(&[8u8; 8][..n]).unwrap_err(),
-                WireError::Truncated
-            );
+            assert_eq!(VxlanPacket::new_checked(&[8u8; 8][..n]).unwrap_err(), WireError::Truncated);
         }
     }
 }

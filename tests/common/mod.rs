@@ -19,10 +19,7 @@ pub fn require_privileges() {
         nix::unistd::Uid::effective().is_root(),
         "integration tests need root (network namespaces, TUN); run them as root"
     );
-    assert!(
-        Path::new("/dev/net/tun").exists(),
-        "/dev/net/tun is missing"
-    );
+    assert!(Path::new("/dev/net/tun").exists(), "/dev/net/tun is missing");
 }
 
 /// Starts a 2-host cluster with `backend` and pre-seeded leases.
@@ -41,22 +38,8 @@ pub fn cluster(tag: &str, backend: &str, extra: &[&str]) -> Cluster {
 
 /// `ping -c count` from namespace `ns` to `dst`; true when every echo was answered.
 pub fn ping(ns: &str, dst: Ipv4Addr, count: u32) -> bool {
-    let out = ns_exec(
-        ns,
-        &[
-            "ping",
-            "-n",
-            "-q",
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            &dst.to_string(),
-        ],
-    )
-    .expect("ping runs (apt-get install iputils-ping)");
+    let out = ns_exec(ns, &["ping", "-n", "-q", "-c", &count.to_string(), "-i", "0.2", "-W", "2", &dst.to_string()])
+        .expect("ping runs (apt-get install iputils-ping)");
     out.status.success()
 }
 
@@ -76,7 +59,5 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// True when namespace `ns` has a link called `name`.
 pub fn has_link(ns: &str, name: &str) -> bool {
-    ns_exec(ns, &["ip", "link", "show", name])
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    ns_exec(ns, &["ip", "link", "show", name]).map(|o| o.status.success()).unwrap_or(false)
 }

@@ -23,15 +23,8 @@ pub struct DirRegistry {
     root: PathBuf,
 }
 
-fn io_err<'a>(
-    op: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> RegistryError + 'a {
-    move |source| RegistryError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RegistryError + 'a {
+    move |source| RegistryError::Io { op, path: path.to_path_buf(), source }
 }
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -40,11 +33,7 @@ static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(
-        ".{name}.{}.{}.tmp",
-        std::process::id(),
-        TMP_SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
+    let tmp = dir.join(format!(".{name}.{}.{}.tmp", std::process::id(), TMP_SEQ.fetch_add(1, Ordering::Relaxed)));
     let result = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(data)?;
@@ -79,12 +68,8 @@ impl DirRegistry {
 
     fn lock(&self) -> Result<Flock<File>, RegistryError> {
         let path = self.subnets().join(".lock");
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err("opening", &path))?;
+        let f =
+            File::options().create(true).truncate(false).write(true).open(&path).map_err(io_err("opening", &path))?;
         Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| RegistryError::Io {
             op: "locking",
             path,
@@ -103,11 +88,7 @@ impl DirRegistry {
             }
         };
         let expires = meta.modified().ok().map(|m| m + LEASE_TTL);
-        Some(Lease {
-            key,
-            attrs,
-            expires,
-        })
+        Some(Lease { key, attrs, expires })
     }
 
     fn list(&self) -> Result<Vec<Lease>, RegistryError> {
@@ -156,12 +137,7 @@ impl Registry for DirRegistry {
         self.list()
     }
 
-    async fn create_lease(
-        &self,
-        key: &SubnetKey,
-        attrs: &LeaseAttrs,
-        _ttl: Duration,
-    ) -> Result<bool, RegistryError> {
+    async fn create_lease(&self, key: &SubnetKey, attrs: &LeaseAttrs, _ttl: Duration) -> Result<bool, RegistryError> {
         let _guard = self.lock()?;
         if self.list()?.iter().any(|l| l.key.v4 == key.v4) {
             return Ok(false);
@@ -170,12 +146,7 @@ impl Registry for DirRegistry {
         Ok(true)
     }
 
-    async fn renew_lease(
-        &self,
-        key: &SubnetKey,
-        attrs: &LeaseAttrs,
-        _ttl: Duration,
-    ) -> Result<(), RegistryError> {
+    async fn renew_lease(&self, key: &SubnetKey, attrs: &LeaseAttrs, _ttl: Duration) -> Result<(), RegistryError> {
         let _guard = self.lock()?;
         self.write(key, attrs)
     }
@@ -185,11 +156,8 @@ impl Registry for DirRegistry {
             tokio::time::sleep(POLL_INTERVAL).await;
             let now = self.list()?;
             // Expiry moves on every renewal; a change is a change of keys or values.
-            let same = now.len() == known.len()
-                && now
-                    .iter()
-                    .zip(known)
-                    .all(|(a, b)| a.key == b.key && a.attrs == b.attrs);
+            let same =
+                now.len() == known.len() && now.iter().zip(known).all(|(a, b)| a.key == b.key && a.attrs == b.attrs);
             if !same {
                 return Ok(now);
             }
@@ -213,16 +181,8 @@ mod tests {
         let r = DirRegistry::open(d.path()).unwrap();
         assert!(r.config().await.unwrap().contains("100.96.0.0/16"));
         let a = LeaseAttrs::udp(Ipv4Addr::new(198, 18, 0, 2));
-        assert!(
-            r.create_lease(&key("100.96.1.0-24"), &a, LEASE_TTL)
-                .await
-                .unwrap()
-        );
-        assert!(
-            !r.create_lease(&key("100.96.1.0-24"), &a, LEASE_TTL)
-                .await
-                .unwrap()
-        );
+        assert!(r.create_lease(&key("100.96.1.0-24"), &a, LEASE_TTL).await.unwrap());
+        assert!(!r.create_lease(&key("100.96.1.0-24"), &a, LEASE_TTL).await.unwrap());
         fs::write(d.path().join("subnets/not-a-key"), "x").unwrap();
         fs::write(d.path().join("subnets/100.96.9.0-24"), "not json").unwrap();
         let l = r.leases().await.unwrap();
@@ -233,9 +193,7 @@ mod tests {
             r#"{"PublicIP":"198.18.0.2","PublicIPv6":null}"#
         );
         let b = LeaseAttrs::udp(Ipv4Addr::new(198, 18, 0, 3));
-        r.renew_lease(&key("100.96.1.0-24"), &b, LEASE_TTL)
-            .await
-            .unwrap();
+        r.renew_lease(&key("100.96.1.0-24"), &b, LEASE_TTL).await.unwrap();
         assert_eq!(r.leases().await.unwrap()[0].attrs, b);
     }
 
@@ -244,40 +202,17 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let r = DirRegistry::open(d.path()).unwrap();
         let k = key("100.96.1.0-24");
-        r.create_lease(
-            &k,
-            &LeaseAttrs::udp(Ipv4Addr::new(198, 18, 0, 2)),
-            LEASE_TTL,
-        )
-        .await
-        .unwrap();
-        let f = File::options()
-            .write(true)
-            .open(d.path().join("subnets").join(k.to_string()))
-            .unwrap();
-        f.set_modified(SystemTime::now() - LEASE_TTL - Duration::from_secs(1))
-            .unwrap();
+        r.create_lease(&k, &LeaseAttrs::udp(Ipv4Addr::new(198, 18, 0, 2)), LEASE_TTL).await.unwrap();
+        let f = File::options().write(true).open(d.path().join("subnets").join(k.to_string())).unwrap();
+        f.set_modified(SystemTime::now() - LEASE_TTL - Duration::from_secs(1)).unwrap();
         assert!(r.leases().await.unwrap().is_empty());
-        assert!(
-            r.create_lease(
-                &k,
-                &LeaseAttrs::udp(Ipv4Addr::new(198, 18, 0, 3)),
-                LEASE_TTL
-            )
-            .await
-            .unwrap()
-        );
+        assert!(r.create_lease(&k, &LeaseAttrs::udp(Ipv4Addr::new(198, 18, 0, 3)), LEASE_TTL).await.unwrap());
     }
 
     #[tokio::test]
     async fn missing_dir_and_config_are_clear_errors() {
         let d = tempfile::tempdir().unwrap();
-        assert!(
-            DirRegistry::open(d.path().join("nope"))
-                .unwrap_err()
-                .to_string()
-                .contains("nope")
-        );
+        assert!(DirRegistry::open(d.path().join("nope")).unwrap_err().to_string().contains("nope"));
         let r = DirRegistry::open(d.path()).unwrap();
         assert!(matches!(r.config().await, Err(RegistryError::NoConfig(_))));
     }
@@ -293,11 +228,7 @@ mod tests {
             async move { r.watch_leases(&known).await }
         });
         write_atomic(&p, br#"{"PublicIP":"198.18.0.4","PublicIPv6":null}"#).unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(2), w)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(2), w).await.unwrap().unwrap().unwrap();
         assert_eq!(got.len(), 1);
     }
 }

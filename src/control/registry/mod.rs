@@ -73,8 +73,5 @@ pub trait Registry: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), RegistryError>> + Send;
 
     /// Resolves with the new lease set once it differs from `known`.
-    fn watch_leases(
-        &self,
-        known: &[Lease],
-    ) -> impl Future<Output = Result<Vec<Lease>, RegistryError>> + Send;
+    fn watch_leases(&self, known: &[Lease]) -> impl Future<Output = Result<Vec<Lease>, RegistryError>> + Send;
 }

@@ -21,10 +21,7 @@ fn u64_len(n: usize) -> u64 {
 
 /// Whether an I/O error is about this one packet (count it, go on) or the device (stop).
 fn per_packet(e: &io::Error) -> bool {
-    !matches!(
-        e.raw_os_error(),
-        Some(libc::EBADF | libc::EFAULT | libc::ENOTSOCK | libc::EBADFD)
-    )
+    !matches!(e.raw_os_error(), Some(libc::EBADF | libc::EFAULT | libc::ENOTSOCK | libc::EBADFD))
 }
 
 /// Runs until stopped.
@@ -35,8 +32,7 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
     let c = &*ctx.counters;
     while !ctx.stop.load(Ordering::Relaxed) {
         c.polls.fetch_add(1, Ordering::Relaxed);
-        let [tun_ready, udp_ready] =
-            wait_readable([&ctx.tun, &ctx.socket], STOP_CHECK).map_err(EngineError::Poll)?;
+        let [tun_ready, udp_ready] = wait_readable([&ctx.tun, &ctx.socket], STOP_CHECK).map_err(EngineError::Poll)?;
         if !tun_ready && !udp_ready {
             continue;
         }
@@ -44,8 +40,7 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
         // EAGAIN is cheaper than a poll() per packet.
         let mut rounds = 0u32;
         loop {
-            let moved = tun_to_udp(&ctx, c, &mut tun_buf, &mut scratch)?
-                | udp_to_tun(&ctx, c, &mut udp_buf)?;
+            let moved = tun_to_udp(&ctx, c, &mut tun_buf, &mut scratch)? | udp_to_tun(&ctx, c, &mut udp_buf)?;
             rounds += 1;
             if !moved || (rounds.is_multiple_of(ROUNDS_PER_STOP_CHECK) && ctx.stop.load(Ordering::Relaxed)) {
                 break;
@@ -56,12 +51,7 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
 }
 
 /// One TUN read and, for a packet, one send. Returns whether a packet was read.
-fn tun_to_udp(
-    ctx: &EngineContext,
-    c: &Counters,
-    buf: &mut [u8],
-    scratch: &mut [u8],
-) -> Result<bool, EngineError> {
+fn tun_to_udp(ctx: &EngineContext, c: &Counters, buf: &mut [u8], scratch: &mut [u8]) -> Result<bool, EngineError> {
     let n = match ctx.tun.recv(&mut buf[HEADROOM..]) {
         Ok(n) => n,
         Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {

@@ -8,10 +8,7 @@ use std::io;
 /// there; other threads are unaffected.
 pub fn enter(name: &str) -> io::Result<()> {
     if name.is_empty() || name.contains('/') {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("bad netns name {name:?}"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad netns name {name:?}")));
     }
     let f = File::open(format!("/run/netns/{name}"))?;
     nix::sched::setns(&f, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)

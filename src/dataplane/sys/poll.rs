@@ -7,15 +7,9 @@ use std::time::Duration;
 
 /// Waits until one of `fds` is readable or `timeout` passes. Returns which are readable.
 /// EINTR counts as a timeout (the caller re-checks its stop flag).
-pub fn wait_readable<const N: usize>(
-    fds: [&dyn AsFd; N],
-    timeout: Duration,
-) -> io::Result<[bool; N]> {
+pub fn wait_readable<const N: usize>(fds: [&dyn AsFd; N], timeout: Duration) -> io::Result<[bool; N]> {
     let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-    let mut pfds: Vec<PollFd<'_>> = fds
-        .iter()
-        .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN))
-        .collect();
+    let mut pfds: Vec<PollFd<'_>> = fds.iter().map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN)).collect();
     match nix::poll::poll(&mut pfds, PollTimeout::from(ms)) {
         Ok(_) => {}
         Err(nix::errno::Errno::EINTR) => return Ok([false; N]),
@@ -23,9 +17,7 @@ pub fn wait_readable<const N: usize>(
     }
     let mut out = [false; N];
     for (o, p) in out.iter_mut().zip(&pfds) {
-        *o = p.revents().is_some_and(|r| {
-            r.intersects(PollFlags::POLLIN | PollFlags::POLLERR | PollFlags::POLLHUP)
-        });
+        *o = p.revents().is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLERR | PollFlags::POLLHUP));
     }
     Ok(out)
 }

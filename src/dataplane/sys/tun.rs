@@ -34,30 +34,21 @@ pub fn valid_ifname(name: &str) -> bool {
         && name.len() < IFNAMSIZ
         && name != "."
         && name != ".."
-        && !name
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+        && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
 }
 
 impl Tun {
     /// Opens (creating if needed) the TUN device `name`.
     pub fn open(name: &str) -> io::Result<Self> {
         if !valid_ifname(name) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("invalid interface name {name:?}"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid interface name {name:?}")));
         }
         let file = File::options()
             .read(true)
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")?;
-        let mut req = IfReqFlags {
-            name: [0; IFNAMSIZ],
-            flags: IFF_TUN | IFF_NO_PI,
-            _pad: [0; 22],
-        };
+        let mut req = IfReqFlags { name: [0; IFNAMSIZ], flags: IFF_TUN | IFF_NO_PI, _pad: [0; 22] };
         for (d, s) in req.name.iter_mut().zip(name.bytes()) {
             *d = libc::c_char::from_ne_bytes([s]);
         }
@@ -69,27 +60,14 @@ impl Tun {
         }
         let len = req.name.iter().position(|c| *c == 0).unwrap_or(IFNAMSIZ);
         let bytes: Vec<u8> = req.name[..len].iter().map(|c| c.to_ne_bytes()[0]).collect();
-        Ok(Self {
-            file,
-            name: String::from_utf8_lossy(&bytes).into_owned(),
-        })
+        Ok(Self { file, name: String::from_utf8_lossy(&bytes).into_owned() })
     }
 
     /// Marks the device persistent (it outlives this fd) or not.
     pub fn set_persist(&self, persist: bool) -> io::Result<()> {
         // SAFETY: TUNSETPERSIST takes an integer argument by value; the fd is a valid TUN fd.
-        let rc = unsafe {
-            libc::ioctl(
-                self.file.as_raw_fd(),
-                TUNSETPERSIST,
-                libc::c_ulong::from(persist),
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETPERSIST, libc::c_ulong::from(persist)) };
+        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 
     /// The device name the kernel gave.

@@ -10,11 +10,7 @@ pub const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Binds the forwarder's UDP socket, non-blocking, with large buffers.
 pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let s = Socket::new(
-        Domain::for_address(addr),
-        Type::DGRAM.cloexec(),
-        Some(Protocol::UDP),
-    )?;
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
     // Root can exceed rmem_max with SO_*BUFFORCE; fall back to the capped option otherwise.
     if setsockopt(&s, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
         s.set_recv_buffer_size(SOCKET_BUFFER)?;

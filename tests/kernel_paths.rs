@@ -1,0 +1,108 @@
+//! Kernel data paths programmed by weft's control plane: host-gw, and kernel VXLAN next to a
+//! userspace-VXLAN weft (a host switched between the two by a restart).
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use weft::lab::topology::{UNDERLAY_IF, ns_exec};
+use weft::lab::traffic::{Amount, tcp_bulk};
+
+fn out(ns: &str, cmd: &[&str]) -> String {
+    String::from_utf8(ns_exec(ns, cmd).unwrap().stdout).unwrap()
+}
+
+#[test]
+fn host_gw_pair_routes_and_unroutes() {
+    let mut c = cluster("hostgw", r#"{"Type":"host-gw"}"#, &[]);
+    let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
+    assert!(ping(&h1.container_ns, h2.container_ip, 2), "{}", c.logs());
+    let r =
+        tcp_bulk(&h2.container_ns, h2.container_ip, &h1.container_ns, Amount::Bytes(50 << 20), Duration::from_secs(60))
+            .unwrap();
+    assert_eq!(r.bytes, 50 << 20);
+    let route = out(&h1.ns, &["ip", "route", "show", "100.96.2.0/24"]);
+    assert!(route.contains("via 198.18.0.2"), "{route}");
+    // Host 2 leaves and its lease is removed: exactly its route goes.
+    c.procs[1].stop(Duration::from_secs(5)).unwrap();
+    std::fs::remove_file(c.registry.path().join("subnets/100.96.2.0-24")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(2), || out(&h1.ns, &["ip", "route", "show", "100.96.2.0/24"]).is_empty()),
+        "{}",
+        c.logs()
+    );
+    assert!(out(&h1.ns, &["ip", "route", "show", "100.96.1.0/24"]).contains("veth-c"));
+    // Shutdown removes what weft installed and nothing else.
+    let before = out(&h1.ns, &["ip", "route"]);
+    c.procs[0].stop(Duration::from_secs(5)).unwrap().expect("clean exit");
+    assert_eq!(before, out(&h1.ns, &["ip", "route"]), "no host-gw routes were left to remove");
+}
+
+#[test]
+fn kernel_vxlan_and_userspace_vxlan_talk_and_a_host_can_switch() {
+    let mut c = cluster("kvx", r#"{"Type":"vxlan"}"#, &[]);
+    let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
+    assert!(ping(&h1.container_ns, h2.container_ip, 1), "{}", c.logs());
+    // Switch host 2 to the kernel data path by restarting weft.
+    c.procs[1].stop(Duration::from_secs(5)).unwrap();
+    c.start_host(bin(), 1, &["--dataplane".into(), "kernel".into()]).unwrap();
+    c.wait_ready(Duration::from_secs(10)).unwrap();
+    // A kernel VXLAN sender leaves inner checksums partial for the NIC (see vxlan_backend.rs).
+    assert!(ns_exec(&h2.ns, &["ethtool", "-K", UNDERLAY_IF, "tx", "off"]).unwrap().status.success());
+    let link = out(&h2.ns, &["ip", "-d", "link", "show", "flannel.1"]);
+    assert!(
+        link.contains("vxlan id 1")
+            && link.contains("dstport 8472")
+            && link.contains("nolearning")
+            && link.contains("mtu 1450"),
+        "{link}"
+    );
+    let mac1 = weft::proto::lease::LeaseAttrs::parse(
+        &std::fs::read_to_string(c.registry.path().join("subnets/100.96.1.0-24")).unwrap(),
+    )
+    .unwrap()
+    .vxlan_data()
+    .unwrap()
+    .vtep_mac
+    .to_string();
+    let neigh = out(&h2.ns, &["ip", "neigh", "show", "dev", "flannel.1"]);
+    assert!(neigh.contains(&format!("100.96.1.0 lladdr {mac1} PERMANENT")), "{neigh}");
+    let fdb = out(&h2.ns, &["bridge", "fdb", "show", "dev", "flannel.1"]);
+    assert!(fdb.contains(&format!("{mac1} dst 198.18.0.1")), "{fdb}");
+    let route = out(&h2.ns, &["ip", "route", "show", "100.96.1.0/24"]);
+    assert!(route.starts_with("100.96.1.0/24 via 100.96.1.0 dev flannel.1") && route.contains("onlink"), "{route}");
+    assert!(ping(&h1.container_ns, h2.container_ip, 2), "userspace → kernel\n{}", c.logs());
+    assert!(ping(&h2.container_ns, h1.container_ip, 2), "kernel → userspace\n{}", c.logs());
+    for (srv, cli) in [(&h2, &h1), (&h1, &h2)] {
+        let r = tcp_bulk(
+            &srv.container_ns,
+            srv.container_ip,
+            &cli.container_ns,
+            Amount::Bytes(50 << 20),
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+        assert_eq!(r.bytes, 50 << 20);
+    }
+    // And back to user space: the kernel device goes, traffic flows again.
+    c.procs[1].stop(Duration::from_secs(5)).unwrap().expect("clean exit");
+    assert!(!has_link(&h2.ns, "flannel.1"), "flannel.1 left behind");
+    c.start_host(bin(), 1, &[]).unwrap();
+    c.wait_ready(Duration::from_secs(10)).unwrap();
+    assert!(ping(&h1.container_ns, h2.container_ip, 2), "{}", c.logs());
+}
+
+#[test]
+fn udp_backend_has_no_kernel_path() {
+    require_privileges();
+    let spec = weft::lab::cluster::ClusterSpec {
+        tag: "udpkern".into(),
+        hosts: 2,
+        backend: r#"{"Type":"udp"}"#.into(),
+        preseed: true,
+        extra_args: vec!["--dataplane".into(), "kernel".into()],
+        skip_hosts: vec![],
+    };
+    let err = weft::lab::cluster::Cluster::start(bin(), &spec, Duration::from_secs(10)).err().expect("refused");
+    assert!(err.to_string().contains("no kernel data path"), "{err}");
+}
