@@ -1,0 +1,126 @@
+//! Per-packet cost of the forwarding decision (no I/O): encapsulate and decapsulate for each
+//! backend, and peer lookup as the table grows.
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use weft::dataplane::forward::{BUF_LEN, Egress, Encap, Forwarder, HEADROOM, Ingress};
+use weft::dataplane::peers::{Peer, PeerTable};
+use weft::proto::ipv4::Ipv4Packet;
+use weft::proto::mac::MacAddr;
+
+const LOCAL_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+const PEER_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
+
+/// `n` peers with /24 subnets 100.64.0.0/24, 100.64.1.0/24, ... (inside 100.64.0.0/10).
+fn peers(n: u32) -> PeerTable {
+    PeerTable::new((0..n).map(|i| {
+        let net = Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + (i << 8));
+        let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i + 1);
+        Peer {
+            subnet: ipnet::Ipv4Net::new(net, 24).unwrap(),
+            endpoint: SocketAddrV4::new(ip, 8472),
+            vtep_mac: Some(PEER_MAC),
+        }
+    }))
+}
+
+/// A 1400-byte IPv4/TCP-sized packet from `src` to `dst` with a valid header checksum.
+fn packet(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let mut p = vec![0u8; 1400];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&1400u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    Ipv4Packet::new_unchecked(&mut p[..]).fill_checksum();
+    p
+}
+
+fn forwarder(encap: Encap, subnet: &str) -> Forwarder {
+    let subnet: ipnet::Ipv4Net = subnet.parse().unwrap();
+    Forwarder { encap, subnet, tun_addr: subnet.network(), check_inner_src: true }
+}
+
+fn encap_decap(c: &mut Criterion) {
+    let table = peers(2);
+    let mut g = c.benchmark_group("per_packet_1400B");
+    g.throughput(Throughput::Elements(1));
+    for (name, encap) in [("udp", Encap::Udp), ("vxlan", Encap::Vxlan { vni: 1, mac: LOCAL_MAC })] {
+        // Egress: local subnet 100.64.9.0/24 (not a peer) to peer 100.64.1.0/24.
+        let f = forwarder(encap, "100.64.9.0/24");
+        let pkt = packet(Ipv4Addr::new(100, 64, 9, 2), Ipv4Addr::new(100, 64, 1, 2));
+        let mut buf = vec![0u8; BUF_LEN];
+        let mut scratch = [0u8; weft::proto::icmp::MAX_LEN];
+        g.bench_function(BenchmarkId::new("encapsulate", name), |b| {
+            b.iter(|| {
+                buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+                let e = f.egress(&table, &mut buf, pkt.len(), &mut scratch);
+                assert!(matches!(e, Egress::Send { .. }));
+                black_box(e)
+            })
+        });
+        // Ingress: what peer 100.64.1.0/24 (198.18.0.2) sends to us (100.64.0.0/24 = peer 1's
+        // subnet is the receiver's own here).
+        let rx = forwarder(encap, "100.64.0.0/24");
+        let mut frame = vec![0u8; BUF_LEN];
+        buf[HEADROOM..HEADROOM + pkt.len()]
+            .copy_from_slice(&packet(Ipv4Addr::new(100, 64, 1, 2), Ipv4Addr::new(100, 64, 0, 2)));
+        let Egress::Send { range, .. } = forwarder(
+            match encap {
+                Encap::Udp => Encap::Udp,
+                Encap::Vxlan { vni, .. } => Encap::Vxlan { vni, mac: PEER_MAC },
+            },
+            "100.64.1.0/24",
+        )
+        .egress(&peers_for_rx(encap), &mut buf, pkt.len(), &mut scratch) else {
+            panic!("no frame")
+        };
+        let wire = buf[range].to_vec();
+        let from = SocketAddr::from((Ipv4Addr::new(198, 18, 0, 2), 8472));
+        g.bench_function(BenchmarkId::new("decapsulate", name), |b| {
+            b.iter(|| {
+                frame[..wire.len()].copy_from_slice(&wire);
+                let r = rx.ingress(&table, from, &mut frame, wire.len());
+                assert!(matches!(r, Ingress::Deliver(_)), "{r:?}");
+                black_box(r)
+            })
+        });
+    }
+    g.finish();
+}
+
+/// The table the sending side (100.64.1.0/24) uses to reach 100.64.0.0/24 with our MAC.
+fn peers_for_rx(encap: Encap) -> PeerTable {
+    let mac = match encap {
+        Encap::Udp => None,
+        Encap::Vxlan { .. } => Some(LOCAL_MAC),
+    };
+    PeerTable::new([Peer {
+        subnet: "100.64.0.0/24".parse().unwrap(),
+        endpoint: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 8472),
+        vtep_mac: mac,
+    }])
+}
+
+fn lookup(c: &mut Criterion) {
+    let mut g = c.benchmark_group("peer_lookup");
+    for n in [10u32, 1_000, 10_000] {
+        let t = peers(n);
+        let dsts: Vec<Ipv4Addr> = (0..256u32)
+            .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 7)) + ((i * 7919) % n << 8)))
+            .collect();
+        g.bench_with_input(BenchmarkId::from_parameter(n), &dsts, |b, dsts| {
+            let mut i = 0usize;
+            b.iter(|| {
+                i = (i + 1) & 255;
+                black_box(t.lookup(dsts[i]).is_some())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, encap_decap, lookup);
+criterion_main!(benches);
