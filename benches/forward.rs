@@ -109,7 +109,7 @@ fn lookup(c: &mut Criterion) {
     for n in [10u32, 1_000, 10_000] {
         let t = peers(n);
         let dsts: Vec<Ipv4Addr> = (0..256u32)
-            .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 7)) + ((i * 7919) % n << 8)))
+            .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 7)) + (((i * 7919) % n) << 8)))
             .collect();
         g.bench_with_input(BenchmarkId::from_parameter(n), &dsts, |b, dsts| {
             let mut i = 0usize;
