@@ -17,9 +17,15 @@ fn host_gw_pair_routes_and_unroutes() {
     let mut c = cluster("hostgw", r#"{"Type":"host-gw"}"#, &[]);
     let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
     assert!(ping(&h1.container_ns, h2.container_ip, 2), "{}", c.logs());
-    let r =
-        tcp_bulk(&h2.container_ns, h2.container_ip, &h1.container_ns, Amount::Bytes(50 << 20), Duration::from_secs(60))
-            .unwrap();
+    let r = tcp_bulk(
+        &h2.container_ns,
+        h2.container_ip,
+        &h1.container_ns,
+        1,
+        Amount::Bytes(50 << 20),
+        Duration::from_secs(60),
+    )
+    .unwrap();
     assert_eq!(r.bytes, 50 << 20);
     let route = out(&h1.ns, &["ip", "route", "show", "100.96.2.0/24"]);
     assert!(route.contains("via 198.18.0.2"), "{route}");
@@ -78,6 +84,7 @@ fn kernel_vxlan_and_userspace_vxlan_talk_and_a_host_can_switch() {
             &srv.container_ns,
             srv.container_ip,
             &cli.container_ns,
+            1,
             Amount::Bytes(50 << 20),
             Duration::from_secs(60),
         )

@@ -20,6 +20,7 @@ fn tcp_both_ways(c: &Cluster) {
             &srv.container_ns,
             srv.container_ip,
             &cli.container_ns,
+            1,
             Amount::Bytes(MB50),
             Duration::from_secs(60),
         )

@@ -3,6 +3,7 @@
 
 use super::kernel::{KernelBackend, KernelDataplane};
 use super::lease::{acquire, peers_from_leases};
+use super::metrics::MetricsState;
 use super::netlink::{Netlink, Underlay, VxlanDevice, sysctl};
 use super::registry::dir::{DirRegistry, write_atomic};
 use super::registry::{LEASE_TTL, Lease, Registry};
@@ -21,7 +22,7 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Bytes the UDP backend adds: outer IPv4 20 + UDP 8.
@@ -61,6 +62,9 @@ pub struct RunOptions {
     /// Accept inner packets whose source lies outside the sending peer's subnet.
     #[arg(long)]
     pub allow_foreign_src: bool,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address, e.g. 127.0.0.1:9100.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Renew the lease this many minutes before it expires.
     #[arg(long, default_value_t = 60, value_name = "MINUTES")]
     pub subnet_lease_renew_margin: u64,
@@ -246,9 +250,21 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     if let Some(k) = kernel.as_mut() {
         k.sync(&peers).await;
     }
+    let path_name = if kernel_path { "kernel".to_string() } else { format!("userspace/{}", opts.mode.name()) };
+    let metrics = Arc::new(MetricsState {
+        counters: counters.clone(),
+        peers: table.clone(),
+        ready: AtomicBool::new(false),
+        lease_expiry: AtomicU64::new(unix_now() + LEASE_TTL.as_secs()),
+        dataplane: path_name.clone(),
+    });
+    if let Some(addr) = opts.metrics_addr {
+        let l = super::metrics::bind(addr).await.with_context(|| format!("binding --metrics-addr {addr}"))?;
+        tokio::spawn(super::metrics::serve(l, metrics.clone()));
+    }
     write_atomic(&opts.subnet_file, env.render().as_bytes())
         .with_context(|| format!("writing {}", opts.subnet_file.display()))?;
-    let path_name = if kernel_path { "kernel".to_string() } else { format!("userspace/{}", opts.mode.name()) };
+    metrics.ready.store(true, Ordering::Relaxed);
     tracing::info!(%subnet, mtu, peers = peers.len(), dataplane = %path_name, "ready");
 
     let renew_every = LEASE_TTL
@@ -272,7 +288,10 @@ async fn run_async(opts: RunOptions) -> Result<()> {
             }
             _ = renew.tick() => {
                 match reg.renew_lease(&lease.key, &lease.attrs, LEASE_TTL).await {
-                    Ok(()) => tracing::info!(%subnet, "lease renewed"),
+                    Ok(()) => {
+                        metrics.lease_expiry.store(unix_now() + LEASE_TTL.as_secs(), Ordering::Relaxed);
+                        tracing::info!(%subnet, "lease renewed");
+                    }
                     Err(e) => tracing::warn!("lease renewal failed (will retry): {e}"),
                 }
             }
@@ -321,6 +340,10 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     }
     log_summary(&counters);
     outcome
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn log_summary(c: &Counters) {

@@ -4,5 +4,6 @@
 pub mod daemon;
 pub mod kernel;
 pub mod lease;
+pub mod metrics;
 pub mod netlink;
 pub mod registry;

@@ -93,6 +93,8 @@ pub struct CrossingCounters {
     pub packets: AtomicU64,
     /// Bytes moved (as seen at this crossing: inner packet or outer datagram).
     pub bytes: AtomicU64,
+    /// Nanoseconds spent inside those syscalls (wall clock around each call).
+    pub nanos: AtomicU64,
 }
 
 /// One worker's counters. Written by one thread with relaxed atomics, read by anyone.
@@ -112,11 +114,12 @@ impl Counters {
         &self.crossings[c as usize]
     }
 
-    /// Counts one syscall on `c` that moved `packets` packets of `bytes` bytes in total.
+    /// Counts one syscall on `c` that took `nanos` and moved `packets` packets of `bytes` bytes.
     #[inline]
-    pub fn syscall(&self, c: Crossing, packets: u64, bytes: u64) {
+    pub fn syscall(&self, c: Crossing, packets: u64, bytes: u64, nanos: u64) {
         let cc = &self.crossings[c as usize];
         cc.syscalls.fetch_add(1, Ordering::Relaxed);
+        cc.nanos.fetch_add(nanos, Ordering::Relaxed);
         if packets > 0 {
             cc.packets.fetch_add(packets, Ordering::Relaxed);
             cc.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -125,7 +128,7 @@ impl Counters {
 
     /// Counts one dropped packet.
     #[inline]
-    pub fn drop(&self, r: DropReason) {
+    pub fn count_drop(&self, r: DropReason) {
         self.drops[r as usize].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -143,6 +146,7 @@ impl Counters {
                 cc.syscalls.load(Ordering::Relaxed),
                 cc.packets.load(Ordering::Relaxed),
                 cc.bytes.load(Ordering::Relaxed),
+                cc.nanos.load(Ordering::Relaxed),
             ];
         }
         for (i, d) in self.drops.iter().enumerate() {
@@ -154,11 +158,19 @@ impl Counters {
     }
 }
 
+/// Runs `f` and returns its result with the wall-clock nanoseconds it took.
+#[inline]
+pub fn timed<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let t = std::time::Instant::now();
+    let r = f();
+    (r, u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX))
+}
+
 /// A copy of [`Counters`] at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    /// Per crossing: [syscalls, packets, bytes].
-    pub crossings: [[u64; 3]; 4],
+    /// Per crossing: [syscalls, packets, bytes, nanoseconds].
+    pub crossings: [[u64; 4]; 4],
     /// Per drop reason.
     pub drops: [u64; DROP_REASONS],
     /// ICMP messages sent.
@@ -179,6 +191,10 @@ impl Snapshot {
     /// Bytes on `c`.
     pub fn bytes(&self, c: Crossing) -> u64 {
         self.crossings[c as usize][2]
+    }
+    /// Nanoseconds spent in syscalls on `c`.
+    pub fn nanos(&self, c: Crossing) -> u64 {
+        self.crossings[c as usize][3]
     }
     /// Drops under `r`.
     pub fn drops(&self, r: DropReason) -> u64 {
@@ -221,15 +237,15 @@ mod tests {
     #[test]
     fn counts_and_diffs() {
         let c = Counters::default();
-        c.syscall(Crossing::TunRead, 1, 100);
-        c.syscall(Crossing::TunRead, 0, 0);
-        c.drop(DropReason::NoRoute);
+        c.syscall(Crossing::TunRead, 1, 100, 500);
+        c.syscall(Crossing::TunRead, 0, 0, 100);
+        c.count_drop(DropReason::NoRoute);
         let a = c.snapshot();
         assert_eq!(
             (a.syscalls(Crossing::TunRead), a.packets(Crossing::TunRead), a.bytes(Crossing::TunRead)),
             (2, 1, 100)
         );
-        c.drop(DropReason::NoRoute);
+        c.count_drop(DropReason::NoRoute);
         let d = c.snapshot().since(&a);
         assert_eq!(d.drops(DropReason::NoRoute), 1);
         assert_eq!(d.total_drops(), 1);

@@ -2,15 +2,21 @@
 //! workload, and reports the figures side by side.
 
 pub mod cluster;
+pub mod measure;
 pub mod topology;
 pub mod traffic;
 
+pub mod report;
+
 use anyhow::{Context, Result, bail};
 use cluster::{Cluster, ClusterSpec};
+use measure::{CpuTimes, METRICS_PORT, Samples, scrape};
+use report::{CrossingFigure, MachineFigure, ProcessFigure, Record, Report, SenderFigure};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use traffic::{Amount, tcp_bulk};
+use traffic::{Amount, tcp_bulk, udp_flood, udp_ping_pong};
 
 /// Options of `weft lab`.
 #[derive(Debug, Clone, clap::Args)]
@@ -21,6 +27,21 @@ pub struct LabOptions {
     /// A short run (1 s per workload), for CI.
     #[arg(long)]
     pub quick: bool,
+    /// Parallel TCP streams of the multi-stream bulk workload (1 runs only the single stream).
+    #[arg(long, default_value_t = 4)]
+    pub streams: usize,
+    /// Hosts in the topology (the workloads run between hosts 1 and 2).
+    #[arg(long, default_value_t = 2)]
+    pub hosts: usize,
+    /// Only data paths whose name contains this text (e.g. `naive`, `kernel`).
+    #[arg(long, value_name = "TEXT")]
+    pub only: Option<String>,
+    /// Write every figure as JSON (schema in README: `weft-lab/1`).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write a chart of throughput and syscalls per packet (SVG).
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
 }
 
 /// One data path the lab measures.
@@ -28,24 +49,46 @@ pub struct LabOptions {
 struct DataPath {
     name: &'static str,
     backend: &'static str,
-    extra: Vec<String>,
+    extra: &'static [&'static str],
 }
 
+/// Every data path weft has: the kernel baselines through weft's control plane, and every
+/// userspace engine × backend.
 fn data_paths() -> Vec<DataPath> {
-    vec![
-        DataPath { name: "host-gw (kernel)", backend: r#"{"Type":"host-gw"}"#, extra: vec![] },
-        DataPath {
-            name: "vxlan (kernel)",
-            backend: r#"{"Type":"vxlan"}"#,
-            extra: vec!["--dataplane".into(), "kernel".into()],
-        },
-        DataPath { name: "weft udp naive", backend: r#"{"Type":"udp"}"#, extra: vec!["--mode".into(), "naive".into()] },
-        DataPath {
-            name: "weft vxlan naive",
-            backend: r#"{"Type":"vxlan"}"#,
-            extra: vec!["--mode".into(), "naive".into()],
-        },
-    ]
+    let mut v = vec![
+        DataPath { name: "host-gw (kernel)", backend: r#"{"Type":"host-gw"}"#, extra: &[] },
+        DataPath { name: "vxlan (kernel)", backend: r#"{"Type":"vxlan"}"#, extra: &["--dataplane", "kernel"] },
+    ];
+    for mode in <crate::dataplane::engine::Mode as clap::ValueEnum>::value_variants() {
+        let (udp, vxlan): (&'static str, &'static str) = match mode {
+            crate::dataplane::engine::Mode::Naive => ("weft udp naive", "weft vxlan naive"),
+        };
+        let extra: &'static [&'static str] = match mode {
+            crate::dataplane::engine::Mode::Naive => &["--mode", "naive"],
+        };
+        v.push(DataPath { name: udp, backend: r#"{"Type":"udp"}"#, extra });
+        v.push(DataPath { name: vxlan, backend: r#"{"Type":"vxlan"}"#, extra });
+    }
+    v
+}
+
+/// The workloads, in the order they run on each data path.
+#[derive(Debug, Clone, Copy)]
+enum Workload {
+    Tcp { streams: usize },
+    UdpSmall,
+    RequestResponse,
+}
+
+impl Workload {
+    fn name(self) -> String {
+        match self {
+            Self::Tcp { streams: 1 } => "tcp-1".into(),
+            Self::Tcp { streams } => format!("tcp-{streams}"),
+            Self::UdpSmall => "udp-64B".into(),
+            Self::RequestResponse => "rr-64B".into(),
+        }
+    }
 }
 
 fn preflight() -> Result<()> {
@@ -59,9 +102,71 @@ fn preflight() -> Result<()> {
     Ok(())
 }
 
-struct Row {
-    name: &'static str,
-    gbps: f64,
+fn sum_label(s: &Samples, name: &str, label: &str) -> f64 {
+    s.get(&format!("{name}{{{label}}}")).copied().unwrap_or(0.0)
+}
+
+fn delta(before: &[Samples], after: &[Samples], name: &str, label: &str) -> f64 {
+    after.iter().map(|a| sum_label(a, name, label)).sum::<f64>()
+        - before.iter().map(|b| sum_label(b, name, label)).sum::<f64>()
+}
+
+fn per(x: f64, n: u64) -> f64 {
+    if n == 0 { 0.0 } else { x / n as f64 }
+}
+
+/// Figures from counter deltas. `packets` is the workload's data packets (the denominator of
+/// every "per packet" figure but the per-crossing ones, which use the crossing's own packets).
+fn figures(
+    before: &[Samples],
+    after: &[Samples],
+    cpu: CpuTimes,
+    packets: u64,
+) -> (Vec<CrossingFigure>, f64, ProcessFigure, MachineFigure, u64) {
+    let crossings = crate::dataplane::counters::Crossing::ALL
+        .iter()
+        .map(|c| {
+            let l = format!("crossing=\"{}\"", c.label());
+            let sys = delta(before, after, "weft_crossing_syscalls_total", &l);
+            let pk = delta(before, after, "weft_crossing_packets_total", &l);
+            let secs = delta(before, after, "weft_crossing_seconds_total", &l);
+            CrossingFigure {
+                crossing: c.label().into(),
+                syscalls: sys as u64,
+                packets: pk as u64,
+                syscalls_per_packet: if pk > 0.0 { sys / pk } else { 0.0 },
+                packets_per_syscall: if sys > 0.0 { pk / sys } else { 0.0 },
+                ns_per_packet: if pk > 0.0 { secs * 1e9 / pk } else { 0.0 },
+            }
+        })
+        .collect();
+    let plain = |name: &str, s: &[Samples]| s.iter().map(|m| m.get(name).copied().unwrap_or(0.0)).sum::<f64>();
+    let polls = plain("weft_polls_total", after) - plain("weft_polls_total", before);
+    let fwd = ProcessFigure {
+        user_ns_per_packet: per(delta(before, after, "weft_process_cpu_seconds_total", "mode=\"user\"") * 1e9, packets),
+        system_ns_per_packet: per(
+            delta(before, after, "weft_process_cpu_seconds_total", "mode=\"system\"") * 1e9,
+            packets,
+        ),
+        voluntary_cs_per_1000_packets: per(
+            delta(before, after, "weft_process_context_switches_total", "kind=\"voluntary\"") * 1000.0,
+            packets,
+        ),
+        involuntary_cs_per_1000_packets: per(
+            delta(before, after, "weft_process_context_switches_total", "kind=\"involuntary\"") * 1000.0,
+            packets,
+        ),
+    };
+    let machine = MachineFigure {
+        user_ns_per_packet: per(cpu.user as f64, packets),
+        system_ns_per_packet: per(cpu.system as f64, packets),
+        softirq_ns_per_packet: per((cpu.softirq + cpu.irq) as f64, packets),
+    };
+    let drops: f64 = crate::dataplane::counters::DropReason::ALL
+        .iter()
+        .map(|r| delta(before, after, "weft_drops_total", &format!("reason=\"{}\"", r.label())))
+        .sum();
+    (crossings, per(polls, packets), fwd, machine, drops.max(0.0) as u64)
 }
 
 /// Runs the lab.
@@ -73,43 +178,116 @@ pub fn run(opts: LabOptions) -> Result<()> {
     }
     let bin = std::env::current_exe().context("locating the weft binary")?;
     let secs = if opts.quick { 1 } else { opts.seconds.max(1) };
-    let mut rows = Vec::new();
-    for dp in data_paths() {
-        if interrupted.load(Ordering::Relaxed) {
-            bail!("interrupted; everything the lab created has been removed");
-        }
-        eprintln!("lab: {} — TCP bulk, 1 stream, {secs} s ...", dp.name);
+    let mut workloads = vec![Workload::Tcp { streams: 1 }];
+    if opts.streams > 1 {
+        workloads.push(Workload::Tcp { streams: opts.streams });
+    }
+    workloads.extend([Workload::UdpSmall, Workload::RequestResponse]);
+    let paths: Vec<DataPath> =
+        data_paths().into_iter().filter(|d| opts.only.as_deref().is_none_or(|o| d.name.contains(o))).collect();
+    if paths.is_empty() {
+        bail!("--only {:?} matches no data path", opts.only.unwrap_or_default());
+    }
+    let mut report = Report::new(secs);
+    let dur = Duration::from_secs(secs);
+    let bound = Duration::from_secs(secs + 30);
+    for dp in &paths {
+        let mut extra: Vec<String> = dp.extra.iter().map(|s| s.to_string()).collect();
+        extra.extend(["--metrics-addr".to_string(), format!("127.0.0.1:{METRICS_PORT}")]);
         let spec = ClusterSpec {
             tag: "lab".into(),
-            hosts: 2,
+            hosts: opts.hosts,
             backend: dp.backend.into(),
             preseed: true,
-            extra_args: dp.extra.clone(),
+            extra_args: extra,
             skip_hosts: vec![],
         };
         let cluster =
-            Cluster::start(&bin, &spec, Duration::from_secs(10)).with_context(|| format!("starting {}", dp.name))?;
-        let (h1, h2) = (&cluster.topo.hosts[0], &cluster.topo.hosts[1]);
-        let r = tcp_bulk(
-            &h2.container_ns,
-            h2.container_ip,
-            &h1.container_ns,
-            Amount::Duration(Duration::from_secs(secs)),
-            Duration::from_secs(secs + 20),
-        )
-        .with_context(|| format!("TCP bulk over {}\n{}", dp.name, cluster.logs()))?;
-        rows.push(Row { name: dp.name, gbps: r.gbit_per_s() });
+            Cluster::start(&bin, &spec, Duration::from_secs(15)).with_context(|| format!("starting {}", dp.name))?;
+        let (h1, h2) = (cluster.topo.hosts[0].clone(), cluster.topo.hosts[1].clone());
+        let host_ns: Vec<String> = cluster.topo.hosts.iter().map(|h| h.ns.clone()).collect();
+        for w in &workloads {
+            if interrupted.load(Ordering::Relaxed) {
+                bail!("interrupted; everything the lab created has been removed");
+            }
+            eprintln!("lab: {:<18} {:<8} {secs} s ...", dp.name, w.name());
+            let before: Vec<Samples> =
+                host_ns.iter().map(|n| scrape(n)).collect::<std::io::Result<_>>().context("reading weft's /metrics")?;
+            let cpu0 = CpuTimes::now()?;
+            let mut rec = Record::new(dp.name, &w.name());
+            let sender;
+            let packets;
+            match *w {
+                Workload::Tcp { streams } => {
+                    let r = tcp_bulk(
+                        &h2.container_ns,
+                        h2.container_ip,
+                        &h1.container_ns,
+                        streams,
+                        Amount::Duration(dur),
+                        bound,
+                    )
+                    .with_context(|| format!("{} over {}\n{}", w.name(), dp.name, cluster.logs()))?;
+                    rec.duration_s = r.seconds;
+                    rec.throughput_gbit_s = Some(r.gbit_per_s());
+                    sender = r.sender;
+                    packets = r.sender.wire_packets;
+                }
+                Workload::UdpSmall => {
+                    let r = udp_flood(&h2.container_ns, h2.container_ip, &h1.container_ns, dur)
+                        .with_context(|| format!("udp over {}", dp.name))?;
+                    rec.duration_s = r.seconds;
+                    rec.offered_pps = Some(r.offered_pps());
+                    rec.delivered_pps = Some(r.delivered_pps());
+                    rec.loss = Some(r.loss());
+                    rec.damaged = Some(r.bad);
+                    sender = r.sender;
+                    packets = r.sent;
+                }
+                Workload::RequestResponse => {
+                    let r = udp_ping_pong(&h2.container_ns, h2.container_ip, &h1.container_ns, dur)
+                        .with_context(|| format!("request/response over {}", dp.name))?;
+                    rec.duration_s = secs as f64;
+                    rec.latency_p50_us = Some(r.p50_us);
+                    rec.latency_p99_us = Some(r.p99_us);
+                    rec.round_trips = Some(r.samples);
+                    rec.loss = Some(per(r.lost as f64, r.samples + r.lost));
+                    sender = traffic::SenderStats {
+                        syscalls: r.samples + r.lost,
+                        wire_packets: r.samples + r.lost,
+                        ..Default::default()
+                    };
+                    packets = 2 * r.samples;
+                }
+            }
+            let cpu = CpuTimes::now()?.since(&cpu0);
+            let after: Vec<Samples> =
+                host_ns.iter().map(|n| scrape(n)).collect::<std::io::Result<_>>().context("reading weft's /metrics")?;
+            let (crossings, polls, fwd, machine, drops) = figures(&before, &after, cpu, packets);
+            rec.wire_packets = packets;
+            rec.crossings = crossings;
+            rec.polls_per_packet = polls;
+            rec.sender = SenderFigure {
+                syscalls_per_packet: per(sender.syscalls as f64, sender.wire_packets.max(1)),
+                user_ns_per_packet: per(sender.user_ns as f64, sender.wire_packets),
+                system_ns_per_packet: per(sender.system_ns as f64, sender.wire_packets),
+            };
+            rec.forwarder = fwd;
+            rec.machine = machine;
+            rec.weft_drops = drops;
+            report.records.push(rec);
+        }
         drop(cluster);
     }
-    print_table(&rows);
-    Ok(())
-}
-
-fn print_table(rows: &[Row]) {
-    let base = rows.iter().find(|r| r.name == "vxlan (kernel)").map(|r| r.gbps).filter(|g| *g > 0.0);
-    println!("{:<22} {:>12} {:>22}", "data path", "TCP Gbit/s", "ratio to kernel VXLAN");
-    for r in rows {
-        let ratio = base.map(|b| format!("{:.3}", r.gbps / b)).unwrap_or_else(|| "-".into());
-        println!("{:<22} {:>12.3} {:>22}", r.name, r.gbps, ratio);
+    report.compute_ratios();
+    print!("{}", report.table());
+    if let Some(p) = &opts.json {
+        std::fs::write(p, report.json()?).with_context(|| format!("writing {}", p.display()))?;
+        eprintln!("lab: wrote {}", p.display());
     }
+    if let Some(p) = &opts.svg {
+        report.svg(p).with_context(|| format!("writing {}", p.display()))?;
+        eprintln!("lab: wrote {}", p.display());
+    }
+    Ok(())
 }

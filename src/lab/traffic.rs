@@ -1,6 +1,8 @@
 //! Traffic generators run inside container namespaces, in threads that enter the namespace.
 //! Every workload checks that what arrived is what was sent.
 
+use super::measure;
+use crate::dataplane::sys::mmsg::MmsgBatch;
 use crate::dataplane::sys::netns;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -29,13 +31,28 @@ fn phase(offset: u64) -> usize {
     usize::try_from(offset % PATTERN_PERIOD as u64).unwrap_or(0)
 }
 
+/// The sender's own costs (crossing 1: the container's process handing packets to the kernel).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct SenderStats {
+    /// send/write syscalls made.
+    pub syscalls: u64,
+    /// CPU time in user mode, ns (all sender threads).
+    pub user_ns: u64,
+    /// CPU time in the kernel, ns (all sender threads).
+    pub system_ns: u64,
+    /// Packets the sender's namespace put on the wire (TCP OutSegs or UDP OutDatagrams).
+    pub wire_packets: u64,
+}
+
 /// What a bulk TCP transfer achieved.
 #[derive(Debug, Clone, Copy)]
 pub struct TcpResult {
-    /// Bytes received and verified.
+    /// Bytes received and verified (all streams).
     pub bytes: u64,
-    /// Seconds from connect to the last byte received.
+    /// Seconds from the first connect to the last byte received.
     pub seconds: f64,
+    /// The sender's costs.
+    pub sender: SenderStats,
 }
 
 impl TcpResult {
@@ -48,7 +65,7 @@ impl TcpResult {
 /// How long the bulk sender runs.
 #[derive(Debug, Clone, Copy)]
 pub enum Amount {
-    /// Exactly this many bytes.
+    /// Exactly this many bytes (per stream).
     Bytes(u64),
     /// As much as fits in this time.
     Duration(Duration),
@@ -69,88 +86,346 @@ fn join<T>(h: thread::JoinHandle<io::Result<T>>) -> io::Result<T> {
     h.join().map_err(|_| io::Error::other("traffic thread panicked"))?
 }
 
-/// One TCP stream from `client_ns` to `server_ip` (a listener started in `server_ns`), sending
+/// Receives one stream and checks every byte against the pattern.
+fn tcp_receive(mut s: TcpStream, timeout: Duration) -> io::Result<u64> {
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(timeout))?;
+    let pat = pattern_block();
+    let mut buf = vec![0u8; CHUNK];
+    let mut got = 0u64;
+    let start = Instant::now();
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Ok(got);
+        }
+        let p = phase(got);
+        if buf[..n] != pat[p..p + n] {
+            let bad = buf[..n].iter().zip(&pat[p..p + n]).position(|(a, b)| a != b).unwrap_or(0);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("TCP stream corrupted at byte {}", got + bad as u64),
+            ));
+        }
+        got += n as u64;
+        if start.elapsed() > timeout {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "TCP receive exceeded its time bound"));
+        }
+    }
+}
+
+/// Sends the pattern on one stream; returns (bytes, write syscalls, user ns, system ns).
+fn tcp_send(mut s: TcpStream, amount: Amount, timeout: Duration) -> io::Result<(u64, u64, u64, u64)> {
+    s.set_write_timeout(Some(timeout))?;
+    let pat = pattern_block();
+    let (u0, s0) = measure::thread_cpu();
+    let start = Instant::now();
+    let (mut sent, mut calls) = (0u64, 0u64);
+    loop {
+        let want = match amount {
+            Amount::Bytes(total) if sent >= total => break,
+            Amount::Bytes(total) => usize::try_from(total - sent).unwrap_or(CHUNK).min(CHUNK),
+            Amount::Duration(d) if start.elapsed() >= d => break,
+            Amount::Duration(_) => CHUNK,
+        };
+        if start.elapsed() > timeout {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "TCP send exceeded its time bound"));
+        }
+        let p = phase(sent);
+        let n = s.write(&pat[p..p + want])?;
+        calls += 1;
+        sent += n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    let (u1, s1) = measure::thread_cpu();
+    Ok((sent, calls, u1 - u0, s1 - s0))
+}
+
+/// `streams` TCP streams from `client_ns` to `server_ip` (listener in `server_ns`), each sending
 /// the pattern; the receiver checks every byte. `timeout` bounds the whole run.
 pub fn tcp_bulk(
     server_ns: &str,
     server_ip: Ipv4Addr,
     client_ns: &str,
+    streams: usize,
     amount: Amount,
     timeout: Duration,
 ) -> io::Result<TcpResult> {
+    let streams = streams.clamp(1, 64);
     let (ready_tx, ready_rx) = mpsc::channel();
     let server = in_ns(server_ns, move || {
         let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, TCP_PORT))?;
         let _ = ready_tx.send(());
         l.set_nonblocking(true)?;
         let deadline = Instant::now() + timeout;
-        let (mut s, _) = loop {
+        let mut handlers = Vec::new();
+        let start = Instant::now();
+        while handlers.len() < streams {
             match l.accept() {
-                Ok(c) => break c,
+                Ok((c, _)) => handlers.push(thread::spawn(move || tcp_receive(c, timeout))),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                    thread::sleep(Duration::from_millis(5))
+                    thread::sleep(Duration::from_millis(2))
                 }
                 Err(e) => return Err(e),
             }
-        };
-        s.set_nonblocking(false)?;
-        s.set_read_timeout(Some(timeout))?;
-        let pat = pattern_block();
-        let mut buf = vec![0u8; CHUNK];
-        let mut got = 0u64;
-        let start = Instant::now();
-        loop {
-            let n = s.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            let p = phase(got);
-            if buf[..n] != pat[p..p + n] {
-                let bad = buf[..n].iter().zip(&pat[p..p + n]).position(|(a, b)| a != b).unwrap_or(0);
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("TCP stream corrupted at byte {}", got + bad as u64),
-                ));
-            }
-            got += n as u64;
-            if start.elapsed() > timeout {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "TCP receive exceeded its time bound"));
-            }
+        }
+        let mut got = 0;
+        for h in handlers {
+            got += join(h)?;
         }
         Ok((got, start.elapsed()))
     });
     ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("TCP server did not start"))?;
     let client = in_ns(client_ns, move || {
-        let mut s = TcpStream::connect_timeout(&SocketAddr::from((server_ip, TCP_PORT)), Duration::from_secs(5))?;
-        s.set_write_timeout(Some(timeout))?;
-        let pat = pattern_block();
-        let start = Instant::now();
-        let mut sent = 0u64;
-        loop {
-            let want = match amount {
-                Amount::Bytes(total) if sent >= total => break,
-                Amount::Bytes(total) => usize::try_from(total - sent).unwrap_or(CHUNK).min(CHUNK),
-                Amount::Duration(d) if start.elapsed() >= d => break,
-                Amount::Duration(_) => CHUNK,
-            };
-            if start.elapsed() > timeout {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "TCP send exceeded its time bound"));
-            }
-            let p = phase(sent);
-            let n = s.write(&pat[p..p + want])?;
-            sent += n as u64;
+        let segs0 = measure::snmp("Tcp", "OutSegs")?;
+        let mut senders = Vec::new();
+        for _ in 0..streams {
+            let s = TcpStream::connect_timeout(&SocketAddr::from((server_ip, TCP_PORT)), Duration::from_secs(5))?;
+            senders.push(thread::spawn(move || tcp_send(s, amount, timeout)));
         }
-        s.shutdown(std::net::Shutdown::Write)?;
-        Ok(sent)
+        let mut st = SenderStats::default();
+        let mut sent = 0;
+        for h in senders {
+            let (b, calls, u, s) = join(h)?;
+            sent += b;
+            st.syscalls += calls;
+            st.user_ns += u;
+            st.system_ns += s;
+        }
+        st.wire_packets = measure::snmp("Tcp", "OutSegs")?.saturating_sub(segs0);
+        Ok((sent, st))
     });
     let sent = join(client);
     let received = join(server);
-    let sent = sent?;
+    let (sent, sender) = sent?;
     let (got, elapsed) = received?;
     if got != sent {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("sent {sent} bytes, received {got}")));
     }
-    Ok(TcpResult { bytes: got, seconds: elapsed.as_secs_f64() })
+    Ok(TcpResult { bytes: got, seconds: elapsed.as_secs_f64(), sender })
+}
+
+/// The UDP port of the small-datagram workload.
+pub const UDP_PORT: u16 = 5202;
+/// The UDP port of the request/response workload.
+pub const ECHO_PORT: u16 = 5203;
+/// Payload size of the small-datagram and request/response workloads.
+pub const SMALL_PAYLOAD: usize = 64;
+const FLOOD_BATCH: usize = 64;
+
+/// The payload of small datagram `seq`: the sequence number, then bytes derived from it.
+fn small_payload(seq: u64, out: &mut [u8; SMALL_PAYLOAD]) {
+    out[..8].copy_from_slice(&seq.to_be_bytes());
+    for (i, b) in out[8..].iter_mut().enumerate() {
+        *b = pattern_at(seq.wrapping_add(i as u64));
+    }
+}
+
+fn small_payload_ok(d: &[u8]) -> Option<u64> {
+    if d.len() != SMALL_PAYLOAD {
+        return None;
+    }
+    let seq = u64::from_be_bytes(d[..8].try_into().ok()?);
+    let mut want = [0u8; SMALL_PAYLOAD];
+    small_payload(seq, &mut want);
+    (want[..] == d[..]).then_some(seq)
+}
+
+/// What the small-datagram workload achieved.
+#[derive(Debug, Clone, Copy)]
+pub struct UdpResult {
+    /// Datagrams sent.
+    pub sent: u64,
+    /// Distinct datagrams received intact.
+    pub received: u64,
+    /// Datagrams received damaged or twice.
+    pub bad: u64,
+    /// Seconds the sender ran.
+    pub seconds: f64,
+    /// The sender's costs.
+    pub sender: SenderStats,
+}
+
+impl UdpResult {
+    /// Offered rate, datagrams/s.
+    pub fn offered_pps(&self) -> f64 {
+        if self.seconds > 0.0 { self.sent as f64 / self.seconds } else { 0.0 }
+    }
+    /// Delivered rate, datagrams/s.
+    pub fn delivered_pps(&self) -> f64 {
+        if self.seconds > 0.0 { self.received as f64 / self.seconds } else { 0.0 }
+    }
+    /// Fraction lost.
+    pub fn loss(&self) -> f64 {
+        if self.sent == 0 { 0.0 } else { 1.0 - self.received as f64 / self.sent as f64 }
+    }
+}
+
+/// 64-byte UDP datagrams from `client_ns` to `server_ip` as fast as `sendmmsg` (batches of 64)
+/// takes them, for `duration`; the receiver checks each and counts distinct sequence numbers.
+pub fn udp_flood(server_ns: &str, server_ip: Ipv4Addr, client_ns: &str, duration: Duration) -> io::Result<UdpResult> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let server = in_ns(server_ns, move || {
+        let sock = crate::dataplane::sys::udp::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, UDP_PORT)))?;
+        let _ = ready_tx.send(());
+        let mut batch = MmsgBatch::new(FLOOD_BATCH);
+        let mut store = vec![[0u8; 128]; FLOOD_BATCH];
+        let mut meta = vec![(0usize, SocketAddr::from(([0, 0, 0, 0], 0))); FLOOD_BATCH];
+        let mut seen: Vec<u64> = Vec::new();
+        let (mut received, mut bad) = (0u64, 0u64);
+        let mut drain_until: Option<Instant> = None;
+        loop {
+            if drain_until.is_none() && done_rx.try_recv().is_ok() {
+                drain_until = Some(Instant::now() + Duration::from_millis(300));
+            }
+            if drain_until.is_some_and(|d| Instant::now() > d) {
+                break;
+            }
+            let mut bufs: Vec<&mut [u8]> = store.iter_mut().map(|b| &mut b[..]).collect();
+            match batch.recv(&sock, &mut bufs, &mut meta) {
+                Ok(n) => {
+                    for i in 0..n {
+                        match small_payload_ok(&bufs[i][..meta[i].0]) {
+                            Some(seq) => {
+                                let (w, bit) = (usize::try_from(seq / 64).unwrap_or(usize::MAX), seq % 64);
+                                if w >= seen.len() {
+                                    seen.resize(w.saturating_add(1).max(seen.len() * 2), 0);
+                                }
+                                if seen[w] & (1 << bit) == 0 {
+                                    seen[w] |= 1 << bit;
+                                    received += 1;
+                                } else {
+                                    bad += 1;
+                                }
+                            }
+                            None => bad += 1,
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let _ = crate::dataplane::sys::poll::wait_readable([&sock], Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((received, bad))
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("UDP server did not start"))?;
+    let client = in_ns(client_ns, move || {
+        let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        sock.connect((server_ip, UDP_PORT))?;
+        let out0 = measure::snmp("Udp", "OutDatagrams")?;
+        let mut batch = MmsgBatch::new(FLOOD_BATCH);
+        let mut payloads = vec![[0u8; SMALL_PAYLOAD]; FLOOD_BATCH];
+        let (u0, s0) = measure::thread_cpu();
+        let start = Instant::now();
+        let (mut seq, mut calls) = (0u64, 0u64);
+        while start.elapsed() < duration {
+            for (i, p) in payloads.iter_mut().enumerate() {
+                small_payload(seq + i as u64, p);
+            }
+            let msgs: Vec<(&[u8], Option<std::net::SocketAddrV4>)> = payloads.iter().map(|p| (&p[..], None)).collect();
+            calls += 1;
+            match batch.send(&sock, &msgs) {
+                Ok(n) => seq += n as u64,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::EAGAIN | libc::ECONNREFUSED)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let (u1, s1) = measure::thread_cpu();
+        let wire = measure::snmp("Udp", "OutDatagrams")?.saturating_sub(out0);
+        Ok((seq, seconds, SenderStats { syscalls: calls, user_ns: u1 - u0, system_ns: s1 - s0, wire_packets: wire }))
+    });
+    let sent = join(client);
+    let _ = done_tx.send(());
+    let received = join(server);
+    let (sent, seconds, sender) = sent?;
+    let (received, bad) = received?;
+    Ok(UdpResult { sent, received, bad, seconds, sender })
+}
+
+/// Request/response latency.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LatencyResult {
+    /// Round trips completed and verified.
+    pub samples: u64,
+    /// Requests without a reply within 200 ms.
+    pub lost: u64,
+    /// Median round-trip time, µs.
+    pub p50_us: f64,
+    /// 99th percentile, µs.
+    pub p99_us: f64,
+}
+
+/// UDP ping-pong with 64-byte payloads, one request in flight, for `duration` (at most 50 000
+/// round trips). The echo must match the request.
+pub fn udp_ping_pong(
+    server_ns: &str,
+    server_ip: Ipv4Addr,
+    client_ns: &str,
+    duration: Duration,
+) -> io::Result<LatencyResult> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let stop_at = Instant::now() + duration + Duration::from_secs(2);
+    let server = in_ns(server_ns, move || {
+        let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, ECHO_PORT))?;
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let _ = ready_tx.send(());
+        let mut buf = [0u8; 256];
+        while Instant::now() < stop_at {
+            match sock.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    sock.send_to(&buf[..n], from)?;
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("echo server did not start"))?;
+    let client = in_ns(client_ns, move || {
+        let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        sock.connect((server_ip, ECHO_PORT))?;
+        sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let mut rtts = Vec::with_capacity(50_000);
+        let mut lost = 0u64;
+        let (mut req, mut resp) = ([0u8; SMALL_PAYLOAD], [0u8; 256]);
+        let start = Instant::now();
+        let mut seq = 0u64;
+        while start.elapsed() < duration && rtts.len() < 50_000 {
+            small_payload(seq, &mut req);
+            let t = Instant::now();
+            sock.send(&req)?;
+            loop {
+                match sock.recv(&mut resp) {
+                    Ok(n) if small_payload_ok(&resp[..n]) == Some(seq) => {
+                        rtts.push(t.elapsed().as_nanos() as f64 / 1e3);
+                        break;
+                    }
+                    Ok(_) => continue, // a late reply to an earlier request
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                        lost += 1;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            seq += 1;
+        }
+        Ok((rtts, lost))
+    });
+    let r = join(client);
+    let _ = join(server);
+    let (mut rtts, lost) = r?;
+    if rtts.is_empty() {
+        return Err(io::Error::other("no request/response round trip completed"));
+    }
+    rtts.sort_by(f64::total_cmp);
+    let pct = |p: f64| rtts[((rtts.len() - 1) as f64 * p).round() as usize];
+    Ok(LatencyResult { samples: rtts.len() as u64, lost, p50_us: pct(0.50), p99_us: pct(0.99) })
 }
 
 /// Sends UDP datagrams from `client_ns` to `dst` and returns the first error the kernel reports

@@ -1,0 +1,227 @@
+//! `/metrics` (Prometheus text), `/healthz` and `/readyz` over a minimal HTTP/1.0 server on the
+//! control runtime. The lab reads the per-crossing counters from here.
+
+use crate::dataplane::counters::{Counters, Crossing, DropReason};
+use crate::dataplane::peers::PeerTable;
+use arc_swap::ArcSwap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// What the endpoint reports.
+pub struct MetricsState {
+    /// The engine's counters.
+    pub counters: Arc<Counters>,
+    /// The current peer table.
+    pub peers: Arc<ArcSwap<PeerTable>>,
+    /// Set once the host is set up and forwarding.
+    pub ready: AtomicBool,
+    /// Unix time at which our lease expires unless renewed.
+    pub lease_expiry: AtomicU64,
+    /// The data path's name (`userspace/naive`, `kernel`).
+    pub dataplane: String,
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
+fn secs(t: nix::sys::time::TimeVal) -> f64 {
+    t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6
+}
+
+/// Renders the Prometheus text.
+pub fn render(state: &MetricsState) -> String {
+    let s = state.counters.snapshot();
+    let mut out = String::new();
+    let per_crossing = |f: &dyn Fn(Crossing) -> f64| -> Vec<(String, f64)> {
+        Crossing::ALL.iter().map(|c| (format!("crossing=\"{}\"", c.label()), f(*c))).collect()
+    };
+    metric(
+        &mut out,
+        "weft_crossing_syscalls_total",
+        "counter",
+        "Syscalls made on each user/kernel crossing, including those that found nothing (EAGAIN).",
+        &per_crossing(&|c| s.syscalls(c) as f64),
+    );
+    metric(
+        &mut out,
+        "weft_crossing_packets_total",
+        "counter",
+        "Inner packets moved on each crossing.",
+        &per_crossing(&|c| s.packets(c) as f64),
+    );
+    metric(
+        &mut out,
+        "weft_crossing_bytes_total",
+        "counter",
+        "Bytes moved on each crossing.",
+        &per_crossing(&|c| s.bytes(c) as f64),
+    );
+    metric(
+        &mut out,
+        "weft_crossing_seconds_total",
+        "counter",
+        "Wall-clock time spent inside the syscalls of each crossing.",
+        &per_crossing(&|c| s.nanos(c) as f64 / 1e9),
+    );
+    let drops: Vec<(String, f64)> =
+        DropReason::ALL.iter().map(|r| (format!("reason=\"{}\"", r.label()), s.drops(*r) as f64)).collect();
+    metric(&mut out, "weft_drops_total", "counter", "Packets not forwarded, by reason.", &drops);
+    metric(
+        &mut out,
+        "weft_icmp_sent_total",
+        "counter",
+        "ICMP net-unreachable messages written back into the TUN.",
+        &[(String::new(), s.icmp_sent as f64)],
+    );
+    metric(&mut out, "weft_polls_total", "counter", "poll() calls of the engine.", &[(String::new(), s.polls as f64)]);
+    metric(
+        &mut out,
+        "weft_peers",
+        "gauge",
+        "Peers in the data path's table.",
+        &[(String::new(), state.peers.load().len() as f64)],
+    );
+    metric(
+        &mut out,
+        "weft_lease_expiry_timestamp_seconds",
+        "gauge",
+        "When our lease lapses unless renewed.",
+        &[(String::new(), state.lease_expiry.load(Ordering::Relaxed) as f64)],
+    );
+    metric(
+        &mut out,
+        "weft_ready",
+        "gauge",
+        "1 once the host is set up and forwarding.",
+        &[(format!("dataplane=\"{}\"", state.dataplane), f64::from(u8::from(state.ready.load(Ordering::Relaxed))))],
+    );
+    if let Ok(ru) = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
+        metric(
+            &mut out,
+            "weft_process_cpu_seconds_total",
+            "counter",
+            "CPU time of the weft process.",
+            &[("mode=\"user\"".into(), secs(ru.user_time())), ("mode=\"system\"".into(), secs(ru.system_time()))],
+        );
+        metric(
+            &mut out,
+            "weft_process_context_switches_total",
+            "counter",
+            "Context switches of the weft process.",
+            &[
+                ("kind=\"voluntary\"".into(), ru.voluntary_context_switches() as f64),
+                ("kind=\"involuntary\"".into(), ru.involuntary_context_switches() as f64),
+            ],
+        );
+    }
+    out
+}
+
+fn response(status: &str, content_type: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Answers one request line.
+pub fn answer(state: &MetricsState, request_line: &str) -> String {
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if method != "GET" {
+        return response("405 Method Not Allowed", "text/plain", "only GET\n");
+    }
+    match path {
+        "/metrics" => response("200 OK", "text/plain; version=0.0.4", &render(state)),
+        "/healthz" => response("200 OK", "text/plain", "ok\n"),
+        "/readyz" if state.ready.load(Ordering::Relaxed) => response("200 OK", "text/plain", "ready\n"),
+        "/readyz" => response("503 Service Unavailable", "text/plain", "not ready\n"),
+        _ => response("404 Not Found", "text/plain", "try /metrics, /healthz or /readyz\n"),
+    }
+}
+
+/// Binds `addr` (so that a bad address fails at start) and returns the serving future.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves until the runtime stops. Each connection gets 2 s and 8 KiB for its request.
+pub async fn serve(listener: TcpListener, state: Arc<MetricsState>) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else { continue };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            let mut used = 0;
+            let read = tokio::time::timeout(Duration::from_secs(2), async {
+                while used < buf.len() {
+                    let n = conn.read(&mut buf[used..]).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    used += n;
+                    if buf[..used].windows(4).any(|w| w == b"\r\n\r\n") || buf[..used].contains(&b'\n') {
+                        break;
+                    }
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+            if !matches!(read, Ok(Ok(()))) {
+                return;
+            }
+            let text = String::from_utf8_lossy(&buf[..used]);
+            let line = text.lines().next().unwrap_or("");
+            let _ = conn.write_all(answer(&state, line).as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> MetricsState {
+        MetricsState {
+            counters: Arc::default(),
+            peers: Arc::new(ArcSwap::from_pointee(PeerTable::default())),
+            ready: AtomicBool::new(false),
+            lease_expiry: AtomicU64::new(7),
+            dataplane: "userspace/naive".into(),
+        }
+    }
+
+    #[test]
+    fn endpoints() {
+        let s = state();
+        s.counters.syscall(Crossing::TunRead, 1, 100, 2_000);
+        s.counters.count_drop(DropReason::WrongVni);
+        assert!(answer(&s, "GET /healthz HTTP/1.1").starts_with("HTTP/1.0 200"));
+        assert!(answer(&s, "GET /readyz HTTP/1.1").starts_with("HTTP/1.0 503"));
+        s.ready.store(true, Ordering::Relaxed);
+        assert!(answer(&s, "GET /readyz HTTP/1.1").starts_with("HTTP/1.0 200"));
+        assert!(answer(&s, "GET /nope HTTP/1.1").starts_with("HTTP/1.0 404"));
+        assert!(answer(&s, "POST /metrics HTTP/1.1").starts_with("HTTP/1.0 405"));
+        assert!(answer(&s, "").starts_with("HTTP/1.0 405"));
+        let m = answer(&s, "GET /metrics HTTP/1.1");
+        assert!(m.contains("weft_crossing_syscalls_total{crossing=\"tun_read\"} 1\n"), "{m}");
+        assert!(m.contains("weft_crossing_seconds_total{crossing=\"tun_read\"} 0.000002\n"), "{m}");
+        assert!(m.contains("weft_drops_total{reason=\"wrong_vni\"} 1\n"), "{m}");
+        assert!(m.contains("weft_lease_expiry_timestamp_seconds 7\n"), "{m}");
+        assert!(m.contains("weft_process_cpu_seconds_total{mode=\"user\"}"), "{m}");
+    }
+}
