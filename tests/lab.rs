@@ -1,0 +1,111 @@
+//! `weft lab --quick --json --svg`: runs as root, covers every data path and workload, proves its
+//! counters honest, and leaves nothing behind.
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn quick_lab_reports_every_path_and_honest_counters() {
+    common::require_privileges();
+    let d = tempfile::tempdir().unwrap();
+    let (json, svg) = (d.path().join("out.json"), d.path().join("out.svg"));
+    let child = Command::new(common::bin())
+        .args(["lab", "--quick", "--streams", "2", "--json"])
+        .arg(&json)
+        .arg("--svg")
+        .arg(&svg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("ratios are to vxlan (kernel)"), "{stdout}");
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(doc["schema"], "weft-lab/1");
+    assert!(doc["cpus"].as_u64().unwrap() >= 1);
+    let records = doc["records"].as_array().unwrap();
+    let paths = ["host-gw (kernel)", "vxlan (kernel)", "weft udp naive", "weft vxlan naive"];
+    let workloads = ["tcp-1", "tcp-2", "udp-64B", "rr-64B"];
+    for p in paths {
+        for w in workloads {
+            let r = records
+                .iter()
+                .find(|r| r["data_path"] == p && r["workload"] == w)
+                .unwrap_or_else(|| panic!("no record for {p} × {w}"));
+            assert!(r["wire_packets"].as_u64().unwrap() > 0, "{p} {w}: no packets");
+            let crossings = r["crossings"].as_array().unwrap();
+            assert_eq!(crossings.len(), 4);
+            if p.contains("kernel") {
+                for c in crossings {
+                    assert_eq!(c["syscalls"], 0, "{p} {w}: a kernel path made forwarder syscalls: {c}");
+                }
+            } else if w.starts_with("tcp") {
+                for c in crossings {
+                    let spp = c["syscalls_per_packet"].as_f64().unwrap();
+                    assert!((0.95..=1.05).contains(&spp), "{p} {w}: {spp} syscalls per packet on {}", c["crossing"]);
+                    assert!(c["ns_per_packet"].as_f64().unwrap() > 0.0);
+                }
+                assert!(r["forwarder"]["system_ns_per_packet"].as_f64().unwrap() > 0.0);
+            }
+            match w {
+                "udp-64B" => assert!(r["delivered_pps"].as_f64().unwrap() > 0.0 && r["damaged"] == 0, "{r}"),
+                "rr-64B" => assert!(r["latency_p50_us"].as_f64().unwrap() > 0.0, "{r}"),
+                _ => assert!(r["throughput_gbit_s"].as_f64().unwrap() > 0.0, "{r}"),
+            }
+        }
+    }
+    let kvx = records.iter().find(|r| r["data_path"] == "vxlan (kernel)" && r["workload"] == "tcp-1").unwrap();
+    assert!((kvx["ratio_to_kernel_vxlan"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(chart.starts_with("<svg") && chart.contains("weft udp naive"), "{}", &chart[..chart.len().min(200)]);
+    let left = String::from_utf8(Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
+    assert!(
+        !left.lines().any(|l| l.starts_with(&format!("weft-lab-{pid}-"))),
+        "the lab left namespaces behind:\n{left}"
+    );
+}
+
+#[test]
+fn ctrl_c_removes_everything() {
+    common::require_privileges();
+    let mut child = Command::new(common::bin())
+        .args(["lab", "--quick"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let prefix = format!("weft-lab-{pid}-");
+    let ours = || {
+        String::from_utf8(Command::new("ip").args(["netns", "list"]).output().unwrap().stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .count()
+    };
+    assert!(
+        common::eventually(std::time::Duration::from_secs(20), || ours() > 0),
+        "the lab never built its namespaces"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()), nix::sys::signal::Signal::SIGINT)
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "lab did not stop on SIGINT");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "an interrupted lab reports failure");
+    assert!(err.contains("interrupted"), "{err}");
+    // A namespace with a process still inside would still be listed until that process exits.
+    assert_eq!(ours(), 0, "namespaces left behind");
+}
