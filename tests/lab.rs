@@ -106,6 +106,6 @@ fn ctrl_c_removes_everything() {
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(!status.success(), "an interrupted lab reports failure");
     assert!(err.contains("interrupted"), "{err}");
-    // A namespace with a process still inside would still be listed until that process exits.
+    // The lab stops each weft (SIGTERM, then SIGKILL) before it deletes that host's namespace.
     assert_eq!(ours(), 0, "namespaces left behind");
 }

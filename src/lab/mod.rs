@@ -252,11 +252,7 @@ pub fn run(opts: LabOptions) -> Result<()> {
                     rec.latency_p99_us = Some(r.p99_us);
                     rec.round_trips = Some(r.samples);
                     rec.loss = Some(per(r.lost as f64, r.samples + r.lost));
-                    sender = traffic::SenderStats {
-                        syscalls: r.samples + r.lost,
-                        wire_packets: r.samples + r.lost,
-                        ..Default::default()
-                    };
+                    sender = r.sender;
                     packets = 2 * r.samples;
                 }
             }

@@ -357,6 +357,8 @@ pub struct LatencyResult {
     pub p50_us: f64,
     /// 99th percentile, µs.
     pub p99_us: f64,
+    /// The client's costs (its requests are the wire packets it sent).
+    pub sender: SenderStats,
 }
 
 /// UDP ping-pong with 64-byte payloads, one request in flight, for `duration` (at most 50 000
@@ -392,6 +394,8 @@ pub fn udp_ping_pong(
         sock.set_read_timeout(Some(Duration::from_millis(200)))?;
         let mut rtts = Vec::with_capacity(50_000);
         let mut lost = 0u64;
+        let (u0, s0) = measure::thread_cpu();
+        let mut calls = 0u64;
         let (mut req, mut resp) = ([0u8; SMALL_PAYLOAD], [0u8; 256]);
         let start = Instant::now();
         let mut seq = 0u64;
@@ -399,7 +403,9 @@ pub fn udp_ping_pong(
             small_payload(seq, &mut req);
             let t = Instant::now();
             sock.send(&req)?;
+            calls += 1;
             loop {
+                calls += 1;
                 match sock.recv(&mut resp) {
                     Ok(n) if small_payload_ok(&resp[..n]) == Some(seq) => {
                         rtts.push(t.elapsed().as_nanos() as f64 / 1e3);
@@ -415,17 +421,18 @@ pub fn udp_ping_pong(
             }
             seq += 1;
         }
-        Ok((rtts, lost))
+        let (u1, s1) = measure::thread_cpu();
+        Ok((rtts, lost, SenderStats { syscalls: calls, user_ns: u1 - u0, system_ns: s1 - s0, wire_packets: seq }))
     });
     let r = join(client);
     let _ = join(server);
-    let (mut rtts, lost) = r?;
+    let (mut rtts, lost, sender) = r?;
     if rtts.is_empty() {
         return Err(io::Error::other("no request/response round trip completed"));
     }
     rtts.sort_by(f64::total_cmp);
     let pct = |p: f64| rtts[((rtts.len() - 1) as f64 * p).round() as usize];
-    Ok(LatencyResult { samples: rtts.len() as u64, lost, p50_us: pct(0.50), p99_us: pct(0.99) })
+    Ok(LatencyResult { samples: rtts.len() as u64, lost, p50_us: pct(0.50), p99_us: pct(0.99), sender })
 }
 
 /// Sends UDP datagrams from `client_ns` to `dst` and returns the first error the kernel reports
