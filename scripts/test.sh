@@ -13,7 +13,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 echo "== installing test prerequisites (apt)"
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends iproute2 iputils-ping ethtool procps >/dev/null
+apt-get install -y -qq --no-install-recommends iproute2 iputils-ping ethtool procps etcd-server etcd-client protobuf-compiler openssl >/dev/null
 
 [ -c /dev/net/tun ] || { echo "scripts/test.sh: /dev/net/tun is missing (modprobe tun)" >&2; exit 1; }
 ip netns add weft-precheck-$$ && ip netns del weft-precheck-$$ || { echo "scripts/test.sh: cannot create network namespaces" >&2; exit 1; }

@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Join a flannel network: take a subnet lease, set up the host, forward packets.
-    Run(weft::control::daemon::RunOptions),
+    Run(Box<weft::control::daemon::RunOptions>),
     /// Measure every data path side by side in network namespaces (needs root).
     Lab(weft::lab::LabOptions),
 }
@@ -49,7 +49,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Cmd::Run(o) => weft::control::daemon::run(o),
+        Cmd::Run(o) => weft::control::daemon::run(*o),
         Cmd::Lab(o) => weft::lab::run(o),
     };
     match result {

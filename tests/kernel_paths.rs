@@ -109,6 +109,7 @@ fn udp_backend_has_no_kernel_path() {
         preseed: true,
         extra_args: vec!["--dataplane".into(), "kernel".into()],
         skip_hosts: vec![],
+        etcd_endpoints: None,
     };
     let err = weft::lab::cluster::Cluster::start(bin(), &spec, Duration::from_secs(10)).err().expect("refused");
     assert!(err.to_string().contains("no kernel data path"), "{err}");

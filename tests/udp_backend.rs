@@ -130,6 +130,7 @@ fn new_node_without_lease_gets_a_free_subnet() {
         preseed: false,
         extra_args: vec![],
         skip_hosts: vec![],
+        etcd_endpoints: None,
     };
     let c = weft::lab::cluster::Cluster::start(bin(), &spec, Duration::from_secs(15)).unwrap();
     let subnets: Vec<String> = (0..2)

@@ -113,6 +113,7 @@ fn mixed_pair(tag: &str, backend: &str, vni: u32, port: u16) {
         preseed: true,
         extra_args: vec![],
         skip_hosts: vec![1],
+        etcd_endpoints: None,
     };
     let c = Cluster::start(bin(), &spec, Duration::from_secs(15)).unwrap();
     let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());

@@ -2,11 +2,12 @@
 //! table in step with the registry until SIGINT/SIGTERM.
 
 use super::kernel::{KernelBackend, KernelDataplane};
-use super::lease::{acquire, peers_from_leases};
+use super::lease::{AcquireError, acquire, peers_from_leases};
 use super::metrics::MetricsState;
 use super::netlink::{Netlink, Underlay, VxlanDevice, sysctl};
 use super::registry::dir::{DirRegistry, write_atomic};
-use super::registry::{LEASE_TTL, Lease, Registry};
+use super::registry::etcd::{EtcdOptions, EtcdRegistry};
+use super::registry::{LEASE_TTL, Lease, Registry, RegistryError};
 use crate::dataplane::counters::{Counters, Crossing, DropReason};
 use crate::dataplane::engine::{self, EngineContext, Mode};
 use crate::dataplane::forward::{Encap, Forwarder};
@@ -35,8 +36,32 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 pub struct RunOptions {
     /// Directory registry: DIR/config holds the net-config JSON, DIR/subnets/<key> the leases
     /// (the layout of flannel's etcd keyspace under --etcd-prefix).
-    #[arg(long, value_name = "DIR")]
-    pub registry_dir: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "etcd_endpoints", conflicts_with = "etcd_endpoints")]
+    pub registry_dir: Option<PathBuf>,
+    /// etcd v3 client URLs, comma-separated (e.g. http://127.0.0.1:2379).
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// CA certificate (PEM) that signed etcd's server certificate.
+    #[arg(long, value_name = "PATH")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd.
+    #[arg(long, value_name = "PATH", requires = "etcd_keyfile")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// Client key (PEM) for etcd.
+    #[arg(long, value_name = "PATH", requires = "etcd_certfile")]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// etcd user name.
+    #[arg(long, value_name = "NAME", requires = "etcd_password")]
+    pub etcd_username: Option<String>,
+    /// etcd password.
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        requires = "etcd_username",
+        env = "WEFT_ETCD_PASSWORD",
+        hide_env_values = true
+    )]
+    pub etcd_password: Option<String>,
     /// Key prefix of the flannel keyspace (used with etcd; a registry directory is the prefix).
     #[arg(long, default_value = "/coreos.com/network", value_name = "PREFIX")]
     pub etcd_prefix: String,
@@ -150,8 +175,50 @@ async fn shutdown_signal() -> Result<&'static str> {
 }
 
 async fn run_async(opts: RunOptions) -> Result<()> {
-    let reg = DirRegistry::open(&opts.registry_dir).context("opening the registry")?;
-    let cfg_text = reg.config().await.context("reading the network config")?;
+    match (&opts.registry_dir, &opts.etcd_endpoints) {
+        (Some(dir), None) => {
+            let reg = DirRegistry::open(dir).context("opening the registry")?;
+            serve(reg, opts).await
+        }
+        (None, Some(endpoints)) => {
+            let eo = EtcdOptions {
+                endpoints: endpoints.clone(),
+                prefix: opts.etcd_prefix.clone(),
+                cafile: opts.etcd_cafile.clone(),
+                certfile: opts.etcd_certfile.clone(),
+                keyfile: opts.etcd_keyfile.clone(),
+                username: opts.etcd_username.clone(),
+                password: opts.etcd_password.clone(),
+            };
+            let reg = EtcdRegistry::connect(&eo).await.context("setting up the etcd client")?;
+            serve(reg, opts).await
+        }
+        _ => bail!("give exactly one of --registry-dir and --etcd-endpoints"),
+    }
+}
+
+/// Runs `op` until it succeeds or fails with something other than an unreachable registry;
+/// an unreachable registry is retried with backoff (100 ms doubling to 5 s), saying why.
+async fn retrying<T, F: std::future::Future<Output = Result<T, RegistryError>>>(
+    what: &str,
+    mut op: impl FnMut() -> F,
+) -> Result<T, RegistryError> {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Err(RegistryError::Unavailable(why)) => {
+                tracing::warn!("{what}: {why}; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
+    let cfg_text =
+        retrying("reading the network config", || reg.config()).await.context("reading the network config")?;
     let cfg = NetConfig::parse(&cfg_text)?;
     let nl = Netlink::connect()?;
     let underlay = nl.underlay(opts.iface.as_deref(), opts.public_ip).await?;
@@ -160,7 +227,15 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     tracing::info!(network = %cfg.network, backend = %cfg.backend.kind, iface = %underlay.name, %public_ip, registry = %reg.describe(), "starting");
 
     let previous = read_previous_subnet(&opts.subnet_file);
-    let lease = acquire(&reg, &cfg, public_ip, previous, |prev| attrs_for(&cfg, public_ip, prev)).await?;
+    let lease = loop {
+        match acquire(&reg, &cfg, public_ip, previous, |prev| attrs_for(&cfg, public_ip, prev)).await {
+            Err(AcquireError::Registry(RegistryError::Unavailable(why))) => {
+                tracing::warn!("acquiring a lease: {why}; retrying in 1s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => break other?,
+        }
+    };
     let subnet = lease.key.v4;
     let tun_addr = subnet.network();
 

@@ -94,6 +94,8 @@ pub struct Cluster {
     pub registry: tempfile::TempDir,
     /// The namespaces.
     pub topo: Topology,
+    /// etcd client URLs, when the hosts use etcd.
+    pub etcd_endpoints: Option<String>,
 }
 
 /// How to start a cluster.
@@ -111,18 +113,71 @@ pub struct ClusterSpec {
     pub extra_args: Vec<String>,
     /// Hosts (0-based) where weft is not started (e.g. a kernel-VXLAN peer set up by the caller).
     pub skip_hosts: Vec<usize>,
+    /// Use etcd at these client URLs instead of the registry directory (the caller writes the
+    /// config and any leases; the directory then only holds logs and subnet files).
+    pub etcd_endpoints: Option<String>,
+}
+
+impl ClusterSpec {
+    /// Two hosts, pre-seeded leases, a directory registry.
+    pub fn two_hosts(tag: &str, backend: &str) -> Self {
+        Self {
+            tag: tag.into(),
+            hosts: 2,
+            backend: backend.into(),
+            preseed: true,
+            extra_args: vec![],
+            skip_hosts: vec![],
+            etcd_endpoints: None,
+        }
+    }
 }
 
 impl Cluster {
     /// Builds the topology, writes the registry, starts weft on every host and waits until each
     /// has written its subnet.env (its "ready" signal).
     pub fn start(bin: &Path, spec: &ClusterSpec, ready_timeout: Duration) -> io::Result<Self> {
+        let mut c = Self::build(spec)?;
+        c.start_all(bin, spec, ready_timeout)?;
+        Ok(c)
+    }
+
+    /// Starts weft on every host but `spec.skip_hosts` and waits until they are ready.
+    pub fn start_all(&mut self, bin: &Path, spec: &ClusterSpec, ready_timeout: Duration) -> io::Result<()> {
+        for i in 0..self.topo.hosts.len() {
+            if spec.skip_hosts.contains(&i) {
+                let p = WeftProcess {
+                    child: None,
+                    subnet_file: self.subnet_file(i),
+                    log: self.registry.path().join("none.log"),
+                };
+                self.set_proc(i, p);
+            } else {
+                self.start_host(bin, i, &spec.extra_args)?;
+            }
+        }
+        self.wait_ready(ready_timeout)
+    }
+
+    fn set_proc(&mut self, i: usize, p: WeftProcess) {
+        while self.procs.len() < i {
+            self.procs.push(WeftProcess { child: None, subnet_file: PathBuf::new(), log: PathBuf::new() });
+        }
+        if i < self.procs.len() {
+            self.procs[i] = p;
+        } else {
+            self.procs.push(p);
+        }
+    }
+
+    /// Builds the topology and the registry directory; starts nothing.
+    pub fn build(spec: &ClusterSpec) -> io::Result<Self> {
         let topo = Topology::build(&spec.tag, spec.hosts)?;
         let registry = tempfile::Builder::new().prefix("weft-registry-").tempdir()?;
         let config = format!(r#"{{"Network":"{POD_NETWORK}","Backend":{}}}"#, spec.backend);
         write_atomic(&registry.path().join("config"), config.as_bytes())?;
         std::fs::create_dir_all(registry.path().join("subnets"))?;
-        if spec.preseed {
+        if spec.preseed && spec.etcd_endpoints.is_none() {
             let backend = crate::proto::netconfig::NetConfig::parse(&config).map_err(io::Error::other)?.backend;
             for (i, h) in topo.hosts.iter().enumerate() {
                 let attrs = match backend.kind {
@@ -136,28 +191,19 @@ impl Cluster {
                 write_atomic(&registry.path().join("subnets").join(key), attrs.to_json().as_bytes())?;
             }
         }
-        let mut c = Cluster { procs: Vec::new(), registry, topo };
-        for i in 0..c.topo.hosts.len() {
-            if spec.skip_hosts.contains(&i) {
-                c.procs.push(WeftProcess {
-                    child: None,
-                    subnet_file: c.subnet_file(i),
-                    log: c.registry.path().join("none.log"),
-                });
-            } else {
-                c.start_host(bin, i, &spec.extra_args)?;
-            }
-        }
-        c.wait_ready(ready_timeout)?;
-        Ok(c)
+        Ok(Cluster { procs: Vec::new(), registry, topo, etcd_endpoints: spec.etcd_endpoints.clone() })
     }
 
     /// The standard arguments for host `i` (0-based).
     pub fn host_args(&self, i: usize) -> Vec<String> {
         let h = &self.topo.hosts[i];
+        let registry = match &self.etcd_endpoints {
+            Some(e) => ["--etcd-endpoints".to_string(), e.clone()],
+            None => ["--registry-dir".to_string(), self.registry.path().display().to_string()],
+        };
         vec![
-            "--registry-dir".into(),
-            self.registry.path().display().to_string(),
+            registry[0].clone(),
+            registry[1].clone(),
             "--public-ip".into(),
             h.underlay_ip.to_string(),
             "--iface".into(),
@@ -180,11 +226,7 @@ impl Cluster {
         let _ = std::fs::remove_file(&sf);
         let log = self.registry.path().join(format!("h{}.log", i + 1));
         let p = spawn_weft(bin, &self.topo.hosts[i].ns, &args, sf, log)?;
-        if i < self.procs.len() {
-            self.procs[i] = p;
-        } else {
-            self.procs.push(p);
-        }
+        self.set_proc(i, p);
         Ok(())
     }
 

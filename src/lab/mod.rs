@@ -201,6 +201,7 @@ pub fn run(opts: LabOptions) -> Result<()> {
             preseed: true,
             extra_args: extra,
             skip_hosts: vec![],
+            etcd_endpoints: None,
         };
         let cluster =
             Cluster::start(&bin, &spec, Duration::from_secs(15)).with_context(|| format!("starting {}", dp.name))?;

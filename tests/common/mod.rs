@@ -2,6 +2,8 @@
 //! names) and removes them through guards, also when it fails.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -32,6 +34,7 @@ pub fn cluster(tag: &str, backend: &str, extra: &[&str]) -> Cluster {
         preseed: true,
         extra_args: extra.iter().map(|s| s.to_string()).collect(),
         skip_hosts: vec![],
+        etcd_endpoints: None,
     };
     Cluster::start(bin(), &spec, Duration::from_secs(15)).expect("cluster starts")
 }

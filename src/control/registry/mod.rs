@@ -1,6 +1,7 @@
 //! Where the network config and the leases live: etcd, or a directory that mirrors its keyspace.
 
 pub mod dir;
+pub mod etcd;
 
 use crate::proto::lease::{LeaseAttrs, SubnetKey};
 use std::future::Future;
