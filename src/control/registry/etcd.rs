@@ -154,8 +154,9 @@ impl EtcdRegistry {
     }
 }
 
+/// True when `a` and `known` hold different keys or values (order does not matter).
 fn differs(a: &BTreeMap<SubnetKey, Lease>, known: &[Lease]) -> bool {
-    a.len() != known.len() || a.values().zip(known).any(|(x, y)| x.key != y.key || x.attrs != y.attrs)
+    a.len() != known.len() || known.iter().any(|l| a.get(&l.key).is_none_or(|x| x.attrs != l.attrs))
 }
 
 impl Registry for EtcdRegistry {
@@ -307,5 +308,25 @@ impl Registry for EtcdRegistry {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn lease(k: &str, ip: u8) -> Lease {
+        Lease { key: k.parse().unwrap(), attrs: LeaseAttrs::udp(Ipv4Addr::new(198, 18, 0, ip)), expires: None }
+    }
+
+    #[test]
+    fn differs_ignores_order() {
+        // "100.96.10.0" sorts before "100.96.9.0" as a string, after it as a subnet.
+        let known = vec![lease("100.96.10.0-24", 1), lease("100.96.9.0-24", 2)];
+        let map: BTreeMap<SubnetKey, Lease> = known.iter().map(|l| (l.key, l.clone())).collect();
+        assert!(!differs(&map, &known));
+        assert!(differs(&map, &known[..1]));
+        assert!(differs(&map, &[lease("100.96.10.0-24", 1), lease("100.96.9.0-24", 3)]));
     }
 }
