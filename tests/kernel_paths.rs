@@ -114,3 +114,90 @@ fn udp_backend_has_no_kernel_path() {
     let err = weft::lab::cluster::Cluster::start(bin(), &spec, Duration::from_secs(10)).err().expect("refused");
     assert!(err.to_string().contains("no kernel data path"), "{err}");
 }
+
+fn write_lease(c: &weft::lab::cluster::Cluster, key: &str, value: &str) {
+    weft::control::registry::dir::write_atomic(&c.registry.path().join("subnets").join(key), value.as_bytes()).unwrap();
+}
+
+fn weft_routes(ns: &str) -> Vec<String> {
+    out(ns, &["ip", "route", "show", "proto", "87"]).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn restart_after_a_crash_removes_stale_routes_and_adds_no_duplicates() {
+    let mut c = cluster("hgwcrash", r#"{"Type":"host-gw"}"#, &[]);
+    let h1 = c.topo.hosts[0].clone();
+    assert_eq!(weft_routes(&h1.ns), vec!["100.96.2.0/24 via 198.18.0.2 dev eth0 "]);
+    // A crash leaves the route behind; while weft is down host 2's lease goes and another comes.
+    c.procs[0].kill_hard();
+    std::fs::remove_file(c.registry.path().join("subnets/100.96.2.0-24")).unwrap();
+    write_lease(&c, "100.96.3.0-24", r#"{"PublicIP":"198.18.0.3","PublicIPv6":null,"BackendType":"host-gw"}"#);
+    assert_eq!(weft_routes(&h1.ns).len(), 1, "the crash left its route");
+    c.start_host(bin(), 0, &[]).unwrap();
+    c.wait_ready(Duration::from_secs(10)).unwrap();
+    assert_eq!(weft_routes(&h1.ns), vec!["100.96.3.0/24 via 198.18.0.3 dev eth0 "], "{}", c.logs());
+    // Restarting again over a healthy state adds nothing twice.
+    c.procs[0].kill_hard();
+    c.start_host(bin(), 0, &[]).unwrap();
+    c.wait_ready(Duration::from_secs(10)).unwrap();
+    assert_eq!(weft_routes(&h1.ns), vec!["100.96.3.0/24 via 198.18.0.3 dev eth0 "], "{}", c.logs());
+}
+
+#[test]
+fn host_gw_refuses_a_peer_off_the_segment() {
+    let c = cluster("hgwoff", r#"{"Type":"host-gw"}"#, &[]);
+    let h1 = c.topo.hosts[0].clone();
+    write_lease(&c, "100.96.3.0-24", r#"{"PublicIP":"198.19.0.3","PublicIPv6":null,"BackendType":"host-gw"}"#);
+    assert!(
+        eventually(Duration::from_secs(3), || c.procs[0].log_text().contains("refusing host-gw peer 100.96.3.0/24")),
+        "{}",
+        c.logs()
+    );
+    assert!(out(&h1.ns, &["ip", "route", "show", "100.96.3.0/24"]).is_empty());
+    assert!(ping(&h1.container_ns, c.topo.hosts[1].container_ip, 1), "the good peer still works");
+}
+
+#[test]
+fn kernel_vxlan_device_deleted_by_hand_comes_back() {
+    let c = cluster("kvxheal", r#"{"Type":"vxlan"}"#, &["--dataplane", "kernel"]);
+    let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
+    assert!(ping(&h1.container_ns, h2.container_ip, 1), "{}", c.logs());
+    weft::lab::topology::ip(&["-n", &h2.ns, "link", "del", "flannel.1"]).unwrap();
+    assert!(eventually(Duration::from_secs(6), || has_link(&h2.ns, "flannel.1")), "{}", c.logs());
+    assert!(eventually(Duration::from_secs(5), || ping(&h1.container_ns, h2.container_ip, 1)), "{}", c.logs());
+    assert_eq!(out(&h2.ns, &["ip", "neigh", "show", "dev", "flannel.1"]).lines().count(), 1);
+    assert_eq!(
+        out(&h2.ns, &["bridge", "fdb", "show", "dev", "flannel.1"]).lines().filter(|l| l.contains("dst")).count(),
+        1
+    );
+}
+
+#[test]
+fn direct_routing_routes_segment_peers_without_vxlan() {
+    let c = cluster("kvxdirect", r#"{"Type":"vxlan","DirectRouting":true}"#, &["--dataplane", "kernel"]);
+    let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
+    assert!(ping(&h1.container_ns, h2.container_ip, 2), "{}", c.logs());
+    assert!(
+        out(&h1.ns, &["ip", "route", "show", "100.96.2.0/24"]).starts_with("100.96.2.0/24 via 198.18.0.2 dev eth0")
+    );
+    assert_eq!(
+        out(&h1.ns, &["bridge", "fdb", "show", "dev", "flannel.1"]).lines().filter(|l| l.contains("dst")).count(),
+        0
+    );
+    // A peer off the segment still goes through VXLAN.
+    let mac = "02:00:00:00:00:33";
+    write_lease(
+        &c,
+        "100.96.3.0-24",
+        &format!(
+            r#"{{"PublicIP":"198.19.0.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+        ),
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || out(&h1.ns, &["ip", "route", "show", "100.96.3.0/24"])
+            .contains("dev flannel.1")),
+        "{}",
+        c.logs()
+    );
+    assert!(out(&h1.ns, &["bridge", "fdb", "show", "dev", "flannel.1"]).contains(&format!("{mac} dst 198.19.0.3")));
+}

@@ -1,10 +1,10 @@
 //! `weft run`: join the network, hold a lease, set up the host, and keep the data path's peer
 //! table in step with the registry until SIGINT/SIGTERM.
 
-use super::kernel::{KernelBackend, KernelDataplane};
+use super::kernel::{KernelBackend, KernelDataplane, remove_stale_routes};
 use super::lease::{AcquireError, acquire, peers_from_leases};
 use super::metrics::MetricsState;
-use super::netlink::{Netlink, Underlay, VxlanDevice, sysctl};
+use super::netlink::{Netlink, OwnedRoute, Underlay, VxlanDevice, sysctl};
 use super::registry::dir::{DirRegistry, write_atomic};
 use super::registry::etcd::{EtcdOptions, EtcdRegistry};
 use super::registry::{LEASE_TTL, Lease, Registry, RegistryError};
@@ -164,6 +164,64 @@ fn log_peer_changes(old: &PeerTable, new: &[Peer]) {
     }
 }
 
+/// How often the kernel paths are checked (a VXLAN device deleted by hand comes back).
+const HEAL_EVERY: Duration = Duration::from_secs(2);
+
+/// The kernel-side state kept in step with the peers: the main kernel path (host-gw or kernel
+/// VXLAN), DirectRouting's routes for peers on our segment, and routes weft made for itself.
+#[derive(Default)]
+struct KernelPaths {
+    main: Option<KernelDataplane>,
+    direct: Option<(KernelDataplane, ipnet::Ipv4Net)>,
+    extra: Vec<OwnedRoute>,
+}
+
+impl KernelPaths {
+    /// Programs the kernel for `peers`; returns the peers left to the userspace engine (all but
+    /// the direct-routed ones).
+    async fn sync(&mut self, peers: &[Peer]) -> Vec<Peer> {
+        let (direct, rest): (Vec<Peer>, Vec<Peer>) = match &self.direct {
+            Some((_, seg)) => peers.iter().cloned().partition(|p| seg.contains(p.endpoint.ip())),
+            None => (Vec::new(), peers.to_vec()),
+        };
+        if let Some((d, _)) = self.direct.as_mut() {
+            d.sync(&direct).await;
+        }
+        if let Some(k) = self.main.as_mut() {
+            k.sync(&rest).await;
+        }
+        rest
+    }
+
+    async fn heal(&mut self, peers: &[Peer]) {
+        let rest: Vec<Peer> = match &self.direct {
+            Some((_, seg)) => peers.iter().filter(|p| !seg.contains(p.endpoint.ip())).cloned().collect(),
+            None => peers.to_vec(),
+        };
+        if let Some(k) = self.main.as_mut()
+            && let Err(e) = k.heal(&rest).await
+        {
+            tracing::warn!("checking the kernel data path: {e}");
+        }
+    }
+
+    fn expected(&self) -> Vec<OwnedRoute> {
+        let mut v = self.extra.clone();
+        v.extend(self.main.iter().flat_map(|k| k.expected_routes()));
+        v.extend(self.direct.iter().flat_map(|(d, _)| d.expected_routes()));
+        v
+    }
+
+    async fn teardown(&mut self) {
+        if let Some((d, _)) = self.direct.as_mut() {
+            d.teardown().await;
+        }
+        if let Some(k) = self.main.as_mut() {
+            k.teardown().await;
+        }
+    }
+}
+
 async fn shutdown_signal() -> Result<&'static str> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -250,12 +308,20 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
     let (engine_done_tx, mut engine_done) = tokio::sync::oneshot::channel::<Result<(), engine::EngineError>>();
     let mut engine_thread = None;
     let mut tun_index = None;
-    let mut kernel: Option<KernelDataplane> = None;
-    let mut kernel_device = None;
     let kernel_path = cfg.backend.kind == BackendType::HostGw || opts.dataplane == Dataplane::Kernel;
+    let mut kernel = KernelPaths::default();
+    if cfg.backend.kind == BackendType::Vxlan && cfg.backend.direct_routing {
+        match underlay.subnet {
+            Some(seg) => {
+                let backend = KernelBackend::HostGw { segment: Some(seg) };
+                kernel.direct = Some((KernelDataplane::new(nl.clone(), backend), seg));
+            }
+            None => tracing::warn!("DirectRouting: the underlay's segment is unknown; every peer goes through VXLAN"),
+        }
+    }
     match cfg.backend.kind {
         BackendType::HostGw => {
-            kernel = Some(KernelDataplane::new(nl.clone(), KernelBackend::HostGw));
+            kernel.main = Some(KernelDataplane::new(nl.clone(), KernelBackend::HostGw { segment: underlay.subnet }));
             drop(engine_done_tx);
         }
         BackendType::Udp if kernel_path => bail!("the udp backend has no kernel data path (use --dataplane userspace)"),
@@ -270,10 +336,8 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
                 mac,
                 mtu,
             };
-            let idx = nl.create_vxlan(&dev).await?;
-            nl.add_address(idx, tun_addr, 32).await?;
-            kernel_device = Some(idx);
-            kernel = Some(KernelDataplane::new(nl.clone(), KernelBackend::Vxlan { index: idx }));
+            let backend = KernelDataplane::vxlan(&nl, dev, tun_addr).await?;
+            kernel.main = Some(KernelDataplane::new(nl.clone(), backend));
             drop(engine_done_tx);
         }
         BackendType::Udp | BackendType::Vxlan => {
@@ -299,6 +363,7 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
             nl.set_up(idx, mtu).await?;
             nl.add_address(idx, tun_addr, 32).await?;
             nl.add_dev_route(cfg.network, idx).await?;
+            kernel.extra.push(OwnedRoute { dst: cfg.network, gateway: None, oif: Some(idx) });
             let socket = udp::bind(SocketAddr::new(public_ip.into(), cfg.backend.port))
                 .with_context(|| format!("binding UDP {public_ip}:{}", cfg.backend.port))?;
             let forwarder = Forwarder { encap, subnet, tun_addr, check_inner_src: !opts.allow_foreign_src };
@@ -322,8 +387,12 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
             );
         }
     }
-    if let Some(k) = kernel.as_mut() {
-        k.sync(&peers).await;
+    let userspace = kernel.sync(&peers).await;
+    table.store(Arc::new(PeerTable::new(userspace)));
+    match remove_stale_routes(&nl, &kernel.expected()).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("removed {n} stale routes of an earlier weft"),
+        Err(e) => tracing::warn!("looking for stale routes: {e}"),
     }
     let path_name = if kernel_path { "kernel".to_string() } else { format!("userspace/{}", opts.mode.name()) };
     let metrics = Arc::new(MetricsState {
@@ -347,6 +416,8 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
         .max(Duration::from_secs(60));
     let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
     let mut known: Vec<Lease> = leases;
+    let mut current = peers.clone();
+    let mut heal = tokio::time::interval(HEAL_EVERY);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let outcome: Result<()> = loop {
@@ -370,6 +441,9 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
                     Err(e) => tracing::warn!("lease renewal failed (will retry): {e}"),
                 }
             }
+            _ = heal.tick() => {
+                kernel.heal(&current).await;
+            }
             changed = reg.watch_leases(&known) => {
                 match changed {
                     Ok(now) => {
@@ -381,10 +455,9 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
                         }
                         let peers = peers_from_leases(&cfg, &now, &lease.key);
                         log_peer_changes(&table.load(), &peers);
-                        if let Some(k) = kernel.as_mut() {
-                            k.sync(&peers).await;
-                        }
-                        table.store(Arc::new(PeerTable::new(peers)));
+                        let userspace = kernel.sync(&peers).await;
+                        table.store(Arc::new(PeerTable::new(userspace)));
+                        current = peers;
                         known = now;
                     }
                     Err(e) => {
@@ -401,12 +474,7 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
     if let Some(t) = engine_thread {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
-    if let Some(k) = kernel.as_mut() {
-        k.sync(&[]).await;
-    }
-    if let Some(idx) = kernel_device {
-        nl.delete_link(idx).await.ok();
-    }
+    kernel.teardown().await;
     if let Some(idx) = tun_index {
         // The non-persistent TUN vanishes with its fd (closed when the engine returned); delete it
         // explicitly in case something else still holds it open.

@@ -9,7 +9,7 @@ use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteScope};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope};
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
@@ -32,6 +32,9 @@ pub enum NetlinkError {
     /// Something weft needs is not there.
     #[error("{0}")]
     NotFound(String),
+    /// weft will not program this (e.g. a host-gw peer off the L2 segment).
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
@@ -39,6 +42,21 @@ fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
         rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
         _ => None,
     }
+}
+
+/// The routing protocol number weft marks its routes with, so that a restarted weft can tell its
+/// own stale routes from everyone else's (shown by `ip route` as `proto 87`).
+pub const WEFT_ROUTE_PROTO: u8 = 87;
+
+/// A route weft installed (found by its protocol number).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedRoute {
+    /// Destination.
+    pub dst: Ipv4Net,
+    /// Gateway, if any.
+    pub gateway: Option<Ipv4Addr>,
+    /// Output interface, if any.
+    pub oif: Option<u32>,
 }
 
 /// The underlay interface weft sends through.
@@ -52,6 +70,8 @@ pub struct Underlay {
     pub mtu: u32,
     /// Its IPv4 address used as PublicIP.
     pub addr: Ipv4Addr,
+    /// The connected subnet of that address (its L2 segment), when the address is on the link.
+    pub subnet: Option<Ipv4Net>,
 }
 
 /// A handle on the kernel's routing netlink. Must be created inside a tokio runtime.
@@ -103,18 +123,18 @@ impl Netlink {
         Ok(self.links().await?.into_iter().find(|l| l.name == name).map(|l| l.index))
     }
 
-    async fn v4_addrs(&self) -> Result<Vec<(u32, Ipv4Addr)>, NetlinkError> {
+    async fn v4_addrs(&self) -> Result<Vec<(u32, Ipv4Addr, u8)>, NetlinkError> {
         let mut out = Vec::new();
         let mut s = self.handle.address().get().execute();
         loop {
             match s.try_next().await {
                 Ok(Some(m)) => {
-                    let idx = m.header.index;
+                    let (idx, len) = (m.header.index, m.header.prefix_len);
                     for a in m.attributes {
                         if let AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) = a
-                            && !out.contains(&(idx, ip))
+                            && !out.contains(&(idx, ip, len))
                         {
-                            out.push((idx, ip));
+                            out.push((idx, ip, len));
                         }
                     }
                 }
@@ -159,7 +179,7 @@ impl Netlink {
                 .find(|l| l.name == name)
                 .ok_or_else(|| NetlinkError::NotFound(format!("interface {name:?} not found")))?
         } else if let Some(ip) = public_ip {
-            let idx = addrs.iter().find(|(_, a)| *a == ip).map(|(i, _)| *i).ok_or_else(|| {
+            let idx = addrs.iter().find(|(_, a, _)| *a == ip).map(|(i, _, _)| *i).ok_or_else(|| {
                 NetlinkError::NotFound(format!("no interface has address {ip}; pass --iface to choose one"))
             })?;
             links
@@ -179,11 +199,16 @@ impl Netlink {
         };
         let addr = match public_ip {
             Some(ip) => ip,
-            None => addrs.iter().find(|(i, _)| *i == link.index).map(|(_, a)| *a).ok_or_else(|| {
+            None => addrs.iter().find(|(i, _, _)| *i == link.index).map(|(_, a, _)| *a).ok_or_else(|| {
                 NetlinkError::NotFound(format!("interface {} has no IPv4 address; pass --public-ip", link.name))
             })?,
         };
-        Ok(Underlay { index: link.index, name: link.name.clone(), mtu: link.mtu, addr })
+        let subnet = addrs
+            .iter()
+            .find(|(i, a, _)| *i == link.index && *a == addr)
+            .and_then(|(_, a, l)| Ipv4Net::new(*a, *l).ok())
+            .map(|n| n.trunc());
+        Ok(Underlay { index: link.index, name: link.name.clone(), mtu: link.mtu, addr, subnet })
     }
 
     /// Sets a link's MTU and brings it up.
@@ -208,16 +233,59 @@ impl Netlink {
         }
     }
 
-    fn dev_route(dst: Ipv4Net, index: u32) -> RouteMessage {
+    fn route(dst: Ipv4Net) -> RouteMessageBuilder<Ipv4Addr> {
         RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst.network(), dst.prefix_len())
-            .output_interface(index)
-            .scope(RouteScope::Universe)
-            .build()
+            .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTO))
+    }
+
+    fn dev_route(dst: Ipv4Net, index: u32) -> RouteMessage {
+        Self::route(dst).output_interface(index).scope(RouteScope::Universe).build()
     }
 
     fn via_route(dst: Ipv4Net, gw: Ipv4Addr) -> RouteMessage {
-        RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst.network(), dst.prefix_len()).gateway(gw).build()
+        Self::route(dst).gateway(gw).build()
+    }
+
+    /// Every IPv4 route in the main table that carries weft's protocol number.
+    pub async fn owned_routes(&self) -> Result<Vec<OwnedRoute>, NetlinkError> {
+        let mut out = Vec::new();
+        let mut s = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        loop {
+            match s.try_next().await {
+                Ok(Some(m)) => {
+                    if m.header.protocol != RouteProtocol::Other(WEFT_ROUTE_PROTO) {
+                        continue;
+                    }
+                    let (mut dst, mut gateway, mut oif) = (Ipv4Addr::UNSPECIFIED, None, None);
+                    for a in m.attributes {
+                        match a {
+                            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = d,
+                            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(g),
+                            RouteAttribute::Oif(i) => oif = Some(i),
+                            _ => {}
+                        }
+                    }
+                    if let Ok(dst) = Ipv4Net::new(dst, m.header.destination_prefix_length) {
+                        out.push(OwnedRoute { dst, gateway, oif });
+                    }
+                }
+                Ok(None) => return Ok(out),
+                Err(source) => return Err(NetlinkError::Request { what: "listing routes".into(), source }),
+            }
+        }
+    }
+
+    /// Deletes one of weft's routes; a missing one is fine.
+    pub async fn del_owned_route(&self, r: &OwnedRoute) -> Result<(), NetlinkError> {
+        let mut b = Self::route(r.dst);
+        if let Some(g) = r.gateway {
+            b = b.gateway(g);
+        }
+        if let Some(i) = r.oif {
+            b = b.output_interface(i);
+        }
+        self.del(b.build(), format!("deleting stale route {}", r.dst)).await
     }
 
     async fn add(&self, msg: RouteMessage, what: String) -> Result<(), NetlinkError> {
@@ -370,12 +438,7 @@ impl Netlink {
     }
 
     fn onlink_route(dst: Ipv4Net, gw: Ipv4Addr, index: u32) -> RouteMessage {
-        RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst.network(), dst.prefix_len())
-            .gateway(gw)
-            .output_interface(index)
-            .onlink()
-            .build()
+        Self::route(dst).gateway(gw).output_interface(index).onlink().build()
     }
 
     /// `ip route add DST via GW dev INDEX onlink`; an existing one is fine.

@@ -42,6 +42,14 @@ impl WeftProcess {
         Ok(None)
     }
 
+    /// Kills the process with SIGKILL (no cleanup: what a crash leaves behind) and waits.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// True while the process runs.
     pub fn running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
