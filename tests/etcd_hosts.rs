@@ -3,11 +3,11 @@
 
 mod common;
 
-use common::etcd::Etcd;
 use common::*;
 use std::net::SocketAddr;
 use std::time::Duration;
 use weft::lab::cluster::{Cluster, ClusterSpec};
+use weft::lab::etcd::Etcd;
 use weft::lab::traffic::udp_probe_error;
 
 const PREFIX: &str = "/coreos.com/network";
@@ -27,7 +27,7 @@ fn etcd_cluster(tag: &str) -> (Cluster, Etcd) {
     let mut spec = ClusterSpec::two_hosts(tag, r#"{"Type":"udp"}"#);
     spec.etcd_endpoints = Some("http://198.18.0.1:2379".into());
     let mut c = Cluster::build(&spec).unwrap();
-    let e = Etcd::in_netns(&c.topo.hosts[0].ns, "198.18.0.1");
+    let e = Etcd::in_netns(&c.topo.hosts[0].ns, "198.18.0.1").unwrap();
     e.wait_healthy(Duration::from_secs(20));
     e.put(&format!("{PREFIX}/config"), r#"{"Network":"100.96.0.0/16","Backend":{"Type":"udp"}}"#);
     e.put(&format!("{PREFIX}/subnets/100.96.1.0-24"), r#"{"PublicIP":"198.18.0.1","PublicIPv6":null}"#);
@@ -78,7 +78,7 @@ fn etcd_down_forwarding_continues_then_resyncs() {
     std::thread::sleep(Duration::from_secs(1));
     assert!(ping(&h1.container_ns, h2.container_ip, 3), "forwarding stopped with etcd down\n{}", c.logs());
     assert!(ping(&h2.container_ns, h1.container_ip, 3), "{}", c.logs());
-    e.restart();
+    e.restart().unwrap();
     e.wait_healthy(Duration::from_secs(20));
     e.del(PHANTOM_KEY);
     assert!(
@@ -100,7 +100,7 @@ fn etcd_unreachable_at_start_is_retried() {
     std::thread::sleep(Duration::from_secs(2));
     assert!(c.procs[0].running(), "weft gave up on an unreachable etcd:\n{}", c.logs());
     assert!(c.procs[0].log_text().contains("retrying"), "{}", c.logs());
-    let e = Etcd::in_netns(&c.topo.hosts[0].ns, "198.18.0.1");
+    let e = Etcd::in_netns(&c.topo.hosts[0].ns, "198.18.0.1").unwrap();
     e.wait_healthy(Duration::from_secs(20));
     e.put(&format!("{PREFIX}/config"), r#"{"Network":"100.96.0.0/16","Backend":{"Type":"udp"}}"#);
     c.wait_ready(Duration::from_secs(15)).unwrap_or_else(|err| panic!("{err}"));

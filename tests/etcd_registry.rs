@@ -3,13 +3,13 @@
 
 mod common;
 
-use common::etcd::Etcd;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 use weft::control::lease::acquire;
 use weft::control::registry::Registry;
 use weft::control::registry::etcd::{EtcdOptions, EtcdRegistry};
+use weft::lab::etcd::Etcd;
 use weft::proto::lease::{LeaseAttrs, SubnetKey};
 use weft::proto::netconfig::NetConfig;
 
@@ -27,7 +27,7 @@ fn udp(ip: [u8; 4]) -> impl Fn(Option<&LeaseAttrs>) -> LeaseAttrs {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn create_reuse_previous_and_flannel_json_with_ttl() {
-    let e = Etcd::single();
+    let e = Etcd::single().unwrap();
     e.wait_healthy(Duration::from_secs(20));
     e.put(&format!("{PREFIX}/config"), r#"{"Network":"100.96.0.0/16","Backend":{"Type":"udp"}}"#);
     let r = registry(&e.url).await;
@@ -58,7 +58,7 @@ async fn create_reuse_previous_and_flannel_json_with_ttl() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expired_lease_is_reclaimed() {
-    let e = Etcd::single();
+    let e = Etcd::single().unwrap();
     e.wait_healthy(Duration::from_secs(20));
     let r = registry(&e.url).await;
     let k: SubnetKey = "100.96.5.0-24".parse().unwrap();
@@ -76,7 +76,7 @@ async fn an_expired_lease_is_reclaimed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_nodes_at_once_get_twenty_distinct_subnets() {
-    let e = Etcd::single();
+    let e = Etcd::single().unwrap();
     e.wait_healthy(Duration::from_secs(20));
     // 31 subnets for 20 nodes: random picks collide, and lost races must move on.
     let cfg = NetConfig::parse(r#"{"Network":"100.96.0.0/19"}"#).unwrap();
@@ -99,7 +99,7 @@ async fn twenty_nodes_at_once_get_twenty_distinct_subnets() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_sees_changes_and_recovers_from_restart_and_compaction() {
-    let mut e = Etcd::single();
+    let mut e = Etcd::single().unwrap();
     e.wait_healthy(Duration::from_secs(20));
     let r = registry(&e.url).await;
     let known = r.leases().await.unwrap();
@@ -113,7 +113,7 @@ async fn watch_sees_changes_and_recovers_from_restart_and_compaction() {
     assert_eq!(seen.len(), 1);
     // The stream is established; etcd restarts while nobody is watching, and meanwhile the
     // keyspace changes and is compacted past the watch's revision.
-    e.restart();
+    e.restart().unwrap();
     e.wait_healthy(Duration::from_secs(20));
     e.put(&format!("{PREFIX}/subnets/100.96.2.0-24"), r#"{"PublicIP":"198.18.0.2","PublicIPv6":null}"#);
     e.del(&format!("{PREFIX}/subnets/100.96.1.0-24"));
@@ -131,7 +131,7 @@ async fn watch_sees_changes_and_recovers_from_restart_and_compaction() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_three_member_cluster_losing_one_member_keeps_working() {
-    let mut members = Etcd::cluster3();
+    let mut members = Etcd::cluster3().unwrap();
     for m in &members {
         m.wait_healthy(Duration::from_secs(30));
     }
@@ -229,7 +229,7 @@ async fn tls_with_certificates_made_here() {
             &p(&format!("{who}.pem")),
         ]);
     }
-    let e = Etcd::single_tls(&p("server.pem"), &p("server.key"), &p("ca.pem"));
+    let e = Etcd::single_tls(&p("server.pem"), &p("server.key"), &p("ca.pem")).unwrap();
     let flags = vec![
         format!("--cacert={}", p("ca.pem")),
         format!("--cert={}", p("client.pem")),

@@ -109,3 +109,22 @@ fn ctrl_c_removes_everything() {
     // The lab stops each weft (SIGTERM, then SIGKILL) before it deletes that host's namespace.
     assert_eq!(ours(), 0, "namespaces left behind");
 }
+
+#[test]
+fn lab_runs_against_a_real_etcd() {
+    common::require_privileges();
+    let d = tempfile::tempdir().unwrap();
+    let json = d.path().join("etcd.json");
+    let out = Command::new(common::bin())
+        .args(["lab", "--quick", "--etcd", "--only", "udp naive", "--streams", "1", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let records = doc["records"].as_array().unwrap();
+    assert_eq!(records.len(), 3, "tcp-1, udp-64B, rr-64B for one data path");
+    let tcp = records.iter().find(|r| r["workload"] == "tcp-1").unwrap();
+    assert_eq!(tcp["data_path"], "weft udp naive");
+    assert!(tcp["throughput_gbit_s"].as_f64().unwrap() > 0.0);
+}

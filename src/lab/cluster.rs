@@ -94,6 +94,33 @@ pub fn lab_vtep_mac(i: usize) -> MacAddr {
     MacAddr([0x02, 0x77, 0x65, 0x66, 0x74, u8::try_from(i % 256).unwrap_or(0)])
 }
 
+/// The lease every host of `topo` should hold under net-config `config`, in flannel's JSON:
+/// (key under `subnets/`, value). vxlan hosts get [`lab_vtep_mac`]s.
+pub fn seed_leases(topo: &Topology, config: &str) -> io::Result<Vec<(String, String)>> {
+    use crate::proto::netconfig::{BackendType, NetConfig};
+    let backend = NetConfig::parse(config).map_err(io::Error::other)?.backend;
+    Ok(topo
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let attrs = match backend.kind {
+                BackendType::Udp => LeaseAttrs::udp(h.underlay_ip),
+                BackendType::HostGw => LeaseAttrs::host_gw(h.underlay_ip),
+                BackendType::Vxlan => {
+                    LeaseAttrs::vxlan(h.underlay_ip, VxlanData { vni: backend.vni, vtep_mac: lab_vtep_mac(i + 1) })
+                }
+            };
+            (format!("{}-{}", h.subnet.network(), h.subnet.prefix_len()), attrs.to_json())
+        })
+        .collect())
+}
+
+/// The net-config JSON of a lab cluster with `backend` (a `Backend` object).
+pub fn lab_config(backend: &str) -> String {
+    format!(r#"{{"Network":"{POD_NETWORK}","Backend":{backend}}}"#)
+}
+
 /// Hosts running weft against one registry directory.
 pub struct Cluster {
     /// The weft processes, index 0 = host 1 (dropped before the topology).
@@ -182,21 +209,12 @@ impl Cluster {
     pub fn build(spec: &ClusterSpec) -> io::Result<Self> {
         let topo = Topology::build(&spec.tag, spec.hosts)?;
         let registry = tempfile::Builder::new().prefix("weft-registry-").tempdir()?;
-        let config = format!(r#"{{"Network":"{POD_NETWORK}","Backend":{}}}"#, spec.backend);
+        let config = lab_config(&spec.backend);
         write_atomic(&registry.path().join("config"), config.as_bytes())?;
         std::fs::create_dir_all(registry.path().join("subnets"))?;
         if spec.preseed && spec.etcd_endpoints.is_none() {
-            let backend = crate::proto::netconfig::NetConfig::parse(&config).map_err(io::Error::other)?.backend;
-            for (i, h) in topo.hosts.iter().enumerate() {
-                let attrs = match backend.kind {
-                    crate::proto::netconfig::BackendType::Udp => LeaseAttrs::udp(h.underlay_ip),
-                    crate::proto::netconfig::BackendType::HostGw => LeaseAttrs::host_gw(h.underlay_ip),
-                    crate::proto::netconfig::BackendType::Vxlan => {
-                        LeaseAttrs::vxlan(h.underlay_ip, VxlanData { vni: backend.vni, vtep_mac: lab_vtep_mac(i + 1) })
-                    }
-                };
-                let key = format!("{}-{}", h.subnet.network(), h.subnet.prefix_len());
-                write_atomic(&registry.path().join("subnets").join(key), attrs.to_json().as_bytes())?;
+            for (key, value) in seed_leases(&topo, &config)? {
+                write_atomic(&registry.path().join("subnets").join(key), value.as_bytes())?;
             }
         }
         Ok(Cluster { procs: Vec::new(), registry, topo, etcd_endpoints: spec.etcd_endpoints.clone() })

@@ -2,6 +2,7 @@
 //! workload, and reports the figures side by side.
 
 pub mod cluster;
+pub mod etcd;
 pub mod measure;
 pub mod topology;
 pub mod traffic;
@@ -36,6 +37,10 @@ pub struct LabOptions {
     /// Only data paths whose name contains this text (e.g. `naive`, `kernel`).
     #[arg(long, value_name = "TEXT")]
     pub only: Option<String>,
+    /// Run the hosts against a real etcd (spawned in host 1's namespace) instead of a registry
+    /// directory.
+    #[arg(long)]
+    pub etcd: bool,
     /// Write every figure as JSON (schema in README: `weft-lab/1`).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -169,6 +174,31 @@ fn figures(
     (crossings, per(polls, packets), fwd, machine, drops.max(0.0) as u64)
 }
 
+/// Where `--etcd` runs etcd: host 1's underlay address.
+const LAB_ETCD_IP: &str = "198.18.0.1";
+
+/// Starts the hosts of one data path; with `spec.etcd_endpoints`, first a real etcd in host 1's
+/// namespace, seeded with the config and leases in flannel's JSON. The etcd is returned second so
+/// that it is dropped (killed) before the cluster's namespaces are.
+fn start_cluster(bin: &std::path::Path, spec: &ClusterSpec, name: &str) -> Result<(Cluster, Option<etcd::Etcd>)> {
+    let mut cluster = Cluster::build(spec).with_context(|| format!("building the hosts for {name}"))?;
+    let etcd = match &spec.etcd_endpoints {
+        None => None,
+        Some(_) => {
+            let e = etcd::Etcd::in_netns(&cluster.topo.hosts[0].ns, LAB_ETCD_IP).context("starting etcd")?;
+            e.try_wait_healthy(&[], Duration::from_secs(20))?;
+            let config = cluster::lab_config(&spec.backend);
+            e.try_put("/coreos.com/network/config", &config)?;
+            for (key, value) in cluster::seed_leases(&cluster.topo, &config)? {
+                e.try_put(&format!("/coreos.com/network/subnets/{key}"), &value)?;
+            }
+            Some(e)
+        }
+    };
+    cluster.start_all(bin, spec, Duration::from_secs(15)).with_context(|| format!("starting {name}"))?;
+    Ok((cluster, etcd))
+}
+
 /// Runs the lab.
 pub fn run(opts: LabOptions) -> Result<()> {
     preflight()?;
@@ -201,10 +231,9 @@ pub fn run(opts: LabOptions) -> Result<()> {
             preseed: true,
             extra_args: extra,
             skip_hosts: vec![],
-            etcd_endpoints: None,
+            etcd_endpoints: opts.etcd.then(|| format!("http://{LAB_ETCD_IP}:2379")),
         };
-        let cluster =
-            Cluster::start(&bin, &spec, Duration::from_secs(15)).with_context(|| format!("starting {}", dp.name))?;
+        let (cluster, _etcd) = start_cluster(&bin, &spec, dp.name)?;
         let (h1, h2) = (cluster.topo.hosts[0].clone(), cluster.topo.hosts[1].clone());
         let host_ns: Vec<String> = cluster.topo.hosts.iter().map(|h| h.ns.clone()).collect();
         for w in &workloads {

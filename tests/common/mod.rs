@@ -2,8 +2,6 @@
 //! names) and removes them through guards, also when it fails.
 #![allow(dead_code)]
 
-pub mod etcd;
-
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,5 +1,5 @@
-//! A real etcd server (Debian's `etcd-server`) started by a test, in a temp dir, on free loopback
-//! ports (or inside a test's network namespace). Killed on drop.
+//! A real etcd server (Debian's `etcd-server`) started by the lab or a test, in a temp dir, on free loopback
+//! ports (or inside a network namespace of the lab's). Killed on drop.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Output, Stdio};
@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
 /// One etcd member.
@@ -22,8 +22,15 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    fn new(name: &str, ns: Option<&str>, client: String, peer: String, cluster: &str, extra: &[String]) -> Self {
-        let dir = tempfile::Builder::new().prefix("weft-etcd-").tempdir().unwrap();
+    fn new(
+        name: &str,
+        ns: Option<&str>,
+        client: String,
+        peer: String,
+        cluster: &str,
+        extra: &[String],
+    ) -> std::io::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("weft-etcd-").tempdir()?;
         let mut args = vec![
             format!("--name={name}"),
             format!("--data-dir={}", dir.path().join("data").display()),
@@ -37,21 +44,21 @@ impl Etcd {
             "--log-outputs=stderr".into(),
         ];
         args.extend_from_slice(extra);
-        let url = client.split(',').next().unwrap().to_string();
+        let url = client.split(',').next().unwrap_or(&client).to_string();
         let mut e = Self { child: None, args, ns: ns.map(str::to_string), dir, url };
-        e.spawn();
-        e
+        e.spawn()?;
+        Ok(e)
     }
 
     /// A single member on free 127.0.0.1 ports of the test's namespace.
-    pub fn single() -> Self {
+    pub fn single() -> std::io::Result<Self> {
         let (c, p) = (free_port(), free_port());
         let peer = format!("http://127.0.0.1:{p}");
         Self::new("solo", None, format!("http://127.0.0.1:{c}"), peer.clone(), &format!("solo={peer}"), &[])
     }
 
     /// A single member inside namespace `ns`, serving clients on `ip:2379` (and its loopback).
-    pub fn in_netns(ns: &str, ip: &str) -> Self {
+    pub fn in_netns(ns: &str, ip: &str) -> std::io::Result<Self> {
         let peer = "http://127.0.0.1:2380".to_string();
         Self::new(
             "solo",
@@ -64,7 +71,7 @@ impl Etcd {
     }
 
     /// A single member with TLS (server certificate, client certificates required).
-    pub fn single_tls(cert: &str, key: &str, ca: &str) -> Self {
+    pub fn single_tls(cert: &str, key: &str, ca: &str) -> std::io::Result<Self> {
         let (c, p) = (free_port(), free_port());
         let peer = format!("http://127.0.0.1:{p}");
         let extra = vec![
@@ -77,7 +84,7 @@ impl Etcd {
     }
 
     /// Three members on loopback.
-    pub fn cluster3() -> Vec<Self> {
+    pub fn cluster3() -> std::io::Result<Vec<Self>> {
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
         let cluster: Vec<String> =
             ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}")).collect();
@@ -98,8 +105,13 @@ impl Etcd {
             .collect()
     }
 
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("etcd.log")).unwrap();
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::null());
         let mut cmd = match &self.ns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -108,14 +120,12 @@ impl Etcd {
             }
             None => Command::new("etcd"),
         };
-        let child = cmd
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("etcd runs (apt-get install etcd-server)");
+        let child =
+            cmd.args(&self.args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().map_err(|e| {
+                std::io::Error::new(e.kind(), format!("starting etcd (apt-get install etcd-server): {e}"))
+            })?;
         self.child = Some(child);
+        Ok(())
     }
 
     /// Kills the member (SIGKILL), keeping its data.
@@ -127,9 +137,9 @@ impl Etcd {
     }
 
     /// Starts the member again on its data.
-    pub fn restart(&mut self) {
+    pub fn restart(&mut self) -> std::io::Result<()> {
         self.kill();
-        self.spawn();
+        self.spawn()
     }
 
     /// Its log so far.
@@ -157,30 +167,55 @@ impl Etcd {
             .args(flags)
             .args(args)
             .output()
-            .expect("etcdctl runs (apt-get install etcd-client)")
+            .unwrap_or_else(|e| Output {
+                status: std::os::unix::process::ExitStatusExt::from_raw(127 << 8),
+                stdout: Vec::new(),
+                stderr: format!("etcdctl: {e} (apt-get install etcd-client)").into_bytes(),
+            })
     }
 
     /// Waits until the member answers (etcdctl endpoint health).
     pub fn wait_healthy(&self, timeout: Duration) {
-        self.wait_healthy_with(&[], timeout)
+        if let Err(e) = self.try_wait_healthy(&[], timeout) {
+            panic!("{e}");
+        }
     }
 
     /// As `wait_healthy`, with extra etcdctl flags (TLS).
     pub fn wait_healthy_with(&self, flags: &[String], timeout: Duration) {
+        if let Err(e) = self.try_wait_healthy(flags, timeout) {
+            panic!("{e}");
+        }
+    }
+
+    /// Waits until the member answers, or says why not.
+    pub fn try_wait_healthy(&self, flags: &[String], timeout: Duration) -> std::io::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             if self.ctl_with(flags, &["endpoint", "health"]).status.success() {
-                return;
+                return Ok(());
             }
-            assert!(Instant::now() < deadline, "etcd did not become healthy:\n{}", self.log());
+            if Instant::now() > deadline {
+                return Err(std::io::Error::other(format!("etcd did not become healthy:\n{}", self.log())));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     /// `etcdctl put` that must succeed.
     pub fn put(&self, key: &str, value: &str) {
+        if let Err(e) = self.try_put(key, value) {
+            panic!("{e}");
+        }
+    }
+
+    /// `etcdctl put`, or why it failed.
+    pub fn try_put(&self, key: &str, value: &str) -> std::io::Result<()> {
         let o = self.ctl(&["put", key, value]);
-        assert!(o.status.success(), "etcdctl put {key}: {}", String::from_utf8_lossy(&o.stderr));
+        if !o.status.success() {
+            return Err(std::io::Error::other(format!("etcdctl put {key}: {}", String::from_utf8_lossy(&o.stderr))));
+        }
+        Ok(())
     }
 
     /// `etcdctl del` that must succeed.
