@@ -65,11 +65,9 @@ fn data_paths() -> Vec<DataPath> {
         DataPath { name: "vxlan (kernel)", backend: r#"{"Type":"vxlan"}"#, extra: &["--dataplane", "kernel"] },
     ];
     for mode in <crate::dataplane::engine::Mode as clap::ValueEnum>::value_variants() {
-        let (udp, vxlan): (&'static str, &'static str) = match mode {
-            crate::dataplane::engine::Mode::Naive => ("weft udp naive", "weft vxlan naive"),
-        };
-        let extra: &'static [&'static str] = match mode {
-            crate::dataplane::engine::Mode::Naive => &["--mode", "naive"],
+        let (udp, vxlan, extra): (&'static str, &'static str, &'static [&'static str]) = match mode {
+            crate::dataplane::engine::Mode::Naive => ("weft udp naive", "weft vxlan naive", &["--mode", "naive"]),
+            crate::dataplane::engine::Mode::Batched => ("weft udp batched", "weft vxlan batched", &["--mode", "batched"]),
         };
         v.push(DataPath { name: udp, backend: r#"{"Type":"udp"}"#, extra });
         v.push(DataPath { name: vxlan, backend: r#"{"Type":"vxlan"}"#, extra });

@@ -9,7 +9,11 @@ pub mod json;
 pub mod lease;
 pub mod mac;
 pub mod netconfig;
+pub mod gro;
+pub mod gso;
 pub mod subnet_env;
+pub mod tcp;
+pub mod virtio;
 pub mod vxlan;
 
 /// Why a packet view refused a buffer.

@@ -1,6 +1,7 @@
 //! Forwarding engines. One contract, several engines; the engine is a run-time choice (`--mode`)
 //! so that the lab runs every engine on the same host and binary.
 
+pub mod batched;
 pub mod naive;
 
 use super::counters::Counters;
@@ -23,6 +24,8 @@ pub enum Mode {
     /// flannel's proxy shape: poll, then one read and one send per packet, both directions
     /// alternating. The baseline every other engine is measured against.
     Naive,
+    /// Drains the TUN into a batch and sends it with one sendmmsg; receives with recvmmsg.
+    Batched,
 }
 
 impl Mode {
@@ -30,6 +33,7 @@ impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Self::Naive => "naive",
+            Self::Batched => "batched",
         }
     }
 }
@@ -69,5 +73,37 @@ pub enum EngineError {
 pub fn run(mode: Mode, ctx: EngineContext) -> Result<(), EngineError> {
     match mode {
         Mode::Naive => naive::run(ctx),
+        Mode::Batched => batched::run(ctx),
+    }
+}
+
+pub(crate) fn u64_len(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// Whether an I/O error is about this one packet (count it, go on) or the device (stop).
+pub(crate) fn per_packet(e: &io::Error) -> bool {
+    !matches!(e.raw_os_error(), Some(libc::EBADF | libc::EFAULT | libc::ENOTSOCK | libc::EBADFD))
+}
+
+/// Writes one inner packet into the TUN (crossing: TUN write), counting it or its drop.
+pub(crate) fn tun_write(ctx: &EngineContext, pkt: &[u8]) -> Result<(), EngineError> {
+    let c = &*ctx.counters;
+    match super::counters::timed(|| ctx.tun.send(pkt)) {
+        (Ok(w), ns) => c.syscall(super::counters::Crossing::TunWrite, 1, u64_len(w), ns),
+        (Err(e), ns) if per_packet(&e) => {
+            c.syscall(super::counters::Crossing::TunWrite, 0, 0, ns);
+            c.count_drop(super::counters::DropReason::TunWriteFailed);
+        }
+        (Err(e), _) => return Err(EngineError::Tun(e)),
+    }
+    Ok(())
+}
+
+/// Writes an ICMP error back into the TUN for a packet dropped as `NoRoute`.
+pub(crate) fn reply_icmp(ctx: &EngineContext, reply: &[u8]) {
+    ctx.counters.count_drop(super::counters::DropReason::NoRoute);
+    if ctx.tun.send(reply).is_ok() {
+        ctx.counters.icmp_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -7,22 +7,14 @@
 //! and alternates reads instead; that trades polls for EAGAIN reads, about one per packet of the
 //! lighter direction, and makes per-crossing counts depend on the traffic mix.)
 
-use super::{EngineContext, EngineError, STOP_CHECK};
+use super::{EngineContext, EngineError, STOP_CHECK, per_packet, reply_icmp, tun_write, u64_len};
 use crate::dataplane::counters::{Counters, Crossing, DropReason, timed};
 use crate::dataplane::forward::{BUF_LEN, Egress, HEADROOM, Ingress};
 use crate::dataplane::sys::poll::wait_readable;
 use crate::proto::icmp;
-use std::io::{self, ErrorKind};
+use std::io::ErrorKind;
 use std::sync::atomic::Ordering;
 
-fn u64_len(n: usize) -> u64 {
-    u64::try_from(n).unwrap_or(u64::MAX)
-}
-
-/// Whether an I/O error is about this one packet (count it, go on) or the device (stop).
-fn per_packet(e: &io::Error) -> bool {
-    !matches!(e.raw_os_error(), Some(libc::EBADF | libc::EFAULT | libc::ENOTSOCK | libc::EBADFD))
-}
 
 /// Runs until stopped: poll(), then one packet from each readable side, and poll() again.
 pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
@@ -69,12 +61,7 @@ fn tun_to_udp(ctx: &EngineContext, c: &Counters, buf: &mut [u8], scratch: &mut [
                 Err(e) => return Err(EngineError::Udp(e)),
             }
         }
-        Egress::Reply { len } => {
-            c.count_drop(DropReason::NoRoute);
-            if ctx.tun.send(&scratch[..len]).is_ok() {
-                c.icmp_sent.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        Egress::Reply { len } => reply_icmp(ctx, &scratch[..len]),
         Egress::Drop(r) => c.count_drop(r),
     }
     Ok(true)
@@ -100,14 +87,7 @@ fn udp_to_tun(ctx: &EngineContext, c: &Counters, buf: &mut [u8]) -> Result<bool,
     c.syscall(Crossing::UdpRecv, 1, u64_len(n), ns);
     let peers = ctx.peers.load();
     match ctx.forwarder.ingress(&peers, from, buf, n) {
-        Ingress::Deliver(range) => match timed(|| ctx.tun.send(&buf[range])) {
-            (Ok(w), ns) => c.syscall(Crossing::TunWrite, 1, u64_len(w), ns),
-            (Err(e), ns) if per_packet(&e) => {
-                c.syscall(Crossing::TunWrite, 0, 0, ns);
-                c.count_drop(DropReason::TunWriteFailed);
-            }
-            (Err(e), _) => return Err(EngineError::Tun(e)),
-        },
+        Ingress::Deliver(range) => tun_write(&ctx, &buf[range])?,
         Ingress::Drop(r) => c.count_drop(r),
     }
     Ok(true)

@@ -56,8 +56,15 @@ impl MmsgBatch {
     /// Sends `msgs` (each a datagram and an optional destination; `None` for a connected
     /// socket) with one `sendmmsg`. Returns how many were sent (a prefix of `msgs`).
     pub fn send(&mut self, sock: &impl AsFd, msgs: &[(&[u8], Option<SocketAddrV4>)]) -> io::Result<usize> {
-        let n = msgs.len().min(self.capacity());
-        for (i, (data, dst)) in msgs.iter().take(n).enumerate() {
+        self.send_with(sock, msgs.len(), |i| msgs[i])
+    }
+
+    /// Sends `n` datagrams, the i-th being `msg(i)`, with one `sendmmsg` (no allocation).
+    /// Returns how many were sent (a prefix).
+    pub fn send_with<'a>(&mut self, sock: &impl AsFd, n: usize, msg: impl Fn(usize) -> (&'a [u8], Option<SocketAddrV4>)) -> io::Result<usize> {
+        let n = n.min(self.capacity());
+        for i in 0..n {
+            let (data, dst) = msg(i);
             self.iovs[i] = libc::iovec { iov_base: data.as_ptr().cast_mut().cast(), iov_len: data.len() };
             let h = &mut self.hdrs[i].msg_hdr;
             h.msg_iov = &mut self.iovs[i];
@@ -67,7 +74,7 @@ impl MmsgBatch {
             h.msg_flags = 0;
             match dst {
                 Some(a) => {
-                    self.addrs[i] = sockaddr_in(*a);
+                    self.addrs[i] = sockaddr_in(a);
                     h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
                     h.msg_namelen = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap_or(16);
                 }
@@ -90,14 +97,12 @@ impl MmsgBatch {
 
     /// Receives up to `bufs.len()` datagrams with one non-blocking `recvmmsg`. Writes each
     /// datagram's length and source into `meta`. Returns how many arrived (`WouldBlock` if none).
-    pub fn recv(
-        &mut self,
-        sock: &impl AsFd,
-        bufs: &mut [&mut [u8]],
+    pub fn recv<B: AsMut<[u8]>>(&mut self, sock: &impl AsFd, bufs: &mut [B],
         meta: &mut [(usize, SocketAddr)],
     ) -> io::Result<usize> {
         let n = bufs.len().min(meta.len()).min(self.capacity());
         for (i, b) in bufs.iter_mut().take(n).enumerate() {
+            let b = b.as_mut();
             self.iovs[i] = libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() };
             let h = &mut self.hdrs[i].msg_hdr;
             h.msg_iov = &mut self.iovs[i];
