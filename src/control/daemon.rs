@@ -352,7 +352,11 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
                 BackendType::Vxlan => format!("weft.{}", cfg.backend.vni),
                 _ => "flannel0".to_string(),
             });
-            let tun = Tun::open(&tun_name).with_context(|| format!("creating TUN device {tun_name}"))?;
+            let offload = opts.mode == Mode::Offload;
+            let tun = Tun::open_with(&tun_name, offload).with_context(|| format!("creating TUN device {tun_name}"))?;
+            if offload {
+                tun.set_offload(engine::offload::TUN_OFFLOADS).with_context(|| format!("enabling TSO on {tun_name} (TUNSETOFFLOAD); use --mode batched on this kernel"))?;
+            }
             let idx =
                 nl.link_index(tun.name()).await?.with_context(|| format!("TUN {} has no link index", tun.name()))?;
             tun_index = Some(idx);
@@ -366,6 +370,9 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
             kernel.extra.push(OwnedRoute { dst: cfg.network, gateway: None, oif: Some(idx) });
             let socket = udp::bind(SocketAddr::new(public_ip.into(), cfg.backend.port))
                 .with_context(|| format!("binding UDP {public_ip}:{}", cfg.backend.port))?;
+            if offload {
+                udp::enable_gro(&socket).context("enabling UDP_GRO on the socket")?;
+            }
             let forwarder = Forwarder { encap, subnet, tun_addr, check_inner_src: !opts.allow_foreign_src };
             let ctx = EngineContext {
                 tun,

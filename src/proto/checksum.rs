@@ -1,19 +1,25 @@
 //! The Internet checksum (RFC 1071) and its incremental update (RFC 1624).
 
 /// Adds `data` to a running one's-complement sum, big-endian 16-bit words, odd byte padded.
-pub fn sum(mut acc: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for word in &mut chunks {
-        acc = acc.wrapping_add(u32::from(u16::from_be_bytes([word[0], word[1]])));
-        // Fold early so that very long inputs cannot overflow the accumulator.
-        if acc > 0xffff_0000 {
-            acc = (acc & 0xffff) + (acc >> 16);
-        }
+pub fn sum(acc: u32, data: &[u8]) -> u32 {
+    // One's-complement addition is associative and byte-order-preserving at any word width
+    // (RFC 1071 §2), so add 64-bit big-endian words with end-around carry and fold at the end.
+    let mut s = u64::from(acc);
+    let mut words = data.chunks_exact(8);
+    for w in &mut words {
+        let v = u64::from_be_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        let (r, carry) = s.overflowing_add(v);
+        s = r + u64::from(carry);
     }
-    if let [last] = chunks.remainder() {
-        acc = acc.wrapping_add(u32::from(*last) << 8);
-    }
-    acc
+    let rest = words.remainder();
+    let mut tail = [0u8; 8];
+    tail[..rest.len()].copy_from_slice(rest);
+    let (r, carry) = s.overflowing_add(u64::from_be_bytes(tail));
+    s = r + u64::from(carry);
+    // Fold to 32 bits (twice: the first fold can carry).
+    s = (s & 0xffff_ffff) + (s >> 32);
+    s = (s & 0xffff_ffff) + (s >> 32);
+    u32::try_from(s).unwrap_or(u32::MAX)
 }
 
 /// Folds a running sum to 16 bits and complements it: the value to put in a checksum field.
@@ -49,6 +55,35 @@ mod tests {
     fn rfc1071_example() {
         let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
         assert_eq!(checksum(&data), !0xddf2);
+    }
+
+    /// The plain 16-bit-word definition, to check the fast one against.
+    fn reference(data: &[u8]) -> u16 {
+        let mut acc: u64 = 0;
+        for w in data.chunks(2) {
+            acc += u64::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+        }
+        while acc > 0xffff {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+        !(acc as u16)
+    }
+
+    #[test]
+    fn fast_sum_matches_the_definition() {
+        let mut x: u32 = 12345;
+        let data: Vec<u8> = (0..3000)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 16) as u8
+            })
+            .collect();
+        for len in (0..64).chain([1399, 1400, 1401, 1472, 2999, 3000]) {
+            assert_eq!(checksum(&data[..len]), reference(&data[..len]), "len {len}");
+        }
+        assert_eq!(checksum(&[0xff; 4096]), reference(&[0xff; 4096]));
+        // Chained sums over even-length parts equal one sum.
+        assert_eq!(finish(sum(sum(0, &data[..20]), &data[20..1000])), checksum(&data[..1000]));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod batched;
 pub mod naive;
+pub mod offload;
 
 use super::counters::Counters;
 use super::forward::Forwarder;
@@ -26,6 +27,9 @@ pub enum Mode {
     Naive,
     /// Drains the TUN into a batch and sends it with one sendmmsg; receives with recvmmsg.
     Batched,
+    /// TUN TSO super-packets cut in user space and sent with UDP GSO; UDP GRO on receive,
+    /// coalesced and written back as GSO packets.
+    Offload,
 }
 
 impl Mode {
@@ -34,6 +38,7 @@ impl Mode {
         match self {
             Self::Naive => "naive",
             Self::Batched => "batched",
+            Self::Offload => "offload",
         }
     }
 }
@@ -74,6 +79,7 @@ pub fn run(mode: Mode, ctx: EngineContext) -> Result<(), EngineError> {
     match mode {
         Mode::Naive => naive::run(ctx),
         Mode::Batched => batched::run(ctx),
+        Mode::Offload => offload::run(ctx),
     }
 }
 

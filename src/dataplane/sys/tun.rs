@@ -9,8 +9,26 @@ use std::os::unix::fs::OpenOptionsExt as _;
 pub const IFNAMSIZ: usize = 16;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+
+/// `TUNSETOFFLOAD` flags.
+pub mod offload {
+    /// The reader handles partial checksums.
+    pub const CSUM: u32 = 0x01;
+    /// TCP segmentation over IPv4.
+    pub const TSO4: u32 = 0x02;
+    /// TCP segmentation over IPv6.
+    pub const TSO6: u32 = 0x04;
+    /// TCP with ECN.
+    pub const TSO_ECN: u32 = 0x08;
+    /// UDP segmentation over IPv4 (Linux ≥ 6.2).
+    pub const USO4: u32 = 0x20;
+    /// UDP segmentation over IPv6 (Linux ≥ 6.2).
+    pub const USO6: u32 = 0x40;
+}
 
 /// `struct ifreq` as `TUNSETIFF` reads it: a name and the flags (the union's first member).
 #[repr(C)]
@@ -40,6 +58,12 @@ pub fn valid_ifname(name: &str) -> bool {
 impl Tun {
     /// Opens (creating if needed) the TUN device `name`.
     pub fn open(name: &str) -> io::Result<Self> {
+        Self::open_with(name, false)
+    }
+
+    /// Opens the TUN device `name`; with `vnet_hdr`, every read and write carries a 10-byte
+    /// `virtio_net_hdr` in front of the packet (`IFF_VNET_HDR`).
+    pub fn open_with(name: &str, vnet_hdr: bool) -> io::Result<Self> {
         if !valid_ifname(name) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid interface name {name:?}")));
         }
@@ -48,7 +72,8 @@ impl Tun {
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")?;
-        let mut req = IfReqFlags { name: [0; IFNAMSIZ], flags: IFF_TUN | IFF_NO_PI, _pad: [0; 22] };
+        let flags = IFF_TUN | IFF_NO_PI | if vnet_hdr { IFF_VNET_HDR } else { 0 };
+        let mut req = IfReqFlags { name: [0; IFNAMSIZ], flags, _pad: [0; 22] };
         for (d, s) in req.name.iter_mut().zip(name.bytes()) {
             *d = libc::c_char::from_ne_bytes([s]);
         }
@@ -68,6 +93,19 @@ impl Tun {
         // SAFETY: TUNSETPERSIST takes an integer argument by value; the fd is a valid TUN fd.
         let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETPERSIST, libc::c_ulong::from(persist)) };
         if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    /// Tells the kernel which offloads the reader handles (`TUNSETOFFLOAD`): with TSO it hands
+    /// over TCP super-packets of up to 64 KiB. Needs `IFF_VNET_HDR`.
+    pub fn set_offload(&self, flags: u32) -> io::Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes an unsigned integer argument by value; the fd is a TUN fd.
+        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETOFFLOAD, libc::c_ulong::from(flags)) };
+        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    /// Writes one packet gathered from `parts` (one `writev`).
+    pub fn send_vectored(&self, parts: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        (&self.file).write_vectored(parts)
     }
 
     /// The device name the kernel gave.
