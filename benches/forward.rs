@@ -122,5 +122,51 @@ fn lookup(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encap_decap, lookup);
+/// A 64 KiB-ish TCP super-packet (45 × 1410 payload bytes), valid headers.
+fn super_packet() -> Vec<u8> {
+    let payload: Vec<u8> = (0..45 * 1410).map(|i| (i % 251) as u8).collect();
+    let b = etherparse::PacketBuilder::ipv4([100, 64, 9, 2], [100, 64, 1, 2], 64).tcp(40000, 5201, 1, 64240).ack(1);
+    let mut v = Vec::new();
+    b.write(&mut v, &payload).unwrap();
+    v
+}
+
+fn gso_gro(c: &mut Criterion) {
+    use weft::proto::{gro::Run, gso::Segmenter};
+    let sup = super_packet();
+    let mut g = c.benchmark_group("per_64KiB");
+    g.throughput(Throughput::Bytes(sup.len() as u64));
+    let mut hdrs = vec![0u8; 64 * 128];
+    g.bench_function("gso_split_45_segments", |b| {
+        b.iter(|| {
+            let s = Segmenter::new(&sup, 1410).unwrap();
+            for i in 0..s.count() {
+                s.write_header(&sup, i, &mut hdrs[i * 128..]).unwrap();
+            }
+            black_box(s.count())
+        })
+    });
+    let s = Segmenter::new(&sup, 1410).unwrap();
+    let segs: Vec<Vec<u8>> = (0..s.count())
+        .map(|i| {
+            let mut v = vec![0u8; s.hdr_len()];
+            s.write_header(&sup, i, &mut v).unwrap();
+            v.extend_from_slice(&sup[s.payload(i)]);
+            v
+        })
+        .collect();
+    let mut out = [0u8; 128];
+    g.bench_function("gro_coalesce_45_segments", |b| {
+        b.iter(|| {
+            let mut run = Run::start(&segs[0]).unwrap();
+            for n in &segs[1..] {
+                black_box(run.push(&segs[0], n).unwrap());
+            }
+            black_box(run.finish(&segs[0], &mut out).unwrap())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, encap_decap, lookup, gso_gro);
 criterion_main!(benches);

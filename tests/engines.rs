@@ -14,7 +14,8 @@ const MB200: u64 = 200 << 20;
 
 fn ping_sizes(ns: &str, dst: std::net::Ipv4Addr) {
     for size in ["56", "1000", "1400", "3000", "9000"] {
-        let out = ns_exec(ns, &["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "2", "-s", size, &dst.to_string()]).unwrap();
+        let out = ns_exec(ns, &["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "2", "-s", size, &dst.to_string()])
+            .unwrap();
         assert!(out.status.success(), "ping -s {size} {dst}: {}", String::from_utf8_lossy(&out.stdout));
     }
 }
@@ -25,12 +26,22 @@ fn suite(tag: &str, backend: &str, mode: &str) {
     ping_sizes(&h1.container_ns, h2.container_ip);
     ping_sizes(&h2.container_ns, h1.container_ip);
     for (srv, cli) in [(&h2, &h1), (&h1, &h2)] {
-        let r = tcp_bulk(&srv.container_ns, srv.container_ip, &cli.container_ns, 1, Amount::Bytes(MB200), Duration::from_secs(120)).unwrap_or_else(|e| panic!("{mode}/{backend}: {e}\n{}", c.logs()));
+        let r = tcp_bulk(
+            &srv.container_ns,
+            srv.container_ip,
+            &cli.container_ns,
+            1,
+            Amount::Bytes(MB200),
+            Duration::from_secs(120),
+        )
+        .unwrap_or_else(|e| panic!("{mode}/{backend}: {e}\n{}", c.logs()));
         assert_eq!(r.bytes, MB200);
     }
     let u = udp_flood(&h2.container_ns, h2.container_ip, &h1.container_ns, Duration::from_millis(500)).unwrap();
     assert!(u.received > 0 && u.bad == 0, "{mode}/{backend}: {u:?}");
-    let err = udp_probe_error(&h1.container_ns, "100.96.77.2:9".parse::<SocketAddr>().unwrap(), Duration::from_secs(3)).unwrap().expect("an ICMP error");
+    let err = udp_probe_error(&h1.container_ns, "100.96.77.2:9".parse::<SocketAddr>().unwrap(), Duration::from_secs(3))
+        .unwrap()
+        .expect("an ICMP error");
     assert_eq!(err.raw_os_error(), Some(libc::ENETUNREACH), "{mode}/{backend}: {err}");
 }
 
@@ -65,7 +76,15 @@ fn offload_vxlan_with_a_kernel_vxlan_peer() {
     assert!(ns_exec(&h2.ns, &["ethtool", "-K", "eth0", "tx", "off"]).unwrap().status.success());
     ping_sizes(&h1.container_ns, h2.container_ip);
     for (srv, cli) in [(&h2, &h1), (&h1, &h2)] {
-        let r = tcp_bulk(&srv.container_ns, srv.container_ip, &cli.container_ns, 1, Amount::Bytes(MB200), Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+        let r = tcp_bulk(
+            &srv.container_ns,
+            srv.container_ip,
+            &cli.container_ns,
+            1,
+            Amount::Bytes(MB200),
+            Duration::from_secs(120),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
         assert_eq!(r.bytes, MB200);
     }
 }

@@ -355,7 +355,9 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
             let offload = opts.mode == Mode::Offload;
             let tun = Tun::open_with(&tun_name, offload).with_context(|| format!("creating TUN device {tun_name}"))?;
             if offload {
-                tun.set_offload(engine::offload::TUN_OFFLOADS).with_context(|| format!("enabling TSO on {tun_name} (TUNSETOFFLOAD); use --mode batched on this kernel"))?;
+                tun.set_offload(engine::offload::TUN_OFFLOADS).with_context(|| {
+                    format!("enabling TSO on {tun_name} (TUNSETOFFLOAD); use --mode batched on this kernel")
+                })?;
             }
             let idx =
                 nl.link_index(tun.name()).await?.with_context(|| format!("TUN {} has no link index", tun.name()))?;

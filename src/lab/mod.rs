@@ -67,8 +67,12 @@ fn data_paths() -> Vec<DataPath> {
     for mode in <crate::dataplane::engine::Mode as clap::ValueEnum>::value_variants() {
         let (udp, vxlan, extra): (&'static str, &'static str, &'static [&'static str]) = match mode {
             crate::dataplane::engine::Mode::Naive => ("weft udp naive", "weft vxlan naive", &["--mode", "naive"]),
-            crate::dataplane::engine::Mode::Batched => ("weft udp batched", "weft vxlan batched", &["--mode", "batched"]),
-            crate::dataplane::engine::Mode::Offload => ("weft udp offload", "weft vxlan offload", &["--mode", "offload"]),
+            crate::dataplane::engine::Mode::Batched => {
+                ("weft udp batched", "weft vxlan batched", &["--mode", "batched"])
+            }
+            crate::dataplane::engine::Mode::Offload => {
+                ("weft udp offload", "weft vxlan offload", &["--mode", "offload"])
+            }
         };
         v.push(DataPath { name: udp, backend: r#"{"Type":"udp"}"#, extra });
         v.push(DataPath { name: vxlan, backend: r#"{"Type":"vxlan"}"#, extra });

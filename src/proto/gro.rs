@@ -38,7 +38,15 @@ impl Run {
             return None;
         }
         let next_seq = t.seq(pkt).wrapping_add(u32::try_from(t.payload_len()).ok()?);
-        Some(Self { t, mss: t.payload_len(), payload: t.payload_len(), segments: 1, next_seq, last_flags: f, open: f & (flags::PSH | flags::FIN) == 0 })
+        Some(Self {
+            t,
+            mss: t.payload_len(),
+            payload: t.payload_len(),
+            segments: 1,
+            next_seq,
+            last_flags: f,
+            open: f & (flags::PSH | flags::FIN) == 0,
+        })
     }
 
     /// Tries to merge `next` (the first segment of the run is `first`). Returns its payload
@@ -60,9 +68,16 @@ impl Run {
             && a[ip + 8..ip + 12] == b[ip + 8..ip + 12]
             && a[ip + 14..ip + 16] == b[ip + 14..ip + 16]
             && a[ip + 20..ip + self.t.tcp_hl] == b[ip + 20..ip + n.tcp_hl];
-        let ok_flags = nf & (flags::SYN | flags::RST | flags::URG | flags::CWR) == 0 && (nf ^ self.last_flags) & !(flags::PSH | flags::FIN) == 0;
+        let ok_flags = nf & (flags::SYN | flags::RST | flags::URG | flags::CWR) == 0
+            && (nf ^ self.last_flags) & !(flags::PSH | flags::FIN) == 0;
         let len = n.payload_len();
-        if !same || !ok_flags || len == 0 || len > self.mss || n.seq(next) != self.next_seq || self.t.hdr_len() + self.payload + len > MAX_MERGED {
+        if !same
+            || !ok_flags
+            || len == 0
+            || len > self.mss
+            || n.seq(next) != self.next_seq
+            || self.t.hdr_len() + self.payload + len > MAX_MERGED
+        {
             return None;
         }
         self.payload += len;
@@ -181,7 +196,8 @@ mod tests {
         segs.extend(segments(&tcp_packet(3000, &payload(2000)), mss)); // continues the flow
         assert_eq!(coalesce(&segs).iter().map(|m| m.1).collect::<Vec<_>>(), vec![3, 2], "PSH ends a run");
         // A gap in the sequence.
-        let gap = [segments(&tcp_packet(0, &payload(1000)), mss), segments(&tcp_packet(5000, &payload(1000)), mss)].concat();
+        let gap =
+            [segments(&tcp_packet(0, &payload(1000)), mss), segments(&tcp_packet(5000, &payload(1000)), mss)].concat();
         let mut gap = gap;
         for s in &mut gap {
             s[33] &= !0x08; // clear PSH

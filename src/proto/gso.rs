@@ -94,7 +94,11 @@ pub(crate) mod tests {
             .tcp(40000, 5201, seq, 64240)
             .ack(777)
             .psh()
-            .options(&[etherparse::TcpOptionElement::Noop, etherparse::TcpOptionElement::Noop, etherparse::TcpOptionElement::Timestamp(1, 2)])
+            .options(&[
+                etherparse::TcpOptionElement::Noop,
+                etherparse::TcpOptionElement::Noop,
+                etherparse::TcpOptionElement::Timestamp(1, 2),
+            ])
             .unwrap();
         let mut v = Vec::new();
         b.write(&mut v, payload).unwrap();
@@ -127,7 +131,11 @@ pub(crate) mod tests {
                 assert_eq!(ih.header_checksum, ih.calc_header_checksum(), "IP checksum of segment {i}");
                 assert_eq!(ih.identification, 0x1000 + i as u16);
                 let th = t.to_header();
-                assert_eq!(th.checksum, th.calc_checksum_ipv4(&ih, t.payload()).unwrap(), "TCP checksum of segment {i}");
+                assert_eq!(
+                    th.checksum,
+                    th.calc_checksum_ipv4(&ih, t.payload()).unwrap(),
+                    "TCP checksum of segment {i}"
+                );
                 assert_eq!(th.sequence_number, 1_000_000 + (i * mss) as u32);
                 assert_eq!(th.acknowledgment_number, 777);
                 assert_eq!(th.psh, i + 1 == s.count(), "PSH only on the last segment");

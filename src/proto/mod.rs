@@ -2,6 +2,8 @@
 
 pub mod checksum;
 pub mod ethernet;
+pub mod gro;
+pub mod gso;
 pub mod icmp;
 pub mod ipv4;
 pub mod ipv6;
@@ -9,8 +11,6 @@ pub mod json;
 pub mod lease;
 pub mod mac;
 pub mod netconfig;
-pub mod gro;
-pub mod gso;
 pub mod subnet_env;
 pub mod tcp;
 pub mod virtio;

@@ -84,7 +84,14 @@ mod tests {
 
     #[test]
     fn round_trip_and_vector() {
-        let h = VnetHdr { flags: F_NEEDS_CSUM, gso_type: GSO_TCPV4 | GSO_ECN, hdr_len: 52, gso_size: 1398, csum_start: 20, csum_offset: 16 };
+        let h = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV4 | GSO_ECN,
+            hdr_len: 52,
+            gso_size: 1398,
+            csum_start: 20,
+            csum_offset: 16,
+        };
         let mut b = [0u8; LEN];
         h.write(&mut b).unwrap();
         assert_eq!(b, [1, 0x81, 52, 0, 0x76, 0x05, 20, 0, 16, 0]);
@@ -97,7 +104,10 @@ mod tests {
     #[test]
     fn completes_a_partial_checksum() {
         let mut v = Vec::new();
-        etherparse::PacketBuilder::ipv4([100, 96, 1, 2], [100, 96, 2, 2], 64).udp(1, 2).write(&mut v, b"hello").unwrap();
+        etherparse::PacketBuilder::ipv4([100, 96, 1, 2], [100, 96, 2, 2], 64)
+            .udp(1, 2)
+            .write(&mut v, b"hello")
+            .unwrap();
         let good = v.clone();
         // Replace the UDP checksum by the pseudo-header sum, as the kernel hands it over.
         let udp_len = u16::try_from(v.len() - 20).unwrap();

@@ -56,7 +56,13 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
 
 /// Reads until EAGAIN or a full batch, then sends what is to be sent with one sendmmsg.
 /// Returns how many packets were read.
-fn egress_batch(ctx: &EngineContext, bufs: &mut [Vec<u8>], out: &mut Vec<Egressed>, tx: &mut MmsgBatch, scratch: &mut [u8]) -> Result<usize, EngineError> {
+fn egress_batch(
+    ctx: &EngineContext,
+    bufs: &mut [Vec<u8>],
+    out: &mut Vec<Egressed>,
+    tx: &mut MmsgBatch,
+    scratch: &mut [u8],
+) -> Result<usize, EngineError> {
     let c = &*ctx.counters;
     let peers = ctx.peers.load();
     out.clear();
@@ -83,7 +89,11 @@ fn egress_batch(ctx: &EngineContext, bufs: &mut [Vec<u8>], out: &mut Vec<Egresse
     let mut sent = 0;
     while sent < out.len() {
         let pending = &out[sent..];
-        let (r, ns) = timed(|| tx.send_with(&ctx.socket, pending.len(), |i| (&bufs[pending[i].buf][pending[i].range.clone()], Some(pending[i].to))));
+        let (r, ns) = timed(|| {
+            tx.send_with(&ctx.socket, pending.len(), |i| {
+                (&bufs[pending[i].buf][pending[i].range.clone()], Some(pending[i].to))
+            })
+        });
         match r {
             Ok(k) if k > 0 => {
                 let bytes: usize = pending[..k].iter().map(|e| e.range.len()).sum();
@@ -108,7 +118,12 @@ fn egress_batch(ctx: &EngineContext, bufs: &mut [Vec<u8>], out: &mut Vec<Egresse
 }
 
 /// One recvmmsg, then one TUN write per datagram to deliver. Returns how many arrived.
-fn ingress_batch(ctx: &EngineContext, bufs: &mut [Vec<u8>], meta: &mut [(usize, SocketAddr)], rx: &mut MmsgBatch) -> Result<usize, EngineError> {
+fn ingress_batch(
+    ctx: &EngineContext,
+    bufs: &mut [Vec<u8>],
+    meta: &mut [(usize, SocketAddr)],
+    rx: &mut MmsgBatch,
+) -> Result<usize, EngineError> {
     let c = &*ctx.counters;
     let (r, ns) = timed(|| rx.recv(&ctx.socket, bufs, meta));
     let got = match r {

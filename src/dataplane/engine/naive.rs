@@ -15,7 +15,6 @@ use crate::proto::icmp;
 use std::io::ErrorKind;
 use std::sync::atomic::Ordering;
 
-
 /// Runs until stopped: poll(), then one packet from each readable side, and poll() again.
 pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
     let mut tun_buf = vec![0u8; BUF_LEN];

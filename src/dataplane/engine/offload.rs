@@ -42,7 +42,9 @@ const ROUNDS: usize = 8;
 const ZERO_VNET: [u8; virtio::LEN] = [0; virtio::LEN];
 
 /// The offloads the TUN must be set up with for this engine.
-pub const TUN_OFFLOADS: u32 = crate::dataplane::sys::tun::offload::CSUM | crate::dataplane::sys::tun::offload::TSO4 | crate::dataplane::sys::tun::offload::TSO_ECN;
+pub const TUN_OFFLOADS: u32 = crate::dataplane::sys::tun::offload::CSUM
+    | crate::dataplane::sys::tun::offload::TSO4
+    | crate::dataplane::sys::tun::offload::TSO_ECN;
 
 struct State {
     tun_buf: Vec<u8>,
@@ -61,7 +63,8 @@ struct State {
 /// with `IFF_VNET_HDR` and [`TUN_OFFLOADS`], and `ctx.socket` must have `UDP_GRO`.
 pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
     std::thread::scope(|s| {
-        let ingress = std::thread::Builder::new().name("weft-offload-rx".into()).spawn_scoped(s, || direction(&ctx, false));
+        let ingress =
+            std::thread::Builder::new().name("weft-offload-rx".into()).spawn_scoped(s, || direction(&ctx, false));
         let egress = direction(&ctx, true);
         // Either side failing stops both.
         ctx.stop.store(true, Ordering::Relaxed);
@@ -93,7 +96,8 @@ fn direction(ctx: &EngineContext, egress: bool) -> Result<(), EngineError> {
     let c = &*ctx.counters;
     while !ctx.stop.load(Ordering::Relaxed) {
         c.polls.fetch_add(1, Ordering::Relaxed);
-        let ready = if egress { wait_readable([&ctx.tun], STOP_CHECK) } else { wait_readable([&ctx.socket], STOP_CHECK) };
+        let ready =
+            if egress { wait_readable([&ctx.tun], STOP_CHECK) } else { wait_readable([&ctx.socket], STOP_CHECK) };
         let [ready] = ready.map_err(EngineError::Poll)?;
         if !ready {
             continue;
@@ -156,7 +160,8 @@ fn egress_one(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError> 
     };
     let len = n - virtio::LEN;
     let gso = vh.gso_kind() == virtio::GSO_TCPV4 && vh.gso_size > 0;
-    let seg = if gso { Segmenter::new(&st.tun_buf[HEADROOM..HEADROOM + len], usize::from(vh.gso_size)).ok() } else { None };
+    let seg =
+        if gso { Segmenter::new(&st.tun_buf[HEADROOM..HEADROOM + len], usize::from(vh.gso_size)).ok() } else { None };
     c.syscall(Crossing::TunRead, u64_len(seg.map_or(1, |s| s.count())), u64_len(len), ns);
     match vh.gso_kind() {
         virtio::GSO_NONE => {
@@ -225,7 +230,12 @@ fn egress_one(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError> 
         if st.gso && count > 1 {
             let (r, ns) = timed(|| send_gso(&ctx.socket, &iov[..used], Some(seg_size), to));
             match r {
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT)) => {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
+                    ) =>
+                {
                     c.syscall(Crossing::UdpSend, 0, 0, ns);
                     tracing::warn!("UDP GSO refused by the kernel ({e}); sending segments one by one from now on");
                     st.gso = false;

@@ -61,7 +61,12 @@ impl MmsgBatch {
 
     /// Sends `n` datagrams, the i-th being `msg(i)`, with one `sendmmsg` (no allocation).
     /// Returns how many were sent (a prefix).
-    pub fn send_with<'a>(&mut self, sock: &impl AsFd, n: usize, msg: impl Fn(usize) -> (&'a [u8], Option<SocketAddrV4>)) -> io::Result<usize> {
+    pub fn send_with<'a>(
+        &mut self,
+        sock: &impl AsFd,
+        n: usize,
+        msg: impl Fn(usize) -> (&'a [u8], Option<SocketAddrV4>),
+    ) -> io::Result<usize> {
         let n = n.min(self.capacity());
         for i in 0..n {
             let (data, dst) = msg(i);
@@ -97,7 +102,10 @@ impl MmsgBatch {
 
     /// Receives up to `bufs.len()` datagrams with one non-blocking `recvmmsg`. Writes each
     /// datagram's length and source into `meta`. Returns how many arrived (`WouldBlock` if none).
-    pub fn recv<B: AsMut<[u8]>>(&mut self, sock: &impl AsFd, bufs: &mut [B],
+    pub fn recv<B: AsMut<[u8]>>(
+        &mut self,
+        sock: &impl AsFd,
+        bufs: &mut [B],
         meta: &mut [(usize, SocketAddr)],
     ) -> io::Result<usize> {
         let n = bufs.len().min(meta.len()).min(self.capacity());

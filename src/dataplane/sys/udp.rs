@@ -32,12 +32,19 @@ pub fn enable_gro(sock: &UdpSocket) -> io::Result<()> {
 /// Sends the datagrams gathered from `iov` to `dst` with one `sendmsg`. With `segment`, the
 /// kernel cuts the gathered bytes into datagrams of that size, the last one shorter
 /// (`UDP_SEGMENT`, ≤ 64 segments); without, it is one datagram.
-pub fn send_gso(sock: &UdpSocket, iov: &[io::IoSlice<'_>], segment: Option<u16>, dst: std::net::SocketAddrV4) -> io::Result<usize> {
+pub fn send_gso(
+    sock: &UdpSocket,
+    iov: &[io::IoSlice<'_>],
+    segment: Option<u16>,
+    dst: std::net::SocketAddrV4,
+) -> io::Result<usize> {
     use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrIn, sendmsg};
     use std::os::fd::AsRawFd;
     let addr = SockaddrIn::from(dst);
     let r = match segment {
-        Some(seg) => sendmsg(sock.as_raw_fd(), iov, &[ControlMessage::UdpGsoSegments(&seg)], MsgFlags::empty(), Some(&addr)),
+        Some(seg) => {
+            sendmsg(sock.as_raw_fd(), iov, &[ControlMessage::UdpGsoSegments(&seg)], MsgFlags::empty(), Some(&addr))
+        }
         None => sendmsg(sock.as_raw_fd(), iov, &[], MsgFlags::empty(), Some(&addr)),
     };
     r.map_err(io::Error::from)
@@ -45,11 +52,16 @@ pub fn send_gso(sock: &UdpSocket, iov: &[io::IoSlice<'_>], segment: Option<u16>,
 
 /// Receives into `buf` without blocking: (bytes, sender, segment size if the kernel coalesced
 /// several datagrams). `cmsg` is caller-owned control-message space (see [`gro_cmsg_space`]).
-pub fn recv_gro(sock: &UdpSocket, buf: &mut [u8], cmsg: &mut Vec<u8>) -> io::Result<(usize, SocketAddr, Option<usize>)> {
+pub fn recv_gro(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    cmsg: &mut Vec<u8>,
+) -> io::Result<(usize, SocketAddr, Option<usize>)> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg};
     use std::os::fd::AsRawFd;
     let mut iov = [io::IoSliceMut::new(buf)];
-    let msg = recvmsg::<SockaddrIn>(sock.as_raw_fd(), &mut iov, Some(cmsg), MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)?;
+    let msg = recvmsg::<SockaddrIn>(sock.as_raw_fd(), &mut iov, Some(cmsg), MsgFlags::MSG_DONTWAIT)
+        .map_err(io::Error::from)?;
     let mut seg = None;
     if let Ok(cmsgs) = msg.cmsgs() {
         for c in cmsgs {
@@ -58,7 +70,10 @@ pub fn recv_gro(sock: &UdpSocket, buf: &mut [u8], cmsg: &mut Vec<u8>) -> io::Res
             }
         }
     }
-    let from = msg.address.map(|a| SocketAddr::V4(std::net::SocketAddrV4::new(a.ip(), a.port()))).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+    let from = msg
+        .address
+        .map(|a| SocketAddr::V4(std::net::SocketAddrV4::new(a.ip(), a.port())))
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
     Ok((msg.bytes, from, seg))
 }
 
