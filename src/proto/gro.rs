@@ -56,7 +56,7 @@ impl Run {
             return None;
         }
         let n = TcpV4::parse(next).ok()?;
-        let (a, b, ip) = (&first[..], next, self.t.ip_hl);
+        let (a, b, ip) = (first, next, self.t.ip_hl);
         let nf = n.flags(next);
         let same = n.ip_hl == ip
             && n.tcp_hl == self.t.tcp_hl

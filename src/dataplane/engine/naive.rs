@@ -86,7 +86,7 @@ fn udp_to_tun(ctx: &EngineContext, c: &Counters, buf: &mut [u8]) -> Result<bool,
     c.syscall(Crossing::UdpRecv, 1, u64_len(n), ns);
     let peers = ctx.peers.load();
     match ctx.forwarder.ingress(&peers, from, buf, n) {
-        Ingress::Deliver(range) => tun_write(&ctx, &buf[range])?,
+        Ingress::Deliver(range) => tun_write(ctx, &buf[range])?,
         Ingress::Drop(r) => c.count_drop(r),
     }
     Ok(true)

@@ -55,7 +55,7 @@ pub fn send_gso(
 pub fn recv_gro(
     sock: &UdpSocket,
     buf: &mut [u8],
-    cmsg: &mut Vec<u8>,
+    cmsg: &mut [u8],
 ) -> io::Result<(usize, SocketAddr, Option<usize>)> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg};
     use std::os::fd::AsRawFd;
