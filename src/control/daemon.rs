@@ -90,6 +90,16 @@ pub struct RunOptions {
     /// Serve /metrics (Prometheus), /healthz and /readyz on this address, e.g. 127.0.0.1:9100.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Serve /healthz and /readyz (and /metrics) on this port, as flanneld's flag (0: off).
+    #[arg(long, default_value_t = 0, value_name = "PORT")]
+    pub healthz_port: u16,
+    /// Address for --healthz-port.
+    #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
+    pub healthz_ip: std::net::IpAddr,
+    /// Keep the TUN device, its address and its route when weft exits (IFF_PERSIST), so that a
+    /// restart loses no configuration and packets queue in the TUN meanwhile.
+    #[arg(long)]
+    pub persist_tun: bool,
     /// Renew the lease this many minutes before it expires.
     #[arg(long, default_value_t = 60, value_name = "MINUTES")]
     pub subnet_lease_renew_margin: u64,
@@ -353,7 +363,10 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
                 _ => "flannel0".to_string(),
             });
             let offload = opts.mode == Mode::Offload;
-            let tun = Tun::open_with(&tun_name, offload).with_context(|| format!("creating TUN device {tun_name}"))?;
+            let tun = Tun::open_with(&tun_name, offload).with_context(|| {
+                format!("creating TUN device {tun_name} (a persistent device of that name opened with other flags, e.g. another --mode, must be deleted first)")
+            })?;
+            tun.set_persist(opts.persist_tun).with_context(|| format!("setting IFF_PERSIST on {tun_name}"))?;
             if offload {
                 tun.set_offload(engine::offload::TUN_OFFLOADS).with_context(|| {
                     format!("enabling TSO on {tun_name} (TUNSETOFFLOAD); use --mode batched on this kernel")
@@ -411,8 +424,10 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
         lease_expiry: AtomicU64::new(unix_now() + LEASE_TTL.as_secs()),
         dataplane: path_name.clone(),
     });
-    if let Some(addr) = opts.metrics_addr {
-        let l = super::metrics::bind(addr).await.with_context(|| format!("binding --metrics-addr {addr}"))?;
+    let healthz = (opts.healthz_port != 0).then(|| SocketAddr::new(opts.healthz_ip, opts.healthz_port));
+    for addr in opts.metrics_addr.into_iter().chain(healthz).collect::<BTreeSet<_>>() {
+        let l =
+            super::metrics::bind(addr).await.with_context(|| format!("binding the metrics/health endpoint {addr}"))?;
         tokio::spawn(super::metrics::serve(l, metrics.clone()));
     }
     write_atomic(&opts.subnet_file, env.render().as_bytes())
@@ -484,9 +499,10 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     kernel.teardown().await;
-    if let Some(idx) = tun_index {
+    if let Some(idx) = tun_index.filter(|_| !opts.persist_tun) {
         // The non-persistent TUN vanishes with its fd (closed when the engine returned); delete it
-        // explicitly in case something else still holds it open.
+        // explicitly in case something else still holds it open. With --persist-tun it stays, with
+        // its address and route, for the next weft.
         nl.del_dev_route(cfg.network, idx).await.ok();
         nl.delete_link(idx).await.ok();
     }

@@ -132,6 +132,12 @@ impl Counters {
         self.drops[r as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts `n` dropped packets (a super-packet's segments).
+    #[inline]
+    pub fn count_drops(&self, r: DropReason, n: u64) {
+        self.drops[r as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Drops counted under `r`.
     pub fn drops(&self, r: DropReason) -> u64 {
         self.drops[r as usize].load(Ordering::Relaxed)
@@ -155,6 +161,33 @@ impl Counters {
         s.icmp_sent = self.icmp_sent.load(Ordering::Relaxed);
         s.polls = self.polls.load(Ordering::Relaxed);
         s
+    }
+}
+
+/// Logs drops on the hot path without flooding the log: at most one line per second per engine
+/// thread, saying the last reason and sender and how many were dropped since the last line.
+#[derive(Debug)]
+pub struct DropLog {
+    last: std::time::Instant,
+    since: u64,
+}
+
+impl Default for DropLog {
+    fn default() -> Self {
+        Self { last: std::time::Instant::now() - std::time::Duration::from_secs(2), since: 0 }
+    }
+}
+
+impl DropLog {
+    /// Notes one drop of a datagram from `from`.
+    #[inline]
+    pub fn note(&mut self, reason: DropReason, from: std::net::SocketAddr) {
+        self.since += 1;
+        if self.last.elapsed() >= std::time::Duration::from_secs(1) {
+            tracing::warn!(reason = reason.label(), %from, dropped = self.since, "dropping datagrams (at most one such line per second; all are counted in /metrics)");
+            self.last = std::time::Instant::now();
+            self.since = 0;
+        }
     }
 }
 

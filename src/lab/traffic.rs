@@ -474,3 +474,88 @@ mod tests {
         }
     }
 }
+
+/// A steady request stream and what an interruption did to it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OutageResult {
+    /// Requests sent.
+    pub sent: u64,
+    /// Distinct requests answered.
+    pub answered: u64,
+    /// Longest time without any answer, after the first one (ms).
+    pub max_gap_ms: f64,
+}
+
+/// Sends a 64-byte request every `interval` from `client_ns` to an echo server on `server_ip`
+/// for `duration`, while something else (a restart) happens; counts answers and the longest
+/// silence. Replies are matched by sequence number; late ones still count.
+pub fn udp_stream_outage(
+    server_ns: &str,
+    server_ip: Ipv4Addr,
+    client_ns: &str,
+    duration: Duration,
+    interval: Duration,
+) -> io::Result<OutageResult> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let stop_at = Instant::now() + duration + Duration::from_secs(2);
+    let server = in_ns(server_ns, move || {
+        let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, ECHO_PORT))?;
+        sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let _ = ready_tx.send(());
+        let mut buf = [0u8; 256];
+        while Instant::now() < stop_at {
+            match sock.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    let _ = sock.send_to(&buf[..n], from);
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("echo server did not start"))?;
+    let client = in_ns(client_ns, move || {
+        let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        sock.connect((server_ip, ECHO_PORT))?;
+        sock.set_nonblocking(true)?;
+        let mut seen = std::collections::HashSet::new();
+        let (mut req, mut resp) = ([0u8; SMALL_PAYLOAD], [0u8; 256]);
+        let start = Instant::now();
+        let mut last_answer: Option<Instant> = None;
+        let mut max_gap = Duration::ZERO;
+        let mut seq = 0u64;
+        let mut next = start;
+        while start.elapsed() < duration + Duration::from_millis(500) {
+            if start.elapsed() < duration && Instant::now() >= next {
+                small_payload(seq, &mut req);
+                // Errors while the path is down (ICMP unreachable, ENOBUFS) are part of the outage.
+                let _ = sock.send(&req);
+                seq += 1;
+                next += interval;
+            }
+            loop {
+                match sock.recv(&mut resp) {
+                    Ok(n) => {
+                        if let Some(s) = small_payload_ok(&resp[..n])
+                            && seen.insert(s)
+                        {
+                            let now = Instant::now();
+                            if let Some(l) = last_answer {
+                                max_gap = max_gap.max(now - l);
+                            }
+                            last_answer = Some(now);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => break,
+                }
+            }
+            thread::sleep(Duration::from_micros(200));
+        }
+        Ok(OutageResult { sent: seq, answered: seen.len() as u64, max_gap_ms: max_gap.as_secs_f64() * 1e3 })
+    });
+    let r = join(client);
+    let _ = join(server);
+    r
+}

@@ -8,7 +8,7 @@
 //! `tun_read` and `tun_write` stay at one syscall per packet here (see the offload engine).
 
 use super::{EngineContext, EngineError, STOP_CHECK, per_packet, reply_icmp, tun_write, u64_len};
-use crate::dataplane::counters::{Crossing, DropReason, timed};
+use crate::dataplane::counters::{Crossing, DropLog, DropReason, timed};
 use crate::dataplane::forward::{BUF_LEN, Egress, HEADROOM, Ingress};
 use crate::dataplane::sys::mmsg::MmsgBatch;
 use crate::dataplane::sys::poll::wait_readable;
@@ -36,6 +36,7 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
     let mut tx = MmsgBatch::new(BATCH);
     let mut rx = MmsgBatch::new(BATCH);
     let mut scratch = [0u8; icmp::MAX_LEN];
+    let mut log = DropLog::default();
     let c = &*ctx.counters;
     let (mut tun_ready, mut udp_ready) = (false, false);
     while !ctx.stop.load(Ordering::Relaxed) {
@@ -48,7 +49,7 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
             tun_ready = egress_batch(&ctx, &mut tun_bufs, &mut out, &mut tx, &mut scratch)? == BATCH;
         }
         if udp_ready {
-            udp_ready = ingress_batch(&ctx, &mut udp_bufs, &mut meta, &mut rx)? == BATCH;
+            udp_ready = ingress_batch(&ctx, &mut udp_bufs, &mut meta, &mut rx, &mut log)? == BATCH;
         }
     }
     Ok(())
@@ -123,6 +124,7 @@ fn ingress_batch(
     bufs: &mut [Vec<u8>],
     meta: &mut [(usize, SocketAddr)],
     rx: &mut MmsgBatch,
+    log: &mut DropLog,
 ) -> Result<usize, EngineError> {
     let c = &*ctx.counters;
     let (r, ns) = timed(|| rx.recv(&ctx.socket, bufs, meta));
@@ -145,7 +147,10 @@ fn ingress_batch(
     for (buf, &(len, from)) in bufs.iter_mut().zip(meta.iter()).take(got) {
         match ctx.forwarder.ingress(&peers, from, buf, len) {
             Ingress::Deliver(range) => tun_write(ctx, &buf[range])?,
-            Ingress::Drop(r) => c.count_drop(r),
+            Ingress::Drop(r) => {
+                c.count_drop(r);
+                log.note(r, from);
+            }
         }
     }
     Ok(got)

@@ -8,7 +8,7 @@
 //! lighter direction, and makes per-crossing counts depend on the traffic mix.)
 
 use super::{EngineContext, EngineError, STOP_CHECK, per_packet, reply_icmp, tun_write, u64_len};
-use crate::dataplane::counters::{Counters, Crossing, DropReason, timed};
+use crate::dataplane::counters::{Counters, Crossing, DropLog, DropReason, timed};
 use crate::dataplane::forward::{BUF_LEN, Egress, HEADROOM, Ingress};
 use crate::dataplane::sys::poll::wait_readable;
 use crate::proto::icmp;
@@ -20,6 +20,7 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
     let mut tun_buf = vec![0u8; BUF_LEN];
     let mut udp_buf = vec![0u8; BUF_LEN];
     let mut scratch = [0u8; icmp::MAX_LEN];
+    let mut log = DropLog::default();
     let c = &*ctx.counters;
     while !ctx.stop.load(Ordering::Relaxed) {
         c.polls.fetch_add(1, Ordering::Relaxed);
@@ -28,7 +29,7 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
             tun_to_udp(&ctx, c, &mut tun_buf, &mut scratch)?;
         }
         if udp_ready {
-            udp_to_tun(&ctx, c, &mut udp_buf)?;
+            udp_to_tun(&ctx, c, &mut udp_buf, &mut log)?;
         }
     }
     Ok(())
@@ -67,7 +68,7 @@ fn tun_to_udp(ctx: &EngineContext, c: &Counters, buf: &mut [u8], scratch: &mut [
 }
 
 /// One recvfrom and, for a datagram, one TUN write. Returns whether a datagram was received.
-fn udp_to_tun(ctx: &EngineContext, c: &Counters, buf: &mut [u8]) -> Result<bool, EngineError> {
+fn udp_to_tun(ctx: &EngineContext, c: &Counters, buf: &mut [u8], log: &mut DropLog) -> Result<bool, EngineError> {
     let (r, ns) = timed(|| ctx.socket.recv_from(buf));
     let (n, from) = match r {
         Ok(r) => r,
@@ -87,7 +88,10 @@ fn udp_to_tun(ctx: &EngineContext, c: &Counters, buf: &mut [u8]) -> Result<bool,
     let peers = ctx.peers.load();
     match ctx.forwarder.ingress(&peers, from, buf, n) {
         Ingress::Deliver(range) => tun_write(ctx, &buf[range])?,
-        Ingress::Drop(r) => c.count_drop(r),
+        Ingress::Drop(r) => {
+            c.count_drop(r);
+            log.note(r, from);
+        }
     }
     Ok(true)
 }

@@ -13,7 +13,7 @@
 //! and written with one `writev` as a TCPv4 GSO packet with a partial checksum.
 
 use super::{EngineContext, EngineError, STOP_CHECK, per_packet, u64_len};
-use crate::dataplane::counters::{Counters, Crossing, DropReason, timed};
+use crate::dataplane::counters::{Counters, Crossing, DropLog, DropReason, timed};
 use crate::dataplane::forward::{BUF_LEN, Egress, HEADROOM, Ingress};
 use crate::dataplane::sys::poll::wait_readable;
 use crate::dataplane::sys::udp::{gro_cmsg_space, recv_gro, send_gso};
@@ -56,6 +56,7 @@ struct State {
     delivered: Vec<Range<usize>>,
     payloads: Vec<Range<usize>>,
     gso: bool,
+    log: DropLog,
 }
 
 /// Runs until stopped: egress on this thread, ingress on a second one (each direction keeps
@@ -87,6 +88,7 @@ fn new_state() -> State {
         delivered: Vec::with_capacity(MAX_GRO_DATAGRAMS),
         payloads: Vec::with_capacity(MAX_GRO_DATAGRAMS),
         gso: true,
+        log: DropLog::default(),
     }
 }
 
@@ -118,9 +120,7 @@ fn tun_write_vectored(ctx: &EngineContext, parts: &[IoSlice<'_>], packets: usize
         (Ok(w), ns) => c.syscall(Crossing::TunWrite, u64_len(packets), u64_len(w.saturating_sub(virtio::LEN)), ns),
         (Err(e), ns) if per_packet(&e) => {
             c.syscall(Crossing::TunWrite, 0, 0, ns);
-            for _ in 0..packets {
-                c.count_drop(DropReason::TunWriteFailed);
-            }
+            c.count_drops(DropReason::TunWriteFailed, u64_len(packets));
         }
         (Err(e), _) => return Err(EngineError::Tun(e)),
     }
@@ -132,9 +132,7 @@ fn count_sent(c: &Counters, r: std::io::Result<usize>, ns: u64, packets: usize) 
         Ok(b) => c.syscall(Crossing::UdpSend, u64_len(packets), u64_len(b), ns),
         Err(e) if per_packet(&e) => {
             c.syscall(Crossing::UdpSend, 0, 0, ns);
-            for _ in 0..packets {
-                c.count_drop(DropReason::SendFailed);
-            }
+            c.count_drops(DropReason::SendFailed, u64_len(packets));
         }
         Err(e) => return Err(EngineError::Udp(e)),
     }
@@ -162,7 +160,9 @@ fn egress_one(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError> 
     let gso = vh.gso_kind() == virtio::GSO_TCPV4 && vh.gso_size > 0;
     let seg =
         if gso { Segmenter::new(&st.tun_buf[HEADROOM..HEADROOM + len], usize::from(vh.gso_size)).ok() } else { None };
-    c.syscall(Crossing::TunRead, u64_len(seg.map_or(1, |s| s.count())), u64_len(len), ns);
+    // Every packet read is accounted for: a super-packet counts as its segments, sent or dropped.
+    let pkts = u64_len(seg.map_or(1, |s| s.count()));
+    c.syscall(Crossing::TunRead, pkts, u64_len(len), ns);
     match vh.gso_kind() {
         virtio::GSO_NONE => {
             if vh.complete_checksum(&mut st.tun_buf[HEADROOM..HEADROOM + len]).is_err() {
@@ -184,14 +184,14 @@ fn egress_one(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError> 
     let (range, to) = match ctx.forwarder.egress(&peers, &mut st.tun_buf, len, &mut st.scratch) {
         Egress::Send { range, to } => (range, to),
         Egress::Reply { len } => {
-            c.count_drop(DropReason::NoRoute);
+            c.count_drops(DropReason::NoRoute, pkts);
             if ctx.tun.send_vectored(&[IoSlice::new(&ZERO_VNET), IoSlice::new(&st.scratch[..len])]).is_ok() {
                 c.icmp_sent.fetch_add(1, Ordering::Relaxed);
             }
             return Ok(true);
         }
         Egress::Drop(r) => {
-            c.count_drop(r);
+            c.count_drops(r, pkts);
             return Ok(true);
         }
     };
@@ -211,7 +211,7 @@ fn egress_one(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError> 
         for k in 0..count {
             let slot = &mut st.hdrs[k * HDR_STRIDE..(k + 1) * HDR_STRIDE];
             if seg.write_header(sup, first + k, slot).is_err() {
-                c.count_drop(DropReason::BadIpHeader);
+                c.count_drops(DropReason::BadIpHeader, u64_len(seg.count() - first));
                 return Ok(true);
             }
         }
@@ -284,7 +284,10 @@ fn ingress_one(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError>
         let (start, end) = (k * seg, ((k + 1) * seg).min(n));
         match ctx.forwarder.ingress(&peers, from, &mut st.udp_buf[start..end], end - start) {
             Ingress::Deliver(r) => st.delivered.push(start + r.start..start + r.end),
-            Ingress::Drop(r) => c.count_drop(r),
+            Ingress::Drop(r) => {
+                c.count_drop(r);
+                st.log.note(r, from);
+            }
         }
     }
     let buf = &st.udp_buf;
@@ -309,7 +312,7 @@ fn ingress_one(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError>
             j += 1;
         }
         let Some((hl, vh)) = run.finish(first, &mut st.merged_hdr) else {
-            c.count_drop(DropReason::BadIpHeader);
+            c.count_drops(DropReason::BadIpHeader, u64_len(run.segments));
             i = j;
             continue;
         };

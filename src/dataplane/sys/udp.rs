@@ -52,11 +52,7 @@ pub fn send_gso(
 
 /// Receives into `buf` without blocking: (bytes, sender, segment size if the kernel coalesced
 /// several datagrams). `cmsg` is caller-owned control-message space (see [`gro_cmsg_space`]).
-pub fn recv_gro(
-    sock: &UdpSocket,
-    buf: &mut [u8],
-    cmsg: &mut [u8],
-) -> io::Result<(usize, SocketAddr, Option<usize>)> {
+pub fn recv_gro(sock: &UdpSocket, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<usize>)> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg};
     use std::os::fd::AsRawFd;
     let mut iov = [io::IoSliceMut::new(buf)];
