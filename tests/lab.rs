@@ -28,7 +28,16 @@ fn quick_lab_reports_every_path_and_honest_counters() {
     assert_eq!(doc["schema"], "weft-lab/1");
     assert!(doc["cpus"].as_u64().unwrap() >= 1);
     let records = doc["records"].as_array().unwrap();
-    let paths = ["host-gw (kernel)", "vxlan (kernel)", "weft udp naive", "weft vxlan naive"];
+    let paths = [
+        "host-gw (kernel)",
+        "vxlan (kernel)",
+        "weft udp naive",
+        "weft vxlan naive",
+        "weft udp batched",
+        "weft vxlan batched",
+        "weft udp offload",
+        "weft vxlan offload",
+    ];
     let workloads = ["tcp-1", "tcp-2", "udp-64B", "rr-64B"];
     for p in paths {
         for w in workloads {
@@ -44,10 +53,29 @@ fn quick_lab_reports_every_path_and_honest_counters() {
                     assert_eq!(c["syscalls"], 0, "{p} {w}: a kernel path made forwarder syscalls: {c}");
                 }
             } else if w.starts_with("tcp") {
+                let spp = |name: &str| {
+                    crossings.iter().find(|c| c["crossing"] == name).unwrap()["syscalls_per_packet"].as_f64().unwrap()
+                };
                 for c in crossings {
-                    let spp = c["syscalls_per_packet"].as_f64().unwrap();
-                    assert!((0.95..=1.05).contains(&spp), "{p} {w}: {spp} syscalls per packet on {}", c["crossing"]);
-                    assert!(c["ns_per_packet"].as_f64().unwrap() > 0.0);
+                    assert!(
+                        c["packets"].as_u64().unwrap() > 0 && c["ns_per_packet"].as_f64().unwrap() > 0.0,
+                        "{p} {w}: {c}"
+                    );
+                }
+                if p.ends_with("naive") {
+                    for c in crossings {
+                        let v = c["syscalls_per_packet"].as_f64().unwrap();
+                        assert!((0.95..=1.05).contains(&v), "{p} {w}: {v} syscalls per packet on {}", c["crossing"]);
+                    }
+                } else if p.ends_with("batched") {
+                    assert!(
+                        spp("udp_send") < 0.5 && spp("udp_recv") < 0.5,
+                        "{p} {w}: batching did not batch: {crossings:?}"
+                    );
+                } else {
+                    for c in ["tun_read", "udp_send", "udp_recv", "tun_write"] {
+                        assert!(spp(c) < 0.5, "{p} {w}: offload did not cut {c}: {crossings:?}");
+                    }
                 }
                 assert!(r["forwarder"]["system_ns_per_packet"].as_f64().unwrap() > 0.0);
             }
@@ -61,7 +89,11 @@ fn quick_lab_reports_every_path_and_honest_counters() {
     let kvx = records.iter().find(|r| r["data_path"] == "vxlan (kernel)" && r["workload"] == "tcp-1").unwrap();
     assert!((kvx["ratio_to_kernel_vxlan"].as_f64().unwrap() - 1.0).abs() < 1e-9);
     let chart = std::fs::read_to_string(&svg).unwrap();
-    assert!(chart.starts_with("<svg") && chart.contains("weft udp naive"), "{}", &chart[..chart.len().min(200)]);
+    assert!(
+        chart.starts_with("<svg") && chart.contains("udp naive") && chart.contains("vxlan offload"),
+        "{}",
+        &chart[..chart.len().min(200)]
+    );
     let left = String::from_utf8(Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
     assert!(
         !left.lines().any(|l| l.starts_with(&format!("weft-lab-{pid}-"))),
