@@ -8,7 +8,7 @@ use common::*;
 use std::net::SocketAddr;
 use std::time::Duration;
 use weft::lab::topology::ns_exec;
-use weft::lab::traffic::{Amount, tcp_bulk, udp_flood, udp_probe_error};
+use weft::lab::traffic::{udp_flood, udp_probe_error};
 
 const MB200: u64 = 200 << 20;
 
@@ -25,18 +25,7 @@ fn suite(tag: &str, backend: &str, mode: &str) {
     let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
     ping_sizes(&h1.container_ns, h2.container_ip);
     ping_sizes(&h2.container_ns, h1.container_ip);
-    for (srv, cli) in [(&h2, &h1), (&h1, &h2)] {
-        let r = tcp_bulk(
-            &srv.container_ns,
-            srv.container_ip,
-            &cli.container_ns,
-            1,
-            Amount::Bytes(MB200),
-            Duration::from_secs(120),
-        )
-        .unwrap_or_else(|e| panic!("{mode}/{backend}: {e}\n{}", c.logs()));
-        assert_eq!(r.bytes, MB200);
-    }
+    tcp_both_ways(&c, MB200);
     let u = udp_flood(&h2.container_ns, h2.container_ip, &h1.container_ns, Duration::from_millis(500)).unwrap();
     assert!(u.received > 0 && u.bad == 0, "{mode}/{backend}: {u:?}");
     let err = udp_probe_error(&h1.container_ns, "100.96.77.2:9".parse::<SocketAddr>().unwrap(), Duration::from_secs(3))
@@ -75,16 +64,5 @@ fn offload_vxlan_with_a_kernel_vxlan_peer() {
     // A real NIC completes the kernel sender's partial inner checksums (see vxlan_backend.rs).
     assert!(ns_exec(&h2.ns, &["ethtool", "-K", "eth0", "tx", "off"]).unwrap().status.success());
     ping_sizes(&h1.container_ns, h2.container_ip);
-    for (srv, cli) in [(&h2, &h1), (&h1, &h2)] {
-        let r = tcp_bulk(
-            &srv.container_ns,
-            srv.container_ip,
-            &cli.container_ns,
-            1,
-            Amount::Bytes(MB200),
-            Duration::from_secs(120),
-        )
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
-        assert_eq!(r.bytes, MB200);
-    }
+    tcp_both_ways(&c, MB200);
 }

@@ -79,18 +79,7 @@ fn kernel_vxlan_and_userspace_vxlan_talk_and_a_host_can_switch() {
     assert!(route.starts_with("100.96.1.0/24 via 100.96.1.0 dev flannel.1") && route.contains("onlink"), "{route}");
     assert!(ping(&h1.container_ns, h2.container_ip, 2), "userspace → kernel\n{}", c.logs());
     assert!(ping(&h2.container_ns, h1.container_ip, 2), "kernel → userspace\n{}", c.logs());
-    for (srv, cli) in [(&h2, &h1), (&h1, &h2)] {
-        let r = tcp_bulk(
-            &srv.container_ns,
-            srv.container_ip,
-            &cli.container_ns,
-            1,
-            Amount::Bytes(50 << 20),
-            Duration::from_secs(60),
-        )
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
-        assert_eq!(r.bytes, 50 << 20);
-    }
+    tcp_both_ways(&c, 50 << 20);
     // And back to user space: the kernel device goes, traffic flows again.
     c.procs[1].stop(Duration::from_secs(5)).unwrap().expect("clean exit");
     assert!(!has_link(&h2.ns, "flannel.1"), "flannel.1 left behind");

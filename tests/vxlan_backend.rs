@@ -7,27 +7,11 @@ use common::*;
 use std::time::Duration;
 use weft::lab::cluster::{Cluster, ClusterSpec};
 use weft::lab::topology::{Host, UNDERLAY_IF, ip, ns_exec};
-use weft::lab::traffic::{Amount, tcp_bulk};
+
 use weft::proto::lease::LeaseAttrs;
 use weft::proto::mac::MacAddr;
 
 const MB50: u64 = 50 << 20;
-
-fn tcp_both_ways(c: &Cluster) {
-    let (h1, h2) = (&c.topo.hosts[0], &c.topo.hosts[1]);
-    for (srv, cli) in [(h2, h1), (h1, h2)] {
-        let r = tcp_bulk(
-            &srv.container_ns,
-            srv.container_ip,
-            &cli.container_ns,
-            1,
-            Amount::Bytes(MB50),
-            Duration::from_secs(60),
-        )
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
-        assert_eq!(r.bytes, MB50);
-    }
-}
 
 fn lease_of(c: &Cluster, h: &Host) -> LeaseAttrs {
     let key = format!("{}-{}", h.subnet.network(), h.subnet.prefix_len());
@@ -40,7 +24,7 @@ fn weft_to_weft_ping_and_tcp() {
     let (h1, h2) = (&c.topo.hosts[0], &c.topo.hosts[1]);
     assert!(ping(&h1.container_ns, h2.container_ip, 3), "{}", c.logs());
     assert!(ping(&h2.container_ns, h1.container_ip, 3), "{}", c.logs());
-    tcp_both_ways(&c);
+    tcp_both_ways(&c, MB50);
     let env = std::fs::read_to_string(c.subnet_file(0)).unwrap();
     assert!(env.contains("FLANNEL_MTU=1450"), "vxlan MTU = 1500 - 50: {env}");
 }
@@ -128,7 +112,7 @@ fn mixed_pair(tag: &str, backend: &str, vni: u32, port: u16) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(ping(&h1.container_ns, h2.container_ip, 3), "weft → kernel\n{}", c.logs());
     assert!(ping(&h2.container_ns, h1.container_ip, 3), "kernel → weft\n{}", c.logs());
-    tcp_both_ways(&c);
+    tcp_both_ways(&c, MB50);
 }
 
 #[test]

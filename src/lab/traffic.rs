@@ -361,25 +361,19 @@ pub struct LatencyResult {
     pub sender: SenderStats,
 }
 
-/// UDP ping-pong with 64-byte payloads, one request in flight, for `duration` (at most 50 000
-/// round trips). The echo must match the request.
-pub fn udp_ping_pong(
-    server_ns: &str,
-    server_ip: Ipv4Addr,
-    client_ns: &str,
-    duration: Duration,
-) -> io::Result<LatencyResult> {
+/// Starts a UDP echo server on [`ECHO_PORT`] in `server_ns` that runs until `stop_at`, and waits
+/// until it listens. Send errors (the path may be down during a restart) are ignored.
+fn echo_server(server_ns: &str, stop_at: Instant) -> io::Result<thread::JoinHandle<io::Result<()>>> {
     let (ready_tx, ready_rx) = mpsc::channel();
-    let stop_at = Instant::now() + duration + Duration::from_secs(2);
     let server = in_ns(server_ns, move || {
         let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, ECHO_PORT))?;
-        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        sock.set_read_timeout(Some(Duration::from_millis(50)))?;
         let _ = ready_tx.send(());
         let mut buf = [0u8; 256];
         while Instant::now() < stop_at {
             match sock.recv_from(&mut buf) {
                 Ok((n, from)) => {
-                    sock.send_to(&buf[..n], from)?;
+                    let _ = sock.send_to(&buf[..n], from);
                 }
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
                 Err(e) => return Err(e),
@@ -388,6 +382,18 @@ pub fn udp_ping_pong(
         Ok(())
     });
     ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("echo server did not start"))?;
+    Ok(server)
+}
+
+/// UDP ping-pong with 64-byte payloads, one request in flight, for `duration` (at most 50 000
+/// round trips). The echo must match the request.
+pub fn udp_ping_pong(
+    server_ns: &str,
+    server_ip: Ipv4Addr,
+    client_ns: &str,
+    duration: Duration,
+) -> io::Result<LatencyResult> {
+    let server = echo_server(server_ns, Instant::now() + duration + Duration::from_secs(2))?;
     let client = in_ns(client_ns, move || {
         let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
         sock.connect((server_ip, ECHO_PORT))?;
@@ -496,25 +502,7 @@ pub fn udp_stream_outage(
     duration: Duration,
     interval: Duration,
 ) -> io::Result<OutageResult> {
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let stop_at = Instant::now() + duration + Duration::from_secs(2);
-    let server = in_ns(server_ns, move || {
-        let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, ECHO_PORT))?;
-        sock.set_read_timeout(Some(Duration::from_millis(50)))?;
-        let _ = ready_tx.send(());
-        let mut buf = [0u8; 256];
-        while Instant::now() < stop_at {
-            match sock.recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    let _ = sock.send_to(&buf[..n], from);
-                }
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    });
-    ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("echo server did not start"))?;
+    let server = echo_server(server_ns, Instant::now() + duration + Duration::from_secs(2))?;
     let client = in_ns(client_ns, move || {
         let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
         sock.connect((server_ip, ECHO_PORT))?;

@@ -62,3 +62,20 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn has_link(ns: &str, name: &str) -> bool {
     ns_exec(ns, &["ip", "link", "show", name]).map(|o| o.status.success()).unwrap_or(false)
 }
+
+/// Sends `bytes` of verified TCP from container 1 to container 2 and back (one stream each way).
+pub fn tcp_both_ways(c: &Cluster, bytes: u64) {
+    let (h1, h2) = (&c.topo.hosts[0], &c.topo.hosts[1]);
+    for (srv, cli) in [(h2, h1), (h1, h2)] {
+        let r = weft::lab::traffic::tcp_bulk(
+            &srv.container_ns,
+            srv.container_ip,
+            &cli.container_ns,
+            1,
+            weft::lab::traffic::Amount::Bytes(bytes),
+            Duration::from_secs(120),
+        )
+        .unwrap_or_else(|e| panic!("TCP {} → {}: {e}\n{}", cli.container_ip, srv.container_ip, c.logs()));
+        assert_eq!(r.bytes, bytes);
+    }
+}
