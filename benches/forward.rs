@@ -40,7 +40,7 @@ fn packet(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
 
 fn forwarder(encap: Encap, subnet: &str) -> Forwarder {
     let subnet: ipnet::Ipv4Net = subnet.parse().unwrap();
-    Forwarder { encap, subnet, tun_addr: subnet.network(), check_inner_src: true }
+    Forwarder { encap, subnet, tun_addr: subnet.network(), check_inner_src: true, mtu: 1450 }
 }
 
 fn encap_decap(c: &mut Criterion) {

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weft::proto::{ethernet, ipv4, ipv6, lease, netconfig, subnet_env, vxlan};
+use weft::proto::{ethernet, ipv4, ipv6, lease, netconfig, subnet_env, virtio, vxlan};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(p) = ipv4::Ipv4Packet::new_checked(data) {
@@ -23,6 +23,13 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(v) = vxlan::VxlanPacket::new_checked(data) {
         let _ = (v.vni(), v.payload().len());
+    }
+    if let Ok(h) = virtio::VnetHdr::parse(data) {
+        let mut out = [0u8; virtio::LEN];
+        h.write(&mut out).unwrap();
+        assert_eq!(virtio::VnetHdr::parse(&out).unwrap(), h);
+        let mut pkt = data[virtio::LEN..].to_vec();
+        let _ = h.complete_checksum(&mut pkt);
     }
     if let Ok(e) = ethernet::EthernetFrame::new_checked(data) {
         let _ = (e.dst(), e.src(), e.ethertype(), e.payload().len());

@@ -388,7 +388,13 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
             if offload {
                 udp::enable_gro(&socket).context("enabling UDP_GRO on the socket")?;
             }
-            let forwarder = Forwarder { encap, subnet, tun_addr, check_inner_src: !opts.allow_foreign_src };
+            let forwarder = Forwarder {
+                encap,
+                subnet,
+                tun_addr,
+                check_inner_src: !opts.allow_foreign_src,
+                mtu: usize::try_from(mtu).unwrap_or(usize::MAX),
+            };
             let ctx = EngineContext {
                 tun,
                 socket,

@@ -38,6 +38,8 @@ drop_reasons! {
     ForeignSource => "foreign_source",
     /// Inner destination outside our subnet.
     NotForUs => "not_for_us",
+    /// Inner packet larger than the overlay MTU.
+    Oversize => "oversize",
     /// VXLAN header too short or without the I flag.
     BadVxlan => "bad_vxlan",
     /// VXLAN VNI is not ours.

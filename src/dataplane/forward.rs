@@ -60,6 +60,9 @@ pub struct Forwarder {
     pub tun_addr: Ipv4Addr,
     /// Accept only inner sources inside the sending peer's subnet (§5 of the design).
     pub check_inner_src: bool,
+    /// The overlay MTU: no peer sends a larger inner packet in one datagram (GSO segments
+    /// included), so a larger one is dropped as `Oversize`.
+    pub mtu: usize,
 }
 
 /// What to do with a packet read from the TUN.
@@ -210,6 +213,9 @@ impl Forwarder {
         if !self.subnet.contains(&ip.dst()) {
             return Ingress::Drop(DropReason::NotForUs);
         }
+        if ip.total_len() > self.mtu {
+            return Ingress::Drop(DropReason::Oversize);
+        }
         if !ip.decrement_ttl() {
             return Ingress::Drop(DropReason::TtlExpired);
         }
@@ -233,6 +239,7 @@ mod tests {
             subnet: "100.96.1.0/24".parse().unwrap(),
             tun_addr: Ipv4Addr::new(100, 96, 1, 0),
             check_inner_src: true,
+            mtu: 1450,
         }
     }
 
@@ -249,6 +256,14 @@ mod tests {
         let b = etherparse::PacketBuilder::ipv4(src, dst, 64).udp(1000, 2000);
         let mut v = Vec::new();
         b.write(&mut v, &[1, 2, 3, 4]).unwrap();
+        v
+    }
+
+    /// A UDP packet of exactly `len` bytes.
+    fn packet_with_len(src: [u8; 4], dst: [u8; 4], len: usize) -> Vec<u8> {
+        let b = etherparse::PacketBuilder::ipv4(src, dst, 64).udp(1000, 2000);
+        let mut v = Vec::new();
+        b.write(&mut v, &vec![7u8; len - 28]).unwrap();
         v
     }
 
@@ -370,6 +385,9 @@ mod tests {
         assert_eq!(run(&packet([100, 96, 2, 2], [100, 96, 9, 2]), from), Ingress::Drop(DropReason::NotForUs));
         assert_eq!(run(&good[..19], from), Ingress::Drop(DropReason::TooShort));
         assert_eq!(run(&good[..30], from), Ingress::Drop(DropReason::Truncated));
+        let big = packet_with_len([100, 96, 2, 2], [100, 96, 1, 2], 1451);
+        assert_eq!(run(&big, from), Ingress::Drop(DropReason::Oversize));
+        assert_eq!(run(&packet_with_len([100, 96, 2, 2], [100, 96, 1, 2], 1450), from), Ingress::Deliver(0..1450));
         let relaxed = Forwarder { check_inner_src: false, ..f.clone() };
         let mut b = packet([100, 96, 3, 2], [100, 96, 1, 2]);
         let n = b.len();
