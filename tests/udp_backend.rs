@@ -6,7 +6,7 @@ use common::*;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::time::Duration;
-use weft::lab::traffic::{Amount, tcp_bulk, udp_probe_error};
+use weft::lab::traffic::udp_probe_error;
 
 const UDP: &str = r#"{"Type":"udp"}"#;
 
@@ -39,27 +39,7 @@ fn ping_both_ways_and_leases_are_reused() {
 #[test]
 fn tcp_50mb_arrives_byte_exact() {
     let c = cluster("udptcp", UDP, &[]);
-    let (h1, h2) = (&c.topo.hosts[0], &c.topo.hosts[1]);
-    let r = tcp_bulk(
-        &h2.container_ns,
-        h2.container_ip,
-        &h1.container_ns,
-        1,
-        Amount::Bytes(50 << 20),
-        Duration::from_secs(60),
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
-    assert_eq!(r.bytes, 50 << 20);
-    let r = tcp_bulk(
-        &h1.container_ns,
-        h1.container_ip,
-        &h2.container_ns,
-        1,
-        Amount::Bytes(50 << 20),
-        Duration::from_secs(60),
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
-    assert_eq!(r.bytes, 50 << 20);
+    tcp_both_ways(&c, 50 << 20);
 }
 
 #[test]

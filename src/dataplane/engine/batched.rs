@@ -7,13 +7,12 @@
 //! added latency at low load. The TUN has no batched read or write without offloads, so crossings
 //! `tun_read` and `tun_write` stay at one syscall per packet here (see the offload engine).
 
-use super::{EngineContext, EngineError, STOP_CHECK, per_packet, reply_icmp, tun_write, u64_len};
+use super::{EngineContext, EngineError, STOP_CHECK, empty_read, per_packet, reply_icmp, tun_write, u64_len};
 use crate::dataplane::counters::{Crossing, DropLog, DropReason, timed};
 use crate::dataplane::forward::{BUF_LEN, Egress, HEADROOM, Ingress};
 use crate::dataplane::sys::mmsg::MmsgBatch;
 use crate::dataplane::sys::poll::wait_readable;
 use crate::proto::icmp;
-use std::io::ErrorKind;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::ops::Range;
 use std::sync::atomic::Ordering;
@@ -73,11 +72,10 @@ fn egress_batch(
         let (r, ns) = timed(|| ctx.tun.recv(&mut buf[HEADROOM..]));
         let n = match r {
             Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
-                c.syscall(Crossing::TunRead, 0, 0, ns);
+            Err(e) => {
+                empty_read(c, Crossing::TunRead, e, ns)?;
                 break;
             }
-            Err(e) => return Err(EngineError::Tun(e)),
         };
         c.syscall(Crossing::TunRead, 1, u64_len(n), ns);
         match ctx.forwarder.egress(&peers, buf, n, scratch) {
@@ -130,16 +128,10 @@ fn ingress_batch(
     let (r, ns) = timed(|| rx.recv(&ctx.socket, bufs, meta));
     let got = match r {
         Ok(n) => n,
-        Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
-            c.syscall(Crossing::UdpRecv, 0, 0, ns);
+        Err(e) => {
+            empty_read(c, Crossing::UdpRecv, e, ns)?;
             return Ok(0);
         }
-        // An ICMP error for an earlier send (ECONNREFUSED...): not a datagram; the socket is fine.
-        Err(e) if per_packet(&e) => {
-            c.syscall(Crossing::UdpRecv, 0, 0, ns);
-            return Ok(0);
-        }
-        Err(e) => return Err(EngineError::Udp(e)),
     };
     let bytes: usize = meta[..got].iter().map(|m| m.0).sum();
     c.syscall(Crossing::UdpRecv, u64_len(got), u64_len(bytes), ns);

@@ -92,6 +92,24 @@ pub(crate) fn per_packet(e: &io::Error) -> bool {
     !matches!(e.raw_os_error(), Some(libc::EBADF | libc::EFAULT | libc::ENOTSOCK | libc::EBADFD))
 }
 
+/// A read-side syscall returned `e`: nothing to read (EAGAIN, EINTR) or, on the UDP socket, an
+/// ICMP error of an earlier send (ECONNREFUSED and friends: not a datagram, the socket is fine)
+/// counts as an empty syscall on `crossing`; anything else stops the engine.
+pub(crate) fn empty_read(
+    c: &super::counters::Counters,
+    crossing: super::counters::Crossing,
+    e: io::Error,
+    ns: u64,
+) -> Result<(), EngineError> {
+    let transient = matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted);
+    let udp = matches!(crossing, super::counters::Crossing::UdpRecv);
+    if transient || (udp && per_packet(&e)) {
+        c.syscall(crossing, 0, 0, ns);
+        return Ok(());
+    }
+    Err(if udp { EngineError::Udp(e) } else { EngineError::Tun(e) })
+}
+
 /// Writes one inner packet into the TUN (crossing: TUN write), counting it or its drop.
 pub(crate) fn tun_write(ctx: &EngineContext, pkt: &[u8]) -> Result<(), EngineError> {
     let c = &*ctx.counters;

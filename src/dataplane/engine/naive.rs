@@ -7,12 +7,12 @@
 //! and alternates reads instead; that trades polls for EAGAIN reads, about one per packet of the
 //! lighter direction, and makes per-crossing counts depend on the traffic mix.)
 
-use super::{EngineContext, EngineError, STOP_CHECK, per_packet, reply_icmp, tun_write, u64_len};
+use super::{EngineContext, EngineError, STOP_CHECK, empty_read, per_packet, reply_icmp, tun_write, u64_len};
 use crate::dataplane::counters::{Counters, Crossing, DropLog, DropReason, timed};
 use crate::dataplane::forward::{BUF_LEN, Egress, HEADROOM, Ingress};
 use crate::dataplane::sys::poll::wait_readable;
 use crate::proto::icmp;
-use std::io::ErrorKind;
+
 use std::sync::atomic::Ordering;
 
 /// Runs until stopped: poll(), then one packet from each readable side, and poll() again.
@@ -40,11 +40,10 @@ fn tun_to_udp(ctx: &EngineContext, c: &Counters, buf: &mut [u8], scratch: &mut [
     let (r, ns) = timed(|| ctx.tun.recv(&mut buf[HEADROOM..]));
     let n = match r {
         Ok(n) => n,
-        Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
-            c.syscall(Crossing::TunRead, 0, 0, ns);
+        Err(e) => {
+            empty_read(c, Crossing::TunRead, e, ns)?;
             return Ok(false);
         }
-        Err(e) => return Err(EngineError::Tun(e)),
     };
     c.syscall(Crossing::TunRead, 1, u64_len(n), ns);
     let peers = ctx.peers.load();
@@ -72,17 +71,10 @@ fn udp_to_tun(ctx: &EngineContext, c: &Counters, buf: &mut [u8], log: &mut DropL
     let (r, ns) = timed(|| ctx.socket.recv_from(buf));
     let (n, from) = match r {
         Ok(r) => r,
-        Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
-            c.syscall(Crossing::UdpRecv, 0, 0, ns);
+        Err(e) => {
+            empty_read(c, Crossing::UdpRecv, e, ns)?;
             return Ok(false);
         }
-        // An ICMP error for an earlier send surfaces here (ECONNREFUSED and friends): it is
-        // not a datagram, and the socket is fine.
-        Err(e) if per_packet(&e) => {
-            c.syscall(Crossing::UdpRecv, 0, 0, ns);
-            return Ok(true);
-        }
-        Err(e) => return Err(EngineError::Udp(e)),
     };
     c.syscall(Crossing::UdpRecv, 1, u64_len(n), ns);
     let peers = ctx.peers.load();

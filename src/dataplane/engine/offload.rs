@@ -12,7 +12,7 @@
 //! checked and decapsulated as usual; runs of segments of one TCP flow are coalesced (GRO rules)
 //! and written with one `writev` as a TCPv4 GSO packet with a partial checksum.
 
-use super::{EngineContext, EngineError, STOP_CHECK, per_packet, u64_len};
+use super::{EngineContext, EngineError, STOP_CHECK, empty_read, per_packet, u64_len};
 use crate::dataplane::counters::{Counters, Crossing, DropLog, DropReason, timed};
 use crate::dataplane::forward::{BUF_LEN, Egress, HEADROOM, Ingress};
 use crate::dataplane::sys::poll::wait_readable;
@@ -21,7 +21,7 @@ use crate::proto::gro::Run;
 use crate::proto::gso::Segmenter;
 use crate::proto::icmp;
 use crate::proto::virtio::{self, VnetHdr};
-use std::io::{ErrorKind, IoSlice};
+use std::io::IoSlice;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 
@@ -145,11 +145,10 @@ fn egress_one(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError> 
     let (r, ns) = timed(|| ctx.tun.recv(&mut st.tun_buf[READ_AT..]));
     let n = match r {
         Ok(n) => n,
-        Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
-            c.syscall(Crossing::TunRead, 0, 0, ns);
+        Err(e) => {
+            empty_read(c, Crossing::TunRead, e, ns)?;
             return Ok(false);
         }
-        Err(e) => return Err(EngineError::Tun(e)),
     };
     let Ok(vh) = VnetHdr::parse(&st.tun_buf[READ_AT..READ_AT + n]) else {
         c.syscall(Crossing::TunRead, 1, u64_len(n), ns);
@@ -265,15 +264,10 @@ fn ingress_one(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError>
     let (r, ns) = timed(|| recv_gro(&ctx.socket, &mut st.udp_buf, &mut st.cmsg));
     let (n, from, seg) = match r {
         Ok(v) => v,
-        Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
-            c.syscall(Crossing::UdpRecv, 0, 0, ns);
+        Err(e) => {
+            empty_read(c, Crossing::UdpRecv, e, ns)?;
             return Ok(false);
         }
-        Err(e) if per_packet(&e) => {
-            c.syscall(Crossing::UdpRecv, 0, 0, ns);
-            return Ok(true);
-        }
-        Err(e) => return Err(EngineError::Udp(e)),
     };
     let seg = seg.unwrap_or(n).max(1);
     let count = n.div_ceil(seg).max(1);

@@ -48,6 +48,24 @@ impl MmsgBatch {
         }
     }
 
+    /// Points header `i` at one buffer and, with `named`, at address slot `i`.
+    fn set(&mut self, i: usize, base: *mut u8, len: usize, named: bool) {
+        self.iovs[i] = libc::iovec { iov_base: base.cast(), iov_len: len };
+        let h = &mut self.hdrs[i].msg_hdr;
+        h.msg_iov = &mut self.iovs[i];
+        h.msg_iovlen = 1;
+        h.msg_control = std::ptr::null_mut();
+        h.msg_controllen = 0;
+        h.msg_flags = 0;
+        if named {
+            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
+            h.msg_namelen = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap_or(16);
+        } else {
+            h.msg_name = std::ptr::null_mut();
+            h.msg_namelen = 0;
+        }
+    }
+
     /// Capacity in messages.
     pub fn capacity(&self) -> usize {
         self.hdrs.len()
@@ -70,24 +88,11 @@ impl MmsgBatch {
         let n = n.min(self.capacity());
         for i in 0..n {
             let (data, dst) = msg(i);
-            self.iovs[i] = libc::iovec { iov_base: data.as_ptr().cast_mut().cast(), iov_len: data.len() };
-            let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_iov = &mut self.iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
-            match dst {
-                Some(a) => {
-                    self.addrs[i] = sockaddr_in(a);
-                    h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
-                    h.msg_namelen = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap_or(16);
-                }
-                None => {
-                    h.msg_name = std::ptr::null_mut();
-                    h.msg_namelen = 0;
-                }
+            if let Some(a) = dst {
+                self.addrs[i] = sockaddr_in(a);
             }
+            // The kernel only reads the buffer on send; the pointer is mutable by C's signature.
+            self.set(i, data.as_ptr().cast_mut(), data.len(), dst.is_some());
         }
         let count = libc::c_uint::try_from(n).unwrap_or(0);
         // SAFETY: the first `n` headers point at iovecs and sockaddrs in `self` and at the
@@ -111,15 +116,7 @@ impl MmsgBatch {
         let n = bufs.len().min(meta.len()).min(self.capacity());
         for (i, b) in bufs.iter_mut().take(n).enumerate() {
             let b = b.as_mut();
-            self.iovs[i] = libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() };
-            let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_iov = &mut self.iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
-            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap_or(16);
+            self.set(i, b.as_mut_ptr(), b.len(), true);
         }
         let count = libc::c_uint::try_from(n).unwrap_or(0);
         // SAFETY: the first `n` headers point at writable buffers borrowed mutably from the caller
