@@ -363,8 +363,16 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
                 _ => "flannel0".to_string(),
             });
             let offload = opts.mode == Mode::Offload;
-            let tun = Tun::open_with(&tun_name, offload).with_context(|| {
-                format!("creating TUN device {tun_name} (a persistent device of that name opened with other flags, e.g. another --mode, must be deleted first)")
+            let tun = Tun::open_with(&tun_name, offload).map_err(|e| {
+                let hint = match e.raw_os_error() {
+                    Some(libc::EPERM | libc::EACCES) => " (needs CAP_NET_ADMIN: run weft as root)",
+                    Some(libc::EINVAL | libc::EBUSY) => {
+                        " (a device of that name exists with other flags, e.g. a persistent TUN of another --mode: delete it first)"
+                    }
+                    Some(libc::ENOENT | libc::ENODEV) => " (/dev/net/tun is missing: modprobe tun)",
+                    _ => "",
+                };
+                anyhow::Error::new(e).context(format!("creating TUN device {tun_name}{hint}"))
             })?;
             tun.set_persist(opts.persist_tun).with_context(|| format!("setting IFF_PERSIST on {tun_name}"))?;
             if offload {

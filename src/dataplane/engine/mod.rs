@@ -22,8 +22,8 @@ pub const STOP_CHECK: Duration = Duration::from_millis(100);
 /// Which engine moves the packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
-    /// flannel's proxy shape: poll, then one read and one send per packet, both directions
-    /// alternating. The baseline every other engine is measured against.
+    /// flannel's proxy shape: poll, then one read and one send per packet for each readable
+    /// side. The baseline every other engine is measured against.
     Naive,
     /// Drains the TUN into a batch and sends it with one sendmmsg; receives with recvmmsg.
     Batched,
