@@ -21,6 +21,15 @@ async fn registry(url: &str) -> EtcdRegistry {
         .unwrap()
 }
 
+/// Creates lease `key` for PublicIP 198.18.0.`ip` (10-minute TTL) and asserts it was won.
+async fn create(r: &EtcdRegistry, key: &str, ip: u8) {
+    let won = r
+        .create_lease(&key.parse().unwrap(), &LeaseAttrs::udp(Ipv4Addr::new(198, 18, 0, ip)), Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert!(won, "lease {key} was taken");
+}
+
 fn udp(ip: [u8; 4]) -> impl Fn(Option<&LeaseAttrs>) -> LeaseAttrs {
     move |_| LeaseAttrs::udp(ip.into())
 }
@@ -138,15 +147,7 @@ async fn a_three_member_cluster_losing_one_member_keeps_working() {
     let endpoints: Vec<String> = members.iter().map(|m| m.url.clone()).collect();
     let r =
         EtcdRegistry::connect(&EtcdOptions { endpoints, prefix: PREFIX.into(), ..Default::default() }).await.unwrap();
-    assert!(
-        r.create_lease(
-            &"100.96.1.0-24".parse().unwrap(),
-            &LeaseAttrs::udp(Ipv4Addr::new(198, 18, 0, 1)),
-            Duration::from_secs(600)
-        )
-        .await
-        .unwrap()
-    );
+    create(&r, "100.96.1.0-24", 1).await;
     let known = r.leases().await.unwrap();
     members[0].kill();
     // Requests may need a retry while the client moves to another member or a leader is elected.
@@ -245,15 +246,7 @@ async fn tls_with_certificates_made_here() {
         ..Default::default()
     };
     let r = EtcdRegistry::connect(&opts).await.unwrap();
-    assert!(
-        r.create_lease(
-            &"100.96.1.0-24".parse().unwrap(),
-            &LeaseAttrs::udp(Ipv4Addr::new(198, 18, 0, 1)),
-            Duration::from_secs(600)
-        )
-        .await
-        .unwrap()
-    );
+    create(&r, "100.96.1.0-24", 1).await;
     assert_eq!(r.leases().await.unwrap().len(), 1);
     // Without a client certificate the server refuses.
     let plain = EtcdRegistry::connect(&EtcdOptions { certfile: None, keyfile: None, ..opts }).await.unwrap();

@@ -92,13 +92,8 @@ fn kernel_vxlan_and_userspace_vxlan_talk_and_a_host_can_switch() {
 fn udp_backend_has_no_kernel_path() {
     require_privileges();
     let spec = weft::lab::cluster::ClusterSpec {
-        tag: "udpkern".into(),
-        hosts: 2,
-        backend: r#"{"Type":"udp"}"#.into(),
-        preseed: true,
         extra_args: vec!["--dataplane".into(), "kernel".into()],
-        skip_hosts: vec![],
-        etcd_endpoints: None,
+        ..weft::lab::cluster::ClusterSpec::two_hosts("udpkern", r#"{"Type":"udp"}"#)
     };
     let err = weft::lab::cluster::Cluster::start(bin(), &spec, Duration::from_secs(10)).err().expect("refused");
     assert!(err.to_string().contains("no kernel data path"), "{err}");

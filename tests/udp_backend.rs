@@ -104,13 +104,8 @@ fn new_node_without_lease_gets_a_free_subnet() {
     // No pre-seeded leases: each host allocates; the two subnets differ and fit the config.
     require_privileges();
     let spec = weft::lab::cluster::ClusterSpec {
-        tag: "udpalloc".into(),
-        hosts: 2,
-        backend: UDP.into(),
         preseed: false,
-        extra_args: vec![],
-        skip_hosts: vec![],
-        etcd_endpoints: None,
+        ..weft::lab::cluster::ClusterSpec::two_hosts("udpalloc", UDP)
     };
     let c = weft::lab::cluster::Cluster::start(bin(), &spec, Duration::from_secs(15)).unwrap();
     let subnets: Vec<String> = (0..2)

@@ -90,15 +90,7 @@ fn kernel_flannel(h: &Host, own_mac: MacAddr, vni: u32, port: u16, remote: &Host
 
 fn mixed_pair(tag: &str, backend: &str, vni: u32, port: u16) {
     require_privileges();
-    let spec = ClusterSpec {
-        tag: tag.into(),
-        hosts: 2,
-        backend: backend.into(),
-        preseed: true,
-        extra_args: vec![],
-        skip_hosts: vec![1],
-        etcd_endpoints: None,
-    };
+    let spec = ClusterSpec { skip_hosts: vec![1], ..ClusterSpec::two_hosts(tag, backend) };
     let c = Cluster::start(bin(), &spec, Duration::from_secs(15)).unwrap();
     let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
     let weft_mac = lease_of(&c, &h1).vxlan_data().unwrap().vtep_mac;

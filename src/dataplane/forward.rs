@@ -39,16 +39,6 @@ pub enum Encap {
     },
 }
 
-impl Encap {
-    /// Bytes of outer header weft writes before the inner packet.
-    pub fn overhead(&self) -> usize {
-        match self {
-            Self::Udp => 0,
-            Self::Vxlan { .. } => HEADROOM,
-        }
-    }
-}
-
 /// Everything the forwarding decision needs to know about this node.
 #[derive(Debug, Clone)]
 pub struct Forwarder {

@@ -154,7 +154,8 @@ pub struct ClusterSpec {
 }
 
 impl ClusterSpec {
-    /// Two hosts, pre-seeded leases, a directory registry.
+    /// Two hosts, pre-seeded leases, a directory registry, weft on every host: the base every
+    /// other spec is written from (`ClusterSpec { hosts: 3, ..two_hosts(tag, backend) }`).
     pub fn two_hosts(tag: &str, backend: &str) -> Self {
         Self {
             tag: tag.into(),

@@ -228,13 +228,10 @@ pub fn run(opts: LabOptions) -> Result<()> {
         let mut extra: Vec<String> = dp.extra.iter().map(|s| s.to_string()).collect();
         extra.extend(["--metrics-addr".to_string(), format!("127.0.0.1:{METRICS_PORT}")]);
         let spec = ClusterSpec {
-            tag: "lab".into(),
             hosts: opts.hosts,
-            backend: dp.backend.into(),
-            preseed: true,
             extra_args: extra,
-            skip_hosts: vec![],
             etcd_endpoints: opts.etcd.then(|| format!("http://{LAB_ETCD_IP}:2379")),
+            ..ClusterSpec::two_hosts("lab", dp.backend)
         };
         let (cluster, _etcd) = start_cluster(&bin, &spec, dp.name)?;
         let (h1, h2) = (cluster.topo.hosts[0].clone(), cluster.topo.hosts[1].clone());

@@ -165,11 +165,6 @@ impl Topology {
         self.namespaces.push(name.to_string());
         Ok(())
     }
-
-    /// Every namespace this topology made.
-    pub fn namespaces(&self) -> &[String] {
-        &self.namespaces
-    }
 }
 
 impl Drop for Topology {

@@ -26,13 +26,8 @@ pub fn require_privileges() {
 pub fn cluster(tag: &str, backend: &str, extra: &[&str]) -> Cluster {
     require_privileges();
     let spec = ClusterSpec {
-        tag: tag.into(),
-        hosts: 2,
-        backend: backend.into(),
-        preseed: true,
         extra_args: extra.iter().map(|s| s.to_string()).collect(),
-        skip_hosts: vec![],
-        etcd_endpoints: None,
+        ..ClusterSpec::two_hosts(tag, backend)
     };
     Cluster::start(bin(), &spec, Duration::from_secs(15)).expect("cluster starts")
 }
