@@ -1,6 +1,6 @@
 //! Every engine, both backends: byte-exact TCP (200 MB each way), small verified UDP, ICMP of
 //! mixed sizes (fragmented too), net-unreachable, and the offload engine against a kernel VXLAN
-//! peer set up as flanneld does.
+//! peer set up as flanneld does (offload and uring).
 
 mod common;
 
@@ -55,8 +55,27 @@ fn offload_vxlan() {
 }
 
 #[test]
+fn uring_udp() {
+    suite("urudp", r#"{"Type":"udp"}"#, "uring");
+}
+
+#[test]
+fn uring_vxlan() {
+    suite("urvx", r#"{"Type":"vxlan"}"#, "uring");
+}
+
+#[test]
 fn offload_vxlan_with_a_kernel_vxlan_peer() {
-    let mut c = cluster("offkern", r#"{"Type":"vxlan"}"#, &["--mode", "offload"]);
+    with_a_kernel_vxlan_peer("offkern", "offload");
+}
+
+#[test]
+fn uring_vxlan_with_a_kernel_vxlan_peer() {
+    with_a_kernel_vxlan_peer("urkern", "uring");
+}
+
+fn with_a_kernel_vxlan_peer(tag: &str, mode: &str) {
+    let mut c = cluster(tag, r#"{"Type":"vxlan"}"#, &["--mode", mode]);
     let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
     c.procs[1].stop(Duration::from_secs(5)).unwrap();
     c.start_host(bin(), 1, &["--dataplane".into(), "kernel".into()]).unwrap();

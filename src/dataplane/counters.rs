@@ -128,6 +128,15 @@ impl Counters {
         }
     }
 
+    /// Counts `packets` packets of `bytes` bytes moved on `c` by a syscall counted elsewhere (an
+    /// io_uring request submitted and completed within one `io_uring_enter` of the ring).
+    #[inline]
+    pub fn moved(&self, c: Crossing, packets: u64, bytes: u64) {
+        let cc = &self.crossings[c as usize];
+        cc.packets.fetch_add(packets, Ordering::Relaxed);
+        cc.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// Counts one dropped packet.
     #[inline]
     pub fn count_drop(&self, r: DropReason) {

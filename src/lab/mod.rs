@@ -52,30 +52,30 @@ pub struct LabOptions {
 /// One data path the lab measures.
 #[derive(Debug, Clone)]
 struct DataPath {
-    name: &'static str,
+    name: String,
     backend: &'static str,
-    extra: &'static [&'static str],
+    extra: Vec<String>,
 }
 
 /// Every data path weft has: the kernel baselines through weft's control plane, and every
 /// userspace engine × backend.
 fn data_paths() -> Vec<DataPath> {
     let mut v = vec![
-        DataPath { name: "host-gw (kernel)", backend: r#"{"Type":"host-gw"}"#, extra: &[] },
-        DataPath { name: "vxlan (kernel)", backend: r#"{"Type":"vxlan"}"#, extra: &["--dataplane", "kernel"] },
+        DataPath { name: "host-gw (kernel)".into(), backend: r#"{"Type":"host-gw"}"#, extra: vec![] },
+        DataPath {
+            name: "vxlan (kernel)".into(),
+            backend: r#"{"Type":"vxlan"}"#,
+            extra: vec!["--dataplane".into(), "kernel".into()],
+        },
     ];
     for mode in <crate::dataplane::engine::Mode as clap::ValueEnum>::value_variants() {
-        let (udp, vxlan, extra): (&'static str, &'static str, &'static [&'static str]) = match mode {
-            crate::dataplane::engine::Mode::Naive => ("weft udp naive", "weft vxlan naive", &["--mode", "naive"]),
-            crate::dataplane::engine::Mode::Batched => {
-                ("weft udp batched", "weft vxlan batched", &["--mode", "batched"])
-            }
-            crate::dataplane::engine::Mode::Offload => {
-                ("weft udp offload", "weft vxlan offload", &["--mode", "offload"])
-            }
-        };
-        v.push(DataPath { name: udp, backend: r#"{"Type":"udp"}"#, extra });
-        v.push(DataPath { name: vxlan, backend: r#"{"Type":"vxlan"}"#, extra });
+        for (backend, json) in [("udp", r#"{"Type":"udp"}"#), ("vxlan", r#"{"Type":"vxlan"}"#)] {
+            v.push(DataPath {
+                name: format!("weft {backend} {}", mode.name()),
+                backend: json,
+                extra: vec!["--mode".into(), mode.name().into()],
+            });
+        }
     }
     v
 }
@@ -225,7 +225,7 @@ pub fn run(opts: LabOptions) -> Result<()> {
     let dur = Duration::from_secs(secs);
     let bound = Duration::from_secs(secs + 30);
     for dp in &paths {
-        let mut extra: Vec<String> = dp.extra.iter().map(|s| s.to_string()).collect();
+        let mut extra = dp.extra.clone();
         extra.extend(["--metrics-addr".to_string(), format!("127.0.0.1:{METRICS_PORT}")]);
         let spec = ClusterSpec {
             hosts: opts.hosts,
@@ -233,7 +233,7 @@ pub fn run(opts: LabOptions) -> Result<()> {
             etcd_endpoints: opts.etcd.then(|| format!("http://{LAB_ETCD_IP}:2379")),
             ..ClusterSpec::two_hosts("lab", dp.backend)
         };
-        let (cluster, _etcd) = start_cluster(&bin, &spec, dp.name)?;
+        let (cluster, _etcd) = start_cluster(&bin, &spec, &dp.name)?;
         let (h1, h2) = (cluster.topo.hosts[0].clone(), cluster.topo.hosts[1].clone());
         let host_ns: Vec<String> = cluster.topo.hosts.iter().map(|h| h.ns.clone()).collect();
         for w in &workloads {
@@ -244,7 +244,7 @@ pub fn run(opts: LabOptions) -> Result<()> {
             let before: Vec<Samples> =
                 host_ns.iter().map(|n| scrape(n)).collect::<std::io::Result<_>>().context("reading weft's /metrics")?;
             let cpu0 = CpuTimes::now()?;
-            let mut rec = Record::new(dp.name, &w.name());
+            let mut rec = Record::new(&dp.name, &w.name());
             let sender;
             let packets;
             match *w {

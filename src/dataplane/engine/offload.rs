@@ -63,18 +63,7 @@ struct State {
 /// its order; the two directions do not wait for each other). `ctx.tun` must have been opened
 /// with `IFF_VNET_HDR` and [`TUN_OFFLOADS`], and `ctx.socket` must have `UDP_GRO`.
 pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
-    std::thread::scope(|s| {
-        let ingress =
-            std::thread::Builder::new().name("weft-offload-rx".into()).spawn_scoped(s, || direction(&ctx, false));
-        let egress = direction(&ctx, true);
-        // Either side failing stops both.
-        ctx.stop.store(true, Ordering::Relaxed);
-        let ingress = match ingress {
-            Ok(h) => h.join().unwrap_or(Ok(())),
-            Err(e) => Err(EngineError::Tun(e)),
-        };
-        egress.and(ingress)
-    })
+    super::both_directions(&ctx, "weft-offload-rx", direction)
 }
 
 fn new_state() -> State {

@@ -19,7 +19,7 @@ pub struct MmsgBatch {
 // dereferenced outside one; the arrays themselves are plain data.
 unsafe impl Send for MmsgBatch {}
 
-fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
+pub(crate) fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap_or(2),
         sin_port: a.port().to_be(),

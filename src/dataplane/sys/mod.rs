@@ -6,3 +6,4 @@ pub mod netns;
 pub mod poll;
 pub mod tun;
 pub mod udp;
+pub mod uring;

@@ -103,6 +103,16 @@ impl Tun {
         if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 
+    /// Makes reads and writes block (or not). The uring engine wants a blocking fd: io_uring
+    /// then waits for readiness itself instead of failing with EAGAIN.
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        let fd = self.file.as_fd();
+        let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).map_err(io::Error::from)?;
+        let mut flags = nix::fcntl::OFlag::from_bits_truncate(flags);
+        flags.set(nix::fcntl::OFlag::O_NONBLOCK, nonblocking);
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags)).map(drop).map_err(io::Error::from)
+    }
+
     /// Writes one packet gathered from `parts` (one `writev`).
     pub fn send_vectored(&self, parts: &[io::IoSlice<'_>]) -> io::Result<usize> {
         (&self.file).write_vectored(parts)
