@@ -85,3 +85,41 @@ fn with_a_kernel_vxlan_peer(tag: &str, mode: &str) {
     ping_sizes(&h1.container_ns, h2.container_ip);
     tcp_both_ways(&c, MB200);
 }
+
+/// `--threads 2`: a TUN with two queues and two SO_REUSEPORT sockets per host (plus one sending
+/// socket per worker), and the whole suite still byte-exact.
+fn multi_queue(tag: &str, backend: &str, mode: &str, tun: &str, port: &str) {
+    let c = cluster(tag, backend, &["--mode", mode, "--threads", "2"]);
+    for h in &c.topo.hosts {
+        let q = ns_exec(&h.ns, &["ls", &format!("/sys/class/net/{tun}/queues")]).unwrap();
+        let queues = String::from_utf8_lossy(&q.stdout);
+        assert_eq!(queues.split_whitespace().filter(|q| q.starts_with("tx-")).count(), 2, "{}: {queues}", h.ns);
+        let ss = ns_exec(&h.ns, &["ss", "-uanH"]).unwrap();
+        let ss = String::from_utf8_lossy(&ss.stdout);
+        let on_port = ss.lines().filter(|l| l.split_whitespace().nth(3).is_some_and(|a| a.ends_with(port))).count();
+        assert_eq!(on_port, 2, "{}: two sockets on {port}:\n{ss}", h.ns);
+        let from = h.underlay_ip.to_string();
+        let senders = ss.lines().filter(|l| l.split_whitespace().nth(3).is_some_and(|a| a.starts_with(&from))).count();
+        assert_eq!(senders, 4, "{}: two receiving and two sending sockets:\n{ss}", h.ns);
+    }
+    let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
+    ping_sizes(&h1.container_ns, h2.container_ip);
+    tcp_both_ways(&c, MB200);
+    let u = udp_flood(&h2.container_ns, h2.container_ip, &h1.container_ns, Duration::from_millis(500)).unwrap();
+    assert!(u.received > 0 && u.bad == 0, "{mode}/{backend}: {u:?}");
+}
+
+#[test]
+fn multi_queue_batched_udp() {
+    multi_queue("mqbat", r#"{"Type":"udp"}"#, "batched", "flannel0", ":8285");
+}
+
+#[test]
+fn multi_queue_offload_vxlan() {
+    multi_queue("mqoff", r#"{"Type":"vxlan"}"#, "offload", "weft.1", ":8472");
+}
+
+#[test]
+fn multi_queue_uring_vxlan() {
+    multi_queue("mqur", r#"{"Type":"vxlan"}"#, "uring", "weft.1", ":8472");
+}

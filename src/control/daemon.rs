@@ -8,7 +8,7 @@ use super::netlink::{Netlink, OwnedRoute, Underlay, VxlanDevice, sysctl};
 use super::registry::dir::{DirRegistry, write_atomic};
 use super::registry::etcd::{EtcdOptions, EtcdRegistry};
 use super::registry::{LEASE_TTL, Lease, Registry, RegistryError};
-use crate::dataplane::counters::{Counters, Crossing, DropReason};
+use crate::dataplane::counters::{CounterSet, Crossing, DropReason};
 use crate::dataplane::engine::{self, EngineContext, Mode};
 use crate::dataplane::forward::{Encap, Forwarder};
 use crate::dataplane::peers::{Peer, PeerTable};
@@ -81,6 +81,11 @@ pub struct RunOptions {
     /// Forwarding engine of the userspace data path.
     #[arg(long, value_enum, default_value = "naive")]
     pub mode: Mode,
+    /// Forwarding workers of the userspace data path. With more than one, the TUN has one queue
+    /// per worker (IFF_MULTI_QUEUE) and each worker its own SO_REUSEPORT socket; the kernel keeps
+    /// each flow on one queue and each sender on one socket, so no flow is reordered.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: u16,
     /// TUN device name (default: flannel0 for udp, weft.<VNI> for vxlan).
     #[arg(long, value_name = "NAME")]
     pub tun_name: Option<String>,
@@ -313,12 +318,13 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
 
     // Backend-specific data path.
     let stop = Arc::new(AtomicBool::new(false));
-    let counters = Arc::new(Counters::default());
+    let workers = if kernel_path_of(&cfg, &opts) { 1 } else { usize::from(opts.threads) };
+    let counters = Arc::new(CounterSet::new(workers));
     let table = Arc::new(ArcSwap::from_pointee(PeerTable::new(peers.clone())));
-    let (engine_done_tx, mut engine_done) = tokio::sync::oneshot::channel::<Result<(), engine::EngineError>>();
-    let mut engine_thread = None;
+    let (engine_done_tx, mut engine_done) = tokio::sync::mpsc::unbounded_channel::<Result<(), engine::EngineError>>();
+    let mut engine_threads = Vec::new();
     let mut tun_index = None;
-    let kernel_path = cfg.backend.kind == BackendType::HostGw || opts.dataplane == Dataplane::Kernel;
+    let kernel_path = kernel_path_of(&cfg, &opts);
     let mut kernel = KernelPaths::default();
     if cfg.backend.kind == BackendType::Vxlan && cfg.backend.direct_routing {
         match underlay.subnet {
@@ -363,64 +369,84 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
                 _ => "flannel0".to_string(),
             });
             let offload = opts.mode == Mode::Offload;
-            let tun = Tun::open_with(&tun_name, offload).map_err(|e| {
-                let hint = match e.raw_os_error() {
-                    Some(libc::EPERM | libc::EACCES) => " (needs CAP_NET_ADMIN: run weft as root)",
-                    Some(libc::EINVAL | libc::EBUSY) => {
-                        " (a device of that name exists with other flags, e.g. a persistent TUN of another --mode: delete it first)"
-                    }
-                    Some(libc::ENOENT | libc::ENODEV) => " (/dev/net/tun is missing: modprobe tun)",
-                    _ => "",
-                };
-                anyhow::Error::new(e).context(format!("creating TUN device {tun_name}{hint}"))
-            })?;
-            tun.set_persist(opts.persist_tun).with_context(|| format!("setting IFF_PERSIST on {tun_name}"))?;
-            if offload {
-                tun.set_offload(engine::offload::TUN_OFFLOADS).with_context(|| {
-                    format!("enabling TSO on {tun_name} (TUNSETOFFLOAD); use --mode batched on this kernel")
+            let multi_queue = workers > 1;
+            let mut queues = Vec::with_capacity(workers);
+            for _ in 0..workers {
+                let tun = Tun::open_with(&tun_name, offload, multi_queue).map_err(|e| {
+                    let hint = match e.raw_os_error() {
+                        Some(libc::EPERM | libc::EACCES) => " (needs CAP_NET_ADMIN: run weft as root)",
+                        Some(libc::EINVAL | libc::EBUSY) => {
+                            " (a device of that name exists with other flags, e.g. a persistent TUN of another --mode or --threads: delete it first)"
+                        }
+                        Some(libc::ENOENT | libc::ENODEV) => " (/dev/net/tun is missing: modprobe tun)",
+                        _ => "",
+                    };
+                    anyhow::Error::new(e).context(format!("creating TUN device {tun_name}{hint}"))
                 })?;
+                if offload {
+                    tun.set_offload(engine::offload::TUN_OFFLOADS).with_context(|| {
+                        format!("enabling TSO on {tun_name} (TUNSETOFFLOAD); use --mode batched on this kernel")
+                    })?;
+                }
+                queues.push(tun);
             }
-            let idx =
-                nl.link_index(tun.name()).await?.with_context(|| format!("TUN {} has no link index", tun.name()))?;
+            let first = &queues[0];
+            first.set_persist(opts.persist_tun).with_context(|| format!("setting IFF_PERSIST on {tun_name}"))?;
+            let idx = nl
+                .link_index(first.name())
+                .await?
+                .with_context(|| format!("TUN {} has no link index", first.name()))?;
             tun_index = Some(idx);
             // The overlay is IPv4; router solicitations would only be counted drops.
-            let _ = sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", tun.name()), "1");
+            let _ = sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", first.name()), "1");
             // Our ICMP errors come from the TUN's own address; let the kernel accept them.
-            let _ = sysctl(&format!("net/ipv4/conf/{}/accept_local", tun.name()), "1");
+            let _ = sysctl(&format!("net/ipv4/conf/{}/accept_local", first.name()), "1");
             nl.set_up(idx, mtu).await?;
             nl.add_address(idx, tun_addr, 32).await?;
             nl.add_dev_route(cfg.network, idx).await?;
             kernel.extra.push(OwnedRoute { dst: cfg.network, gateway: None, oif: Some(idx) });
-            let socket = udp::bind(SocketAddr::new(public_ip.into(), cfg.backend.port))
-                .with_context(|| format!("binding UDP {public_ip}:{}", cfg.backend.port))?;
-            if offload {
-                udp::enable_gro(&socket).context("enabling UDP_GRO on the socket")?;
+            let local = SocketAddr::new(public_ip.into(), cfg.backend.port);
+            for (i, tun) in queues.into_iter().enumerate() {
+                let socket =
+                    udp::bind_with(local, multi_queue).with_context(|| format!("binding UDP {local} (worker {i})"))?;
+                if offload {
+                    udp::enable_gro(&socket).context("enabling UDP_GRO on the socket")?;
+                }
+                let tx = if multi_queue {
+                    udp::bind(SocketAddr::new(public_ip.into(), 0))
+                        .with_context(|| format!("binding a sending socket on {public_ip} (worker {i})"))?
+                } else {
+                    socket.try_clone().context("duplicating the UDP socket")?
+                };
+                let forwarder = Forwarder {
+                    encap,
+                    subnet,
+                    tun_addr,
+                    check_inner_src: !opts.allow_foreign_src,
+                    mtu: usize::try_from(mtu).unwrap_or(usize::MAX),
+                };
+                let ctx = EngineContext {
+                    tun,
+                    socket,
+                    tx,
+                    forwarder,
+                    peers: table.clone(),
+                    counters: counters.worker(i),
+                    stop: stop.clone(),
+                };
+                let mode = opts.mode;
+                let done = engine_done_tx.clone();
+                engine_threads.push(
+                    std::thread::Builder::new()
+                        .name(format!("weft-{}-{i}", mode.name()))
+                        .spawn(move || {
+                            let r = engine::run(mode, ctx);
+                            let _ = done.send(r);
+                        })
+                        .context("spawning an engine thread")?,
+                );
             }
-            let forwarder = Forwarder {
-                encap,
-                subnet,
-                tun_addr,
-                check_inner_src: !opts.allow_foreign_src,
-                mtu: usize::try_from(mtu).unwrap_or(usize::MAX),
-            };
-            let ctx = EngineContext {
-                tun,
-                socket,
-                forwarder,
-                peers: table.clone(),
-                counters: counters.clone(),
-                stop: stop.clone(),
-            };
-            let mode = opts.mode;
-            engine_thread = Some(
-                std::thread::Builder::new()
-                    .name(format!("weft-{}", mode.name()))
-                    .spawn(move || {
-                        let r = engine::run(mode, ctx);
-                        let _ = engine_done_tx.send(r);
-                    })
-                    .context("spawning the engine thread")?,
-            );
+            drop(engine_done_tx);
         }
     }
     let userspace = kernel.sync(&peers).await;
@@ -464,9 +490,9 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
                 tracing::info!("{}: shutting down", sig?);
                 break Ok(());
             }
-            r = &mut engine_done, if engine_thread.is_some() => {
+            r = engine_done.recv(), if !engine_threads.is_empty() => {
                 break match r {
-                    Ok(Err(e)) => Err(anyhow::Error::new(e).context("engine stopped")),
+                    Some(Err(e)) => Err(anyhow::Error::new(e).context("engine stopped")),
                     _ => Err(anyhow::anyhow!("engine stopped unexpectedly")),
                 };
             }
@@ -509,7 +535,7 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
 
     // Shutdown: stop the engine, then remove what we created.
     stop.store(true, Ordering::Relaxed);
-    if let Some(t) = engine_thread {
+    for t in engine_threads {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     kernel.teardown().await;
@@ -528,7 +554,12 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn log_summary(c: &Counters) {
+/// Whether the kernel forwards (host-gw, or `--dataplane kernel`): no engine runs.
+fn kernel_path_of(cfg: &NetConfig, opts: &RunOptions) -> bool {
+    cfg.backend.kind == BackendType::HostGw || opts.dataplane == Dataplane::Kernel
+}
+
+fn log_summary(c: &CounterSet) {
     let s = c.snapshot();
     let drops: Vec<String> =
         DropReason::ALL.iter().filter(|r| s.drops(**r) > 0).map(|r| format!("{}={}", r.label(), s.drops(*r))).collect();

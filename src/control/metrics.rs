@@ -1,7 +1,7 @@
 //! `/metrics` (Prometheus text), `/healthz` and `/readyz` over a minimal HTTP/1.0 server on the
 //! control runtime. The lab reads the per-crossing counters from here.
 
-use crate::dataplane::counters::{Counters, Crossing, DropReason};
+use crate::dataplane::counters::{CounterSet, Crossing, DropReason};
 use crate::dataplane::peers::PeerTable;
 use arc_swap::ArcSwap;
 use std::fmt::Write as _;
@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 
 /// What the endpoint reports.
 pub struct MetricsState {
-    /// The engine's counters.
-    pub counters: Arc<Counters>,
+    /// The engine workers' counters.
+    pub counters: Arc<CounterSet>,
     /// The current peer table.
     pub peers: Arc<ArcSwap<PeerTable>>,
     /// Set once the host is set up and forwarding.
@@ -208,8 +208,8 @@ mod tests {
     #[test]
     fn endpoints() {
         let s = state();
-        s.counters.syscall(Crossing::TunRead, 1, 100, 2_000);
-        s.counters.count_drop(DropReason::WrongVni);
+        s.counters.worker(0).syscall(Crossing::TunRead, 1, 100, 2_000);
+        s.counters.worker(0).count_drop(DropReason::WrongVni);
         assert!(answer(&s, "GET /healthz HTTP/1.1").starts_with("HTTP/1.0 200"));
         assert!(answer(&s, "GET /readyz HTTP/1.1").starts_with("HTTP/1.0 503"));
         s.ready.store(true, Ordering::Relaxed);

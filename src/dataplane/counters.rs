@@ -175,6 +175,40 @@ impl Counters {
     }
 }
 
+/// Every worker's counters (one [`Counters`] per worker, so that workers never write one cache
+/// line); reports sum them.
+#[derive(Debug)]
+pub struct CounterSet {
+    workers: Vec<std::sync::Arc<Counters>>,
+}
+
+impl Default for CounterSet {
+    fn default() -> Self {
+        Self::new(1)
+    }
+}
+
+impl CounterSet {
+    /// Counters for `n` (at least one) workers.
+    pub fn new(n: usize) -> Self {
+        Self { workers: (0..n.max(1)).map(|_| std::sync::Arc::default()).collect() }
+    }
+
+    /// Worker `i`'s counters (the last worker's if `i` is out of range).
+    pub fn worker(&self, i: usize) -> std::sync::Arc<Counters> {
+        self.workers[i.min(self.workers.len() - 1)].clone()
+    }
+
+    /// The sum over workers.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut s = Snapshot::default();
+        for w in &self.workers {
+            s.add(&w.snapshot());
+        }
+        s
+    }
+}
+
 /// Logs drops on the hot path without flooding the log: at most one line per second per engine
 /// thread, saying the last reason and sender and how many were dropped since the last line.
 #[derive(Debug)]

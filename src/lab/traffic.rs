@@ -231,6 +231,35 @@ fn small_payload_ok(d: &[u8]) -> Option<u64> {
     (want[..] == d[..]).then_some(seq)
 }
 
+/// The highest rate at which a paced [`udp_flood_at`] loses less than `max_loss`, found by
+/// bisecting `[0, ceiling]` over `trials` runs of `trial` each. Returns the best passing run
+/// (None if none passed).
+pub fn udp_lossless_rate(
+    server_ns: &str,
+    server_ip: Ipv4Addr,
+    client_ns: &str,
+    ceiling: f64,
+    max_loss: f64,
+    trial: Duration,
+    trials: usize,
+) -> io::Result<Option<UdpResult>> {
+    let (mut lo, mut hi) = (0.0f64, ceiling.max(1000.0));
+    let mut best: Option<UdpResult> = None;
+    for _ in 0..trials {
+        let rate = (lo + hi) / 2.0;
+        let r = udp_flood_at(server_ns, server_ip, client_ns, trial, Some(rate))?;
+        if r.loss() < max_loss && r.bad == 0 {
+            lo = rate;
+            if best.is_none_or(|b| r.delivered_pps() > b.delivered_pps()) {
+                best = Some(r);
+            }
+        } else {
+            hi = rate;
+        }
+    }
+    Ok(best)
+}
+
 /// What the small-datagram workload achieved.
 #[derive(Debug, Clone, Copy)]
 pub struct UdpResult {
@@ -264,6 +293,21 @@ impl UdpResult {
 /// 64-byte UDP datagrams from `client_ns` to `server_ip` as fast as `sendmmsg` (batches of 64)
 /// takes them, for `duration`; the receiver checks each and counts distinct sequence numbers.
 pub fn udp_flood(server_ns: &str, server_ip: Ipv4Addr, client_ns: &str, duration: Duration) -> io::Result<UdpResult> {
+    udp_flood_at(server_ns, server_ip, client_ns, duration, None)
+}
+
+/// Datagrams per paced batch: small, so that pacing adds no burst a queue would notice.
+const PACED_BATCH: usize = 16;
+
+/// [`udp_flood`] at `rate` datagrams/s (paced in batches of [`PACED_BATCH`]), or as fast as
+/// possible with `None`.
+pub fn udp_flood_at(
+    server_ns: &str,
+    server_ip: Ipv4Addr,
+    client_ns: &str,
+    duration: Duration,
+    rate: Option<f64>,
+) -> io::Result<UdpResult> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let server = in_ns(server_ns, move || {
@@ -321,11 +365,20 @@ pub fn udp_flood(server_ns: &str, server_ip: Ipv4Addr, client_ns: &str, duration
         let (u0, s0) = measure::thread_cpu();
         let start = Instant::now();
         let (mut seq, mut calls) = (0u64, 0u64);
+        let batch_len = if rate.is_some() { PACED_BATCH } else { FLOOD_BATCH };
         while start.elapsed() < duration {
-            for (i, p) in payloads.iter_mut().enumerate() {
+            if let Some(rate) = rate {
+                // Wait until the schedule reaches the end of the next batch.
+                let due = Duration::from_secs_f64((seq + batch_len as u64) as f64 / rate.max(1.0));
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait.min(duration));
+                }
+            }
+            for (i, p) in payloads.iter_mut().take(batch_len).enumerate() {
                 small_payload(seq + i as u64, p);
             }
-            let msgs: Vec<(&[u8], Option<std::net::SocketAddrV4>)> = payloads.iter().map(|p| (&p[..], None)).collect();
+            let msgs: Vec<(&[u8], Option<std::net::SocketAddrV4>)> =
+                payloads.iter().take(batch_len).map(|p| (&p[..], None)).collect();
             calls += 1;
             match batch.send(&sock, &msgs) {
                 Ok(n) => seq += n as u64,

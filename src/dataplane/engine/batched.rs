@@ -89,7 +89,7 @@ fn egress_batch(
     while sent < out.len() {
         let pending = &out[sent..];
         let (r, ns) = timed(|| {
-            tx.send_with(&ctx.socket, pending.len(), |i| {
+            tx.send_with(&ctx.tx, pending.len(), |i| {
                 (&bufs[pending[i].buf][pending[i].range.clone()], Some(pending[i].to))
             })
         });

@@ -54,8 +54,12 @@ impl Mode {
 pub struct EngineContext {
     /// The TUN queue.
     pub tun: Tun,
-    /// The underlay socket, bound to PublicIP:port.
+    /// The underlay socket datagrams arrive on, bound to PublicIP:port.
     pub socket: UdpSocket,
+    /// The socket datagrams leave from: `socket` itself (a duplicate fd) for a lone worker, as
+    /// flannel does; with several workers, each has its own source port, so that the peer's
+    /// `SO_REUSEPORT` group spreads the workers' traffic over its own workers.
+    pub tx: UdpSocket,
     /// The forwarding decision.
     pub forwarder: Forwarder,
     /// The current peer table.

@@ -50,7 +50,7 @@ fn tun_to_udp(ctx: &EngineContext, c: &Counters, buf: &mut [u8], scratch: &mut [
     match ctx.forwarder.egress(&peers, buf, n, scratch) {
         Egress::Send { range, to } => {
             let frame = &buf[range];
-            let (r, ns) = timed(|| ctx.socket.send_to(frame, to));
+            let (r, ns) = timed(|| ctx.tx.send_to(frame, to));
             match r {
                 Ok(sent) => c.syscall(Crossing::UdpSend, 1, u64_len(sent), ns),
                 Err(e) if per_packet(&e) => {

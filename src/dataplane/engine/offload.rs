@@ -184,7 +184,7 @@ fn egress_one(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError> 
         }
     };
     let Some(seg) = seg else {
-        let (r, ns) = timed(|| send_gso(&ctx.socket, &[IoSlice::new(&st.tun_buf[range.clone()])], None, to));
+        let (r, ns) = timed(|| send_gso(&ctx.tx, &[IoSlice::new(&st.tun_buf[range.clone()])], None, to));
         count_sent(c, r, ns, 1)?;
         return Ok(true);
     };
@@ -216,7 +216,7 @@ fn egress_one(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError> 
         }
         let seg_size = u16::try_from(outer.len() + seg.segment_len(first)).unwrap_or(u16::MAX);
         if st.gso && count > 1 {
-            let (r, ns) = timed(|| send_gso(&ctx.socket, &iov[..used], Some(seg_size), to));
+            let (r, ns) = timed(|| send_gso(&ctx.tx, &iov[..used], Some(seg_size), to));
             match r {
                 Err(e)
                     if matches!(
@@ -238,7 +238,7 @@ fn egress_one(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError> 
         // One datagram per send: [outer, header, payload] each.
         let per = used / count;
         for k in 0..count {
-            let (r, ns) = timed(|| send_gso(&ctx.socket, &iov[k * per..(k + 1) * per], None, to));
+            let (r, ns) = timed(|| send_gso(&ctx.tx, &iov[k * per..(k + 1) * per], None, to));
             count_sent(c, r, ns, 1)?;
         }
         first += count;

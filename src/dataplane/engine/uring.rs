@@ -41,6 +41,7 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
     // io_uring waits for readiness itself; a non-blocking fd would turn that into EAGAIN.
     ctx.tun.set_nonblocking(false).map_err(EngineError::Tun)?;
     ctx.socket.set_nonblocking(false).map_err(EngineError::Udp)?;
+    ctx.tx.set_nonblocking(false).map_err(EngineError::Udp)?;
     super::both_directions(
         &ctx,
         "weft-uring-rx",
@@ -49,8 +50,8 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
 }
 
 fn ring(ctx: &EngineContext, provide_at: usize) -> Result<PacketRing, EngineError> {
-    PacketRing::new(ctx.tun.as_fd().as_raw_fd(), ctx.socket.as_raw_fd(), SLOTS, slot_len(ctx.forwarder.mtu), provide_at)
-        .map_err(EngineError::Ring)
+    let fds = [ctx.tun.as_fd().as_raw_fd(), ctx.socket.as_raw_fd(), ctx.tx.as_raw_fd()];
+    PacketRing::new(fds, SLOTS, slot_len(ctx.forwarder.mtu), provide_at).map_err(EngineError::Ring)
 }
 
 /// Whether a failed request is about one packet (count it) or the device (stop).

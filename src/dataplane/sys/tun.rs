@@ -13,6 +13,7 @@ const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
 
 /// `TUNSETOFFLOAD` flags.
 pub mod offload {
@@ -58,12 +59,14 @@ pub fn valid_ifname(name: &str) -> bool {
 impl Tun {
     /// Opens (creating if needed) the TUN device `name`.
     pub fn open(name: &str) -> io::Result<Self> {
-        Self::open_with(name, false)
+        Self::open_with(name, false, false)
     }
 
     /// Opens the TUN device `name`; with `vnet_hdr`, every read and write carries a 10-byte
-    /// `virtio_net_hdr` in front of the packet (`IFF_VNET_HDR`).
-    pub fn open_with(name: &str, vnet_hdr: bool) -> io::Result<Self> {
+    /// `virtio_net_hdr` in front of the packet (`IFF_VNET_HDR`). With `multi_queue`, each call
+    /// adds one queue to the device (`IFF_MULTI_QUEUE`); the kernel picks the queue of a packet
+    /// by its flow, so one flow is read from one queue.
+    pub fn open_with(name: &str, vnet_hdr: bool, multi_queue: bool) -> io::Result<Self> {
         if !valid_ifname(name) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid interface name {name:?}")));
         }
@@ -72,7 +75,10 @@ impl Tun {
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")?;
-        let flags = IFF_TUN | IFF_NO_PI | if vnet_hdr { IFF_VNET_HDR } else { 0 };
+        let flags = IFF_TUN
+            | IFF_NO_PI
+            | if vnet_hdr { IFF_VNET_HDR } else { 0 }
+            | if multi_queue { IFF_MULTI_QUEUE } else { 0 };
         let mut req = IfReqFlags { name: [0; IFNAMSIZ], flags, _pad: [0; 22] };
         for (d, s) in req.name.iter_mut().zip(name.bytes()) {
             *d = libc::c_char::from_ne_bytes([s]);

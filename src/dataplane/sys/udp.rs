@@ -10,7 +10,17 @@ pub const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Binds the forwarder's UDP socket, non-blocking, with large buffers.
 pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+    bind_with(addr, false)
+}
+
+/// [`bind`]; with `reuse_port`, one of a `SO_REUSEPORT` group: every socket of the group binds the
+/// same address and the kernel spreads datagrams over them by a hash of the 4-tuple, so one
+/// sender's datagrams from one port always reach one socket.
+pub fn bind_with(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
     // Root can exceed rmem_max with SO_*BUFFORCE; fall back to the capped option otherwise.
     if setsockopt(&s, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
         s.set_recv_buffer_size(SOCKET_BUFFER)?;

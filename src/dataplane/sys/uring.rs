@@ -25,8 +25,10 @@ use std::time::{Duration, Instant};
 
 /// The TUN queue's index among the registered files.
 const TUN: types::Fixed = types::Fixed(0);
-/// The socket's index among the registered files.
+/// The receiving socket's index among the registered files.
 const SOCK: types::Fixed = types::Fixed(1);
+/// The sending socket's index among the registered files.
+const TX: types::Fixed = types::Fixed(2);
 /// The provided-buffer group of the ring (one group per ring).
 const GROUP: u16 = 0;
 /// Page size the buffer ring must be aligned to.
@@ -125,10 +127,10 @@ pub struct PacketRing {
 unsafe impl Send for PacketRing {}
 
 impl PacketRing {
-    /// A ring over `tun` and `sock` with `slots` (a power of two, ≤ 32 768) buffers of `slot_len`
+    /// A ring over `[tun, receiving socket, sending socket]` with `slots` (a power of two, ≤ 32 768) buffers of `slot_len`
     /// bytes, all provided to the kernel at `provide_at` within each slot. Fails with
     /// `Unsupported` when the kernel lacks what the engine needs (Linux ≥ 6.7).
-    pub fn new(tun: RawFd, sock: RawFd, slots: u16, slot_len: usize, provide_at: usize) -> io::Result<Self> {
+    pub fn new(fds: [RawFd; 3], slots: u16, slot_len: usize, provide_at: usize) -> io::Result<Self> {
         if !slots.is_power_of_two() || slot_len <= provide_at || u32::try_from(slot_len).is_err() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad io_uring slot geometry"));
         }
@@ -155,7 +157,7 @@ impl PacketRing {
                 ));
             }
         }
-        ring.submitter().register_files(&[tun, sock])?;
+        ring.submitter().register_files(&fds)?;
         let mut mem = vec![0u8; n * slot_len].into_boxed_slice();
         let iov = libc::iovec { iov_base: mem.as_mut_ptr().cast(), iov_len: mem.len() };
         // SAFETY: `mem` is owned by the returned value and never reallocated; the ring (dropped
@@ -189,7 +191,7 @@ impl PacketRing {
             dest,
             recv_hdr,
             multishot: None,
-            tun_fd: tun,
+            tun_fd: fds[0],
             lent: 0,
             provided: 0,
         };
@@ -234,7 +236,7 @@ impl PacketRing {
         self.dest[slot] = crate::dataplane::sys::mmsg::sockaddr_in(to);
         let addr = (&self.dest[slot] as *const libc::sockaddr_in).cast::<libc::sockaddr>();
         let addr_len = libc::socklen_t::try_from(NAME_LEN).unwrap_or(16);
-        let e = opcode::Send::new(SOCK, ptr, len).dest_addr(addr).dest_addr_len(addr_len).build();
+        let e = opcode::Send::new(TX, ptr, len).dest_addr(addr).dest_addr_len(addr_len).build();
         self.push(e.user_data(Op::UdpSend.user_data(slot)))
     }
 
