@@ -241,7 +241,7 @@ impl Report {
     /// tcp-1) per data path, side by side.
     pub fn svg(&self, path: &Path) -> Result<()> {
         let rows: Vec<&Record> = self.records.iter().filter(|r| r.workload == "tcp-1").collect();
-        // Short labels so that eight bars fit: "weft vxlan offload" → "vxlan offload".
+        // Short labels so that a dozen bars fit: "weft vxlan offload" → "vxlan offload".
         let names: Vec<String> =
             rows.iter().map(|r| r.data_path.trim_start_matches("weft ").replace(" (kernel)", " (k)")).collect();
         let gbps: Vec<f64> = rows.iter().map(|r| r.throughput_gbit_s.unwrap_or(0.0)).collect();
@@ -249,7 +249,7 @@ impl Report {
             .iter()
             .map(|r| r.crossings.iter().map(|c| c.syscalls_per_packet).sum::<f64>() + r.polls_per_packet)
             .collect();
-        let width = u32::try_from(260 + 150 * rows.len()).unwrap_or(1600).clamp(800, 2400);
+        let width = u32::try_from(260 + 175 * rows.len()).unwrap_or(1600).clamp(800, 2800);
         let root = SVGBackend::new(path, (width, 440)).into_drawing_area();
         root.fill(&WHITE)?;
         let (left, right) = root.split_horizontally(width / 2);

@@ -16,7 +16,7 @@
 //! (nothing was done) is counted as a poll, as every engine counts its waits.
 
 use super::{EngineContext, EngineError, STOP_CHECK, per_packet, reply_icmp, u64_len};
-use crate::dataplane::counters::{Crossing, DropLog, DropReason, timed};
+use crate::dataplane::counters::{Counters, Crossing, DropLog, DropReason, timed};
 use crate::dataplane::forward::{Egress, HEADROOM, Ingress};
 use crate::dataplane::sys::uring::{Completion, Op, PacketRing, RECVMSG_PREFIX, parse_received};
 use crate::proto::icmp;
@@ -54,9 +54,28 @@ fn ring(ctx: &EngineContext, provide_at: usize) -> Result<PacketRing, EngineErro
     PacketRing::new(fds, SLOTS, slot_len(ctx.forwarder.mtu), provide_at).map_err(EngineError::Ring)
 }
 
-/// Whether a failed request is about one packet (count it) or the device (stop).
 fn errno(result: i32) -> io::Error {
     io::Error::from_raw_os_error(result.saturating_neg())
+}
+
+/// A multishot request ended without a buffer (none left: re-armed once some come back;
+/// cancelled; an error about one packet): fine, unless the fd itself failed.
+fn ended(result: i32) -> Result<(), io::Error> {
+    let e = errno(result);
+    if result < 0 && !per_packet(&e) { Err(e) } else { Ok(()) }
+}
+
+/// A send or TUN write finished with `result`: a packet moved on `crossing`, or one dropped for
+/// `reason`; an error about the fd itself stops the engine.
+fn finished(c: &Counters, crossing: Crossing, reason: DropReason, result: i32) -> Result<(), io::Error> {
+    match usize::try_from(result) {
+        Ok(n) => c.moved(crossing, 1, u64_len(n)),
+        Err(_) => {
+            ended(result)?;
+            c.count_drop(reason);
+        }
+    }
+    Ok(())
 }
 
 /// One round of the ring: submit what is queued and reap what is done (counted as one syscall
@@ -65,7 +84,7 @@ fn errno(result: i32) -> io::Error {
 fn step(
     ring: &mut PacketRing,
     done: &mut Vec<Completion>,
-    c: &crate::dataplane::counters::Counters,
+    c: &Counters,
     crossing: Crossing,
 ) -> Result<bool, EngineError> {
     let (r, ns) = timed(|| ring.submit());
@@ -111,18 +130,9 @@ fn egress_loop(ctx: &EngineContext) -> Result<(), EngineError> {
                     }
                 }
                 // No buffer left (re-armed once sends return some), cancelled, or interrupted.
-                (Op::TunRead, None) => {
-                    let e = errno(d.result);
-                    if d.result < 0 && !per_packet(&e) {
-                        return Err(EngineError::Tun(e));
-                    }
-                }
+                (Op::TunRead, None) => ended(d.result).map_err(EngineError::Tun)?,
                 (Op::UdpSend, Some(slot)) => {
-                    match usize::try_from(d.result) {
-                        Ok(n) => c.moved(Crossing::UdpSend, 1, u64_len(n)),
-                        Err(_) if per_packet(&errno(d.result)) => c.count_drop(DropReason::SendFailed),
-                        Err(_) => return Err(EngineError::Udp(errno(d.result))),
-                    }
+                    finished(c, Crossing::UdpSend, DropReason::SendFailed, d.result).map_err(EngineError::Udp)?;
                     ring.give_back(slot);
                 }
                 _ => {}
@@ -173,20 +183,10 @@ fn ingress_loop(ctx: &EngineContext) -> Result<(), EngineError> {
                         }
                     }
                 }
-                (Op::UdpRecv, None) => {
-                    // ICMP errors of earlier sends surface here (ECONNREFUSED and friends): the
-                    // socket is fine. Anything else about the socket itself stops the engine.
-                    let e = errno(d.result);
-                    if d.result < 0 && !per_packet(&e) {
-                        return Err(EngineError::Udp(e));
-                    }
-                }
+                // ICMP errors of earlier sends surface here too (ECONNREFUSED and friends).
+                (Op::UdpRecv, None) => ended(d.result).map_err(EngineError::Udp)?,
                 (Op::TunWrite, Some(slot)) => {
-                    match usize::try_from(d.result) {
-                        Ok(n) => c.moved(Crossing::TunWrite, 1, u64_len(n)),
-                        Err(_) if per_packet(&errno(d.result)) => c.count_drop(DropReason::TunWriteFailed),
-                        Err(_) => return Err(EngineError::Tun(errno(d.result))),
-                    }
+                    finished(c, Crossing::TunWrite, DropReason::TunWriteFailed, d.result).map_err(EngineError::Tun)?;
                     ring.give_back(slot);
                 }
                 _ => {}

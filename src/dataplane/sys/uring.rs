@@ -419,6 +419,11 @@ pub fn parse_received(buf: &[u8], result: usize) -> Option<Received> {
 impl Drop for PacketRing {
     fn drop(&mut self) {
         let all_back = self.cancel_all();
+        if all_back {
+            // Closing the ring releases its registered files only later, from a kernel worker;
+            // the socket would keep its port bound after weft exits. Let them go now.
+            let _ = self.ring.submitter().unregister_files();
+        }
         // SAFETY: the ring is dropped exactly once, here, and not used afterwards.
         unsafe { std::mem::ManuallyDrop::drop(&mut self.ring) };
         if !all_back {
