@@ -406,6 +406,11 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
             nl.add_dev_route(cfg.network, idx).await?;
             kernel.extra.push(OwnedRoute { dst: cfg.network, gateway: None, oif: Some(idx) });
             let local = SocketAddr::new(public_ip.into(), cfg.backend.port);
+            if multi_queue {
+                // A SO_REUSEPORT group would quietly take in another weft's sockets on the same
+                // port; a plain bind first fails if anything holds the port already.
+                drop(udp::bind(local).with_context(|| format!("binding UDP {local} (is another weft running?)"))?);
+            }
             for (i, tun) in queues.into_iter().enumerate() {
                 let socket =
                     udp::bind_with(local, multi_queue).with_context(|| format!("binding UDP {local} (worker {i})"))?;
