@@ -87,7 +87,7 @@ fn with_a_kernel_vxlan_peer(tag: &str, mode: &str) {
 }
 
 /// `--threads 2`: a TUN with two queues and two SO_REUSEPORT sockets per host (plus one sending
-/// socket per worker), and the whole suite still byte-exact.
+/// socket per worker), a second weft refused, and the whole suite still byte-exact.
 fn multi_queue(tag: &str, backend: &str, mode: &str, tun: &str, port: &str) {
     let c = cluster(tag, backend, &["--mode", mode, "--threads", "2"]);
     for h in &c.topo.hosts {
@@ -102,6 +102,17 @@ fn multi_queue(tag: &str, backend: &str, mode: &str, tun: &str, port: &str) {
         let senders = ss.lines().filter(|l| l.split_whitespace().nth(3).is_some_and(|a| a.starts_with(&from))).count();
         assert_eq!(senders, 4, "{}: two receiving and two sending sockets:\n{ss}", h.ns);
     }
+    // A second weft on host 1 must not join the running one's reuseport group and TUN queues.
+    let mut args: Vec<String> = c.host_args(0);
+    let sf = args.iter().position(|a| a == "--subnet-file").unwrap() + 1;
+    args[sf] = format!("{}.second", args[sf]);
+    args.extend(["--mode", mode, "--threads", "2"].map(String::from));
+    let mut cmd = vec!["timeout", "20", bin().to_str().unwrap(), "run"];
+    cmd.extend(args.iter().map(String::as_str));
+    let second = ns_exec(&c.topo.hosts[0].ns, &cmd).unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "second weft: {err}");
+    assert!(err.contains("is another weft running?"), "{err}");
     let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
     ping_sizes(&h1.container_ns, h2.container_ip);
     tcp_both_ways(&c, MB200);

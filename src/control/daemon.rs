@@ -370,6 +370,12 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
             });
             let offload = opts.mode == Mode::Offload;
             let multi_queue = workers > 1;
+            let local = SocketAddr::new(public_ip.into(), cfg.backend.port);
+            if multi_queue {
+                // A SO_REUSEPORT group (and a multi-queue TUN) would quietly take in a second
+                // weft; a plain bind of the port, before anything is created, fails instead.
+                drop(udp::bind(local).with_context(|| format!("binding UDP {local} (is another weft running?)"))?);
+            }
             let mut queues = Vec::with_capacity(workers);
             for _ in 0..workers {
                 let tun = Tun::open_with(&tun_name, offload, multi_queue).map_err(|e| {
@@ -405,12 +411,6 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
             nl.add_address(idx, tun_addr, 32).await?;
             nl.add_dev_route(cfg.network, idx).await?;
             kernel.extra.push(OwnedRoute { dst: cfg.network, gateway: None, oif: Some(idx) });
-            let local = SocketAddr::new(public_ip.into(), cfg.backend.port);
-            if multi_queue {
-                // A SO_REUSEPORT group would quietly take in another weft's sockets on the same
-                // port; a plain bind first fails if anything holds the port already.
-                drop(udp::bind(local).with_context(|| format!("binding UDP {local} (is another weft running?)"))?);
-            }
             for (i, tun) in queues.into_iter().enumerate() {
                 let socket =
                     udp::bind_with(local, multi_queue).with_context(|| format!("binding UDP {local} (worker {i})"))?;
