@@ -318,13 +318,13 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
 
     // Backend-specific data path.
     let stop = Arc::new(AtomicBool::new(false));
-    let workers = if kernel_path_of(&cfg, &opts) { 1 } else { usize::from(opts.threads) };
+    let kernel_path = cfg.backend.kind == BackendType::HostGw || opts.dataplane == Dataplane::Kernel;
+    let workers = if kernel_path { 1 } else { usize::from(opts.threads) };
     let counters = Arc::new(CounterSet::new(workers));
     let table = Arc::new(ArcSwap::from_pointee(PeerTable::new(peers.clone())));
     let (engine_done_tx, mut engine_done) = tokio::sync::mpsc::unbounded_channel::<Result<(), engine::EngineError>>();
     let mut engine_threads = Vec::new();
     let mut tun_index = None;
-    let kernel_path = kernel_path_of(&cfg, &opts);
     let mut kernel = KernelPaths::default();
     if cfg.backend.kind == BackendType::Vxlan && cfg.backend.direct_routing {
         match underlay.subnet {
@@ -389,15 +389,16 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
                     };
                     anyhow::Error::new(e).context(format!("creating TUN device {tun_name}{hint}"))
                 })?;
-                if offload {
-                    tun.set_offload(engine::offload::TUN_OFFLOADS).with_context(|| {
-                        format!("enabling TSO on {tun_name} (TUNSETOFFLOAD); use --mode batched on this kernel")
-                    })?;
-                }
                 queues.push(tun);
             }
+            // Persistence and offloads belong to the device, not to a queue: set them once.
             let first = &queues[0];
             first.set_persist(opts.persist_tun).with_context(|| format!("setting IFF_PERSIST on {tun_name}"))?;
+            if offload {
+                first.set_offload(engine::offload::TUN_OFFLOADS).with_context(|| {
+                    format!("enabling TSO on {tun_name} (TUNSETOFFLOAD); use --mode batched on this kernel")
+                })?;
+            }
             let idx = nl
                 .link_index(first.name())
                 .await?
@@ -411,6 +412,13 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
             nl.add_address(idx, tun_addr, 32).await?;
             nl.add_dev_route(cfg.network, idx).await?;
             kernel.extra.push(OwnedRoute { dst: cfg.network, gateway: None, oif: Some(idx) });
+            let forwarder = Forwarder {
+                encap,
+                subnet,
+                tun_addr,
+                check_inner_src: !opts.allow_foreign_src,
+                mtu: usize::try_from(mtu).unwrap_or(usize::MAX),
+            };
             for (i, tun) in queues.into_iter().enumerate() {
                 let socket =
                     udp::bind_with(local, multi_queue).with_context(|| format!("binding UDP {local} (worker {i})"))?;
@@ -423,18 +431,11 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
                 } else {
                     socket.try_clone().context("duplicating the UDP socket")?
                 };
-                let forwarder = Forwarder {
-                    encap,
-                    subnet,
-                    tun_addr,
-                    check_inner_src: !opts.allow_foreign_src,
-                    mtu: usize::try_from(mtu).unwrap_or(usize::MAX),
-                };
                 let ctx = EngineContext {
                     tun,
                     socket,
                     tx,
-                    forwarder,
+                    forwarder: forwarder.clone(),
                     peers: table.clone(),
                     counters: counters.worker(i),
                     stop: stop.clone(),
@@ -557,11 +558,6 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-/// Whether the kernel forwards (host-gw, or `--dataplane kernel`): no engine runs.
-fn kernel_path_of(cfg: &NetConfig, opts: &RunOptions) -> bool {
-    cfg.backend.kind == BackendType::HostGw || opts.dataplane == Dataplane::Kernel
 }
 
 fn log_summary(c: &CounterSet) {

@@ -127,9 +127,10 @@ pub struct PacketRing {
 unsafe impl Send for PacketRing {}
 
 impl PacketRing {
-    /// A ring over `[tun, receiving socket, sending socket]` with `slots` (a power of two, ≤ 32 768) buffers of `slot_len`
-    /// bytes, all provided to the kernel at `provide_at` within each slot. Fails with
-    /// `Unsupported` when the kernel lacks what the engine needs (Linux ≥ 6.7).
+    /// A ring over `[tun, receiving socket, sending socket]` with `slots` (a power of two,
+    /// ≤ 32 768) buffers of `slot_len` bytes, all provided to the kernel at `provide_at` within
+    /// each slot. Fails with `Unsupported` when the kernel lacks what the engine needs
+    /// (Linux ≥ 6.7).
     pub fn new(fds: [RawFd; 3], slots: u16, slot_len: usize, provide_at: usize) -> io::Result<Self> {
         if !slots.is_power_of_two() || slot_len <= provide_at || u32::try_from(slot_len).is_err() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad io_uring slot geometry"));
@@ -298,26 +299,13 @@ impl PacketRing {
 
     /// Submits what is queued and reaps what has completed, without waiting.
     pub fn submit(&mut self) -> io::Result<()> {
-        self.enter_with(0, Duration::ZERO)
+        entered(self.ring.submit())
     }
 
-    /// Submits what is queued and waits up to `timeout` for at least one completion. A timeout
-    /// or a signal is not an error.
+    /// Submits what is queued and waits up to `timeout` for at least one completion.
     pub fn wait(&mut self, timeout: Duration) -> io::Result<()> {
-        self.enter_with(1, timeout)
-    }
-
-    fn enter_with(&mut self, want: usize, timeout: Duration) -> io::Result<()> {
         let ts = types::Timespec::from(timeout);
-        let args = types::SubmitArgs::new().timespec(&ts);
-        let r = if want == 0 { self.ring.submit() } else { self.ring.submitter().submit_with_args(want, &args) };
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        entered(self.ring.submitter().submit_with_args(1, &types::SubmitArgs::new().timespec(&ts)))
     }
 
     /// Moves every completion into `out` (cleared first).
@@ -328,25 +316,23 @@ impl PacketRing {
         for cqe in &mut cq {
             let (code, idx) = (cqe.user_data() >> 32, cqe.user_data() & 0xffff_ffff);
             let Some(op) = Op::from_code(code) else { continue };
-            let slot = match op {
+            // Which slot comes back, and from whom: a multishot fills a provided buffer, a send
+            // or write returns a lent one.
+            let (slot, from) = match op {
                 Op::TunRead | Op::UdpRecv => {
                     if !cqueue::more(cqe.flags()) {
                         self.multishot = None;
                     }
-                    cqueue::buffer_select(cqe.flags()).map(usize::from)
+                    (cqueue::buffer_select(cqe.flags()).map(usize::from), Owner::Provided)
                 }
-                Op::UdpSend | Op::TunWrite => usize::try_from(idx).ok(),
-                Op::Cancel => None,
+                Op::UdpSend | Op::TunWrite => (usize::try_from(idx).ok(), Owner::Lent),
+                Op::Cancel => (None, Owner::Engine),
             };
-            let slot = slot.filter(|s| {
-                let expected = if matches!(op, Op::TunRead | Op::UdpRecv) { Owner::Provided } else { Owner::Lent };
-                self.owner.get(*s) == Some(&expected)
-            });
+            let slot = slot.filter(|s| from != Owner::Engine && self.owner.get(*s) == Some(&from));
             if let Some(s) = slot {
-                if self.owner[s] == Owner::Provided {
-                    self.provided -= 1;
-                } else {
-                    self.lent -= 1;
+                match from {
+                    Owner::Provided => self.provided -= 1,
+                    _ => self.lent -= 1,
                 }
                 self.owner[s] = Owner::Engine;
             }
@@ -360,11 +346,6 @@ impl PacketRing {
             return &mut [];
         }
         &mut self.mem[slot * self.slot_len..(slot + 1) * self.slot_len]
-    }
-
-    /// Where a provided buffer starts in a slot.
-    pub fn provide_at(&self) -> usize {
-        self.provide_at
     }
 
     fn cancel_all(&mut self) -> bool {
@@ -384,6 +365,15 @@ impl PacketRing {
     }
 }
 
+/// The result of an `io_uring_enter`: a timeout, a signal or a full completion queue is not an
+/// error (the next round goes on).
+fn entered(r: io::Result<usize>) -> io::Result<()> {
+    match r {
+        Err(e) if !matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// What a multishot recvmsg wrote at the start of a provided buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
@@ -396,7 +386,7 @@ pub struct Received {
 }
 
 /// Reads the `io_uring_recvmsg_out` header and the name a multishot recvmsg put at the start of
-/// `buf` (a slot, from [`PacketRing::provide_at`]); `result` is the completion's byte count.
+/// `buf` (a slot of a ring that provides its buffers at 0); `result` is the completion's byte count.
 pub fn parse_received(buf: &[u8], result: usize) -> Option<Received> {
     let word = |at: usize| buf.get(at..at + 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
     let (namelen, payloadlen, flags) = (word(0)?, word(8)?, word(12)?);
