@@ -31,7 +31,7 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked --quiet
 fi
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
-for target in proto_parsers decapsulate encapsulate gso_gro; do
+for target in proto_parsers decapsulate encapsulate gso_gro flow_runs; do
   # Run over a copy of the committed seeds so that the tree stays clean.
   work=$(mktemp -d)
   cp fuzz/corpus/"$target"/* "$work"/

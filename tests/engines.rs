@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use std::net::SocketAddr;
 use std::time::Duration;
+use weft::lab::measure::scrape;
 use weft::lab::topology::ns_exec;
 use weft::lab::traffic::{udp_flood, udp_probe_error};
 
@@ -21,13 +22,30 @@ fn ping_sizes(ns: &str, dst: std::net::Ipv4Addr) {
 }
 
 fn suite(tag: &str, backend: &str, mode: &str) {
-    let c = cluster(tag, backend, &["--mode", mode]);
+    let c = cluster(tag, backend, &["--mode", mode, "--metrics-addr", "127.0.0.1:9100"]);
     let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
     ping_sizes(&h1.container_ns, h2.container_ip);
     ping_sizes(&h2.container_ns, h1.container_ip);
     tcp_both_ways(&c, MB200);
+    let before = [scrape(&h1.ns).unwrap(), scrape(&h2.ns).unwrap()];
     let u = udp_flood(&h2.container_ns, h2.container_ip, &h1.container_ns, Duration::from_millis(500)).unwrap();
     assert!(u.received > 0 && u.bad == 0, "{mode}/{backend}: {u:?}");
+    if mode == "offload" || mode == "batched" {
+        // The flood's datagrams leave host 1 in GSO runs and enter host 2's TUN in USO runs.
+        let per_call = |host: usize, crossing: &str| {
+            let after = scrape(&c.topo.hosts[host].ns).unwrap();
+            let delta = |what: &str| {
+                let key = format!("weft_crossing_{what}_total{{crossing=\"{crossing}\"}}");
+                after.get(&key).copied().unwrap_or(0.0) - before[host].get(&key).copied().unwrap_or(0.0)
+            };
+            delta("packets") / delta("syscalls").max(1.0)
+        };
+        let (sent, written) = (per_call(0, "udp_send"), per_call(1, "tun_write"));
+        assert!(
+            sent > 4.0 && written > 4.0,
+            "{mode}/{backend}: {sent:.1} datagrams per send, {written:.1} per TUN write"
+        );
+    }
     let err = udp_probe_error(&h1.container_ns, "100.96.77.2:9".parse::<SocketAddr>().unwrap(), Duration::from_secs(3))
         .unwrap()
         .expect("an ICMP error");

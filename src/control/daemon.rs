@@ -369,6 +369,9 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
                 _ => "flannel0".to_string(),
             });
             let offload = opts.mode == Mode::Offload;
+            // The batched engine writes coalesced runs too, so its TUN carries a virtio_net_hdr
+            // (but no offloads: it reads plain packets).
+            let vnet_hdr = matches!(opts.mode, Mode::Offload | Mode::Batched);
             let multi_queue = workers > 1;
             let local = SocketAddr::new(public_ip.into(), cfg.backend.port);
             if multi_queue {
@@ -378,7 +381,7 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
             }
             let mut queues = Vec::with_capacity(workers);
             for _ in 0..workers {
-                let tun = Tun::open_with(&tun_name, offload, multi_queue).map_err(|e| {
+                let tun = Tun::open_with(&tun_name, vnet_hdr, multi_queue).map_err(|e| {
                     let hint = match e.raw_os_error() {
                         Some(libc::EPERM | libc::EACCES) => " (needs CAP_NET_ADMIN: run weft as root)",
                         Some(libc::EINVAL | libc::EBUSY) => {

@@ -5,6 +5,10 @@
 //! TOS/TTL/DF, the same ACK, window and TCP options, continues the sequence exactly, carries no
 //! SYN/RST/URG, and follows a full-sized segment without PSH or FIN. PSH or FIN ends a run after
 //! the segment that carries it; a shorter segment ends it too.
+//!
+//! [`UdpRun`] does the same for UDP datagrams (USO, `GSO_UDP_L4`): a run of one flow's
+//! datagrams of one size, the last one possibly shorter, leaves as one packet that the kernel
+//! cuts back into the same datagrams before any socket sees them.
 
 use super::checksum;
 use super::ipv4::Ipv4Packet;
@@ -129,6 +133,196 @@ impl Run {
     }
 }
 
+/// Most datagrams in one UDP run (the kernel's `UDP_MAX_SEGMENTS` is 64 on older kernels).
+pub const MAX_UDP_SEGMENTS: usize = 64;
+/// Length of a UDP header.
+const UDP_HDR: usize = 8;
+/// Offset of the checksum within the UDP header.
+const UDP_CHECKSUM_OFFSET: usize = 6;
+
+/// Where the parts of an IPv4/UDP datagram are, once its lengths and checksum are known good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct UdpV4 {
+    ip_hl: usize,
+    total: usize,
+}
+
+impl UdpV4 {
+    /// An unfragmented IPv4/UDP datagram whose UDP length agrees with the IP one and whose
+    /// checksum (when it has one) is right: merging discards each datagram's own checksum, so a
+    /// damaged one must not be laundered into a good one.
+    fn parse(pkt: &[u8]) -> Option<Self> {
+        let ip = Ipv4Packet::new_checked(pkt).ok()?;
+        if ip.protocol() != super::ipv4::PROTO_UDP || ip.frag_offset() != 0 || pkt[6] & 0x20 != 0 {
+            return None;
+        }
+        let (ip_hl, total) = (ip.header_len(), ip.total_len());
+        let udp = pkt.get(ip_hl..total)?;
+        if udp.len() < UDP_HDR || usize::from(u16::from_be_bytes([udp[4], udp[5]])) != udp.len() {
+            return None;
+        }
+        if udp[UDP_CHECKSUM_OFFSET..UDP_CHECKSUM_OFFSET + 2] != [0, 0] {
+            let acc = checksum::sum(udp_pseudo_sum(&pkt[..ip_hl], udp.len()), udp);
+            if checksum::finish(acc) != 0 {
+                return None;
+            }
+        }
+        Some(Self { ip_hl, total })
+    }
+
+    fn payload_len(&self) -> usize {
+        self.total - self.ip_hl - UDP_HDR
+    }
+}
+
+/// The pseudo-header sum of an IPv4 UDP datagram of `udp_len` bytes, unfolded.
+fn udp_pseudo_sum(ip_hdr: &[u8], udp_len: usize) -> u32 {
+    let mut pseudo = [0u8; 12];
+    pseudo[..8].copy_from_slice(&ip_hdr[12..20]);
+    pseudo[9] = super::ipv4::PROTO_UDP;
+    pseudo[10..].copy_from_slice(&u16::try_from(udp_len).unwrap_or(u16::MAX).to_be_bytes());
+    checksum::sum(0, &pseudo)
+}
+
+/// The first datagram of a UDP run and what has been merged so far.
+#[derive(Debug, Clone, Copy)]
+pub struct UdpRun {
+    u: UdpV4,
+    /// Payload bytes per datagram (the first datagram's): the `gso_size`.
+    pub size: usize,
+    /// Total payload merged.
+    pub payload: usize,
+    /// Datagrams merged.
+    pub segments: usize,
+    open: bool,
+}
+
+impl UdpRun {
+    /// Starts a run with `pkt`, if it is a sound UDP datagram with a payload.
+    pub fn start(pkt: &[u8]) -> Option<Self> {
+        let u = UdpV4::parse(pkt)?;
+        let size = u.payload_len();
+        (size > 0).then_some(Self { u, size, payload: size, segments: 1, open: true })
+    }
+
+    /// Tries to merge `next` (the first datagram of the run is `first`): same addresses, ports,
+    /// TOS, TTL, DF and IP options, a payload no longer than the first's (a shorter one ends the
+    /// run). Returns its payload range within `next` when merged.
+    pub fn push(&mut self, first: &[u8], next: &[u8]) -> Option<std::ops::Range<usize>> {
+        if !self.open || self.segments >= MAX_UDP_SEGMENTS {
+            return None;
+        }
+        let n = UdpV4::parse(next)?;
+        let (a, b, ip) = (first, next, self.u.ip_hl);
+        let same = n.ip_hl == ip
+            && a[1] == b[1]
+            && a[6] & 0x40 == b[6] & 0x40
+            && a[8] == b[8]
+            && a[12..20] == b[12..20]
+            && a[20..ip] == b[20..ip]
+            && a[ip..ip + 4] == b[ip..ip + 4];
+        let len = n.payload_len();
+        if !same || len == 0 || len > self.size || ip + UDP_HDR + self.payload + len > MAX_MERGED {
+            return None;
+        }
+        self.payload += len;
+        self.segments += 1;
+        self.open = len == self.size;
+        Some(ip + UDP_HDR..n.total)
+    }
+
+    /// Header length of the merged packet (IPv4 + UDP).
+    pub fn hdr_len(&self) -> usize {
+        self.u.ip_hl + UDP_HDR
+    }
+
+    /// The first datagram's payload range (within the first datagram).
+    pub fn first_payload(&self) -> std::ops::Range<usize> {
+        self.hdr_len()..self.u.total
+    }
+
+    /// Writes the merged packet's headers (from `first`) into `out` and returns the
+    /// `virtio_net_hdr` to write with it: a lone datagram passes as it came; a run becomes one
+    /// `GSO_UDP_L4` packet whose checksum is left partial for the kernel to finish per datagram.
+    pub fn finish(&self, first: &[u8], out: &mut [u8]) -> Option<(usize, VnetHdr)> {
+        let hl = self.hdr_len();
+        let h = out.get_mut(..hl)?;
+        h.copy_from_slice(first.get(..hl)?);
+        if self.segments == 1 {
+            return Some((hl, VnetHdr::default()));
+        }
+        let ip = self.u.ip_hl;
+        let udp_len = u16::try_from(UDP_HDR + self.payload).ok()?;
+        let total = u16::try_from(hl + self.payload).ok()?;
+        h[2..4].copy_from_slice(&total.to_be_bytes());
+        Ipv4Packet::new_unchecked(&mut h[..ip]).fill_checksum();
+        h[ip + 4..ip + 6].copy_from_slice(&udp_len.to_be_bytes());
+        let partial = !checksum::finish(udp_pseudo_sum(&h[..ip], UDP_HDR + self.payload));
+        h[ip + UDP_CHECKSUM_OFFSET..ip + UDP_CHECKSUM_OFFSET + 2].copy_from_slice(&partial.to_be_bytes());
+        let vh = VnetHdr {
+            flags: virtio::F_NEEDS_CSUM,
+            gso_type: virtio::GSO_UDP_L4,
+            hdr_len: u16::try_from(hl).ok()?,
+            gso_size: u16::try_from(self.size).ok()?,
+            csum_start: u16::try_from(ip).ok()?,
+            csum_offset: u16::try_from(UDP_CHECKSUM_OFFSET).ok()?,
+        };
+        Some((hl, vh))
+    }
+}
+
+/// A run of either kind, so that an engine can coalesce whatever arrives with one loop.
+#[derive(Debug, Clone, Copy)]
+pub enum FlowRun {
+    /// TCP segments of one flow.
+    Tcp(Run),
+    /// UDP datagrams of one flow.
+    Udp(UdpRun),
+}
+
+impl FlowRun {
+    /// Starts a run with `pkt`: TCP if it can; UDP too when `udp` (the TUN takes USO).
+    pub fn start(pkt: &[u8], udp: bool) -> Option<Self> {
+        match Run::start(pkt) {
+            Some(r) => Some(Self::Tcp(r)),
+            None if udp => UdpRun::start(pkt).map(Self::Udp),
+            None => None,
+        }
+    }
+
+    /// See [`Run::push`] and [`UdpRun::push`].
+    pub fn push(&mut self, first: &[u8], next: &[u8]) -> Option<std::ops::Range<usize>> {
+        match self {
+            Self::Tcp(r) => r.push(first, next),
+            Self::Udp(r) => r.push(first, next),
+        }
+    }
+
+    /// The first packet's payload range.
+    pub fn first_payload(&self) -> std::ops::Range<usize> {
+        match self {
+            Self::Tcp(r) => r.first_payload(),
+            Self::Udp(r) => r.first_payload(),
+        }
+    }
+
+    /// Packets merged.
+    pub fn segments(&self) -> usize {
+        match self {
+            Self::Tcp(r) => r.segments,
+            Self::Udp(r) => r.segments,
+        }
+    }
+
+    /// See [`Run::finish`] and [`UdpRun::finish`].
+    pub fn finish(&self, first: &[u8], out: &mut [u8]) -> Option<(usize, VnetHdr)> {
+        match self {
+            Self::Tcp(r) => r.finish(first, out),
+            Self::Udp(r) => r.finish(first, out),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +409,131 @@ mod tests {
         assert!(Run::start(&syn).is_none());
         // Non-TCP and pure ACKs pass through unmerged.
         assert!(Run::start(&tcp_packet(0, &[])).is_none());
+    }
+
+    /// An IPv4/UDP datagram from 100.96.1.2:`sport` with a valid checksum and IP ID `id`.
+    fn udp_datagram(sport: u16, id: u16, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        etherparse::PacketBuilder::ipv4([100, 96, 1, 2], [100, 96, 2, 2], 64)
+            .udp(sport, 9000)
+            .write(&mut v, payload)
+            .unwrap();
+        v[4..6].copy_from_slice(&id.to_be_bytes());
+        Ipv4Packet::new_unchecked(&mut v[..20]).fill_checksum();
+        v
+    }
+
+    /// Coalesces `dgrams` in order; returns each merged packet (checksum completed) with its
+    /// `virtio_net_hdr`.
+    fn coalesce_udp(dgrams: &[Vec<u8>]) -> Vec<(Vec<u8>, VnetHdr, usize)> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < dgrams.len() {
+            let Some(mut run) = UdpRun::start(&dgrams[i]) else {
+                out.push((dgrams[i].clone(), VnetHdr::default(), 1));
+                i += 1;
+                continue;
+            };
+            let mut body = dgrams[i][run.first_payload()].to_vec();
+            let mut j = i + 1;
+            while j < dgrams.len() {
+                match run.push(&dgrams[i], &dgrams[j]) {
+                    Some(r) => body.extend_from_slice(&dgrams[j][r]),
+                    None => break,
+                }
+                j += 1;
+            }
+            let mut hdr = vec![0u8; 128];
+            let (hl, vh) = run.finish(&dgrams[i], &mut hdr).unwrap();
+            let mut pkt = hdr[..hl].to_vec();
+            pkt.extend_from_slice(&body);
+            vh.complete_checksum(&mut pkt).unwrap();
+            out.push((pkt, vh, run.segments));
+            i = j;
+        }
+        out
+    }
+
+    /// What the kernel's UDP GSO does with a merged packet: datagrams of `gso_size` payload bytes
+    /// with the merged header, lengths and checksums fixed.
+    fn segment_udp(pkt: &[u8], vh: &VnetHdr) -> Vec<Vec<u8>> {
+        let hl = usize::from(vh.hdr_len);
+        pkt[hl..]
+            .chunks(usize::from(vh.gso_size))
+            .map(|chunk| {
+                let mut v = Vec::new();
+                etherparse::PacketBuilder::ipv4([100, 96, 1, 2], [100, 96, 2, 2], pkt[8])
+                    .udp(u16::from_be_bytes([pkt[20], pkt[21]]), u16::from_be_bytes([pkt[22], pkt[23]]))
+                    .write(&mut v, chunk)
+                    .unwrap();
+                v
+            })
+            .collect()
+    }
+
+    #[test]
+    fn udp_runs_merge_one_flow_and_give_back_the_same_datagrams() {
+        // 10 datagrams of 64 bytes and a shorter last one: one run of 11.
+        let mut dgrams: Vec<Vec<u8>> = (0..10).map(|k| udp_datagram(4000, 7 + k, &payload(64))).collect();
+        dgrams.push(udp_datagram(4000, 99, &payload(20)));
+        let merged = coalesce_udp(&dgrams);
+        assert_eq!(merged.len(), 1);
+        let (pkt, vh, segs) = &merged[0];
+        assert_eq!(*segs, 11);
+        assert_eq!(vh.gso_kind(), virtio::GSO_UDP_L4);
+        assert_eq!((vh.hdr_len, vh.gso_size, vh.csum_start, vh.csum_offset), (28, 64, 20, 6));
+        // The merged packet is a sound UDP datagram (reference checksum by etherparse) ...
+        let p = etherparse::SlicedPacket::from_ip(pkt).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else { panic!() };
+        let Some(etherparse::TransportSlice::Udp(u)) = &p.transport else { panic!() };
+        let ih = ip.header().to_header();
+        assert_eq!(ih.header_checksum, ih.calc_header_checksum());
+        assert_eq!(u.to_header().checksum, u.to_header().calc_checksum_ipv4(&ih, u.payload()).unwrap());
+        assert_eq!(u.payload().len(), 10 * 64 + 20);
+        // ... and cut the kernel's way it gives back every datagram's payload and ports.
+        let again = segment_udp(pkt, vh);
+        assert_eq!(again.len(), dgrams.len());
+        for (a, d) in again.iter().zip(&dgrams) {
+            assert_eq!(a[20..], d[20..], "UDP header and payload");
+        }
+    }
+
+    #[test]
+    fn udp_runs_break_where_they_must() {
+        let d = |sport, len| udp_datagram(sport, 1, &payload(len));
+        let runs = |v: &[Vec<u8>]| coalesce_udp(v).iter().map(|m| m.2).collect::<Vec<_>>();
+        // Another port, a longer datagram, and anything after a shorter one start new runs.
+        assert_eq!(runs(&[d(1, 64), d(1, 64), d(2, 64), d(2, 64)]), vec![2, 2]);
+        assert_eq!(runs(&[d(1, 64), d(1, 100), d(1, 100)]), vec![1, 2]);
+        assert_eq!(runs(&[d(1, 64), d(1, 10), d(1, 10)]), vec![2, 1]);
+        // Another TTL or TOS.
+        let mut ttl = d(1, 64);
+        ttl[8] = 9;
+        Ipv4Packet::new_unchecked(&mut ttl[..20]).fill_checksum();
+        assert_eq!(runs(&[d(1, 64), ttl]), vec![1, 1]);
+        // At most MAX_UDP_SEGMENTS per run.
+        let many: Vec<Vec<u8>> = (0..MAX_UDP_SEGMENTS + 1).map(|_| d(1, 8)).collect();
+        assert_eq!(runs(&many), vec![MAX_UDP_SEGMENTS, 1]);
+        // A damaged checksum is neither merged nor starts a run; a zero (absent) one is fine.
+        let mut bad = d(1, 64);
+        bad[40] ^= 0xff;
+        assert!(UdpRun::start(&bad).is_none());
+        assert_eq!(runs(&[d(1, 64), bad.clone(), d(1, 64)]), vec![1, 1, 1]);
+        let mut none = d(1, 64);
+        none[26..28].copy_from_slice(&[0, 0]);
+        assert_eq!(runs(&[d(1, 64), none]), vec![2]);
+        // Fragments, empty payloads, lying UDP lengths and TCP never start a run.
+        let mut frag = d(1, 64);
+        frag[6] |= 0x20;
+        Ipv4Packet::new_unchecked(&mut frag[..20]).fill_checksum();
+        assert!(UdpRun::start(&frag).is_none());
+        assert!(UdpRun::start(&d(1, 0)).is_none());
+        let mut liar = d(1, 64);
+        liar[25] ^= 1;
+        assert!(UdpRun::start(&liar).is_none());
+        assert!(UdpRun::start(&tcp_packet(0, &payload(10))).is_none());
+        // A lone datagram passes through without a GSO header.
+        let lone = coalesce_udp(&[d(1, 64)]);
+        assert_eq!((lone[0].1, lone[0].0.clone()), (VnetHdr::default(), d(1, 64)));
     }
 }

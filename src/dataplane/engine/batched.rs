@@ -1,39 +1,39 @@
 //! The batched engine: the same forwarding decision, fewer crossings.
 //!
 //! Egress drains the TUN into up to [`BATCH`] caller-owned buffers (each with [`HEADROOM`] for
-//! the outer headers, so encapsulation copies nothing) and hands every datagram of the batch to
-//! the kernel with one `sendmmsg`. Ingress takes up to [`BATCH`] datagrams with one `recvmmsg`.
-//! The batch is whatever is queued when the engine looks, so a lone packet goes out at once: no
-//! added latency at low load. The TUN has no batched read or write without offloads, so crossings
-//! `tun_read` and `tun_write` stay at one syscall per packet here (see the offload engine).
+//! the outer headers, so encapsulation copies nothing) and hands the whole batch to the kernel
+//! with one `sendmmsg`, consecutive datagrams to one peer of one size going as one GSO message
+//! (see [`RunSender`]). Ingress takes up to [`BATCH`] datagrams with one `recvmmsg` and writes
+//! them into the TUN with runs of one flow coalesced (see [`TunWriter`]): the TUN is opened with
+//! `IFF_VNET_HDR` for that, but without offloads, so that every read is one plain packet. The
+//! batch is whatever is queued when the engine looks, so a lone packet goes out at once: no added
+//! latency at low load. The TUN has no batched read: crossing `tun_read` stays at one syscall
+//! per packet here (the offload engine reads super-packets).
 
-use super::{EngineContext, EngineError, STOP_CHECK, empty_read, per_packet, reply_icmp, tun_write, u64_len};
+use super::coalesce::{TunWriter, reply_icmp};
+use super::runs::{BATCH, Pending, RunSender};
+use super::{EngineContext, EngineError, STOP_CHECK, empty_read, u64_len};
 use crate::dataplane::counters::{Crossing, DropLog, DropReason, timed};
 use crate::dataplane::forward::{BUF_LEN, Egress, HEADROOM, Ingress};
 use crate::dataplane::sys::mmsg::MmsgBatch;
 use crate::dataplane::sys::poll::wait_readable;
 use crate::proto::icmp;
-use std::net::{SocketAddr, SocketAddrV4};
-use std::ops::Range;
+use crate::proto::virtio::{self, VnetHdr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-/// Most packets per batch.
-pub const BATCH: usize = 64;
+/// Where a TUN read starts, so that the packet after the `virtio_net_hdr` lands at [`HEADROOM`].
+const READ_AT: usize = HEADROOM - virtio::LEN;
 
-struct Egressed {
-    buf: usize,
-    range: Range<usize>,
-    to: SocketAddrV4,
-}
-
-/// Runs until stopped.
+/// Runs until stopped. `ctx.tun` must have been opened with `IFF_VNET_HDR` (no offloads).
 pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
     let mut tun_bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; BUF_LEN]).collect();
     let mut udp_bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; BUF_LEN]).collect();
     let mut meta = vec![(0usize, SocketAddr::from(([0, 0, 0, 0], 0))); BATCH];
-    let mut out: Vec<Egressed> = Vec::with_capacity(BATCH);
-    let mut tx = MmsgBatch::new(BATCH);
+    let mut out: Vec<Pending> = Vec::with_capacity(BATCH);
+    let mut tx = RunSender::default();
     let mut rx = MmsgBatch::new(BATCH);
+    let mut writer = TunWriter::default();
     let mut scratch = [0u8; icmp::MAX_LEN];
     let mut log = DropLog::default();
     let c = &*ctx.counters;
@@ -48,7 +48,7 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
             tun_ready = egress_batch(&ctx, &mut tun_bufs, &mut out, &mut tx, &mut scratch)? == BATCH;
         }
         if udp_ready {
-            udp_ready = ingress_batch(&ctx, &mut udp_bufs, &mut meta, &mut rx, &mut log)? == BATCH;
+            udp_ready = ingress_batch(&ctx, &mut udp_bufs, &mut meta, &mut rx, &mut writer, &mut log)? == BATCH;
         }
     }
     Ok(())
@@ -59,8 +59,8 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
 fn egress_batch(
     ctx: &EngineContext,
     bufs: &mut [Vec<u8>],
-    out: &mut Vec<Egressed>,
-    tx: &mut MmsgBatch,
+    out: &mut Vec<Pending>,
+    tx: &mut RunSender,
     scratch: &mut [u8],
 ) -> Result<usize, EngineError> {
     let c = &*ctx.counters;
@@ -68,8 +68,9 @@ fn egress_batch(
     out.clear();
     let mut read = 0;
     while read < bufs.len() {
-        let buf = &mut bufs[read];
-        let (r, ns) = timed(|| ctx.tun.recv(&mut buf[HEADROOM..]));
+        let slot = out.len();
+        let buf = &mut bufs[slot];
+        let (r, ns) = timed(|| ctx.tun.recv(&mut buf[READ_AT..]));
         let n = match r {
             Ok(n) => n,
             Err(e) => {
@@ -77,51 +78,45 @@ fn egress_batch(
                 break;
             }
         };
-        c.syscall(Crossing::TunRead, 1, u64_len(n), ns);
-        match ctx.forwarder.egress(&peers, buf, n, scratch) {
-            Egress::Send { range, to } => out.push(Egressed { buf: read, range, to }),
+        read += 1;
+        let len = n.saturating_sub(virtio::LEN);
+        c.syscall(Crossing::TunRead, 1, u64_len(len), ns);
+        // Without offloads the kernel hands over finished plain packets; anything else is a
+        // device someone else set up.
+        match VnetHdr::parse(&buf[READ_AT..READ_AT + n]) {
+            Ok(vh) if vh.gso_kind() == virtio::GSO_NONE => {
+                if vh.complete_checksum(&mut buf[HEADROOM..HEADROOM + len]).is_err() {
+                    c.count_drop(DropReason::BadIpHeader);
+                    continue;
+                }
+            }
+            Ok(_) => {
+                c.count_drop(DropReason::BadIpHeader);
+                continue;
+            }
+            Err(_) => {
+                c.count_drop(DropReason::TooShort);
+                continue;
+            }
+        }
+        match ctx.forwarder.egress(&peers, buf, len, scratch) {
+            Egress::Send { range, to } => out.push(Pending { buf: slot, range, to }),
             Egress::Reply { len } => reply_icmp(ctx, &scratch[..len]),
             Egress::Drop(r) => c.count_drop(r),
         }
-        read += 1;
     }
-    let mut sent = 0;
-    while sent < out.len() {
-        let pending = &out[sent..];
-        let (r, ns) = timed(|| {
-            tx.send_with(&ctx.tx, pending.len(), |i| {
-                (&bufs[pending[i].buf][pending[i].range.clone()], Some(pending[i].to))
-            })
-        });
-        match r {
-            Ok(k) if k > 0 => {
-                let bytes: usize = pending[..k].iter().map(|e| e.range.len()).sum();
-                c.syscall(Crossing::UdpSend, u64_len(k), u64_len(bytes), ns);
-                sent += k;
-            }
-            // The first datagram failed: count it and go on with the rest.
-            Ok(_) | Err(_) if sent < out.len() => {
-                if let Err(e) = &r
-                    && !per_packet(e)
-                {
-                    return Err(EngineError::Udp(std::io::Error::from(e.kind())));
-                }
-                c.syscall(Crossing::UdpSend, 0, 0, ns);
-                c.count_drop(DropReason::SendFailed);
-                sent += 1;
-            }
-            _ => break,
-        }
-    }
+    tx.send(ctx, bufs, out)?;
     Ok(read)
 }
 
-/// One recvmmsg, then one TUN write per datagram to deliver. Returns how many arrived.
+/// One recvmmsg, then the datagrams to deliver written with runs coalesced. Returns how many
+/// arrived.
 fn ingress_batch(
     ctx: &EngineContext,
     bufs: &mut [Vec<u8>],
     meta: &mut [(usize, SocketAddr)],
     rx: &mut MmsgBatch,
+    writer: &mut TunWriter,
     log: &mut DropLog,
 ) -> Result<usize, EngineError> {
     let c = &*ctx.counters;
@@ -136,14 +131,25 @@ fn ingress_batch(
     let bytes: usize = meta[..got].iter().map(|m| m.0).sum();
     c.syscall(Crossing::UdpRecv, u64_len(got), u64_len(bytes), ns);
     let peers = ctx.peers.load();
-    for (buf, &(len, from)) in bufs.iter_mut().zip(meta.iter()).take(got) {
+    // Decapsulate in place first (which buffer, where the inner packet is), then write.
+    let mut delivered = [(0usize, 0usize, 0usize); BATCH];
+    let mut n = 0;
+    for (k, (buf, &(len, from))) in bufs.iter_mut().zip(meta.iter()).take(got.min(BATCH)).enumerate() {
         match ctx.forwarder.ingress(&peers, from, buf, len) {
-            Ingress::Deliver(range) => tun_write(ctx, &buf[range])?,
+            Ingress::Deliver(range) => {
+                delivered[n] = (k, range.start, range.end);
+                n += 1;
+            }
             Ingress::Drop(r) => {
                 c.count_drop(r);
                 log.note(r, from);
             }
         }
     }
+    let mut packets: [&[u8]; BATCH] = [&[]; BATCH];
+    for (slot, &(k, start, end)) in packets.iter_mut().zip(&delivered[..n]) {
+        *slot = &bufs[k][start..end];
+    }
+    writer.write(ctx, &packets[..n])?;
     Ok(got)
 }

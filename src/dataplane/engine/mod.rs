@@ -2,8 +2,10 @@
 //! so that the lab runs every engine on the same host and binary.
 
 pub mod batched;
+pub mod coalesce;
 pub mod naive;
 pub mod offload;
+pub mod runs;
 pub mod uring;
 
 use super::counters::Counters;

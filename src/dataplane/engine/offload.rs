@@ -5,23 +5,29 @@
 //! super-packet into MSS-sized segments — fresh headers in a scratch area, payloads left where
 //! they are — and hands all of them to the kernel with one `sendmsg` and `UDP_SEGMENT`, gathered
 //! as [outer header, segment header, payload] iovecs: no payload byte is copied in user space.
-//! If the kernel refuses GSO (EIO/EINVAL), the engine falls back to one `sendmsg` per segment
-//! for good, losing nothing.
+//! Packets that are not super-packets are read until EAGAIN (at most [`BATCH`]) and leave in runs:
+//! consecutive datagrams to one peer of one size (the last may be shorter) go in one
+//! `UDP_SEGMENT` send too. If the kernel refuses GSO (EIO/EINVAL), the engine falls back to one
+//! `sendmsg` per datagram for good, losing nothing.
 //!
 //! Ingress: the socket has `UDP_GRO`, so one receive returns many datagrams of one size. Each is
-//! checked and decapsulated as usual; runs of segments of one TCP flow are coalesced (GRO rules)
-//! and written with one `writev` as a TCPv4 GSO packet with a partial checksum.
+//! checked and decapsulated as usual; runs of one TCP flow's segments are coalesced (GRO rules)
+//! and written with one `writev` as a TCPv4 GSO packet with a partial checksum, and runs of one
+//! UDP flow's datagrams as one `GSO_UDP_L4` packet (USO). If the TUN refuses USO (Linux < 6.2:
+//! EINVAL), the run's datagrams are written one by one, and every later one too.
 
+use super::coalesce::{TunWriter, offload_refused, reply_icmp};
+use super::runs::{BATCH, MAX_GSO_BYTES, Pending, RunSender};
 use super::{EngineContext, EngineError, STOP_CHECK, empty_read, per_packet, u64_len};
 use crate::dataplane::counters::{Counters, Crossing, DropLog, DropReason, timed};
 use crate::dataplane::forward::{BUF_LEN, Egress, HEADROOM, Ingress};
 use crate::dataplane::sys::poll::wait_readable;
 use crate::dataplane::sys::udp::{gro_cmsg_space, recv_gro, send_gso};
-use crate::proto::gro::Run;
 use crate::proto::gso::Segmenter;
 use crate::proto::icmp;
 use crate::proto::virtio::{self, VnetHdr};
 use std::io::IoSlice;
+use std::net::SocketAddrV4;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 
@@ -30,16 +36,12 @@ use std::sync::atomic::Ordering;
 const READ_AT: usize = HEADROOM - virtio::LEN;
 /// Most segments per `UDP_SEGMENT` send (the kernel's limit).
 const MAX_GSO_SEGMENTS: usize = 64;
-/// Most bytes one UDP send may carry in all (65 535 − IPv4 − UDP headers); every segment adds
-/// its own headers, so a 64 KiB TCP super-packet needs two GSO sends.
-const MAX_GSO_BYTES: usize = 65_507;
 /// Room for one segment's IPv4 + TCP headers (60 + 60 bytes at most).
 const HDR_STRIDE: usize = 128;
 /// Most datagrams one GRO receive can hold.
 const MAX_GRO_DATAGRAMS: usize = 64;
-/// Reads per side before looking at the other side again.
+/// Batches (or GRO receives) per side before looking at the other side again.
 const ROUNDS: usize = 8;
-const ZERO_VNET: [u8; virtio::LEN] = [0; virtio::LEN];
 
 /// The offloads the TUN must be set up with for this engine.
 pub const TUN_OFFLOADS: u32 = crate::dataplane::sys::tun::offload::CSUM
@@ -47,15 +49,16 @@ pub const TUN_OFFLOADS: u32 = crate::dataplane::sys::tun::offload::CSUM
     | crate::dataplane::sys::tun::offload::TSO_ECN;
 
 struct State {
-    tun_buf: Vec<u8>,
+    /// Egress: [`BATCH`] read buffers, each with [`HEADROOM`].
+    tun_bufs: Vec<Vec<u8>>,
+    pending: Vec<Pending>,
+    sender: RunSender,
     udp_buf: Vec<u8>,
     hdrs: Vec<u8>,
-    merged_hdr: [u8; HDR_STRIDE],
     cmsg: Vec<u8>,
     scratch: [u8; icmp::MAX_LEN],
     delivered: Vec<Range<usize>>,
-    payloads: Vec<Range<usize>>,
-    gso: bool,
+    writer: TunWriter,
     log: DropLog,
 }
 
@@ -66,24 +69,24 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
     super::both_directions(&ctx, "weft-offload-rx", direction)
 }
 
-fn new_state() -> State {
+fn new_state(egress: bool) -> State {
     State {
-        tun_buf: vec![0u8; BUF_LEN],
-        udp_buf: vec![0u8; BUF_LEN],
+        tun_bufs: (0..if egress { BATCH } else { 0 }).map(|_| vec![0u8; BUF_LEN]).collect(),
+        pending: Vec::with_capacity(BATCH),
+        sender: RunSender::default(),
+        udp_buf: vec![0u8; if egress { 0 } else { BUF_LEN }],
         hdrs: vec![0u8; MAX_GSO_SEGMENTS * HDR_STRIDE],
-        merged_hdr: [0u8; HDR_STRIDE],
         cmsg: gro_cmsg_space(),
         scratch: [0u8; icmp::MAX_LEN],
         delivered: Vec::with_capacity(MAX_GRO_DATAGRAMS),
-        payloads: Vec::with_capacity(MAX_GRO_DATAGRAMS),
-        gso: true,
+        writer: TunWriter::default(),
         log: DropLog::default(),
     }
 }
 
-/// One direction's loop: poll its input, then up to [`ROUNDS`] packets.
+/// One direction's loop: poll its input, then up to [`ROUNDS`] batches.
 fn direction(ctx: &EngineContext, egress: bool) -> Result<(), EngineError> {
-    let mut st = new_state();
+    let mut st = new_state(egress);
     let c = &*ctx.counters;
     while !ctx.stop.load(Ordering::Relaxed) {
         c.polls.fetch_add(1, Ordering::Relaxed);
@@ -94,24 +97,11 @@ fn direction(ctx: &EngineContext, egress: bool) -> Result<(), EngineError> {
             continue;
         }
         for _ in 0..ROUNDS {
-            let more = if egress { egress_one(ctx, &mut st)? } else { ingress_one(ctx, &mut st)? };
+            let more = if egress { egress_batch(ctx, &mut st)? } else { ingress_one(ctx, &mut st)? };
             if !more {
                 break;
             }
         }
-    }
-    Ok(())
-}
-
-fn tun_write_vectored(ctx: &EngineContext, parts: &[IoSlice<'_>], packets: usize) -> Result<(), EngineError> {
-    let c = &*ctx.counters;
-    match timed(|| ctx.tun.send_vectored(parts)) {
-        (Ok(w), ns) => c.syscall(Crossing::TunWrite, u64_len(packets), u64_len(w.saturating_sub(virtio::LEN)), ns),
-        (Err(e), ns) if per_packet(&e) => {
-            c.syscall(Crossing::TunWrite, 0, 0, ns);
-            c.count_drops(DropReason::TunWriteFailed, u64_len(packets));
-        }
-        (Err(e), _) => return Err(EngineError::Tun(e)),
     }
     Ok(())
 }
@@ -128,69 +118,133 @@ fn count_sent(c: &Counters, r: std::io::Result<usize>, ns: u64, packets: usize) 
     Ok(())
 }
 
-/// One TUN read; a super-packet leaves as one GSO send. Returns whether a packet was read.
-fn egress_one(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError> {
+/// Sends `count` datagrams to `to`, gathered in `iov` with the same number of entries each and
+/// `seg_size` bytes each but the last: one `UDP_SEGMENT` send, or one send per datagram once the
+/// kernel has refused GSO (then for good; the datagrams of the refused send go one by one).
+fn send_datagrams(
+    ctx: &EngineContext,
+    gso: &mut bool,
+    iov: &[IoSlice<'_>],
+    count: usize,
+    seg_size: usize,
+    to: SocketAddrV4,
+) -> Result<(), EngineError> {
     let c = &*ctx.counters;
-    let (r, ns) = timed(|| ctx.tun.recv(&mut st.tun_buf[READ_AT..]));
-    let n = match r {
-        Ok(n) => n,
-        Err(e) => {
-            empty_read(c, Crossing::TunRead, e, ns)?;
-            return Ok(false);
-        }
-    };
-    let Ok(vh) = VnetHdr::parse(&st.tun_buf[READ_AT..READ_AT + n]) else {
-        c.syscall(Crossing::TunRead, 1, u64_len(n), ns);
-        c.count_drop(DropReason::TooShort);
-        return Ok(true);
-    };
-    let len = n - virtio::LEN;
-    let gso = vh.gso_kind() == virtio::GSO_TCPV4 && vh.gso_size > 0;
-    let seg =
-        if gso { Segmenter::new(&st.tun_buf[HEADROOM..HEADROOM + len], usize::from(vh.gso_size)).ok() } else { None };
-    // Every packet read is accounted for: a super-packet counts as its segments, sent or dropped.
-    let pkts = u64_len(seg.map_or(1, |s| s.count()));
-    c.syscall(Crossing::TunRead, pkts, u64_len(len), ns);
-    match vh.gso_kind() {
-        virtio::GSO_NONE => {
-            if vh.complete_checksum(&mut st.tun_buf[HEADROOM..HEADROOM + len]).is_err() {
-                c.count_drop(DropReason::BadIpHeader);
-                return Ok(true);
+    if *gso && count > 1 {
+        let size = u16::try_from(seg_size).unwrap_or(u16::MAX);
+        let (r, ns) = timed(|| send_gso(&ctx.tx, iov, Some(size), to));
+        match r {
+            Err(e) if offload_refused(&e) => {
+                c.syscall(Crossing::UdpSend, 0, 0, ns);
+                tracing::warn!("UDP GSO refused by the kernel ({e}); sending datagrams one by one from now on");
+                *gso = false;
             }
-        }
-        virtio::GSO_TCPV4 if seg.is_some() => {}
-        virtio::GSO_TCPV6 => {
-            c.count_drop(DropReason::Ipv6);
-            return Ok(true);
-        }
-        _ => {
-            c.count_drop(DropReason::BadIpHeader);
-            return Ok(true);
+            r => return count_sent(c, r, ns, count),
         }
     }
-    let peers = ctx.peers.load();
-    let (range, to) = match ctx.forwarder.egress(&peers, &mut st.tun_buf, len, &mut st.scratch) {
-        Egress::Send { range, to } => (range, to),
-        Egress::Reply { len } => {
-            c.count_drops(DropReason::NoRoute, pkts);
-            if ctx.tun.send_vectored(&[IoSlice::new(&ZERO_VNET), IoSlice::new(&st.scratch[..len])]).is_ok() {
-                c.icmp_sent.fetch_add(1, Ordering::Relaxed);
-            }
-            return Ok(true);
-        }
-        Egress::Drop(r) => {
-            c.count_drops(r, pkts);
-            return Ok(true);
-        }
-    };
-    let Some(seg) = seg else {
-        let (r, ns) = timed(|| send_gso(&ctx.tx, &[IoSlice::new(&st.tun_buf[range.clone()])], None, to));
+    let per = iov.len() / count.max(1);
+    for k in 0..count {
+        let (r, ns) = timed(|| send_gso(&ctx.tx, &iov[k * per..(k + 1) * per], None, to));
         count_sent(c, r, ns, 1)?;
-        return Ok(true);
-    };
+    }
+    Ok(())
+}
+
+/// Reads the TUN until EAGAIN or [`BATCH`] packets. A super-packet leaves at once (after what
+/// was read before it, to keep the order), as GSO sends of its segments; other packets leave in
+/// runs when the batch ends. Returns whether the batch was full (more may be queued).
+fn egress_batch(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError> {
+    let c = &*ctx.counters;
+    let peers = ctx.peers.load();
+    st.pending.clear();
+    let mut reads = 0;
+    while reads < BATCH {
+        let slot = st.pending.len();
+        let buf = &mut st.tun_bufs[slot];
+        let (r, ns) = timed(|| ctx.tun.recv(&mut buf[READ_AT..]));
+        let n = match r {
+            Ok(n) => n,
+            Err(e) => {
+                empty_read(c, Crossing::TunRead, e, ns)?;
+                break;
+            }
+        };
+        reads += 1;
+        let Ok(vh) = VnetHdr::parse(&buf[READ_AT..READ_AT + n]) else {
+            c.syscall(Crossing::TunRead, 1, u64_len(n), ns);
+            c.count_drop(DropReason::TooShort);
+            continue;
+        };
+        let len = n - virtio::LEN;
+        let gso = vh.gso_kind() == virtio::GSO_TCPV4 && vh.gso_size > 0;
+        let seg =
+            if gso { Segmenter::new(&buf[HEADROOM..HEADROOM + len], usize::from(vh.gso_size)).ok() } else { None };
+        // Every packet read is accounted for: a super-packet counts as its segments, sent or dropped.
+        let pkts = u64_len(seg.map_or(1, |s| s.count()));
+        c.syscall(Crossing::TunRead, pkts, u64_len(len), ns);
+        match vh.gso_kind() {
+            virtio::GSO_NONE => {
+                if vh.complete_checksum(&mut buf[HEADROOM..HEADROOM + len]).is_err() {
+                    c.count_drop(DropReason::BadIpHeader);
+                    continue;
+                }
+            }
+            virtio::GSO_TCPV4 if seg.is_some() => {}
+            virtio::GSO_TCPV6 => {
+                c.count_drop(DropReason::Ipv6);
+                continue;
+            }
+            _ => {
+                c.count_drop(DropReason::BadIpHeader);
+                continue;
+            }
+        }
+        let (range, to) = match ctx.forwarder.egress(&peers, buf, len, &mut st.scratch) {
+            Egress::Send { range, to } => (range, to),
+            Egress::Reply { len } => {
+                c.count_drops(DropReason::NoRoute, pkts.saturating_sub(1));
+                reply_icmp(ctx, &st.scratch[..len]);
+                continue;
+            }
+            Egress::Drop(r) => {
+                c.count_drops(r, pkts);
+                continue;
+            }
+        };
+        match seg {
+            None => st.pending.push(Pending { buf: slot, range, to }),
+            Some(seg) => {
+                send_runs(ctx, st)?;
+                send_super_packet(ctx, st, slot, &seg, range, len, to)?;
+            }
+        }
+    }
+    send_runs(ctx, st)?;
+    Ok(reads == BATCH)
+}
+
+/// Sends the pending packets in runs (see [`RunSender`]).
+fn send_runs(ctx: &EngineContext, st: &mut State) -> Result<(), EngineError> {
+    st.sender.send(ctx, &st.tun_bufs, &st.pending)?;
+    st.pending.clear();
+    Ok(())
+}
+
+/// Cuts the TCP super-packet in `tun_bufs[slot]` (inner packet at [`HEADROOM`], `len` bytes, its
+/// outer header in front at `range.start`) and sends its segments with GSO sends.
+fn send_super_packet(
+    ctx: &EngineContext,
+    st: &mut State,
+    slot: usize,
+    seg: &Segmenter,
+    range: Range<usize>,
+    len: usize,
+    to: SocketAddrV4,
+) -> Result<(), EngineError> {
+    let c = &*ctx.counters;
     // The outer header (VXLAN + Ethernet, or nothing for the udp backend) is the same for every
     // segment; the egress decision wrote it (and decremented the TTL) in front of the packet.
-    let (outer, sup) = st.tun_buf[range.start..HEADROOM + len].split_at(HEADROOM - range.start);
+    let (outer, sup) = st.tun_bufs[slot][range.start..HEADROOM + len].split_at(HEADROOM - range.start);
     let hl = seg.hdr_len();
     let per_send = (MAX_GSO_BYTES / (outer.len() + seg.segment_len(0)).max(1)).clamp(1, MAX_GSO_SEGMENTS);
     let mut first = 0;
@@ -200,7 +254,7 @@ fn egress_one(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError> 
             let slot = &mut st.hdrs[k * HDR_STRIDE..(k + 1) * HDR_STRIDE];
             if seg.write_header(sup, first + k, slot).is_err() {
                 c.count_drops(DropReason::BadIpHeader, u64_len(seg.count() - first));
-                return Ok(true);
+                return Ok(());
             }
         }
         let mut iov = [IoSlice::new(&[]); 3 * MAX_GSO_SEGMENTS];
@@ -214,36 +268,10 @@ fn egress_one(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError> 
                 }
             }
         }
-        let seg_size = u16::try_from(outer.len() + seg.segment_len(first)).unwrap_or(u16::MAX);
-        if st.gso && count > 1 {
-            let (r, ns) = timed(|| send_gso(&ctx.tx, &iov[..used], Some(seg_size), to));
-            match r {
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
-                    ) =>
-                {
-                    c.syscall(Crossing::UdpSend, 0, 0, ns);
-                    tracing::warn!("UDP GSO refused by the kernel ({e}); sending segments one by one from now on");
-                    st.gso = false;
-                }
-                r => {
-                    count_sent(c, r, ns, count)?;
-                    first += count;
-                    continue;
-                }
-            }
-        }
-        // One datagram per send: [outer, header, payload] each.
-        let per = used / count;
-        for k in 0..count {
-            let (r, ns) = timed(|| send_gso(&ctx.tx, &iov[k * per..(k + 1) * per], None, to));
-            count_sent(c, r, ns, 1)?;
-        }
+        send_datagrams(ctx, &mut st.sender.gso, &iov[..used], count, outer.len() + seg.segment_len(first), to)?;
         first += count;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// One GRO receive; its datagrams are checked, decapsulated, coalesced and written.
@@ -273,44 +301,10 @@ fn ingress_one(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError>
             }
         }
     }
-    let buf = &st.udp_buf;
-    let mut i = 0;
-    while i < st.delivered.len() {
-        let first = &buf[st.delivered[i].clone()];
-        let Some(mut run) = Run::start(first) else {
-            tun_write_vectored(ctx, &[IoSlice::new(&ZERO_VNET), IoSlice::new(first)], 1)?;
-            i += 1;
-            continue;
-        };
-        st.payloads.clear();
-        let base = st.delivered[i].start;
-        st.payloads.push(base + run.first_payload().start..base + run.first_payload().end);
-        let mut j = i + 1;
-        while j < st.delivered.len() {
-            let next_range = st.delivered[j].clone();
-            match run.push(first, &buf[next_range.clone()]) {
-                Some(p) => st.payloads.push(next_range.start + p.start..next_range.start + p.end),
-                None => break,
-            }
-            j += 1;
-        }
-        let Some((hl, vh)) = run.finish(first, &mut st.merged_hdr) else {
-            c.count_drops(DropReason::BadIpHeader, u64_len(run.segments));
-            i = j;
-            continue;
-        };
-        let mut vnet = [0u8; virtio::LEN];
-        let _ = vh.write(&mut vnet);
-        let mut iov = [IoSlice::new(&[]); MAX_GRO_DATAGRAMS + 2];
-        iov[0] = IoSlice::new(&vnet);
-        iov[1] = IoSlice::new(&st.merged_hdr[..hl]);
-        let mut used = 2;
-        for p in st.payloads.iter().take(MAX_GRO_DATAGRAMS) {
-            iov[used] = IoSlice::new(&buf[p.clone()]);
-            used += 1;
-        }
-        tun_write_vectored(ctx, &iov[..used], run.segments)?;
-        i = j;
+    let mut packets: [&[u8]; MAX_GRO_DATAGRAMS] = [&[]; MAX_GRO_DATAGRAMS];
+    for (slot, r) in packets.iter_mut().zip(&st.delivered) {
+        *slot = &st.udp_buf[r.clone()];
     }
+    st.writer.write(ctx, &packets[..st.delivered.len().min(MAX_GRO_DATAGRAMS)])?;
     Ok(true)
 }

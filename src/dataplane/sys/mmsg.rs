@@ -1,7 +1,7 @@
 //! Batched datagram syscalls: `sendmmsg` and `recvmmsg` on a UDP socket, with header arrays owned
 //! by the caller and reused across calls (no allocation per batch).
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -13,6 +13,8 @@ pub struct MmsgBatch {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_in>,
+    /// Control messages of [`MmsgBatch::send_gathered`], one per message, grown on first use.
+    cmsgs: Vec<SegmentCmsg>,
 }
 
 // SAFETY: the raw pointers inside the header arrays are rewritten before every call and never
@@ -45,6 +47,7 @@ impl MmsgBatch {
             iovs: (0..n).map(|_| unsafe { std::mem::zeroed::<libc::iovec>() }).collect(),
             // SAFETY: as above.
             addrs: (0..n).map(|_| unsafe { std::mem::zeroed::<libc::sockaddr_in>() }).collect(),
+            cmsgs: Vec::new(),
         }
     }
 
@@ -139,6 +142,78 @@ impl MmsgBatch {
             *m = (usize::try_from(h.msg_len).unwrap_or(0), from_sockaddr_in(a));
         }
         Ok(got)
+    }
+}
+
+/// One message of [`MmsgBatch::send_gathered`]: the bytes gathered from `parts` go to `to`; with
+/// `segment`, the kernel cuts them into datagrams of that size, the last one shorter
+/// (`UDP_SEGMENT`); without, they are one datagram.
+#[derive(Debug, Clone, Copy)]
+pub struct Gathered<'a> {
+    /// The message's pieces, in order.
+    pub parts: &'a [IoSlice<'a>],
+    /// The destination.
+    pub to: SocketAddrV4,
+    /// Bytes per datagram, for a GSO send.
+    pub segment: Option<u16>,
+}
+
+/// Control-message space for one `UDP_SEGMENT` (`CMSG_SPACE(sizeof(u16))` = 24 on 64-bit),
+/// as u64s so that the `cmsghdr` inside is aligned.
+type SegmentCmsg = [u64; 4];
+
+impl MmsgBatch {
+    /// Sends `msgs` with one `sendmmsg`, each message gathered from its parts and, with a segment
+    /// size, cut by the kernel (one GSO send per message). Returns how many messages were sent (a
+    /// prefix); an error means the first one failed.
+    pub fn send_gathered(&mut self, sock: &impl AsFd, msgs: &[Gathered<'_>]) -> io::Result<usize> {
+        let n = msgs.len().min(self.capacity());
+        if self.cmsgs.len() < n {
+            self.cmsgs.resize(n, [0; 4]);
+        }
+        for (i, m) in msgs.iter().take(n).enumerate() {
+            self.addrs[i] = sockaddr_in(m.to);
+            let h = &mut self.hdrs[i].msg_hdr;
+            // IoSlice is ABI-compatible with iovec on Unix; the kernel only reads the pieces.
+            h.msg_iov = m.parts.as_ptr().cast::<libc::iovec>().cast_mut();
+            h.msg_iovlen = m.parts.len();
+            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
+            h.msg_namelen = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap_or(16);
+            h.msg_flags = 0;
+            match m.segment {
+                Some(size) => {
+                    let space = std::mem::size_of::<SegmentCmsg>();
+                    let ctrl = &mut self.cmsgs[i];
+                    *ctrl = [0; 4];
+                    h.msg_control = ctrl.as_mut_ptr().cast();
+                    h.msg_controllen = space;
+                    // SAFETY: msg_control points at `space` (32) bytes, aligned for cmsghdr, owned by
+                    // `self` and zeroed; CMSG_SPACE(2) = 24 ≤ 32, so CMSG_FIRSTHDR is non-null and the
+                    // header and its 2 data bytes lie inside that buffer.
+                    unsafe {
+                        let c = libc::CMSG_FIRSTHDR(h);
+                        (*c).cmsg_level = libc::SOL_UDP;
+                        (*c).cmsg_type = libc::UDP_SEGMENT;
+                        (*c).cmsg_len = libc::CMSG_LEN(2).try_into().unwrap_or_default();
+                        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), size);
+                        h.msg_controllen = libc::CMSG_SPACE(2).try_into().unwrap_or(space);
+                    }
+                }
+                None => {
+                    h.msg_control = std::ptr::null_mut();
+                    h.msg_controllen = 0;
+                }
+            }
+        }
+        let count = libc::c_uint::try_from(n).unwrap_or(0);
+        // SAFETY: the first `n` headers point at the callers' iovec arrays (alive for the call,
+        // borrowed through `msgs`), at sockaddrs and control buffers in `self`; the kernel only
+        // reads them (and writes msg_len inside the headers).
+        let rc = unsafe { libc::sendmmsg(sock.as_fd().as_raw_fd(), self.hdrs.as_mut_ptr(), count, 0) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(usize::try_from(rc).unwrap_or(0))
     }
 }
 
