@@ -341,35 +341,40 @@ mod tests {
             .collect()
     }
 
-    /// Coalesces `segs` in order; returns the merged packets (checksums completed) and the
-    /// number of segments in each.
-    fn coalesce(segs: &[Vec<u8>]) -> Vec<(Vec<u8>, usize)> {
+    /// Coalesces `pkts` in order (UDP runs too with `udp`); returns each merged packet (checksum
+    /// completed) with its `virtio_net_hdr` and the number of packets in it.
+    fn coalesce_runs(pkts: &[Vec<u8>], udp: bool) -> Vec<(Vec<u8>, VnetHdr, usize)> {
         let mut out = Vec::new();
         let mut i = 0;
-        while i < segs.len() {
-            let Some(mut run) = Run::start(&segs[i]) else {
-                out.push((segs[i].clone(), 1));
+        while i < pkts.len() {
+            let Some(mut run) = FlowRun::start(&pkts[i], udp) else {
+                out.push((pkts[i].clone(), VnetHdr::default(), 1));
                 i += 1;
                 continue;
             };
-            let mut body = segs[i][run.first_payload()].to_vec();
+            let mut body = pkts[i][run.first_payload()].to_vec();
             let mut j = i + 1;
-            while j < segs.len() {
-                match run.push(&segs[i], &segs[j]) {
-                    Some(r) => body.extend_from_slice(&segs[j][r]),
+            while j < pkts.len() {
+                match run.push(&pkts[i], &pkts[j]) {
+                    Some(r) => body.extend_from_slice(&pkts[j][r]),
                     None => break,
                 }
                 j += 1;
             }
             let mut hdr = vec![0u8; 128];
-            let (hl, vh) = run.finish(&segs[i], &mut hdr).unwrap();
+            let (hl, vh) = run.finish(&pkts[i], &mut hdr).unwrap();
             let mut pkt = hdr[..hl].to_vec();
             pkt.extend_from_slice(&body);
             vh.complete_checksum(&mut pkt).unwrap();
-            out.push((pkt, run.segments));
+            out.push((pkt, vh, run.segments()));
             i = j;
         }
         out
+    }
+
+    /// TCP runs only: each merged packet and its segment count.
+    fn coalesce(segs: &[Vec<u8>]) -> Vec<(Vec<u8>, usize)> {
+        coalesce_runs(segs, false).into_iter().map(|(p, _, n)| (p, n)).collect()
     }
 
     #[test]
@@ -423,35 +428,8 @@ mod tests {
         v
     }
 
-    /// Coalesces `dgrams` in order; returns each merged packet (checksum completed) with its
-    /// `virtio_net_hdr`.
     fn coalesce_udp(dgrams: &[Vec<u8>]) -> Vec<(Vec<u8>, VnetHdr, usize)> {
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < dgrams.len() {
-            let Some(mut run) = UdpRun::start(&dgrams[i]) else {
-                out.push((dgrams[i].clone(), VnetHdr::default(), 1));
-                i += 1;
-                continue;
-            };
-            let mut body = dgrams[i][run.first_payload()].to_vec();
-            let mut j = i + 1;
-            while j < dgrams.len() {
-                match run.push(&dgrams[i], &dgrams[j]) {
-                    Some(r) => body.extend_from_slice(&dgrams[j][r]),
-                    None => break,
-                }
-                j += 1;
-            }
-            let mut hdr = vec![0u8; 128];
-            let (hl, vh) = run.finish(&dgrams[i], &mut hdr).unwrap();
-            let mut pkt = hdr[..hl].to_vec();
-            pkt.extend_from_slice(&body);
-            vh.complete_checksum(&mut pkt).unwrap();
-            out.push((pkt, vh, run.segments));
-            i = j;
-        }
-        out
+        coalesce_runs(dgrams, true)
     }
 
     /// What the kernel's UDP GSO does with a merged packet: datagrams of `gso_size` payload bytes
