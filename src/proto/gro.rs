@@ -113,23 +113,39 @@ impl Run {
         if self.segments == 1 {
             return Some((hl, VnetHdr::default()));
         }
-        let ip = self.t.ip_hl;
+        h[self.t.ip_hl + 13] |= self.last_flags & (flags::PSH | flags::FIN);
+        let merged = Merged { ip_hl: self.t.ip_hl, payload: self.payload, gso_size: self.mss };
+        Some((hl, merged.finish(h, super::ipv4::PROTO_TCP, tcp::CHECKSUM_OFFSET, virtio::GSO_TCPV4)?))
+    }
+}
+
+/// A merged packet's shape: IPv4 header length, payload merged, payload per segment.
+struct Merged {
+    ip_hl: usize,
+    payload: usize,
+    gso_size: usize,
+}
+
+impl Merged {
+    /// Finishes the merged header `h` (IPv4 header, then the transport header, copied from the
+    /// first packet): IP Total Length and header checksum, the transport checksum at
+    /// `csum_offset` left partial (the pseudo-header sum for `proto`) for the kernel to finish per
+    /// segment. Returns the `virtio_net_hdr` of a `gso_type` packet.
+    fn finish(&self, h: &mut [u8], proto: u8, csum_offset: usize, gso_type: u8) -> Option<VnetHdr> {
+        let (hl, ip) = (h.len(), self.ip_hl);
         let total = u16::try_from(hl + self.payload).ok()?;
-        h[2..4].copy_from_slice(&total.to_be_bytes());
-        Ipv4Packet::new_unchecked(&mut h[..ip]).fill_checksum();
-        h[ip + 13] |= self.last_flags & (flags::PSH | flags::FIN);
-        let partial = !checksum::finish(tcp::pseudo_sum(&h[..ip], self.t.tcp_hl + self.payload));
-        let c = ip + tcp::CHECKSUM_OFFSET;
-        h[c..c + 2].copy_from_slice(&partial.to_be_bytes());
-        let vh = VnetHdr {
+        h.get_mut(2..4)?.copy_from_slice(&total.to_be_bytes());
+        Ipv4Packet::new_unchecked(h.get_mut(..ip)?).fill_checksum();
+        let partial = !checksum::finish(super::ipv4::pseudo_sum(&h[..ip], proto, hl - ip + self.payload));
+        h.get_mut(ip + csum_offset..ip + csum_offset + 2)?.copy_from_slice(&partial.to_be_bytes());
+        Some(VnetHdr {
             flags: virtio::F_NEEDS_CSUM,
-            gso_type: virtio::GSO_TCPV4,
+            gso_type,
             hdr_len: u16::try_from(hl).ok()?,
-            gso_size: u16::try_from(self.mss).ok()?,
+            gso_size: u16::try_from(self.gso_size).ok()?,
             csum_start: u16::try_from(ip).ok()?,
-            csum_offset: u16::try_from(tcp::CHECKSUM_OFFSET).ok()?,
-        };
-        Some((hl, vh))
+            csum_offset: u16::try_from(csum_offset).ok()?,
+        })
     }
 }
 
@@ -162,7 +178,7 @@ impl UdpV4 {
             return None;
         }
         if udp[UDP_CHECKSUM_OFFSET..UDP_CHECKSUM_OFFSET + 2] != [0, 0] {
-            let acc = checksum::sum(udp_pseudo_sum(&pkt[..ip_hl], udp.len()), udp);
+            let acc = checksum::sum(super::ipv4::pseudo_sum(&pkt[..ip_hl], super::ipv4::PROTO_UDP, udp.len()), udp);
             if checksum::finish(acc) != 0 {
                 return None;
             }
@@ -173,15 +189,6 @@ impl UdpV4 {
     fn payload_len(&self) -> usize {
         self.total - self.ip_hl - UDP_HDR
     }
-}
-
-/// The pseudo-header sum of an IPv4 UDP datagram of `udp_len` bytes, unfolded.
-fn udp_pseudo_sum(ip_hdr: &[u8], udp_len: usize) -> u32 {
-    let mut pseudo = [0u8; 12];
-    pseudo[..8].copy_from_slice(&ip_hdr[12..20]);
-    pseudo[9] = super::ipv4::PROTO_UDP;
-    pseudo[10..].copy_from_slice(&u16::try_from(udp_len).unwrap_or(u16::MAX).to_be_bytes());
-    checksum::sum(0, &pseudo)
 }
 
 /// The first datagram of a UDP run and what has been merged so far.
@@ -253,21 +260,9 @@ impl UdpRun {
         }
         let ip = self.u.ip_hl;
         let udp_len = u16::try_from(UDP_HDR + self.payload).ok()?;
-        let total = u16::try_from(hl + self.payload).ok()?;
-        h[2..4].copy_from_slice(&total.to_be_bytes());
-        Ipv4Packet::new_unchecked(&mut h[..ip]).fill_checksum();
         h[ip + 4..ip + 6].copy_from_slice(&udp_len.to_be_bytes());
-        let partial = !checksum::finish(udp_pseudo_sum(&h[..ip], UDP_HDR + self.payload));
-        h[ip + UDP_CHECKSUM_OFFSET..ip + UDP_CHECKSUM_OFFSET + 2].copy_from_slice(&partial.to_be_bytes());
-        let vh = VnetHdr {
-            flags: virtio::F_NEEDS_CSUM,
-            gso_type: virtio::GSO_UDP_L4,
-            hdr_len: u16::try_from(hl).ok()?,
-            gso_size: u16::try_from(self.size).ok()?,
-            csum_start: u16::try_from(ip).ok()?,
-            csum_offset: u16::try_from(UDP_CHECKSUM_OFFSET).ok()?,
-        };
-        Some((hl, vh))
+        let merged = Merged { ip_hl: ip, payload: self.payload, gso_size: self.size };
+        Some((hl, merged.finish(h, super::ipv4::PROTO_UDP, UDP_CHECKSUM_OFFSET, virtio::GSO_UDP_L4)?))
     }
 }
 

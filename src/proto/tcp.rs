@@ -78,9 +78,5 @@ impl TcpV4 {
 
 /// The pseudo-header sum (RFC 793) of an IPv4 TCP segment of `tcp_len` bytes, unfolded.
 pub fn pseudo_sum(ip_hdr: &[u8], tcp_len: usize) -> u32 {
-    let mut pseudo = [0u8; 12];
-    pseudo[..8].copy_from_slice(&ip_hdr[12..20]);
-    pseudo[9] = ipv4::PROTO_TCP;
-    pseudo[10..].copy_from_slice(&u16::try_from(tcp_len).unwrap_or(u16::MAX).to_be_bytes());
-    super::checksum::sum(0, &pseudo)
+    ipv4::pseudo_sum(ip_hdr, ipv4::PROTO_TCP, tcp_len)
 }

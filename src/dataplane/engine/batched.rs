@@ -10,9 +10,9 @@
 //! latency at low load. The TUN has no batched read: crossing `tun_read` stays at one syscall
 //! per packet here (the offload engine reads super-packets).
 
-use super::coalesce::{TunWriter, reply_icmp};
+use super::coalesce::TunWriter;
 use super::runs::{BATCH, Pending, RunSender};
-use super::{EngineContext, EngineError, STOP_CHECK, empty_read, u64_len};
+use super::{EngineContext, EngineError, STOP_CHECK, empty_read, read_tun, reply_icmp, u64_len};
 use crate::dataplane::counters::{Crossing, DropLog, DropReason, timed};
 use crate::dataplane::forward::{BUF_LEN, Egress, HEADROOM, Ingress};
 use crate::dataplane::sys::mmsg::MmsgBatch;
@@ -70,14 +70,7 @@ fn egress_batch(
     while read < bufs.len() {
         let slot = out.len();
         let buf = &mut bufs[slot];
-        let (r, ns) = timed(|| ctx.tun.recv(&mut buf[READ_AT..]));
-        let n = match r {
-            Ok(n) => n,
-            Err(e) => {
-                empty_read(c, Crossing::TunRead, e, ns)?;
-                break;
-            }
-        };
+        let Some((n, ns)) = read_tun(ctx, &mut buf[READ_AT..])? else { break };
         read += 1;
         let len = n.saturating_sub(virtio::LEN);
         c.syscall(Crossing::TunRead, 1, u64_len(len), ns);

@@ -10,17 +10,16 @@
 //! If the TUN refuses USO (Linux < 6.2 answers EINVAL), the run's datagrams are written one by
 //! one, and every later one too: nothing is lost.
 
-use super::{EngineContext, EngineError, per_packet, u64_len};
+use super::{EngineContext, EngineError, per_packet, tun_write, u64_len};
 use crate::dataplane::counters::{Counters, Crossing, DropReason, timed};
 use crate::proto::gro::FlowRun;
 use crate::proto::virtio;
 use std::io::IoSlice;
 
-/// Most packets one call takes (and one run merges).
+/// Most packets one run merges (one `writev`).
 pub const MAX_PACKETS: usize = 64;
 /// Room for a merged packet's IPv4 + TCP headers (60 + 60 bytes at most).
 const HDR_ROOM: usize = 128;
-const ZERO_VNET: [u8; virtio::LEN] = [0; virtio::LEN];
 
 /// The coalescing writer's state: a header scratch area and whether the TUN takes USO.
 pub struct TunWriter {
@@ -35,12 +34,7 @@ impl Default for TunWriter {
 }
 
 /// Counts a TUN write of `packets` packets, or their drop.
-pub(crate) fn count_written(
-    c: &Counters,
-    r: std::io::Result<usize>,
-    ns: u64,
-    packets: usize,
-) -> Result<(), EngineError> {
+fn count_written(c: &Counters, r: std::io::Result<usize>, ns: u64, packets: usize) -> Result<(), EngineError> {
     match r {
         Ok(w) => c.syscall(Crossing::TunWrite, u64_len(packets), u64_len(w.saturating_sub(virtio::LEN)), ns),
         Err(e) if per_packet(&e) => {
@@ -52,44 +46,28 @@ pub(crate) fn count_written(
     Ok(())
 }
 
-/// Writes one packet (a `virtio_net_hdr` of zeros in front).
-pub(crate) fn write_one(ctx: &EngineContext, pkt: &[u8]) -> Result<(), EngineError> {
-    let (r, ns) = timed(|| ctx.tun.send_vectored(&[IoSlice::new(&ZERO_VNET), IoSlice::new(pkt)]));
-    count_written(&ctx.counters, r, ns, 1)
-}
-
-/// Writes an ICMP error back into the TUN (behind a `virtio_net_hdr` of zeros) for a packet
-/// dropped as `NoRoute`; the reply is counted as sent, not as a forwarded packet.
-pub(crate) fn reply_icmp(ctx: &EngineContext, reply: &[u8]) {
-    ctx.counters.count_drop(DropReason::NoRoute);
-    if ctx.tun.send_vectored(&[IoSlice::new(&ZERO_VNET), IoSlice::new(reply)]).is_ok() {
-        ctx.counters.icmp_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// Whether the kernel refused an offload it does not have (rather than the one packet).
 pub(crate) fn offload_refused(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT))
 }
 
 impl TunWriter {
-    /// Writes `packets` (inner IPv4 packets, at most [`MAX_PACKETS`], in order) into the TUN,
-    /// coalescing runs.
+    /// Writes `packets` (inner IPv4 packets, in order) into the TUN, coalescing runs of at most
+    /// [`MAX_PACKETS`].
     pub fn write(&mut self, ctx: &EngineContext, packets: &[&[u8]]) -> Result<(), EngineError> {
         let c = &*ctx.counters;
-        let packets = &packets[..packets.len().min(MAX_PACKETS)];
         let mut i = 0;
         while i < packets.len() {
             let first = packets[i];
             let Some(mut run) = FlowRun::start(first, self.uso) else {
-                write_one(ctx, first)?;
+                tun_write(ctx, first)?;
                 i += 1;
                 continue;
             };
             let mut iov = [IoSlice::new(&[]); MAX_PACKETS + 2];
             iov[2] = IoSlice::new(&first[run.first_payload()]);
             let mut j = i + 1;
-            while j < packets.len() {
+            while j < packets.len() && j - i < MAX_PACKETS {
                 match run.push(first, packets[j]) {
                     Some(p) => iov[j - i + 2] = IoSlice::new(&packets[j][p]),
                     None => break,
@@ -112,7 +90,7 @@ impl TunWriter {
                     tracing::warn!("the TUN refused a UDP GSO write ({e}); writing datagrams one by one from now on");
                     self.uso = false;
                     for p in &packets[i..j] {
-                        write_one(ctx, p)?;
+                        tun_write(ctx, p)?;
                     }
                 }
                 r => count_written(c, r, ns, run.segments())?,

@@ -146,6 +146,16 @@ pub(crate) fn empty_read(
     Err(if udp { EngineError::Udp(e) } else { EngineError::Tun(e) })
 }
 
+/// One TUN read into `buf`: the bytes read and the syscall's time, or `None` when nothing was
+/// queued (counted as an empty `tun_read`). The caller counts the packet.
+pub(crate) fn read_tun(ctx: &EngineContext, buf: &mut [u8]) -> Result<Option<(usize, u64)>, EngineError> {
+    let (r, ns) = super::counters::timed(|| ctx.tun.recv(buf));
+    match r {
+        Ok(n) => Ok(Some((n, ns))),
+        Err(e) => empty_read(&ctx.counters, super::counters::Crossing::TunRead, e, ns).map(|()| None),
+    }
+}
+
 /// Writes one inner packet into the TUN (crossing: TUN write), counting it or its drop.
 pub(crate) fn tun_write(ctx: &EngineContext, pkt: &[u8]) -> Result<(), EngineError> {
     let c = &*ctx.counters;

@@ -7,7 +7,7 @@
 //! and alternates reads instead; that trades polls for EAGAIN reads, about one per packet of the
 //! lighter direction, and makes per-crossing counts depend on the traffic mix.)
 
-use super::{EngineContext, EngineError, STOP_CHECK, empty_read, per_packet, reply_icmp, tun_write, u64_len};
+use super::{EngineContext, EngineError, STOP_CHECK, empty_read, per_packet, read_tun, reply_icmp, tun_write, u64_len};
 use crate::dataplane::counters::{Counters, Crossing, DropLog, DropReason, timed};
 use crate::dataplane::forward::{BUF_LEN, Egress, HEADROOM, Ingress};
 use crate::dataplane::sys::poll::wait_readable;
@@ -37,14 +37,7 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
 
 /// One TUN read and, for a packet, one send. Returns whether a packet was read.
 fn tun_to_udp(ctx: &EngineContext, c: &Counters, buf: &mut [u8], scratch: &mut [u8]) -> Result<bool, EngineError> {
-    let (r, ns) = timed(|| ctx.tun.recv(&mut buf[HEADROOM..]));
-    let n = match r {
-        Ok(n) => n,
-        Err(e) => {
-            empty_read(c, Crossing::TunRead, e, ns)?;
-            return Ok(false);
-        }
-    };
+    let Some((n, ns)) = read_tun(ctx, &mut buf[HEADROOM..])? else { return Ok(false) };
     c.syscall(Crossing::TunRead, 1, u64_len(n), ns);
     let peers = ctx.peers.load();
     match ctx.forwarder.egress(&peers, buf, n, scratch) {

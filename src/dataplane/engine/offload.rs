@@ -16,9 +16,9 @@
 //! UDP flow's datagrams as one `GSO_UDP_L4` packet (USO). If the TUN refuses USO (Linux < 6.2:
 //! EINVAL), the run's datagrams are written one by one, and every later one too.
 
-use super::coalesce::{TunWriter, offload_refused, reply_icmp};
+use super::coalesce::{TunWriter, offload_refused};
 use super::runs::{BATCH, MAX_GSO_BYTES, Pending, RunSender};
-use super::{EngineContext, EngineError, STOP_CHECK, empty_read, per_packet, u64_len};
+use super::{EngineContext, EngineError, STOP_CHECK, empty_read, per_packet, read_tun, reply_icmp, u64_len};
 use crate::dataplane::counters::{Counters, Crossing, DropLog, DropReason, timed};
 use crate::dataplane::forward::{BUF_LEN, Egress, HEADROOM, Ingress};
 use crate::dataplane::sys::poll::wait_readable;
@@ -161,14 +161,7 @@ fn egress_batch(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError
     while reads < BATCH {
         let slot = st.pending.len();
         let buf = &mut st.tun_bufs[slot];
-        let (r, ns) = timed(|| ctx.tun.recv(&mut buf[READ_AT..]));
-        let n = match r {
-            Ok(n) => n,
-            Err(e) => {
-                empty_read(c, Crossing::TunRead, e, ns)?;
-                break;
-            }
-        };
+        let Some((n, ns)) = read_tun(ctx, &mut buf[READ_AT..])? else { break };
         reads += 1;
         let Ok(vh) = VnetHdr::parse(&buf[READ_AT..READ_AT + n]) else {
             c.syscall(Crossing::TunRead, 1, u64_len(n), ns);
@@ -301,10 +294,14 @@ fn ingress_one(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError>
             }
         }
     }
-    let mut packets: [&[u8]; MAX_GRO_DATAGRAMS] = [&[]; MAX_GRO_DATAGRAMS];
-    for (slot, r) in packets.iter_mut().zip(&st.delivered) {
-        *slot = &st.udp_buf[r.clone()];
+    // A GRO receive holds at most 64 datagrams on today's kernels; more (a larger GSO send
+    // from a local sender) are written in further calls, none left behind.
+    for chunk in st.delivered.chunks(MAX_GRO_DATAGRAMS) {
+        let mut packets: [&[u8]; MAX_GRO_DATAGRAMS] = [&[]; MAX_GRO_DATAGRAMS];
+        for (slot, r) in packets.iter_mut().zip(chunk) {
+            *slot = &st.udp_buf[r.clone()];
+        }
+        st.writer.write(ctx, &packets[..chunk.len()])?;
     }
-    st.writer.write(ctx, &packets[..st.delivered.len().min(MAX_GRO_DATAGRAMS)])?;
     Ok(true)
 }

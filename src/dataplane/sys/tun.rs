@@ -31,6 +31,9 @@ pub mod offload {
     pub const USO6: u32 = 0x40;
 }
 
+/// Length of `struct virtio_net_hdr` (`crate::proto::virtio::LEN`).
+const VNET_HDR_LEN: usize = crate::proto::virtio::LEN;
+
 /// `struct ifreq` as `TUNSETIFF` reads it: a name and the flags (the union's first member).
 #[repr(C)]
 struct IfReqFlags {
@@ -45,6 +48,8 @@ struct IfReqFlags {
 pub struct Tun {
     file: File,
     name: String,
+    /// Opened with `IFF_VNET_HDR`: every read and write carries a `virtio_net_hdr`.
+    vnet_hdr: bool,
 }
 
 /// Checks an interface name the way the kernel's `dev_valid_name` does.
@@ -91,7 +96,7 @@ impl Tun {
         }
         let len = req.name.iter().position(|c| *c == 0).unwrap_or(IFNAMSIZ);
         let bytes: Vec<u8> = req.name[..len].iter().map(|c| c.to_ne_bytes()[0]).collect();
-        Ok(Self { file, name: String::from_utf8_lossy(&bytes).into_owned() })
+        Ok(Self { file, name: String::from_utf8_lossy(&bytes).into_owned(), vnet_hdr })
     }
 
     /// Marks the device persistent (it outlives this fd) or not.
@@ -134,9 +139,15 @@ impl Tun {
         (&self.file).read(buf)
     }
 
-    /// Writes one packet.
+    /// Writes one plain packet (no offload): behind a `virtio_net_hdr` of zeros when the device
+    /// carries one. Returns the packet bytes written.
     pub fn send(&self, pkt: &[u8]) -> io::Result<usize> {
-        (&self.file).write(pkt)
+        if !self.vnet_hdr {
+            return (&self.file).write(pkt);
+        }
+        const ZERO_VNET: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
+        let w = self.send_vectored(&[io::IoSlice::new(&ZERO_VNET), io::IoSlice::new(pkt)])?;
+        Ok(w.saturating_sub(VNET_HDR_LEN))
     }
 }
 
