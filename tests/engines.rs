@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use weft::lab::measure::scrape;
 use weft::lab::topology::ns_exec;
-use weft::lab::traffic::{udp_flood, udp_probe_error};
+use weft::lab::traffic::{udp_flood, udp_gso_burst, udp_probe_error};
 
 const MB200: u64 = 200 << 20;
 
@@ -45,6 +45,20 @@ fn suite(tag: &str, backend: &str, mode: &str) {
             sent > 4.0 && written > 4.0,
             "{mode}/{backend}: {sent:.1} datagrams per send, {written:.1} per TUN write"
         );
+    }
+    if mode == "offload" {
+        // A sender using UDP_SEGMENT (as QUIC stacks do): with USO the TUN hands each of its
+        // 40-datagram sends to weft as one super-packet, which weft cuts into the same datagrams.
+        let before = scrape(&h1.ns).unwrap();
+        let g = udp_gso_burst(&h2.container_ns, h2.container_ip, &h1.container_ns, 20, 40, 1200).unwrap();
+        assert!(g.received == 800 && g.bad == 0, "{backend}: UDP GSO datagrams lost or damaged: {g:?}");
+        let after = scrape(&h1.ns).unwrap();
+        let delta = |what: &str| {
+            let key = format!("weft_crossing_{what}_total{{crossing=\"tun_read\"}}");
+            after.get(&key).copied().unwrap_or(0.0) - before.get(&key).copied().unwrap_or(0.0)
+        };
+        let per_read = delta("packets") / delta("syscalls").max(1.0);
+        assert!(per_read > 4.0, "{backend}: {per_read:.1} datagrams per TUN read: no USO super-packets");
     }
     let err = udp_probe_error(&h1.container_ns, "100.96.77.2:9".parse::<SocketAddr>().unwrap(), Duration::from_secs(3))
         .unwrap()

@@ -86,6 +86,23 @@ fn quick_lab_reports_every_path_and_honest_counters() {
             }
         }
     }
+    // TUN queue drops: none on a kernel path (no TUN), never more than the flood lost, and seen
+    // where a forwarder lost much of an unpaced flood (that is where such loss happens).
+    let mut heavy_loss = false;
+    let mut queue_drops = 0;
+    for r in records.iter().filter(|r| r["workload"] == "udp-64B") {
+        let q = r["tun_queue_drops"].as_u64().unwrap();
+        let secs = r["duration_s"].as_f64().unwrap();
+        let lost = (r["offered_pps"].as_f64().unwrap() - r["delivered_pps"].as_f64().unwrap()) * secs;
+        if r["data_path"].as_str().unwrap().contains("kernel") {
+            assert_eq!(q, 0, "{r}");
+        } else {
+            assert!(q as f64 <= lost + 2.0, "more TUN queue drops than datagrams lost: {r}");
+            heavy_loss |= r["loss"].as_f64().unwrap() > 0.2;
+            queue_drops += q;
+        }
+    }
+    assert!(!heavy_loss || queue_drops > 0, "floods lost > 20 % but no TUN queue drop was counted");
     let kvx = records.iter().find(|r| r["data_path"] == "vxlan (kernel)" && r["workload"] == "tcp-1").unwrap();
     assert!((kvx["ratio_to_kernel_vxlan"].as_f64().unwrap() - 1.0).abs() < 1e-9);
     let chart = std::fs::read_to_string(&svg).unwrap();

@@ -16,6 +16,9 @@ fn ping_both_ways_and_leases_are_reused() {
     let (h1, h2) = (&c.topo.hosts[0], &c.topo.hosts[1]);
     assert!(ping(&h1.container_ns, h2.container_ip, 3), "c1 → c2\n{}", c.logs());
     assert!(ping(&h2.container_ns, h1.container_ip, 3), "c2 → c1\n{}", c.logs());
+    // The TUN queue is weft's default, not the kernel's 500.
+    let link = tun_link(&h1.ns, "flannel0");
+    assert!(link.contains(&format!("qlen {}", weft::control::daemon::DEFAULT_TUN_QUEUE_LEN)), "{link}");
     // Each host reused its pre-seeded lease: subnet.env says so and no other lease appeared.
     for (i, h) in c.topo.hosts.iter().enumerate() {
         let env = std::fs::read_to_string(c.subnet_file(i)).unwrap();
@@ -89,9 +92,10 @@ fn lease_removed_and_added_while_running() {
 
 #[test]
 fn sigterm_exits_zero_and_removes_the_tun() {
-    let mut c = cluster("udpstop", UDP, &[]);
+    let mut c = cluster("udpstop", UDP, &["--tun-queue-len", "777"]);
     let ns = c.topo.hosts[0].ns.clone();
-    assert!(has_link(&ns, "flannel0"));
+    let link = tun_link(&ns, "flannel0");
+    assert!(link.contains("qlen 777"), "--tun-queue-len not applied: {link}");
     let st = c.procs[0].stop(Duration::from_secs(5)).unwrap().expect("exits within 5 s");
     assert!(st.success(), "{st:?}\n{}", c.logs());
     assert!(!has_link(&ns, "flannel0"), "flannel0 left behind");
@@ -124,4 +128,11 @@ fn new_node_without_lease_gets_a_free_subnet() {
         .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
         .count();
     assert_eq!(files, 2);
+}
+
+/// `ip link show name` in `ns`.
+fn tun_link(ns: &str, name: &str) -> String {
+    let o = weft::lab::topology::ns_exec(ns, &["ip", "link", "show", name]).unwrap();
+    assert!(o.status.success(), "no {name} in {ns}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }

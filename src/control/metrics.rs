@@ -24,6 +24,15 @@ pub struct MetricsState {
     pub lease_expiry: AtomicU64,
     /// The data path's name (`userspace/naive`, `kernel`).
     pub dataplane: String,
+    /// The userspace data path's TUN device, whose queue drops are reported (None: kernel path).
+    pub tun: Option<String>,
+}
+
+/// Packets the kernel dropped at `tun`'s queue (its TX dropped count: it was full because weft
+/// did not read in time), from sysfs of our network namespace. None if unreadable.
+fn tun_queue_dropped(tun: &str) -> Option<u64> {
+    let path = format!("/sys/class/net/{tun}/statistics/tx_dropped");
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
@@ -86,6 +95,15 @@ pub fn render(state: &MetricsState) -> String {
         "ICMP net-unreachable messages written back into the TUN.",
         &[(String::new(), s.icmp_sent as f64)],
     );
+    if let Some(dropped) = state.tun.as_deref().and_then(tun_queue_dropped) {
+        metric(
+            &mut out,
+            "weft_tun_queue_dropped_total",
+            "counter",
+            "Packets the kernel dropped because the TUN's queue was full (see --tun-queue-len).",
+            &[(String::new(), dropped as f64)],
+        );
+    }
     metric(&mut out, "weft_polls_total", "counter", "poll() calls of the engine.", &[(String::new(), s.polls as f64)]);
     metric(
         &mut out,
@@ -202,6 +220,7 @@ mod tests {
             ready: AtomicBool::new(false),
             lease_expiry: AtomicU64::new(7),
             dataplane: "userspace/naive".into(),
+            tun: Some("lo".into()),
         }
     }
 
@@ -223,5 +242,9 @@ mod tests {
         assert!(m.contains("weft_drops_total{reason=\"wrong_vni\"} 1\n"), "{m}");
         assert!(m.contains("weft_lease_expiry_timestamp_seconds 7\n"), "{m}");
         assert!(m.contains("weft_process_cpu_seconds_total{mode=\"user\"}"), "{m}");
+        // Every namespace has lo, so its queue drops stand in for the TUN's.
+        assert!(m.contains("\nweft_tun_queue_dropped_total "), "{m}");
+        let gone = MetricsState { tun: Some("weft-no-such-dev".into()), ..state() };
+        assert!(!answer(&gone, "GET /metrics HTTP/1.1").contains("weft_tun_queue_dropped_total"));
     }
 }

@@ -211,15 +211,14 @@ impl Netlink {
         Ok(Underlay { index: link.index, name: link.name.clone(), mtu: link.mtu, addr, subnet })
     }
 
-    /// Sets a link's MTU and brings it up.
-    pub async fn set_up(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
-        let msg = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(|source| NetlinkError::Request { what: format!("setting link {index} up with MTU {mtu}"), source })
+    /// Sets a link's MTU and transmit queue length (for a TUN: the packets it holds for its
+    /// reader) and brings it up.
+    pub async fn set_up(&self, index: u32, mtu: u32, txqueuelen: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).txqueuelen(txqueuelen).up().build();
+        self.handle.link().set(msg).execute().await.map_err(|source| NetlinkError::Request {
+            what: format!("setting link {index} up with MTU {mtu}, qlen {txqueuelen}"),
+            source,
+        })
     }
 
     /// Adds `addr/prefix` to a link; an address already there is fine.

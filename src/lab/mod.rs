@@ -132,6 +132,11 @@ fn per(x: f64, n: u64) -> f64 {
     if n == 0 { 0.0 } else { x / n as f64 }
 }
 
+/// An unlabelled metric summed over the hosts (0 where absent).
+fn total(name: &str, s: &[Samples]) -> f64 {
+    s.iter().map(|m| m.get(name).copied().unwrap_or(0.0)).sum()
+}
+
 /// Figures from counter deltas. `packets` is the workload's data packets (the denominator of
 /// every "per packet" figure but the per-crossing ones, which use the crossing's own packets).
 fn figures(
@@ -157,8 +162,7 @@ fn figures(
             }
         })
         .collect();
-    let plain = |name: &str, s: &[Samples]| s.iter().map(|m| m.get(name).copied().unwrap_or(0.0)).sum::<f64>();
-    let polls = plain("weft_polls_total", after) - plain("weft_polls_total", before);
+    let polls = total("weft_polls_total", after) - total("weft_polls_total", before);
     let fwd = ProcessFigure {
         user_ns_per_packet: per(delta(before, after, "weft_process_cpu_seconds_total", "mode=\"user\"") * 1e9, packets),
         system_ns_per_packet: per(
@@ -316,6 +320,8 @@ pub fn run(opts: LabOptions) -> Result<()> {
             rec.forwarder = fwd;
             rec.machine = machine;
             rec.weft_drops = drops;
+            let tunq = "weft_tun_queue_dropped_total";
+            rec.tun_queue_drops = (total(tunq, &after) - total(tunq, &before)).max(0.0) as u64;
             if let Some(ceiling) = ceiling {
                 // After the figures above: the rate it carries with < 1 % loss, bisected below
                 // the unpaced offer.

@@ -104,6 +104,9 @@ pub struct Record {
     pub machine: MachineFigure,
     /// Packets weft dropped (any reason) during the workload.
     pub weft_drops: u64,
+    /// Packets the kernel dropped at the TUN queues during the workload (full: weft did not
+    /// read them in time). Where an unpaced small-datagram flood loses most of what it loses.
+    pub tun_queue_drops: u64,
     /// Headline figure divided by the kernel VXLAN one (throughput, delivered pps, or p50
     /// latency — for latency, above 1 is slower).
     pub ratio_to_kernel_vxlan: Option<f64>,

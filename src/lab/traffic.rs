@@ -600,3 +600,84 @@ pub fn udp_stream_outage(
     let _ = join(server);
     r
 }
+
+/// Port of [`udp_gso_burst`]'s receiver.
+pub const GSO_PORT: u16 = 5204;
+
+/// Fills datagram `seq` of [`udp_gso_burst`]: its sequence number, then a pattern of it.
+fn gso_payload(seq: u64, out: &mut [u8]) {
+    let (head, rest) = out.split_at_mut(8.min(out.len()));
+    head.copy_from_slice(&seq.to_be_bytes()[..head.len()]);
+    for (i, b) in rest.iter_mut().enumerate() {
+        *b = seq.wrapping_add(u64::try_from(i).unwrap_or(0)).to_le_bytes()[0];
+    }
+}
+
+/// `sends` UDP GSO sends (`UDP_SEGMENT`) of `per_send` datagrams of `size` bytes each, from
+/// `client_ns` to `server_ip`, 5 ms apart (so that no queue overflows); the receiver checks
+/// every datagram's size and bytes and counts distinct sequence numbers. This is how QUIC
+/// stacks send; with USO the TUN hands such a send to the forwarder as one super-packet.
+pub fn udp_gso_burst(
+    server_ns: &str,
+    server_ip: Ipv4Addr,
+    client_ns: &str,
+    sends: usize,
+    per_send: usize,
+    size: usize,
+) -> io::Result<UdpResult> {
+    let total = u64::try_from(sends * per_send).map_err(io::Error::other)?;
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let server = in_ns(server_ns, move || {
+        let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, GSO_PORT))?;
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let _ = ready_tx.send(());
+        let (mut seen, mut received, mut bad) = (vec![false; sends * per_send], 0u64, 0u64);
+        let mut buf = vec![0u8; 65536];
+        let mut want = vec![0u8; size];
+        let mut idle_since = Instant::now();
+        while received + bad < total && idle_since.elapsed() < Duration::from_secs(2) {
+            match sock.recv(&mut buf) {
+                Ok(n) => {
+                    idle_since = Instant::now();
+                    let seq = buf.get(..8).map(|s| u64::from_be_bytes(s.try_into().unwrap_or_default()));
+                    let slot = seq.and_then(|s| usize::try_from(s).ok()).filter(|&s| s < seen.len());
+                    match slot {
+                        Some(s) if n == size && !seen[s] => {
+                            gso_payload(u64::try_from(s).unwrap_or(u64::MAX), &mut want);
+                            if buf[..n] == want[..] {
+                                seen[s] = true;
+                                received += 1;
+                            } else {
+                                bad += 1;
+                            }
+                        }
+                        _ => bad += 1,
+                    }
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((received, bad))
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("UDP GSO receiver did not start"))?;
+    let client = in_ns(client_ns, move || {
+        let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        let to = std::net::SocketAddrV4::new(server_ip, GSO_PORT);
+        let seg = u16::try_from(size).map_err(io::Error::other)?;
+        let mut data = vec![0u8; per_send * size];
+        let start = Instant::now();
+        for k in 0..sends {
+            for (i, d) in data.chunks_mut(size).enumerate() {
+                gso_payload(u64::try_from(k * per_send + i).unwrap_or(u64::MAX), d);
+            }
+            crate::dataplane::sys::udp::send_gso(&sock, &[io::IoSlice::new(&data)], Some(seg), to)?;
+            thread::sleep(Duration::from_millis(5));
+        }
+        Ok(start.elapsed().as_secs_f64())
+    });
+    let seconds = join(client);
+    let received = join(server);
+    let (received, bad) = received?;
+    Ok(UdpResult { sent: total, received, bad, seconds: seconds?, sender: SenderStats::default() })
+}

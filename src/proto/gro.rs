@@ -4,7 +4,11 @@
 //! A run merges while each next segment: is the same flow (addresses, ports), has the same IP
 //! TOS/TTL/DF, the same ACK, window and TCP options, continues the sequence exactly, carries no
 //! SYN/RST/URG, and follows a full-sized segment without PSH or FIN. PSH or FIN ends a run after
-//! the segment that carries it; a shorter segment ends it too.
+//! the segment that carries it; a shorter segment ends it too. Every segment's TCP checksum is
+//! verified first, as the kernel's GRO does: the merged packet leaves with a checksum the kernel
+//! computes afresh, so merging a damaged segment would launder it (and a kernel VXLAN peer
+//! sends no outer UDP checksum that would have caught the damage). A damaged segment is
+//! neither merged nor starts a run: written alone, it is dropped by the receiving stack.
 //!
 //! [`UdpRun`] does the same for UDP datagrams (USO, `GSO_UDP_L4`): a run of one flow's
 //! datagrams of one size, the last one possibly shorter, leaves as one packet that the kernel
@@ -38,7 +42,7 @@ impl Run {
     pub fn start(pkt: &[u8]) -> Option<Self> {
         let t = TcpV4::parse(pkt).ok()?;
         let f = t.flags(pkt);
-        if t.payload_len() == 0 || f & (flags::SYN | flags::RST | flags::URG) != 0 {
+        if t.payload_len() == 0 || f & (flags::SYN | flags::RST | flags::URG) != 0 || !t.checksum_ok(pkt) {
             return None;
         }
         let next_seq = t.seq(pkt).wrapping_add(u32::try_from(t.payload_len()).ok()?);
@@ -81,6 +85,7 @@ impl Run {
             || len > self.mss
             || n.seq(next) != self.next_seq
             || self.t.hdr_len() + self.payload + len > MAX_MERGED
+            || !n.checksum_ok(next)
         {
             return None;
         }
@@ -383,6 +388,36 @@ mod tests {
         }
     }
 
+    /// Recomputes the IPv4 and TCP checksums of a segment whose headers a test changed.
+    fn refill(seg: &mut [u8]) {
+        Ipv4Packet::new_unchecked(&mut seg[..20]).fill_checksum();
+        let t = TcpV4::parse(seg).unwrap();
+        let c = t.ip_hl + tcp::CHECKSUM_OFFSET;
+        seg[c..c + 2].fill(0);
+        let sum = checksum::finish(checksum::sum(tcp::pseudo_sum(&seg[..t.ip_hl], t.total - t.ip_hl), &seg[t.ip_hl..]));
+        seg[c..c + 2].copy_from_slice(&sum.to_be_bytes());
+    }
+
+    #[test]
+    fn damaged_segments_are_neither_merged_nor_start_a_run() {
+        let segs = segments(&tcp_packet(0, &payload(5000)), 1000);
+        assert_eq!(coalesce(&segs).iter().map(|m| m.1).collect::<Vec<_>>(), vec![5]);
+        for hit in [0, 2, 4] {
+            // One payload bit flipped in flight, IP header intact: the segment must go alone.
+            let mut bad = segs.clone();
+            let at = bad[hit].len() - 1;
+            bad[hit][at] ^= 0x10;
+            let runs: Vec<usize> = coalesce(&bad).iter().map(|m| m.1).collect();
+            let want = match hit {
+                0 => vec![1, 4],
+                2 => vec![2, 1, 2],
+                _ => vec![4, 1],
+            };
+            assert_eq!(runs, want, "damage in segment {hit}");
+            assert!(coalesce(&bad).iter().any(|(p, _)| p == &bad[hit]), "the damaged segment passes unchanged");
+        }
+    }
+
     #[test]
     fn runs_break_where_gro_would() {
         let mss = 1000;
@@ -395,17 +430,25 @@ mod tests {
         let mut gap = gap;
         for s in &mut gap {
             s[33] &= !0x08; // clear PSH
-            Ipv4Packet::new_unchecked(&mut s[..20]).fill_checksum();
+            refill(s);
         }
         assert_eq!(coalesce(&gap).len(), 2);
         // A different flow (port) does not merge; a SYN never starts a run.
         let mut other = segments(&tcp_packet(1000, &payload(1000)), mss);
         other[0][20] ^= 1;
+        refill(&mut other[0]);
         let mut first = segments(&tcp_packet(0, &payload(1000)), mss);
         first[0][33] &= !0x08;
+        refill(&mut first[0]);
         assert_eq!(coalesce(&[first[0].clone(), other[0].clone()]).len(), 2);
+        // ... while the same two segments, the flow made one again, do.
+        let mut same = other[0].clone();
+        same[20] ^= 1;
+        refill(&mut same);
+        assert_eq!(coalesce(&[first[0].clone(), same]).iter().map(|m| m.1).collect::<Vec<_>>(), vec![2]);
         let mut syn = first[0].clone();
         syn[33] |= 0x02;
+        refill(&mut syn);
         assert!(Run::start(&syn).is_none());
         // Non-TCP and pure ACKs pass through unmerged.
         assert!(Run::start(&tcp_packet(0, &[])).is_none());

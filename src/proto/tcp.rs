@@ -1,6 +1,7 @@
 //! The few TCP header fields segmentation and coalescing need, on an IPv4 packet.
 
 use super::WireError;
+use super::checksum;
 use super::ipv4::{self, Ipv4Packet};
 
 /// TCP flag bits (byte 13).
@@ -73,6 +74,14 @@ impl TcpV4 {
     /// Flags byte.
     pub fn flags(&self, pkt: &[u8]) -> u8 {
         pkt[self.ip_hl + 13]
+    }
+
+    /// True when the TCP checksum of `pkt` (the packet this was parsed from) is right.
+    pub fn checksum_ok(&self, pkt: &[u8]) -> bool {
+        let (Some(ip_hdr), Some(seg)) = (pkt.get(..self.ip_hl), pkt.get(self.ip_hl..self.total)) else {
+            return false;
+        };
+        checksum::finish(checksum::sum(pseudo_sum(ip_hdr, seg.len()), seg)) == 0
     }
 }
 

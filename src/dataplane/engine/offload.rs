@@ -1,7 +1,8 @@
 //! The offload engine: the kernel's segmentation offloads on both sides of user space.
 //!
 //! Egress: the TUN is opened with `IFF_VNET_HDR` and TSO (`TUNSETOFFLOAD`), so one read returns a
-//! TCP super-packet of up to 64 KiB. weft decides once (peer, TTL, outer header), cuts the
+//! TCP super-packet of up to 64 KiB (and with USO, where the kernel has it, a UDP super-packet
+//! from a sender that uses `UDP_SEGMENT`, cut the same way into its datagrams). weft decides once (peer, TTL, outer header), cuts the
 //! super-packet into MSS-sized segments — fresh headers in a scratch area, payloads left where
 //! they are — and hands all of them to the kernel with one `sendmsg` and `UDP_SEGMENT`, gathered
 //! as [outer header, segment header, payload] iovecs: no payload byte is copied in user space.
@@ -22,6 +23,7 @@ use super::{EngineContext, EngineError, STOP_CHECK, empty_read, per_packet, read
 use crate::dataplane::counters::{Counters, Crossing, DropLog, DropReason, timed};
 use crate::dataplane::forward::{BUF_LEN, Egress, HEADROOM, Ingress};
 use crate::dataplane::sys::poll::wait_readable;
+use crate::dataplane::sys::tun::{Tun, offload};
 use crate::dataplane::sys::udp::{gro_cmsg_space, recv_gro, send_gso};
 use crate::proto::gso::Segmenter;
 use crate::proto::icmp;
@@ -44,9 +46,20 @@ const MAX_GRO_DATAGRAMS: usize = 64;
 const ROUNDS: usize = 8;
 
 /// The offloads the TUN must be set up with for this engine.
-pub const TUN_OFFLOADS: u32 = crate::dataplane::sys::tun::offload::CSUM
-    | crate::dataplane::sys::tun::offload::TSO4
-    | crate::dataplane::sys::tun::offload::TSO_ECN;
+pub const TUN_OFFLOADS: u32 = offload::CSUM | offload::TSO4 | offload::TSO_ECN;
+
+/// Sets the TUN's offloads: [`TUN_OFFLOADS`], and USO (UDP super-packets from senders that use
+/// `UDP_SEGMENT`) where the kernel has it; Linux < 6.2 refuses the flag with EINVAL, and then
+/// the kernel cuts such packets before the TUN, as it would for any device. The kernel takes
+/// USO for both IP versions or neither (USO4 alone is EINVAL); the overlay is IPv4, and an IPv6
+/// super-packet is counted as an IPv6 drop like any IPv6 packet. Returns whether USO is on.
+pub fn set_tun_offloads(tun: &Tun) -> std::io::Result<bool> {
+    match tun.set_offload(TUN_OFFLOADS | offload::USO4 | offload::USO6) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => tun.set_offload(TUN_OFFLOADS).map(|()| false),
+        Err(e) => Err(e),
+    }
+}
 
 struct State {
     /// Egress: [`BATCH`] read buffers, each with [`HEADROOM`].
@@ -169,9 +182,12 @@ fn egress_batch(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError
             continue;
         };
         let len = n - virtio::LEN;
-        let gso = vh.gso_kind() == virtio::GSO_TCPV4 && vh.gso_size > 0;
-        let seg =
-            if gso { Segmenter::new(&buf[HEADROOM..HEADROOM + len], usize::from(vh.gso_size)).ok() } else { None };
+        let (inner, size) = (&buf[HEADROOM..HEADROOM + len], usize::from(vh.gso_size));
+        let seg = match vh.gso_kind() {
+            virtio::GSO_TCPV4 => Segmenter::new(inner, size).ok(),
+            virtio::GSO_UDP_L4 => Segmenter::new_udp(inner, size).ok(),
+            _ => None,
+        };
         // Every packet read is accounted for: a super-packet counts as its segments, sent or dropped.
         let pkts = u64_len(seg.map_or(1, |s| s.count()));
         c.syscall(Crossing::TunRead, pkts, u64_len(len), ns);
@@ -182,8 +198,9 @@ fn egress_batch(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError
                     continue;
                 }
             }
-            virtio::GSO_TCPV4 if seg.is_some() => {}
-            virtio::GSO_TCPV6 => {
+            virtio::GSO_TCPV4 | virtio::GSO_UDP_L4 if seg.is_some() => {}
+            // USO comes for both IP versions at once: an IPv6 UDP super-packet is IPv6 too.
+            _ if vh.gso_kind() == virtio::GSO_TCPV6 || buf.get(HEADROOM).is_some_and(|b| b >> 4 == 6) => {
                 c.count_drop(DropReason::Ipv6);
                 continue;
             }
