@@ -17,8 +17,18 @@ fuzz_target!(|data: &[u8]| {
         vtep_mac: Some(MacAddr([2, 0, 0, 0, 0, 2])),
     }]);
     let encap = if sel & 1 == 0 { Encap::Udp } else { Encap::Vxlan { vni: 1, mac: MacAddr([2, 0, 0, 0, 0, 1]) } };
-    let f = Forwarder { encap, subnet: "100.96.1.0/24".parse().unwrap(), tun_addr: Ipv4Addr::new(100, 96, 1, 0), check_inner_src: sel & 2 == 0, mtu: 1450 };
-    let from = if sel & 4 == 0 { SocketAddr::from((Ipv4Addr::new(198, 18, 0, 2), 8472)) } else { SocketAddr::from((Ipv4Addr::new(198, 18, 0, 66), 8472)) };
+    let f = Forwarder {
+        encap,
+        subnet: "100.96.1.0/24".parse().unwrap(),
+        tun_addr: Ipv4Addr::new(100, 96, 1, 0),
+        check_inner_src: sel & 2 == 0,
+        mtu: 1450,
+    };
+    let from = if sel & 4 == 0 {
+        SocketAddr::from((Ipv4Addr::new(198, 18, 0, 2), 8472))
+    } else {
+        SocketAddr::from((Ipv4Addr::new(198, 18, 0, 66), 8472))
+    };
     let mut buf = dgram.to_vec();
     let len = buf.len();
     if let Ingress::Deliver(range) = f.ingress(&peers, from, &mut buf, len) {

@@ -20,7 +20,13 @@ fuzz_target!(|data: &[u8]| {
         vtep_mac: if sel & 2 == 0 { Some(MacAddr([2, 0, 0, 0, 0, 2])) } else { None },
     }]);
     let encap = if sel & 1 == 0 { Encap::Udp } else { Encap::Vxlan { vni: 1, mac: MacAddr([2, 0, 0, 0, 0, 1]) } };
-    let f = Forwarder { encap, subnet: "100.96.1.0/24".parse().unwrap(), tun_addr: Ipv4Addr::new(100, 96, 1, 0), check_inner_src: true, mtu: 1450 };
+    let f = Forwarder {
+        encap,
+        subnet: "100.96.1.0/24".parse().unwrap(),
+        tun_addr: Ipv4Addr::new(100, 96, 1, 0),
+        check_inner_src: true,
+        mtu: 1450,
+    };
     let mut buf = vec![0u8; BUF_LEN];
     buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(pkt);
     let mut scratch = [0u8; weft::proto::icmp::MAX_LEN];

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weft::proto::gro::{FlowRun, MAX_UDP_SEGMENTS};
+use weft::proto::gro::{FlowRun, MAX_UDP_SEGMENTS, Rules};
 use weft::proto::virtio;
 
 fuzz_target!(|data: &[u8]| {
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut i = 0;
     while i < packets.len() {
-        let Some(mut run) = FlowRun::start(packets[i], true) else {
+        let Some(mut run) = FlowRun::start(packets[i], Rules::ALL_VERIFIED) else {
             i += 1;
             continue;
         };

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weft::proto::gro::FlowRun;
+use weft::proto::gro::{FlowRun, Rules};
 use weft::proto::gso::Segmenter;
 use weft::proto::ipv4::Ipv4Packet;
 
@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
     let mut rebuilt = Vec::new();
     let mut i = 0;
     while i < segments.len() {
-        match FlowRun::start(&segments[i], udp) {
+        match FlowRun::start(&segments[i], Rules { udp, verify: true }) {
             None => {
                 // Only an empty TCP segment (a pure ACK) or IP options the UDP rules refuse
                 // start no run; such a segment passes on alone.

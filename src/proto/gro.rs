@@ -4,11 +4,15 @@
 //! A run merges while each next segment: is the same flow (addresses, ports), has the same IP
 //! TOS/TTL/DF, the same ACK, window and TCP options, continues the sequence exactly, carries no
 //! SYN/RST/URG, and follows a full-sized segment without PSH or FIN. PSH or FIN ends a run after
-//! the segment that carries it; a shorter segment ends it too. Every segment's TCP checksum is
-//! verified first, as the kernel's GRO does: the merged packet leaves with a checksum the kernel
-//! computes afresh, so merging a damaged segment would launder it (and a kernel VXLAN peer
-//! sends no outer UDP checksum that would have caught the damage). A damaged segment is
-//! neither merged nor starts a run: written alone, it is dropped by the receiving stack.
+//! the segment that carries it; a shorter segment ends it too.
+//!
+//! Checksums: the merged packet leaves with a transport checksum the kernel computes afresh, so
+//! merging a damaged packet would launder it. With [`Rules::verify`] every packet's checksum is
+//! verified first, as the kernel's GRO does, and a damaged one is neither merged nor starts a
+//! run (written alone, it is dropped by the receiving stack). An engine asks for that where no
+//! outer checksum covered the inner packet: VXLAN, whose kernel peers send a zero outer UDP
+//! checksum. On flannel's UDP backend the outer UDP checksum covers the whole inner packet and
+//! the kernel has verified it before weft receives the datagram, so a second pass is not needed.
 //!
 //! [`UdpRun`] does the same for UDP datagrams (USO, `GSO_UDP_L4`): a run of one flow's
 //! datagrams of one size, the last one possibly shorter, leaves as one packet that the kernel
@@ -21,6 +25,20 @@ use super::virtio::{self, VnetHdr};
 
 /// Most bytes a merged packet may have (IPv4 Total Length).
 pub const MAX_MERGED: usize = 65_535;
+
+/// What a run may merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// UDP datagrams too, not only TCP segments (the TUN takes USO).
+    pub udp: bool,
+    /// Verify each packet's transport checksum before merging it (no outer checksum covered it).
+    pub verify: bool,
+}
+
+impl Rules {
+    /// TCP and UDP, checksums verified: what is safe whatever the outer header was.
+    pub const ALL_VERIFIED: Self = Self { udp: true, verify: true };
+}
 
 /// The first segment of a run and what has been merged so far.
 #[derive(Debug, Clone, Copy)]
@@ -35,14 +53,16 @@ pub struct Run {
     next_seq: u32,
     last_flags: u8,
     open: bool,
+    verify: bool,
 }
 
 impl Run {
-    /// Starts a run with `pkt`, if it is a TCP segment that can start one.
-    pub fn start(pkt: &[u8]) -> Option<Self> {
+    /// Starts a run with `pkt`, if it is a TCP segment that can start one (and, with `verify`,
+    /// whose checksum is right).
+    pub fn start(pkt: &[u8], verify: bool) -> Option<Self> {
         let t = TcpV4::parse(pkt).ok()?;
         let f = t.flags(pkt);
-        if t.payload_len() == 0 || f & (flags::SYN | flags::RST | flags::URG) != 0 || !t.checksum_ok(pkt) {
+        if t.payload_len() == 0 || f & (flags::SYN | flags::RST | flags::URG) != 0 || (verify && !t.checksum_ok(pkt)) {
             return None;
         }
         let next_seq = t.seq(pkt).wrapping_add(u32::try_from(t.payload_len()).ok()?);
@@ -54,6 +74,7 @@ impl Run {
             next_seq,
             last_flags: f,
             open: f & (flags::PSH | flags::FIN) == 0,
+            verify,
         })
     }
 
@@ -85,7 +106,7 @@ impl Run {
             || len > self.mss
             || n.seq(next) != self.next_seq
             || self.t.hdr_len() + self.payload + len > MAX_MERGED
-            || !n.checksum_ok(next)
+            || (self.verify && !n.checksum_ok(next))
         {
             return None;
         }
@@ -172,7 +193,7 @@ impl UdpV4 {
     /// An unfragmented IPv4/UDP datagram whose UDP length agrees with the IP one and whose
     /// checksum (when it has one) is right: merging discards each datagram's own checksum, so a
     /// damaged one must not be laundered into a good one.
-    fn parse(pkt: &[u8]) -> Option<Self> {
+    fn parse(pkt: &[u8], verify: bool) -> Option<Self> {
         let ip = Ipv4Packet::new_checked(pkt).ok()?;
         if ip.protocol() != super::ipv4::PROTO_UDP || ip.frag_offset() != 0 || pkt[6] & 0x20 != 0 {
             return None;
@@ -182,7 +203,7 @@ impl UdpV4 {
         if udp.len() < UDP_HDR || usize::from(u16::from_be_bytes([udp[4], udp[5]])) != udp.len() {
             return None;
         }
-        if udp[UDP_CHECKSUM_OFFSET..UDP_CHECKSUM_OFFSET + 2] != [0, 0] {
+        if verify && udp[UDP_CHECKSUM_OFFSET..UDP_CHECKSUM_OFFSET + 2] != [0, 0] {
             let acc = checksum::sum(super::ipv4::pseudo_sum(&pkt[..ip_hl], super::ipv4::PROTO_UDP, udp.len()), udp);
             if checksum::finish(acc) != 0 {
                 return None;
@@ -207,14 +228,16 @@ pub struct UdpRun {
     /// Datagrams merged.
     pub segments: usize,
     open: bool,
+    verify: bool,
 }
 
 impl UdpRun {
-    /// Starts a run with `pkt`, if it is a sound UDP datagram with a payload.
-    pub fn start(pkt: &[u8]) -> Option<Self> {
-        let u = UdpV4::parse(pkt)?;
+    /// Starts a run with `pkt`, if it is a sound UDP datagram with a payload (and, with
+    /// `verify`, a right checksum or none).
+    pub fn start(pkt: &[u8], verify: bool) -> Option<Self> {
+        let u = UdpV4::parse(pkt, verify)?;
         let size = u.payload_len();
-        (size > 0).then_some(Self { u, size, payload: size, segments: 1, open: true })
+        (size > 0).then_some(Self { u, size, payload: size, segments: 1, open: true, verify })
     }
 
     /// Tries to merge `next` (the first datagram of the run is `first`): same addresses, ports,
@@ -224,7 +247,7 @@ impl UdpRun {
         if !self.open || self.segments >= MAX_UDP_SEGMENTS {
             return None;
         }
-        let n = UdpV4::parse(next)?;
+        let n = UdpV4::parse(next, self.verify)?;
         let (a, b, ip) = (first, next, self.u.ip_hl);
         let same = n.ip_hl == ip
             && a[1] == b[1]
@@ -281,11 +304,11 @@ pub enum FlowRun {
 }
 
 impl FlowRun {
-    /// Starts a run with `pkt`: TCP if it can; UDP too when `udp` (the TUN takes USO).
-    pub fn start(pkt: &[u8], udp: bool) -> Option<Self> {
-        match Run::start(pkt) {
+    /// Starts a run with `pkt`: TCP if it can; UDP too when `rules.udp` (the TUN takes USO).
+    pub fn start(pkt: &[u8], rules: Rules) -> Option<Self> {
+        match Run::start(pkt, rules.verify) {
             Some(r) => Some(Self::Tcp(r)),
-            None if udp => UdpRun::start(pkt).map(Self::Udp),
+            None if rules.udp => UdpRun::start(pkt, rules.verify).map(Self::Udp),
             None => None,
         }
     }
@@ -347,7 +370,7 @@ mod tests {
         let mut out = Vec::new();
         let mut i = 0;
         while i < pkts.len() {
-            let Some(mut run) = FlowRun::start(&pkts[i], udp) else {
+            let Some(mut run) = FlowRun::start(&pkts[i], Rules { udp, verify: true }) else {
                 out.push((pkts[i].clone(), VnetHdr::default(), 1));
                 i += 1;
                 continue;
@@ -415,6 +438,9 @@ mod tests {
             };
             assert_eq!(runs, want, "damage in segment {hit}");
             assert!(coalesce(&bad).iter().any(|(p, _)| p == &bad[hit]), "the damaged segment passes unchanged");
+            // Trusting the checksums (an outer checksum covered them), the same segments merge.
+            let mut trusting = Run::start(&bad[0], false).unwrap();
+            assert!(bad[1..].iter().all(|n| trusting.push(&bad[0], n).is_some()), "damage in segment {hit}");
         }
     }
 
@@ -449,9 +475,9 @@ mod tests {
         let mut syn = first[0].clone();
         syn[33] |= 0x02;
         refill(&mut syn);
-        assert!(Run::start(&syn).is_none());
+        assert!(Run::start(&syn, true).is_none());
         // Non-TCP and pure ACKs pass through unmerged.
-        assert!(Run::start(&tcp_packet(0, &[])).is_none());
+        assert!(Run::start(&tcp_packet(0, &[]), true).is_none());
     }
 
     /// An IPv4/UDP datagram from 100.96.1.2:`sport` with a valid checksum and IP ID `id`.
@@ -533,7 +559,7 @@ mod tests {
         // A damaged checksum is neither merged nor starts a run; a zero (absent) one is fine.
         let mut bad = d(1, 64);
         bad[40] ^= 0xff;
-        assert!(UdpRun::start(&bad).is_none());
+        assert!(UdpRun::start(&bad, true).is_none());
         assert_eq!(runs(&[d(1, 64), bad.clone(), d(1, 64)]), vec![1, 1, 1]);
         let mut none = d(1, 64);
         none[26..28].copy_from_slice(&[0, 0]);
@@ -542,12 +568,12 @@ mod tests {
         let mut frag = d(1, 64);
         frag[6] |= 0x20;
         Ipv4Packet::new_unchecked(&mut frag[..20]).fill_checksum();
-        assert!(UdpRun::start(&frag).is_none());
-        assert!(UdpRun::start(&d(1, 0)).is_none());
+        assert!(UdpRun::start(&frag, true).is_none());
+        assert!(UdpRun::start(&d(1, 0), true).is_none());
         let mut liar = d(1, 64);
         liar[25] ^= 1;
-        assert!(UdpRun::start(&liar).is_none());
-        assert!(UdpRun::start(&tcp_packet(0, &payload(10))).is_none());
+        assert!(UdpRun::start(&liar, true).is_none());
+        assert!(UdpRun::start(&tcp_packet(0, &payload(10)), true).is_none());
         // A lone datagram passes through without a GSO header.
         let lone = coalesce_udp(&[d(1, 64)]);
         assert_eq!((lone[0].1, lone[0].0.clone()), (VnetHdr::default(), d(1, 64)));

@@ -12,7 +12,8 @@
 
 use super::{EngineContext, EngineError, per_packet, tun_write, u64_len};
 use crate::dataplane::counters::{Counters, Crossing, DropReason, timed};
-use crate::proto::gro::FlowRun;
+use crate::dataplane::forward::Encap;
+use crate::proto::gro::{FlowRun, Rules};
 use crate::proto::virtio;
 use std::io::IoSlice;
 
@@ -56,10 +57,13 @@ impl TunWriter {
     /// [`MAX_PACKETS`].
     pub fn write(&mut self, ctx: &EngineContext, packets: &[&[u8]]) -> Result<(), EngineError> {
         let c = &*ctx.counters;
+        // Inner checksums need verifying where no outer checksum covered them (see gro::Rules).
+        let verify = matches!(ctx.forwarder.encap, Encap::Vxlan { .. });
+        let rules = Rules { udp: self.uso, verify };
         let mut i = 0;
         while i < packets.len() {
             let first = packets[i];
-            let Some(mut run) = FlowRun::start(first, self.uso) else {
+            let Some(mut run) = FlowRun::start(first, rules) else {
                 tun_write(ctx, first)?;
                 i += 1;
                 continue;
