@@ -165,6 +165,19 @@ pub(crate) mod tests {
         (0..n).map(|i| (i * 7 % 251) as u8).collect()
     }
 
+    /// Segment `i` of `sup` (header written by `s`, payload behind it), with what every
+    /// segment must have checked: its length, its IPv4 header checksum and its IP ID.
+    fn cut(s: &Segmenter, sup: &[u8], i: usize, first_id: u16) -> Vec<u8> {
+        let mut seg = vec![0u8; s.hdr_len()];
+        assert_eq!(s.write_header(sup, i, &mut seg).unwrap(), s.hdr_len());
+        seg.extend_from_slice(&sup[s.payload(i)]);
+        assert_eq!(seg.len(), s.segment_len(i));
+        let ip = Ipv4Packet::new_checked(&seg[..]).unwrap();
+        assert!(ip.verify_checksum(), "IP checksum of segment {i}");
+        assert_eq!(u16::from_be_bytes([seg[4], seg[5]]), first_id.wrapping_add(u16::try_from(i).unwrap()));
+        seg
+    }
+
     #[test]
     fn splits_into_valid_segments() {
         for (len, mss) in [(5000usize, 1398usize), (1398, 1398), (1399, 1398), (1, 1398), (64000, 1410), (0, 1000)] {
@@ -174,16 +187,11 @@ pub(crate) mod tests {
             assert_eq!(s.count(), len.div_ceil(mss).max(1), "{len}/{mss}");
             let mut joined = Vec::new();
             for i in 0..s.count() {
-                let mut seg = vec![0u8; s.hdr_len()];
-                assert_eq!(s.write_header(&sup, i, &mut seg).unwrap(), s.hdr_len());
-                seg.extend_from_slice(&sup[s.payload(i)]);
-                assert_eq!(seg.len(), s.segment_len(i));
+                let seg = cut(&s, &sup, i, 0x1000);
                 let p = etherparse::SlicedPacket::from_ip(&seg).unwrap();
                 let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else { panic!() };
                 let Some(etherparse::TransportSlice::Tcp(t)) = &p.transport else { panic!() };
                 let ih = ip.header().to_header();
-                assert_eq!(ih.header_checksum, ih.calc_header_checksum(), "IP checksum of segment {i}");
-                assert_eq!(ih.identification, 0x1000 + i as u16);
                 let th = t.to_header();
                 assert_eq!(
                     th.checksum,
@@ -223,16 +231,11 @@ pub(crate) mod tests {
             assert_eq!(s.hdr_len(), 28);
             let mut joined = Vec::new();
             for i in 0..s.count() {
-                let mut d = vec![0u8; s.hdr_len()];
-                assert_eq!(s.write_header(&sup, i, &mut d).unwrap(), 28);
-                d.extend_from_slice(&sup[s.payload(i)]);
-                assert_eq!(d.len(), s.segment_len(i));
+                let d = cut(&s, &sup, i, 0x2000);
                 let p = etherparse::SlicedPacket::from_ip(&d).unwrap();
                 let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else { panic!() };
                 let Some(etherparse::TransportSlice::Udp(u)) = &p.transport else { panic!() };
                 let ih = ip.header().to_header();
-                assert_eq!(ih.header_checksum, ih.calc_header_checksum(), "IP checksum of datagram {i}");
-                assert_eq!(ih.identification, 0x2000 + i as u16);
                 let uh = u.to_header();
                 assert_eq!(usize::from(uh.length), d.len() - 20, "UDP length of datagram {i}");
                 assert_eq!(uh.checksum, uh.calc_checksum_ipv4(&ih, u.payload()).unwrap(), "UDP checksum of {i}");
