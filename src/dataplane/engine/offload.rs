@@ -2,10 +2,11 @@
 //!
 //! Egress: the TUN is opened with `IFF_VNET_HDR` and TSO (`TUNSETOFFLOAD`), so one read returns a
 //! TCP super-packet of up to 64 KiB (and with USO, where the kernel has it, a UDP super-packet
-//! from a sender that uses `UDP_SEGMENT`, cut the same way into its datagrams). weft decides once (peer, TTL, outer header), cuts the
-//! super-packet into MSS-sized segments — fresh headers in a scratch area, payloads left where
-//! they are — and hands all of them to the kernel with one `sendmsg` and `UDP_SEGMENT`, gathered
-//! as [outer header, segment header, payload] iovecs: no payload byte is copied in user space.
+//! from a sender that uses `UDP_SEGMENT`, cut the same way into its datagrams). weft decides
+//! once (peer, TTL, outer header), cuts the super-packet into MSS-sized segments — fresh headers
+//! in a scratch area, payloads left where they are — and hands all of them to the kernel with
+//! one `sendmsg` and `UDP_SEGMENT`, gathered as [outer header, segment header, payload] iovecs:
+//! no payload byte is copied in user space.
 //! Packets that are not super-packets are read until EAGAIN (at most [`BATCH`]) and leave in runs:
 //! consecutive datagrams to one peer of one size (the last may be shorter) go in one
 //! `UDP_SEGMENT` send too. If the kernel refuses GSO (EIO/EINVAL), the engine falls back to one
