@@ -269,6 +269,9 @@ pub struct UdpResult {
     pub received: u64,
     /// Datagrams received damaged or twice.
     pub bad: u64,
+    /// Intact datagrams that arrived after one with a higher sequence number (one flow on one
+    /// path: a forwarder should reorder none).
+    pub reordered: u64,
     /// Seconds the sender ran.
     pub seconds: f64,
     /// The sender's costs.
@@ -317,7 +320,7 @@ pub fn udp_flood_at(
         let mut store = vec![[0u8; 128]; FLOOD_BATCH];
         let mut meta = vec![(0usize, SocketAddr::from(([0, 0, 0, 0], 0))); FLOOD_BATCH];
         let mut seen: Vec<u64> = Vec::new();
-        let (mut received, mut bad) = (0u64, 0u64);
+        let (mut received, mut bad, mut reordered, mut highest) = (0u64, 0u64, 0u64, None::<u64>);
         let mut drain_until: Option<Instant> = None;
         loop {
             if drain_until.is_none() && done_rx.try_recv().is_ok() {
@@ -339,6 +342,8 @@ pub fn udp_flood_at(
                                 if seen[w] & (1 << bit) == 0 {
                                     seen[w] |= 1 << bit;
                                     received += 1;
+                                    reordered += u64::from(highest.is_some_and(|h| seq < h));
+                                    highest = highest.max(Some(seq));
                                 } else {
                                     bad += 1;
                                 }
@@ -353,7 +358,7 @@ pub fn udp_flood_at(
                 Err(e) => return Err(e),
             }
         }
-        Ok((received, bad))
+        Ok((received, bad, reordered))
     });
     ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("UDP server did not start"))?;
     let client = in_ns(client_ns, move || {
@@ -395,8 +400,8 @@ pub fn udp_flood_at(
     let _ = done_tx.send(());
     let received = join(server);
     let (sent, seconds, sender) = sent?;
-    let (received, bad) = received?;
-    Ok(UdpResult { sent, received, bad, seconds, sender })
+    let (received, bad, reordered) = received?;
+    Ok(UdpResult { sent, received, bad, reordered, seconds, sender })
 }
 
 /// Request/response latency.
@@ -614,8 +619,9 @@ fn gso_payload(seq: u64, out: &mut [u8]) {
 }
 
 /// `sends` UDP GSO sends (`UDP_SEGMENT`) of `per_send` datagrams of `size` bytes each, from
-/// `client_ns` to `server_ip`, 5 ms apart (so that no queue overflows); the receiver checks
-/// every datagram's size and bytes and counts distinct sequence numbers. This is how QUIC
+/// `client_ns` to `server_ip`, in bursts of five 5 ms apart (so that no queue overflows); the
+/// receiver checks every datagram's size and bytes, counts distinct sequence numbers and those
+/// that came out of order. This is how QUIC
 /// stacks send; with USO the TUN hands such a send to the forwarder as one super-packet.
 pub fn udp_gso_burst(
     server_ns: &str,
@@ -628,10 +634,13 @@ pub fn udp_gso_burst(
     let total = u64::try_from(sends * per_send).map_err(io::Error::other)?;
     let (ready_tx, ready_rx) = mpsc::channel();
     let server = in_ns(server_ns, move || {
-        let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, GSO_PORT))?;
+        // Large buffers: a burst of five sends is 240 KB.
+        let sock = crate::dataplane::sys::udp::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, GSO_PORT)))?;
+        sock.set_nonblocking(false)?;
         sock.set_read_timeout(Some(Duration::from_millis(100)))?;
         let _ = ready_tx.send(());
         let (mut seen, mut received, mut bad) = (vec![false; sends * per_send], 0u64, 0u64);
+        let (mut reordered, mut highest) = (0u64, None::<usize>);
         let mut buf = vec![0u8; 65536];
         let mut want = vec![0u8; size];
         let mut idle_since = Instant::now();
@@ -647,6 +656,8 @@ pub fn udp_gso_burst(
                             if buf[..n] == want[..] {
                                 seen[s] = true;
                                 received += 1;
+                                reordered += u64::from(highest.is_some_and(|h| s < h));
+                                highest = highest.max(Some(s));
                             } else {
                                 bad += 1;
                             }
@@ -658,7 +669,7 @@ pub fn udp_gso_burst(
                 Err(e) => return Err(e),
             }
         }
-        Ok((received, bad))
+        Ok((received, bad, reordered))
     });
     ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("UDP GSO receiver did not start"))?;
     let client = in_ns(client_ns, move || {
@@ -672,12 +683,14 @@ pub fn udp_gso_burst(
                 gso_payload(u64::try_from(k * per_send + i).unwrap_or(u64::MAX), d);
             }
             crate::dataplane::sys::udp::send_gso(&sock, &[io::IoSlice::new(&data)], Some(seg), to)?;
-            thread::sleep(Duration::from_millis(5));
+            if k % 5 == 4 {
+                thread::sleep(Duration::from_millis(5));
+            }
         }
         Ok(start.elapsed().as_secs_f64())
     });
     let seconds = join(client);
     let received = join(server);
-    let (received, bad) = received?;
-    Ok(UdpResult { sent: total, received, bad, seconds: seconds?, sender: SenderStats::default() })
+    let (received, bad, reordered) = received?;
+    Ok(UdpResult { sent: total, received, bad, reordered, seconds: seconds?, sender: SenderStats::default() })
 }

@@ -62,6 +62,28 @@ pub fn set_tun_offloads(tun: &Tun) -> std::io::Result<bool> {
     }
 }
 
+/// The last segments of a super-packet, not sent yet: a 64 KiB TCP super-packet has 47
+/// segments of 1 472 bytes on the wire and a GSO send takes at most 44, so alone each one
+/// would cost two sends, two receives and two TUN writes, the second for 3 segments. When the
+/// next read is another super-packet to the same peer with segments of the same size, the tail
+/// leads its first send instead; otherwise it leaves alone before anything read after it.
+/// Their headers are already written, at the start of `State::hdrs`. (The same shape names
+/// the segments of one GSO send while it is gathered.)
+#[derive(Debug, Clone, Copy)]
+struct Carry {
+    /// The read buffer holding the super-packet (not reused while carried).
+    slot: usize,
+    seg: Segmenter,
+    /// Where the outer header starts in the buffer.
+    outer_start: usize,
+    to: SocketAddrV4,
+    /// First segment not sent, and how many.
+    first: usize,
+    count: usize,
+    /// Bytes of each datagram on the wire (outer header + segment).
+    size: usize,
+}
+
 struct State {
     /// Egress: [`BATCH`] read buffers, each with [`HEADROOM`].
     tun_bufs: Vec<Vec<u8>>,
@@ -69,6 +91,8 @@ struct State {
     sender: RunSender,
     udp_buf: Vec<u8>,
     hdrs: Vec<u8>,
+    /// A super-packet's tail held back to lead the next one's first GSO send.
+    carry: Option<Carry>,
     cmsg: Vec<u8>,
     scratch: [u8; icmp::MAX_LEN],
     delivered: Vec<Range<usize>>,
@@ -90,6 +114,7 @@ fn new_state(egress: bool) -> State {
         sender: RunSender::default(),
         udp_buf: vec![0u8; if egress { 0 } else { BUF_LEN }],
         hdrs: vec![0u8; MAX_GSO_SEGMENTS * HDR_STRIDE],
+        carry: None,
         cmsg: gro_cmsg_space(),
         scratch: [0u8; icmp::MAX_LEN],
         delivered: Vec::with_capacity(MAX_GRO_DATAGRAMS),
@@ -173,7 +198,8 @@ fn egress_batch(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError
     st.pending.clear();
     let mut reads = 0;
     while reads < BATCH {
-        let slot = st.pending.len();
+        // A carried tail keeps its buffer (and while one is carried, nothing is pending).
+        let slot = st.pending.len() + usize::from(st.carry.is_some_and(|k| k.slot == st.pending.len()));
         let buf = &mut st.tun_bufs[slot];
         let Some((n, ns)) = read_tun(ctx, &mut buf[READ_AT..])? else { break };
         reads += 1;
@@ -223,13 +249,18 @@ fn egress_batch(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError
             }
         };
         match seg {
-            None => st.pending.push(Pending { buf: slot, range, to }),
+            None => {
+                // Whatever was read before this packet leaves before it.
+                flush_carry(ctx, st)?;
+                st.pending.push(Pending { buf: slot, range, to });
+            }
             Some(seg) => {
                 send_runs(ctx, st)?;
-                send_super_packet(ctx, st, slot, &seg, range, len, to)?;
+                send_super_packet(ctx, st, slot, &seg, range, to)?;
             }
         }
     }
+    flush_carry(ctx, st)?;
     send_runs(ctx, st)?;
     Ok(reads == BATCH)
 }
@@ -241,45 +272,101 @@ fn send_runs(ctx: &EngineContext, st: &mut State) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// Cuts the TCP super-packet in `tun_bufs[slot]` (inner packet at [`HEADROOM`], `len` bytes, its
-/// outer header in front at `range.start`) and sends its segments with GSO sends.
+/// Writes the headers of segments `first..first + count` of `seg` (super-packet `sup`) into
+/// `hdrs` from header slot `at` on. False if a header cannot be written (then none is sent).
+fn write_headers(seg: &Segmenter, sup: &[u8], first: usize, count: usize, hdrs: &mut [u8], at: usize) -> bool {
+    (0..count).all(|k| {
+        let slot = &mut hdrs[(at + k) * HDR_STRIDE..(at + k + 1) * HDR_STRIDE];
+        seg.write_header(sup, first + k, slot).is_ok()
+    })
+}
+
+/// Room for the iovecs of one GSO send: outer header, segment header and payload per segment.
+const IOV_PER_SEND: usize = 3 * MAX_GSO_SEGMENTS;
+
+/// Appends to `iov[*used..]` the segments `part` names (its super-packet in `bufs[part.slot]`),
+/// their headers taken from `hdrs` from header slot `at` on.
+fn gather<'a>(
+    iov: &mut [IoSlice<'a>; IOV_PER_SEND],
+    used: &mut usize,
+    bufs: &'a [Vec<u8>],
+    hdrs: &'a [u8],
+    part: &Carry,
+    at: usize,
+) {
+    let (outer, sup) = bufs[part.slot].split_at(HEADROOM);
+    let outer = &outer[part.outer_start..];
+    let hl = part.seg.hdr_len();
+    for k in 0..part.count {
+        let h = &hdrs[(at + k) * HDR_STRIDE..(at + k) * HDR_STRIDE + hl];
+        for p in [outer, h, &sup[part.seg.payload(part.first + k)]] {
+            if !p.is_empty() && *used < IOV_PER_SEND {
+                iov[*used] = IoSlice::new(p);
+                *used += 1;
+            }
+        }
+    }
+}
+
+/// Sends the carried tail, if any, on its own.
+fn flush_carry(ctx: &EngineContext, st: &mut State) -> Result<(), EngineError> {
+    let Some(k) = st.carry.take() else { return Ok(()) };
+    let (mut iov, mut used) = ([IoSlice::new(&[]); IOV_PER_SEND], 0);
+    gather(&mut iov, &mut used, &st.tun_bufs, &st.hdrs, &k, 0);
+    send_datagrams(ctx, &mut st.sender.gso, &iov[..used], k.count, k.size, k.to)
+}
+
+/// Cuts the TCP or UDP super-packet in `tun_bufs[slot]` (inner packet at [`HEADROOM`], its
+/// outer header in front at `range.start`) and sends its segments with GSO sends, gathered as
+/// [outer header, segment header, payload] with no payload copied. A carried tail of the
+/// previous super-packet leads the first send when it can; this one's tail is carried in turn
+/// when its last send would not be full (see [`Carry`]).
 fn send_super_packet(
     ctx: &EngineContext,
     st: &mut State,
     slot: usize,
     seg: &Segmenter,
     range: Range<usize>,
-    len: usize,
     to: SocketAddrV4,
 ) -> Result<(), EngineError> {
     let c = &*ctx.counters;
     // The outer header (VXLAN + Ethernet, or nothing for the udp backend) is the same for every
     // segment; the egress decision wrote it (and decremented the TTL) in front of the packet.
-    let (outer, sup) = st.tun_bufs[slot][range.start..HEADROOM + len].split_at(HEADROOM - range.start);
-    let hl = seg.hdr_len();
-    let per_send = (MAX_GSO_BYTES / (outer.len() + seg.segment_len(0)).max(1)).clamp(1, MAX_GSO_SEGMENTS);
+    let outer_start = range.start;
+    let size = HEADROOM - outer_start + seg.segment_len(0);
+    let per_send = (MAX_GSO_BYTES / size.max(1)).clamp(1, MAX_GSO_SEGMENTS);
+    let mut lead = match st.carry {
+        Some(k) if k.to == to && k.size == size && k.count < per_send => st.carry.take(),
+        Some(_) => {
+            flush_carry(ctx, st)?;
+            None
+        }
+        None => None,
+    };
+    // Only a tail of full-sized segments can be followed by more in one GSO send.
+    let ends_full = seg.payload(seg.count() - 1).len() == seg.payload(0).len();
     let mut first = 0;
     while first < seg.count() {
-        let count = (seg.count() - first).min(per_send);
-        for k in 0..count {
-            let slot = &mut st.hdrs[k * HDR_STRIDE..(k + 1) * HDR_STRIDE];
-            if seg.write_header(sup, first + k, slot).is_err() {
-                c.count_drops(DropReason::BadIpHeader, u64_len(seg.count() - first));
-                return Ok(());
-            }
+        let led = lead.map_or(0, |k| k.count);
+        let count = (seg.count() - first).min(per_send - led);
+        let sup = &st.tun_bufs[slot][HEADROOM..];
+        if !write_headers(seg, sup, first, count, &mut st.hdrs, led) {
+            st.carry = lead;
+            flush_carry(ctx, st)?;
+            c.count_drops(DropReason::BadIpHeader, u64_len(seg.count() - first));
+            return Ok(());
         }
-        let mut iov = [IoSlice::new(&[]); 3 * MAX_GSO_SEGMENTS];
-        let mut used = 0;
-        for k in 0..count {
-            let p = seg.payload(first + k);
-            for part in [outer, &st.hdrs[k * HDR_STRIDE..k * HDR_STRIDE + hl], &sup[p]] {
-                if !part.is_empty() {
-                    iov[used] = IoSlice::new(part);
-                    used += 1;
-                }
-            }
+        let part = Carry { slot, seg: *seg, outer_start, to, first, count, size };
+        if lead.is_none() && first + count == seg.count() && count < per_send && ends_full {
+            st.carry = Some(part);
+            return Ok(());
         }
-        send_datagrams(ctx, &mut st.sender.gso, &iov[..used], count, outer.len() + seg.segment_len(first), to)?;
+        let (mut iov, mut used) = ([IoSlice::new(&[]); IOV_PER_SEND], 0);
+        if let Some(k) = lead.take() {
+            gather(&mut iov, &mut used, &st.tun_bufs, &st.hdrs, &k, 0);
+        }
+        gather(&mut iov, &mut used, &st.tun_bufs, &st.hdrs, &part, led);
+        send_datagrams(ctx, &mut st.sender.gso, &iov[..used], led + count, size, to)?;
         first += count;
     }
     Ok(())
