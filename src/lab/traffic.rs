@@ -260,6 +260,40 @@ pub fn udp_lossless_rate(
     Ok(best)
 }
 
+/// A receiver's tally of sequence-numbered datagrams: distinct intact ones, damaged or repeated
+/// ones, and intact ones that came after a higher sequence number.
+#[derive(Debug, Default)]
+struct Arrivals {
+    /// One bit per sequence number seen.
+    seen: Vec<u64>,
+    received: u64,
+    bad: u64,
+    reordered: u64,
+    highest: Option<u64>,
+}
+
+impl Arrivals {
+    /// Counts one datagram: `Some(seq)` if it is intact, `None` if it is damaged.
+    fn note(&mut self, seq: Option<u64>) {
+        let Some(seq) = seq else {
+            self.bad += 1;
+            return;
+        };
+        let (w, bit) = (usize::try_from(seq / 64).unwrap_or(usize::MAX), seq % 64);
+        if w >= self.seen.len() {
+            self.seen.resize(w.saturating_add(1).max(self.seen.len() * 2), 0);
+        }
+        if self.seen[w] & (1 << bit) != 0 {
+            self.bad += 1;
+            return;
+        }
+        self.seen[w] |= 1 << bit;
+        self.received += 1;
+        self.reordered += u64::from(self.highest.is_some_and(|h| seq < h));
+        self.highest = self.highest.max(Some(seq));
+    }
+}
+
 /// What the small-datagram workload achieved.
 #[derive(Debug, Clone, Copy)]
 pub struct UdpResult {
@@ -319,8 +353,7 @@ pub fn udp_flood_at(
         let mut batch = MmsgBatch::new(FLOOD_BATCH);
         let mut store = vec![[0u8; 128]; FLOOD_BATCH];
         let mut meta = vec![(0usize, SocketAddr::from(([0, 0, 0, 0], 0))); FLOOD_BATCH];
-        let mut seen: Vec<u64> = Vec::new();
-        let (mut received, mut bad, mut reordered, mut highest) = (0u64, 0u64, 0u64, None::<u64>);
+        let mut arrivals = Arrivals::default();
         let mut drain_until: Option<Instant> = None;
         loop {
             if drain_until.is_none() && done_rx.try_recv().is_ok() {
@@ -333,23 +366,7 @@ pub fn udp_flood_at(
             match batch.recv(&sock, &mut bufs, &mut meta) {
                 Ok(n) => {
                     for i in 0..n {
-                        match small_payload_ok(&bufs[i][..meta[i].0]) {
-                            Some(seq) => {
-                                let (w, bit) = (usize::try_from(seq / 64).unwrap_or(usize::MAX), seq % 64);
-                                if w >= seen.len() {
-                                    seen.resize(w.saturating_add(1).max(seen.len() * 2), 0);
-                                }
-                                if seen[w] & (1 << bit) == 0 {
-                                    seen[w] |= 1 << bit;
-                                    received += 1;
-                                    reordered += u64::from(highest.is_some_and(|h| seq < h));
-                                    highest = highest.max(Some(seq));
-                                } else {
-                                    bad += 1;
-                                }
-                            }
-                            None => bad += 1,
-                        }
+                        arrivals.note(small_payload_ok(&bufs[i][..meta[i].0]));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -358,7 +375,7 @@ pub fn udp_flood_at(
                 Err(e) => return Err(e),
             }
         }
-        Ok((received, bad, reordered))
+        Ok(arrivals)
     });
     ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("UDP server did not start"))?;
     let client = in_ns(client_ns, move || {
@@ -400,8 +417,8 @@ pub fn udp_flood_at(
     let _ = done_tx.send(());
     let received = join(server);
     let (sent, seconds, sender) = sent?;
-    let (received, bad, reordered) = received?;
-    Ok(UdpResult { sent, received, bad, reordered, seconds, sender })
+    let a = received?;
+    Ok(UdpResult { sent, received: a.received, bad: a.bad, reordered: a.reordered, seconds, sender })
 }
 
 /// Request/response latency.
@@ -529,6 +546,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn arrivals_count_distinct_damaged_repeated_and_late() {
+        let mut a = Arrivals::default();
+        for seq in [Some(0), Some(2), Some(200), Some(1), Some(2), None, Some(201)] {
+            a.note(seq);
+        }
+        assert_eq!((a.received, a.bad, a.reordered), (5, 2, 1), "{a:?}");
+    }
+
+    #[test]
     fn pattern_slices_line_up() {
         let b = pattern_block();
         for off in [0u64, 1, 250, 251, 252, 1_000_003] {
@@ -639,37 +665,26 @@ pub fn udp_gso_burst(
         sock.set_nonblocking(false)?;
         sock.set_read_timeout(Some(Duration::from_millis(100)))?;
         let _ = ready_tx.send(());
-        let (mut seen, mut received, mut bad) = (vec![false; sends * per_send], 0u64, 0u64);
-        let (mut reordered, mut highest) = (0u64, None::<usize>);
+        let mut arrivals = Arrivals::default();
         let mut buf = vec![0u8; 65536];
         let mut want = vec![0u8; size];
         let mut idle_since = Instant::now();
-        while received + bad < total && idle_since.elapsed() < Duration::from_secs(2) {
+        while arrivals.received + arrivals.bad < total && idle_since.elapsed() < Duration::from_secs(2) {
             match sock.recv(&mut buf) {
                 Ok(n) => {
                     idle_since = Instant::now();
                     let seq = buf.get(..8).map(|s| u64::from_be_bytes(s.try_into().unwrap_or_default()));
-                    let slot = seq.and_then(|s| usize::try_from(s).ok()).filter(|&s| s < seen.len());
-                    match slot {
-                        Some(s) if n == size && !seen[s] => {
-                            gso_payload(u64::try_from(s).unwrap_or(u64::MAX), &mut want);
-                            if buf[..n] == want[..] {
-                                seen[s] = true;
-                                received += 1;
-                                reordered += u64::from(highest.is_some_and(|h| s < h));
-                                highest = highest.max(Some(s));
-                            } else {
-                                bad += 1;
-                            }
-                        }
-                        _ => bad += 1,
-                    }
+                    let intact = seq.filter(|&s| {
+                        gso_payload(s, &mut want);
+                        s < total && n == size && buf[..n] == want[..]
+                    });
+                    arrivals.note(intact);
                 }
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok((received, bad, reordered))
+        Ok(arrivals)
     });
     ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("UDP GSO receiver did not start"))?;
     let client = in_ns(client_ns, move || {
@@ -691,6 +706,13 @@ pub fn udp_gso_burst(
     });
     let seconds = join(client);
     let received = join(server);
-    let (received, bad, reordered) = received?;
-    Ok(UdpResult { sent: total, received, bad, reordered, seconds: seconds?, sender: SenderStats::default() })
+    let a = received?;
+    Ok(UdpResult {
+        sent: total,
+        received: a.received,
+        bad: a.bad,
+        reordered: a.reordered,
+        seconds: seconds?,
+        sender: SenderStats::default(),
+    })
 }
