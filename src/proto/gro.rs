@@ -21,6 +21,7 @@
 use super::checksum;
 use super::ipv4::Ipv4Packet;
 use super::tcp::{self, TcpV4, flags};
+use super::udp::{CHECKSUM_OFFSET as UDP_CHECKSUM_OFFSET, HDR_LEN as UDP_HDR, LENGTH_OFFSET as UDP_LENGTH_OFFSET};
 use super::virtio::{self, VnetHdr};
 
 /// Most bytes a merged packet may have (IPv4 Total Length).
@@ -177,10 +178,6 @@ impl Merged {
 
 /// Most datagrams in one UDP run (the kernel's `UDP_MAX_SEGMENTS` is 64 on older kernels).
 pub const MAX_UDP_SEGMENTS: usize = 64;
-/// Length of a UDP header.
-const UDP_HDR: usize = 8;
-/// Offset of the checksum within the UDP header.
-const UDP_CHECKSUM_OFFSET: usize = 6;
 
 /// Where the parts of an IPv4/UDP datagram are, once its lengths and checksum are known good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,14 +197,16 @@ impl UdpV4 {
         }
         let (ip_hl, total) = (ip.header_len(), ip.total_len());
         let udp = pkt.get(ip_hl..total)?;
-        if udp.len() < UDP_HDR || usize::from(u16::from_be_bytes([udp[4], udp[5]])) != udp.len() {
+        if udp.len() < UDP_HDR {
             return None;
         }
-        if verify && udp[UDP_CHECKSUM_OFFSET..UDP_CHECKSUM_OFFSET + 2] != [0, 0] {
-            let acc = checksum::sum(super::ipv4::pseudo_sum(&pkt[..ip_hl], super::ipv4::PROTO_UDP, udp.len()), udp);
-            if checksum::finish(acc) != 0 {
-                return None;
-            }
+        let length = u16::from_be_bytes([udp[UDP_LENGTH_OFFSET], udp[UDP_LENGTH_OFFSET + 1]]);
+        if usize::from(length) != udp.len() {
+            return None;
+        }
+        let has_checksum = udp[UDP_CHECKSUM_OFFSET..UDP_CHECKSUM_OFFSET + 2] != [0, 0];
+        if verify && has_checksum && !super::ipv4::transport_checksum_ok(&pkt[..ip_hl], super::ipv4::PROTO_UDP, udp) {
+            return None;
         }
         Some(Self { ip_hl, total })
     }
@@ -288,7 +287,7 @@ impl UdpRun {
         }
         let ip = self.u.ip_hl;
         let udp_len = u16::try_from(UDP_HDR + self.payload).ok()?;
-        h[ip + 4..ip + 6].copy_from_slice(&udp_len.to_be_bytes());
+        h[ip + UDP_LENGTH_OFFSET..ip + UDP_LENGTH_OFFSET + 2].copy_from_slice(&udp_len.to_be_bytes());
         let merged = Merged { ip_hl: ip, payload: self.payload, gso_size: self.size };
         Some((hl, merged.finish(h, super::ipv4::PROTO_UDP, UDP_CHECKSUM_OFFSET, virtio::GSO_UDP_L4)?))
     }

@@ -9,14 +9,8 @@ use super::WireError;
 use super::checksum;
 use super::ipv4::{self, Ipv4Packet};
 use super::tcp::{self, TcpV4, flags};
+use super::udp::{CHECKSUM_OFFSET as UDP_CHECKSUM_OFFSET, HDR_LEN as UDP_HDR, LENGTH_OFFSET as UDP_LENGTH_OFFSET};
 use std::ops::Range;
-
-/// Length of a UDP header.
-const UDP_HDR: usize = 8;
-/// Offset of the length within the UDP header.
-const UDP_LENGTH_OFFSET: usize = 4;
-/// Offset of the checksum within the UDP header.
-const UDP_CHECKSUM_OFFSET: usize = 6;
 
 /// What is cut: the transport decides which header fields each segment gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

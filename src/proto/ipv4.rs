@@ -193,6 +193,12 @@ pub fn pseudo_sum(ip_hdr: &[u8], proto: u8, len: usize) -> u32 {
     super::checksum::sum(0, &pseudo)
 }
 
+/// True when the transport checksum of `segment` (header and payload, of protocol `proto`)
+/// carried after the IPv4 header `ip_hdr` is right.
+pub fn transport_checksum_ok(ip_hdr: &[u8], proto: u8, segment: &[u8]) -> bool {
+    super::checksum::finish(super::checksum::sum(pseudo_sum(ip_hdr, proto, segment.len()), segment)) == 0
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

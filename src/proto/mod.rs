@@ -13,6 +13,7 @@ pub mod mac;
 pub mod netconfig;
 pub mod subnet_env;
 pub mod tcp;
+pub mod udp;
 pub mod virtio;
 pub mod vxlan;
 

@@ -1,7 +1,6 @@
 //! The few TCP header fields segmentation and coalescing need, on an IPv4 packet.
 
 use super::WireError;
-use super::checksum;
 use super::ipv4::{self, Ipv4Packet};
 
 /// TCP flag bits (byte 13).
@@ -81,7 +80,7 @@ impl TcpV4 {
         let (Some(ip_hdr), Some(seg)) = (pkt.get(..self.ip_hl), pkt.get(self.ip_hl..self.total)) else {
             return false;
         };
-        checksum::finish(checksum::sum(pseudo_sum(ip_hdr, seg.len()), seg)) == 0
+        ipv4::transport_checksum_ok(ip_hdr, ipv4::PROTO_TCP, seg)
     }
 }
 
