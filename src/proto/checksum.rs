@@ -2,21 +2,30 @@
 
 /// Adds `data` to a running one's-complement sum, big-endian 16-bit words, odd byte padded.
 pub fn sum(acc: u32, data: &[u8]) -> u32 {
-    // One's-complement addition is associative and byte-order-preserving at any word width
-    // (RFC 1071 §2): add 32-bit big-endian words into a 64-bit accumulator, which cannot
-    // overflow below 16 GiB of data, and fold once at the end. Without a carry chain the loop
-    // has no dependency between words, so the compiler vectorises it.
+    // One's-complement addition is associative and byte-order independent at any word width
+    // (RFC 1071 §2): add 32-bit words as they lie in memory into a 64-bit accumulator, which
+    // cannot overflow below 16 GiB of data, fold to 16 bits, and swap the two bytes once at
+    // the end (§2(B)). With neither a carry chain nor a byte swap per word, the loop is plain
+    // widening additions, which the compiler vectorises with baseline SSE2.
     let mut words = data.chunks_exact(4);
-    let mut s =
-        u64::from(acc) + words.by_ref().map(|w| u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]))).sum::<u64>();
+    let mut s: u64 = words.by_ref().map(|w| u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]]))).sum();
     let rest = words.remainder();
     let mut tail = [0u8; 4];
     tail[..rest.len()].copy_from_slice(rest);
-    s += u64::from(u32::from_be_bytes(tail));
-    // Fold to 32 bits (twice: the first fold can carry).
-    s = (s & 0xffff_ffff) + (s >> 32);
-    s = (s & 0xffff_ffff) + (s >> 32);
-    u32::try_from(s).unwrap_or(u32::MAX)
+    s += u64::from(u32::from_le_bytes(tail));
+    let native = fold16(s);
+    // Back to network byte order, then onto the caller's sum (folded to 32 bits: it can carry).
+    let s = u64::from(acc) + u64::from(native.swap_bytes());
+    u32::try_from((s & 0xffff_ffff) + (s >> 32)).unwrap_or(u32::MAX)
+}
+
+/// Folds a 64-bit one's-complement sum to 16 bits.
+fn fold16(mut s: u64) -> u16 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    // The loop above leaves s <= 0xffff, so the conversion is lossless.
+    u16::try_from(s).unwrap_or(u16::MAX)
 }
 
 /// Folds a running sum to 16 bits and complements it: the value to put in a checksum field.
@@ -81,6 +90,25 @@ mod tests {
         assert_eq!(checksum(&[0xff; 4096]), reference(&[0xff; 4096]));
         // Chained sums over even-length parts equal one sum.
         assert_eq!(finish(sum(sum(0, &data[..20]), &data[20..1000])), checksum(&data[..1000]));
+    }
+
+    /// The running sum carried in is added in network byte order, whatever its size: the
+    /// native-order sum is swapped before it meets it.
+    #[test]
+    fn carried_in_sum_is_added_as_is() {
+        let data: Vec<u8> = (0u16..1001).map(|i| (i.wrapping_mul(197) >> 3) as u8).collect();
+        for acc in [0u32, 1, 0xffff, 0x1_0000, 0xdead_beef, u32::MAX] {
+            for len in [0, 1, 2, 3, 999, 1000, 1001] {
+                let mut want = u64::from(acc);
+                for w in data[..len].chunks(2) {
+                    want += u64::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+                }
+                while want > 0xffff {
+                    want = (want & 0xffff) + (want >> 16);
+                }
+                assert_eq!(finish(sum(acc, &data[..len])), !(want as u16), "acc {acc:#x} len {len}");
+            }
+        }
     }
 
     #[test]
