@@ -29,12 +29,8 @@ fn fold16(mut s: u64) -> u16 {
 }
 
 /// Folds a running sum to 16 bits and complements it: the value to put in a checksum field.
-pub fn finish(mut acc: u32) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    // The loop above leaves acc <= 0xffff, so the conversion is lossless.
-    !(u16::try_from(acc).unwrap_or(0xffff))
+pub fn finish(acc: u32) -> u16 {
+    !fold16(u64::from(acc))
 }
 
 /// The checksum of one buffer.
@@ -45,11 +41,7 @@ pub fn checksum(data: &[u8]) -> u16 {
 /// RFC 1624 eqn. 3: the new checksum after one 16-bit word of the covered data changed
 /// from `old` to `new`. `HC' = ~(~HC + ~m + m')`.
 pub fn update_word(check: u16, old: u16, new: u16) -> u16 {
-    let mut acc = u32::from(!check) + u32::from(!old) + u32::from(new);
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(u16::try_from(acc).unwrap_or(0xffff))
+    !fold16(u64::from(!check) + u64::from(!old) + u64::from(new))
 }
 
 #[cfg(test)]
