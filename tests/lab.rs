@@ -177,3 +177,35 @@ fn lab_runs_against_a_real_etcd() {
     assert_eq!(tcp["data_path"], "weft udp naive");
     assert!(tcp["throughput_gbit_s"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn rounds_take_the_paths_in_turn_and_the_table_shows_the_median_round() {
+    common::require_privileges();
+    let d = tempfile::tempdir().unwrap();
+    let json = d.path().join("out.json");
+    let out = Command::new(common::bin())
+        .args(["lab", "--quick", "--streams", "1", "--rounds", "2", "--only", "kernel", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("2 rounds"), "{stdout}");
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(doc["rounds"], 2);
+    let records = doc["records"].as_array().unwrap();
+    let order: Vec<(u64, &str)> =
+        records.iter().map(|r| (r["round"].as_u64().unwrap(), r["data_path"].as_str().unwrap())).collect();
+    // Round 1 for every path, then round 2 for every path, each path with all three workloads.
+    let expected: Vec<(u64, &str)> = [1, 2]
+        .into_iter()
+        .flat_map(|round| ["host-gw (kernel)", "vxlan (kernel)"].map(|p| (round, p)))
+        .flat_map(|k| [k; 3])
+        .collect();
+    assert_eq!(order, expected);
+    for r in records.iter().filter(|r| r["data_path"] == "vxlan (kernel)") {
+        assert!((r["ratio_to_kernel_vxlan"].as_f64().unwrap() - 1.0).abs() < 1e-9, "{r}");
+    }
+    let row = stdout.lines().find(|l| l.starts_with("host-gw (kernel)")).unwrap();
+    assert!(row.contains('(') && row.contains(')'), "no ratio range over the rounds: {row}");
+}

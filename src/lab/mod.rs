@@ -28,6 +28,10 @@ pub struct LabOptions {
     /// A short run (1 s per workload), for CI.
     #[arg(long)]
     pub quick: bool,
+    /// Rounds: every data path runs every workload once per round, the paths in turn; the table
+    /// shows each path's median round and the range of its ratios (the JSON has every round).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
     /// Parallel TCP streams of the multi-stream bulk workload (1 runs only the single stream).
     #[arg(long, default_value_t = 4)]
     pub streams: usize,
@@ -238,10 +242,11 @@ pub fn run(opts: LabOptions) -> Result<()> {
     if paths.is_empty() {
         bail!("--only {:?} matches no data path", opts.only.unwrap_or_default());
     }
-    let mut report = Report::new(secs);
+    let mut report = Report::new(secs, opts.rounds);
     let dur = Duration::from_secs(secs);
     let bound = Duration::from_secs(secs + 30);
-    for dp in &paths {
+    let rounds = (1..=opts.rounds).flat_map(|round| paths.iter().map(move |dp| (round, dp)));
+    for (round, dp) in rounds {
         let mut extra = dp.extra.clone();
         extra.extend(["--metrics-addr".to_string(), format!("127.0.0.1:{METRICS_PORT}")]);
         let spec = ClusterSpec {
@@ -257,11 +262,15 @@ pub fn run(opts: LabOptions) -> Result<()> {
             if interrupted.load(Ordering::Relaxed) {
                 bail!("interrupted; everything the lab created has been removed");
             }
-            eprintln!("lab: {:<18} {:<8} {secs} s ...", dp.name, w.name());
+            if opts.rounds > 1 {
+                eprintln!("lab: round {round}/{}: {:<18} {:<8} {secs} s ...", opts.rounds, dp.name, w.name());
+            } else {
+                eprintln!("lab: {:<18} {:<8} {secs} s ...", dp.name, w.name());
+            }
             let before: Vec<Samples> =
                 host_ns.iter().map(|n| scrape(n)).collect::<std::io::Result<_>>().context("reading weft's /metrics")?;
             let cpu0 = CpuTimes::now()?;
-            let mut rec = Record::new(&dp.name, &w.name());
+            let mut rec = Record::new(&dp.name, &w.name(), round);
             let sender;
             let packets;
             let mut ceiling = None;

@@ -66,6 +66,8 @@ pub struct MachineFigure {
 pub struct Record {
     /// Data path name.
     pub data_path: String,
+    /// Which round of the run measured it (1-based; see `weft lab --rounds`).
+    pub round: u32,
     /// `tcp-1`, `tcp-N`, `udp-64B`, `rr-64B`.
     pub workload: String,
     /// Seconds measured.
@@ -107,15 +109,22 @@ pub struct Record {
     /// Packets the kernel dropped at the TUN queues during the workload (full: weft did not
     /// read them in time). Where an unpaced small-datagram flood loses most of what it loses.
     pub tun_queue_drops: u64,
-    /// Headline figure divided by the kernel VXLAN one (throughput, delivered pps, or p50
-    /// latency — for latency, above 1 is slower).
+    /// Headline figure divided by the kernel VXLAN one of the same round (throughput, delivered
+    /// pps, or p50 latency — for latency, above 1 is slower).
     pub ratio_to_kernel_vxlan: Option<f64>,
 }
 
 impl Record {
     /// An empty record.
-    pub fn new(data_path: &str, workload: &str) -> Self {
-        Self { data_path: data_path.into(), workload: workload.into(), ..Default::default() }
+    pub fn new(data_path: &str, workload: &str, round: u32) -> Self {
+        Self { data_path: data_path.into(), workload: workload.into(), round, ..Default::default() }
+    }
+
+    /// What the median is taken of: the ratio where the baseline ran, else (and for the
+    /// baseline itself, always 1) the headline.
+    fn rank(&self) -> f64 {
+        let ratio = self.ratio_to_kernel_vxlan.filter(|_| self.data_path != BASELINE);
+        ratio.or_else(|| self.headline()).unwrap_or(0.0)
     }
 
     /// The workload's headline figure.
@@ -148,28 +157,40 @@ pub struct Report {
     pub cpus: usize,
     /// Seconds per workload asked for.
     pub seconds: u64,
-    /// The records.
+    /// Rounds: every data path ran every workload once per round, the paths in turn, so that
+    /// a slow drift of the machine touches every path alike.
+    pub rounds: u32,
+    /// The records, every round's.
     pub records: Vec<Record>,
+}
+
+/// One data path × workload over all rounds: the round with the median ratio (or headline),
+/// and the range of ratios.
+pub struct Summary<'a> {
+    /// The median round's record.
+    pub median: &'a Record,
+    /// Lowest and highest ratio to kernel VXLAN over the rounds.
+    pub ratio_range: Option<(f64, f64)>,
 }
 
 impl Report {
     /// An empty report for this machine.
-    pub fn new(seconds: u64) -> Self {
+    pub fn new(seconds: u64, rounds: u32) -> Self {
         let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        Self { schema: "weft-lab/1", kernel, cpus, seconds, records: Vec::new() }
+        Self { schema: "weft-lab/1", kernel, cpus, seconds, rounds, records: Vec::new() }
     }
 
-    /// Fills `ratio_to_kernel_vxlan` from the baseline's record of the same workload.
+    /// Fills `ratio_to_kernel_vxlan` from the baseline's record of the same workload and round.
     pub fn compute_ratios(&mut self) {
-        let base: Vec<(String, f64)> = self
+        let base: Vec<(String, u32, f64)> = self
             .records
             .iter()
             .filter(|r| r.data_path == BASELINE)
-            .filter_map(|r| Some((r.workload.clone(), r.headline()?)))
+            .filter_map(|r| Some((r.workload.clone(), r.round, r.headline()?)))
             .collect();
         for r in &mut self.records {
-            let b = base.iter().find(|(w, _)| *w == r.workload).map(|(_, v)| *v);
+            let b = base.iter().find(|(w, round, _)| *w == r.workload && *round == r.round).map(|(_, _, v)| *v);
             r.ratio_to_kernel_vxlan = match (r.headline(), b) {
                 (Some(v), Some(b)) if b > 0.0 => Some(v / b),
                 _ => None,
@@ -177,25 +198,59 @@ impl Report {
         }
     }
 
+    /// One [`Summary`] per data path × workload, in the order they first ran. With one round,
+    /// every record is its own median.
+    pub fn summaries(&self) -> Vec<Summary<'_>> {
+        let mut keys: Vec<(&str, &str)> = Vec::new();
+        for r in &self.records {
+            if !keys.contains(&(r.data_path.as_str(), r.workload.as_str())) {
+                keys.push((&r.data_path, &r.workload));
+            }
+        }
+        keys.into_iter()
+            .filter_map(|(path, workload)| {
+                let mut rounds: Vec<&Record> =
+                    self.records.iter().filter(|r| r.data_path == path && r.workload == workload).collect();
+                rounds.sort_by(|a, b| a.rank().total_cmp(&b.rank()));
+                let ratios: Vec<f64> = rounds.iter().filter_map(|r| r.ratio_to_kernel_vxlan).collect();
+                let ratio_range = ratios.first().zip(ratios.last()).map(|(lo, hi)| (*lo, *hi));
+                // The lower middle for an even count: no figure that was not measured.
+                let median = *rounds.get(rounds.len().saturating_sub(1) / 2)?;
+                Some(Summary { median, ratio_range })
+            })
+            .collect()
+    }
+
     /// The terminal table.
     pub fn table(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "weft lab: Linux {}, {} CPUs, {} s per workload; ratios are to {BASELINE} in this run",
-            self.kernel, self.cpus, self.seconds
-        );
+        let _ = if self.rounds > 1 {
+            writeln!(
+                out,
+                "weft lab: Linux {}, {} CPUs, {} s per workload, {} rounds (every data path in turn in each round)\n\
+                 each row: the round with the median ratio to {BASELINE} of the same round; (lowest-highest) ratio over the rounds",
+                self.kernel, self.cpus, self.seconds, self.rounds
+            )
+        } else {
+            writeln!(
+                out,
+                "weft lab: Linux {}, {} CPUs, {} s per workload; ratios are to {BASELINE} in this run",
+                self.kernel, self.cpus, self.seconds
+            )
+        };
+        let summaries = self.summaries();
         let mut workloads: Vec<&str> = Vec::new();
-        for r in &self.records {
-            if !workloads.contains(&r.workload.as_str()) {
-                workloads.push(&r.workload);
+        for s in &summaries {
+            if !workloads.contains(&s.median.workload.as_str()) {
+                workloads.push(&s.median.workload);
             }
         }
+        let ratio_w = if self.rounds > 1 { 19 } else { 7 };
         for w in workloads {
             let _ = writeln!(out, "\n{w}");
             let _ = writeln!(
                 out,
-                "{:<22} {:>34} {:>7} | {:>23} | {:>23} | {:>6} | {:>9} | {:>9} | {:>10} | {:>6}",
+                "{:<22} {:>34} {:>ratio_w$} | {:>23} | {:>23} | {:>6} | {:>9} | {:>9} | {:>10} | {:>6}",
                 "data path",
                 "result",
                 "ratio",
@@ -207,17 +262,22 @@ impl Report {
                 "machine",
                 "cs/1k"
             );
-            for r in self.records.iter().filter(|r| r.workload == w) {
+            for s in summaries.iter().filter(|s| s.median.workload == w) {
+                let r = s.median;
+                let ratio = match (r.ratio_to_kernel_vxlan, s.ratio_range) {
+                    (Some(x), Some((lo, hi))) if self.rounds > 1 => format!("{x:.3} ({lo:.2}-{hi:.2})"),
+                    (Some(x), _) => format!("{x:.3}"),
+                    (None, _) => "-".into(),
+                };
                 let c = |f: &dyn Fn(&CrossingFigure) -> f64| r.crossings.iter().map(f).collect::<Vec<f64>>();
                 let sp = c(&|x| x.syscalls_per_packet);
                 let ns = c(&|x| x.ns_per_packet);
                 let four = |v: &[f64], p: usize| v.iter().map(|x| format!("{x:.p$}")).collect::<Vec<_>>().join(" ");
                 let _ = writeln!(
                     out,
-                    "{:<22} {:>34} {:>7} | {:>23} | {:>23} | {:>6.2} | {:>9.0} | {:>9.0} | {:>10.0} | {:>6.1}",
+                    "{:<22} {:>34} {ratio:>ratio_w$} | {:>23} | {:>23} | {:>6.2} | {:>9.0} | {:>9.0} | {:>10.0} | {:>6.1}",
                     r.data_path,
                     r.headline_text(),
-                    r.ratio_to_kernel_vxlan.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into()),
                     four(&sp, 2),
                     four(&ns, 0),
                     r.polls_per_packet,
@@ -241,9 +301,10 @@ impl Report {
     }
 
     /// Draws throughput (tcp-1) and forwarder syscalls per packet (sum of the four crossings,
-    /// tcp-1) per data path, side by side.
+    /// tcp-1) per data path, side by side (each path's median round).
     pub fn svg(&self, path: &Path) -> Result<()> {
-        let rows: Vec<&Record> = self.records.iter().filter(|r| r.workload == "tcp-1").collect();
+        let rows: Vec<&Record> =
+            self.summaries().into_iter().map(|s| s.median).filter(|r| r.workload == "tcp-1").collect();
         // Short labels so that a dozen bars fit: "weft vxlan offload" → "vxlan offload".
         let names: Vec<String> =
             rows.iter().map(|r| r.data_path.trim_start_matches("weft ").replace(" (kernel)", " (k)")).collect();
@@ -304,5 +365,58 @@ impl Report {
         )?;
         root.present()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(path: &str, round: u32, gbit: f64) -> Record {
+        Record { throughput_gbit_s: Some(gbit), ..Record::new(path, "tcp-1", round) }
+    }
+
+    #[test]
+    fn ratios_are_per_round_and_the_table_shows_the_median_round() {
+        let mut rep = Report::new(5, 3);
+        // The machine is faster in round 1: a ratio must use its own round's baseline.
+        for (round, kernel, weft) in [(1, 20.0, 10.0), (2, 10.0, 6.0), (3, 10.0, 4.0)] {
+            rep.records.push(tcp(BASELINE, round, kernel));
+            rep.records.push(tcp("weft vxlan offload", round, weft));
+        }
+        rep.compute_ratios();
+        let ratios: Vec<f64> =
+            rep.records.iter().filter(|r| r.data_path != BASELINE).map(|r| r.ratio_to_kernel_vxlan.unwrap()).collect();
+        assert_eq!(ratios, [0.5, 0.6, 0.4]);
+        let s = rep.summaries();
+        assert_eq!(s.len(), 2);
+        // The baseline's own median is by its headline: 10, 10, 20 → 10.
+        assert_eq!((s[0].median.data_path.as_str(), s[0].ratio_range), (BASELINE, Some((1.0, 1.0))));
+        assert_eq!(s[0].median.throughput_gbit_s, Some(10.0));
+        assert_eq!((s[1].median.round, s[1].ratio_range), (1, Some((0.4, 0.6))));
+        let table = rep.table();
+        assert!(table.contains("3 rounds"), "{table}");
+        let row = table.lines().find(|l| l.starts_with("weft vxlan offload")).unwrap();
+        assert!(row.contains("10.000 Gbit/s") && row.contains("0.500 (0.40-0.60)"), "{row}");
+    }
+
+    #[test]
+    fn even_rounds_show_a_measured_round_and_one_round_shows_no_range() {
+        let mut rep = Report::new(5, 2);
+        for (round, weft) in [(1, 3.0), (2, 7.0)] {
+            rep.records.push(tcp(BASELINE, round, 10.0));
+            rep.records.push(tcp("weft udp offload", round, weft));
+        }
+        rep.compute_ratios();
+        assert_eq!(rep.summaries()[1].median.throughput_gbit_s, Some(3.0));
+
+        let mut one = Report::new(5, 1);
+        one.records.push(tcp(BASELINE, 1, 10.0));
+        one.records.push(tcp("weft udp naive", 1, 1.0));
+        one.compute_ratios();
+        let table = one.table();
+        assert!(table.contains("ratios are to vxlan (kernel) in this run"), "{table}");
+        let row = table.lines().find(|l| l.starts_with("weft udp naive")).unwrap();
+        assert!(row.contains(" 0.100 |") && !row.contains('('), "{row}");
     }
 }
