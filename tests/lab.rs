@@ -159,18 +159,21 @@ fn ctrl_c_removes_everything() {
     assert_eq!(ours(), 0, "namespaces left behind");
 }
 
-#[test]
-fn lab_runs_against_a_real_etcd() {
+/// Runs `weft lab --quick ARGS --json FILE` to success; returns its table and its JSON.
+fn quick_lab(args: &[&str]) -> (String, serde_json::Value) {
     common::require_privileges();
     let d = tempfile::tempdir().unwrap();
-    let json = d.path().join("etcd.json");
-    let out = Command::new(common::bin())
-        .args(["lab", "--quick", "--etcd", "--only", "udp naive", "--streams", "1", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let json = d.path().join("out.json");
+    let out =
+        Command::new(common::bin()).args(["lab", "--quick"]).args(args).arg("--json").arg(&json).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    (stdout, serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap())
+}
+
+#[test]
+fn lab_runs_against_a_real_etcd() {
+    let (_, doc) = quick_lab(&["--etcd", "--only", "udp naive", "--streams", "1"]);
     let records = doc["records"].as_array().unwrap();
     assert_eq!(records.len(), 3, "tcp-1, udp-64B, rr-64B for one data path");
     let tcp = records.iter().find(|r| r["workload"] == "tcp-1").unwrap();
@@ -180,18 +183,8 @@ fn lab_runs_against_a_real_etcd() {
 
 #[test]
 fn rounds_take_the_paths_in_turn_and_the_table_shows_the_median_round() {
-    common::require_privileges();
-    let d = tempfile::tempdir().unwrap();
-    let json = d.path().join("out.json");
-    let out = Command::new(common::bin())
-        .args(["lab", "--quick", "--streams", "1", "--rounds", "2", "--only", "kernel", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let (stdout, doc) = quick_lab(&["--streams", "1", "--rounds", "2", "--only", "kernel"]);
     assert!(stdout.contains("2 rounds"), "{stdout}");
-    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(doc["rounds"], 2);
     let records = doc["records"].as_array().unwrap();
     let order: Vec<(u64, &str)> =
