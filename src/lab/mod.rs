@@ -262,11 +262,8 @@ pub fn run(opts: LabOptions) -> Result<()> {
             if interrupted.load(Ordering::Relaxed) {
                 bail!("interrupted; everything the lab created has been removed");
             }
-            if opts.rounds > 1 {
-                eprintln!("lab: round {round}/{}: {:<18} {:<8} {secs} s ...", opts.rounds, dp.name, w.name());
-            } else {
-                eprintln!("lab: {:<18} {:<8} {secs} s ...", dp.name, w.name());
-            }
+            let of = if opts.rounds > 1 { format!("round {round}/{}: ", opts.rounds) } else { String::new() };
+            eprintln!("lab: {of}{:<18} {:<8} {secs} s ...", dp.name, w.name());
             let before: Vec<Samples> =
                 host_ns.iter().map(|n| scrape(n)).collect::<std::io::Result<_>>().context("reading weft's /metrics")?;
             let cpu0 = CpuTimes::now()?;
