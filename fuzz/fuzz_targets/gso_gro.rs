@@ -16,10 +16,11 @@ fuzz_target!(|data: &[u8]| {
     let mss = usize::from(head % 2048);
     let planned = if udp { Segmenter::new_udp(pkt, mss) } else { Segmenter::new(pkt, mss) };
     let Ok(seg) = planned else { return };
+    let Ok(headers) = seg.headers(pkt) else { return };
     let mut segments = Vec::new();
     for i in 0..seg.count().min(200) {
         let mut s = vec![0u8; seg.hdr_len()];
-        seg.write_header(pkt, i, &mut s).unwrap();
+        headers.write(pkt, i, &mut s).unwrap();
         s.extend_from_slice(&pkt[seg.payload(i)]);
         let ip = Ipv4Packet::new_checked(&s[..]).expect("segment is valid IPv4");
         assert!(ip.verify_checksum());

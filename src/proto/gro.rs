@@ -6,9 +6,10 @@
 //! SYN/RST/URG, and follows a full-sized segment without PSH or FIN. PSH or FIN ends a run after
 //! the segment that carries it; a shorter segment ends it too.
 //!
-//! Checksums: the merged packet leaves with a transport checksum the kernel computes afresh, so
-//! merging a damaged packet would launder it. With [`Rules::verify`] every packet's checksum is
-//! verified first, as the kernel's GRO does, and a damaged one is neither merged nor starts a
+//! Checksums: the merged packet leaves with an IPv4 header checksum weft computes and a
+//! transport checksum the kernel computes afresh, so merging a damaged packet would launder it.
+//! With [`Rules::verify`] every packet's IPv4 header checksum and transport checksum are
+//! verified first, as the kernel's GRO does, and a damaged packet is neither merged nor starts a
 //! run (written alone, it is dropped by the receiving stack). An engine asks for that where no
 //! outer checksum covered the inner packet: VXLAN, whose kernel peers send a zero outer UDP
 //! checksum. On flannel's UDP backend the outer UDP checksum covers the whole inner packet and
@@ -32,7 +33,8 @@ pub const MAX_MERGED: usize = 65_535;
 pub struct Rules {
     /// UDP datagrams too, not only TCP segments (the TUN takes USO).
     pub udp: bool,
-    /// Verify each packet's transport checksum before merging it (no outer checksum covered it).
+    /// Verify each packet's IPv4 header and transport checksums before merging it (no outer
+    /// checksum covered it).
     pub verify: bool,
 }
 
@@ -63,7 +65,7 @@ impl Run {
     pub fn start(pkt: &[u8], verify: bool) -> Option<Self> {
         let t = TcpV4::parse(pkt).ok()?;
         let f = t.flags(pkt);
-        if t.payload_len() == 0 || f & (flags::SYN | flags::RST | flags::URG) != 0 || (verify && !t.checksum_ok(pkt)) {
+        if t.payload_len() == 0 || f & (flags::SYN | flags::RST | flags::URG) != 0 || (verify && !sound(&t, pkt)) {
             return None;
         }
         let next_seq = t.seq(pkt).wrapping_add(u32::try_from(t.payload_len()).ok()?);
@@ -107,7 +109,7 @@ impl Run {
             || len > self.mss
             || n.seq(next) != self.next_seq
             || self.t.hdr_len() + self.payload + len > MAX_MERGED
-            || (self.verify && !n.checksum_ok(next))
+            || (self.verify && !sound(&n, next))
         {
             return None;
         }
@@ -144,6 +146,12 @@ impl Run {
         let merged = Merged { ip_hl: self.t.ip_hl, payload: self.payload, gso_size: self.mss };
         Some((hl, merged.finish(h, super::ipv4::PROTO_TCP, tcp::CHECKSUM_OFFSET, virtio::GSO_TCPV4)?))
     }
+}
+
+/// True when both checksums of the TCP segment `pkt` (located by `t`) are right: its IPv4
+/// header's, and its TCP checksum.
+fn sound(t: &TcpV4, pkt: &[u8]) -> bool {
+    pkt.get(..t.ip_hl).is_some_and(|h| Ipv4Packet::new_unchecked(h).verify_checksum()) && t.checksum_ok(pkt)
 }
 
 /// A merged packet's shape: IPv4 header length, payload merged, payload per segment.
@@ -205,7 +213,10 @@ impl UdpV4 {
             return None;
         }
         let has_checksum = udp[UDP_CHECKSUM_OFFSET..UDP_CHECKSUM_OFFSET + 2] != [0, 0];
-        if verify && has_checksum && !super::ipv4::transport_checksum_ok(&pkt[..ip_hl], super::ipv4::PROTO_UDP, udp) {
+        if verify
+            && (!ip.verify_checksum()
+                || (has_checksum && !super::ipv4::transport_checksum_ok(&pkt[..ip_hl], super::ipv4::PROTO_UDP, udp)))
+        {
             return None;
         }
         Some(Self { ip_hl, total })
@@ -441,6 +452,15 @@ mod tests {
             let mut trusting = Run::start(&bad[0], false).unwrap();
             assert!(bad[1..].iter().all(|n| trusting.push(&bad[0], n).is_some()), "damage in segment {hit}");
         }
+        // A damaged IPv4 header (its ID here, which no other check covers) goes alone too: the
+        // merged header's checksum is computed afresh, so merging would launder it.
+        for hit in [0, 3] {
+            let mut bad = segs.clone();
+            bad[hit][5] ^= 0x01;
+            let runs: Vec<usize> = coalesce(&bad).iter().map(|m| m.1).collect();
+            assert_eq!(runs, if hit == 0 { vec![1, 4] } else { vec![3, 1, 1] }, "IP header damage in segment {hit}");
+            assert!(coalesce(&bad).iter().any(|(p, _)| p == &bad[hit]), "the damaged segment passes unchanged");
+        }
     }
 
     #[test]
@@ -560,6 +580,11 @@ mod tests {
         bad[40] ^= 0xff;
         assert!(UdpRun::start(&bad, true).is_none());
         assert_eq!(runs(&[d(1, 64), bad.clone(), d(1, 64)]), vec![1, 1, 1]);
+        let mut bad_ip = d(1, 64);
+        bad_ip[4] ^= 0x01; // the IP ID: no other check covers it
+        assert!(UdpRun::start(&bad_ip, true).is_none());
+        assert!(UdpRun::start(&bad_ip, false).is_some());
+        assert_eq!(runs(&[d(1, 64), bad_ip, d(1, 64)]), vec![1, 1, 1]);
         let mut none = d(1, 64);
         none[26..28].copy_from_slice(&[0, 0]);
         assert_eq!(runs(&[d(1, 64), none]), vec![2]);

@@ -8,8 +8,8 @@
 use super::WireError;
 use super::checksum;
 use super::ipv4::{self, Ipv4Packet};
-use super::tcp::{self, TcpV4, flags};
-use super::udp::{CHECKSUM_OFFSET as UDP_CHECKSUM_OFFSET, HDR_LEN as UDP_HDR, LENGTH_OFFSET as UDP_LENGTH_OFFSET};
+use super::tcp::{TcpV4, flags};
+use super::udp::HDR_LEN as UDP_HDR;
 use std::ops::Range;
 
 /// What is cut: the transport decides which header fields each segment gets.
@@ -30,6 +30,20 @@ pub struct Segmenter {
     total: usize,
     mss: usize,
     count: usize,
+}
+
+/// The header sums every segment of one super-packet shares, taken once (see
+/// [`Segmenter::headers`]), so that writing a segment's headers makes one pass, over its payload.
+#[derive(Debug, Clone, Copy)]
+pub struct Headers {
+    seg: Segmenter,
+    /// The IPv4 header's sum with Total Length, ID and the checksum taken as zero: a segment's
+    /// header checksum adds only its own two fields to it.
+    ip_base: u32,
+    /// The transport checksum's sum over what every segment shares: the pseudo-header's
+    /// addresses and protocol, and the transport header with the fields that differ per segment
+    /// (TCP sequence number, data offset and flags; UDP length) and the checksum taken as zero.
+    l4_base: u32,
 }
 
 impl Segmenter {
@@ -61,6 +75,36 @@ impl Segmenter {
         Ok(Self { transport, ip_hl, hdr_len, total, mss, count })
     }
 
+    /// Takes the header sums every segment of `pkt` shares from its headers as they are now.
+    /// Take them after the last change to the super-packet's headers (the egress decision
+    /// decrements its TTL after it was planned), and write segments of that same packet.
+    pub fn headers(&self, pkt: &[u8]) -> Result<Headers, WireError> {
+        let (hl, ip_hl) = (self.hdr_len, self.ip_hl);
+        // Every segment's header starts as a copy of these bytes; sum once what stays the same.
+        let mut hdr = [0u8; MAX_HDR_LEN];
+        hdr.get_mut(..hl).ok_or(WireError::BadHeaderLen)?.copy_from_slice(pkt.get(..hl).ok_or(WireError::Truncated)?);
+        let (ip, l4) = hdr[..hl].split_at_mut(ip_hl);
+        for f in [field::IP_TOTAL_LEN, field::IP_ID, field::IP_CHECKSUM] {
+            ip[f].fill(0);
+        }
+        let zeroed = match self.transport {
+            Transport::Tcp => [field::TCP_SEQ, field::TCP_OFFSET_FLAGS, field::TCP_CHECKSUM],
+            Transport::Udp => [field::UDP_LENGTH, field::UDP_CHECKSUM, field::UDP_CHECKSUM],
+        };
+        for f in zeroed {
+            l4[f].fill(0);
+        }
+        let ip_base = checksum::sum(0, ip);
+        let l4_base = checksum::sum(ipv4::pseudo_sum(ip, proto(self.transport), 0), l4);
+        Ok(Headers { seg: *self, ip_base, l4_base })
+    }
+
+    /// Writes segment `i`'s headers into `out` and returns their length (for many segments,
+    /// [`Segmenter::headers`] once and [`Headers::write`] for each is cheaper).
+    pub fn write_header(&self, pkt: &[u8], i: usize, out: &mut [u8]) -> Result<usize, WireError> {
+        self.headers(pkt)?.write(pkt, i, out)
+    }
+
     /// Number of segments.
     pub fn count(&self) -> usize {
         self.count
@@ -81,55 +125,87 @@ impl Segmenter {
         let start = (self.hdr_len() + i * self.mss).min(self.total);
         start..(start + self.mss).min(self.total)
     }
+}
 
-    /// Writes segment `i`'s headers into `out` and returns their length.
-    pub fn write_header(&self, pkt: &[u8], i: usize, out: &mut [u8]) -> Result<usize, WireError> {
-        let hl = self.hdr_len();
-        if i >= self.count || out.len() < hl || pkt.len() < self.total {
+impl Headers {
+    /// Writes segment `i`'s headers into `out` and returns their length. `pkt` is the
+    /// super-packet the sums were taken from, unchanged since.
+    pub fn write(&self, pkt: &[u8], i: usize, out: &mut [u8]) -> Result<usize, WireError> {
+        let s = &self.seg;
+        let (hl, ip_hl) = (s.hdr_len, s.ip_hl);
+        if i >= s.count || out.len() < hl || pkt.len() < s.total {
             return Err(WireError::Truncated);
         }
-        let payload = &pkt[self.payload(i)];
+        let payload = &pkt[s.payload(i)];
         let h = &mut out[..hl];
         h.copy_from_slice(&pkt[..hl]);
         let total = u16::try_from(hl + payload.len()).map_err(|_| WireError::Malformed)?;
-        h[2..4].copy_from_slice(&total.to_be_bytes());
-        let id = u16::from_be_bytes([h[4], h[5]]).wrapping_add(u16::try_from(i).unwrap_or(0));
-        h[4..6].copy_from_slice(&id.to_be_bytes());
-        let ip_hl = self.ip_hl;
-        Ipv4Packet::new_unchecked(&mut h[..ip_hl]).fill_checksum();
-        let l4_len = hl - ip_hl + payload.len();
-        let (proto, c) = match self.transport {
+        let id = u16::from_be_bytes([h[4], h[5]]).wrapping_add(u16::try_from(i).map_err(|_| WireError::Malformed)?);
+        h[field::IP_TOTAL_LEN].copy_from_slice(&total.to_be_bytes());
+        h[field::IP_ID].copy_from_slice(&id.to_be_bytes());
+        let ip_sum = checksum::add(checksum::add(self.ip_base, total.into()), id.into());
+        h[field::IP_CHECKSUM].copy_from_slice(&checksum::finish(ip_sum).to_be_bytes());
+        // `total` fits in 16 bits and exceeds the IPv4 header, so this cannot wrap.
+        let l4_len = total - u16::try_from(ip_hl).map_err(|_| WireError::Malformed)?;
+        let l4 = &mut h[ip_hl..];
+        let mut acc = checksum::add(self.l4_base, l4_len.into());
+        let c = match s.transport {
             Transport::Tcp => {
-                let seq = u32::from_be_bytes([pkt[ip_hl + 4], pkt[ip_hl + 5], pkt[ip_hl + 6], pkt[ip_hl + 7]])
-                    .wrapping_add(u32::try_from(i * self.mss).unwrap_or(0));
-                h[ip_hl + 4..ip_hl + 8].copy_from_slice(&seq.to_be_bytes());
-                let mut f = h[ip_hl + 13];
-                if i + 1 != self.count {
+                let seq = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]])
+                    .wrapping_add(u32::try_from(i * s.mss).map_err(|_| WireError::Malformed)?);
+                l4[field::TCP_SEQ].copy_from_slice(&seq.to_be_bytes());
+                let mut f = l4[13];
+                if i + 1 != s.count {
                     f &= !(flags::FIN | flags::PSH);
                 }
                 if i != 0 {
                     f &= !flags::CWR;
                 }
-                h[ip_hl + 13] = f;
-                (ipv4::PROTO_TCP, ip_hl + tcp::CHECKSUM_OFFSET)
+                l4[13] = f;
+                acc = checksum::add(acc, seq);
+                acc = checksum::add(acc, u16::from_be_bytes([l4[12], f]).into());
+                field::TCP_CHECKSUM
             }
             Transport::Udp => {
-                let o = ip_hl + UDP_LENGTH_OFFSET;
-                h[o..o + 2].copy_from_slice(&total.saturating_sub(u16::try_from(ip_hl).unwrap_or(0)).to_be_bytes());
-                (ipv4::PROTO_UDP, ip_hl + UDP_CHECKSUM_OFFSET)
+                l4[field::UDP_LENGTH].copy_from_slice(&l4_len.to_be_bytes());
+                acc = checksum::add(acc, l4_len.into());
+                field::UDP_CHECKSUM
             }
         };
-        h[c..c + 2].copy_from_slice(&[0, 0]);
-        let mut acc = ipv4::pseudo_sum(&h[..ip_hl], proto, l4_len);
-        acc = checksum::sum(acc, &h[ip_hl..]);
-        acc = checksum::sum(acc, payload);
-        let mut sum = checksum::finish(acc);
-        if self.transport == Transport::Udp && sum == 0 {
+        let mut sum = checksum::finish(checksum::sum(acc, payload));
+        if s.transport == Transport::Udp && sum == 0 {
             sum = 0xffff; // RFC 768: a computed zero is sent as all ones (zero means "none")
         }
-        h[c..c + 2].copy_from_slice(&sum.to_be_bytes());
+        l4[c].copy_from_slice(&sum.to_be_bytes());
         Ok(hl)
     }
+}
+
+/// The IP protocol number of a transport.
+fn proto(t: Transport) -> u8 {
+    match t {
+        Transport::Tcp => ipv4::PROTO_TCP,
+        Transport::Udp => ipv4::PROTO_UDP,
+    }
+}
+
+/// Most bytes of IPv4 + transport headers (60 + 60).
+const MAX_HDR_LEN: usize = 120;
+
+/// Byte ranges of the header fields a segment gets its own value of: in the IPv4 header, and
+/// in the transport header (from its start).
+mod field {
+    use super::super::{tcp, udp};
+    use std::ops::Range;
+    pub const IP_TOTAL_LEN: Range<usize> = 2..4;
+    pub const IP_ID: Range<usize> = 4..6;
+    pub const IP_CHECKSUM: Range<usize> = 10..12;
+    pub const TCP_SEQ: Range<usize> = 4..8;
+    /// Data offset and flags: one 16-bit word of the checksum.
+    pub const TCP_OFFSET_FLAGS: Range<usize> = 12..14;
+    pub const TCP_CHECKSUM: Range<usize> = tcp::CHECKSUM_OFFSET..tcp::CHECKSUM_OFFSET + 2;
+    pub const UDP_LENGTH: Range<usize> = udp::LENGTH_OFFSET..udp::LENGTH_OFFSET + 2;
+    pub const UDP_CHECKSUM: Range<usize> = udp::CHECKSUM_OFFSET..udp::CHECKSUM_OFFSET + 2;
 }
 
 #[cfg(test)]
@@ -200,6 +276,53 @@ pub(crate) mod tests {
                 joined.extend_from_slice(t.payload());
             }
             assert_eq!(joined, data);
+        }
+    }
+
+    /// As a TUN with TSO hands a super-packet over: its TCP checksum field holds the partial
+    /// pseudo-header sum, not a checksum, and its IP header checksum and Total Length are the
+    /// super-packet's. Each segment's checksums must come out as if computed from scratch, with
+    /// CWR only on the first segment and FIN and PSH only on the last.
+    #[test]
+    fn segments_of_a_tun_super_packet_with_cwr_and_fin() {
+        let data = payload(4000);
+        let mut sup = tcp_packet(0xffff_f000, &data); // the sequence number wraps inside it
+        sup[20 + 13] |= flags::CWR | flags::FIN | flags::ECE;
+        let partial = !checksum::finish(ipv4::pseudo_sum(&sup[..20], ipv4::PROTO_TCP, sup.len() - 20));
+        sup[20 + 16..20 + 18].copy_from_slice(&partial.to_be_bytes());
+        sup[10..12].copy_from_slice(&[0xde, 0xad]);
+        let s = Segmenter::new(&sup, 1000).unwrap();
+        assert_eq!(s.count(), 4);
+        for i in 0..s.count() {
+            let seg = cut(&s, &sup, i, 0x1000);
+            assert!(ipv4::transport_checksum_ok(&seg[..20], ipv4::PROTO_TCP, &seg[20..]), "segment {i}");
+            let t = TcpV4::parse(&seg).unwrap();
+            assert_eq!(t.seq(&seg), 0xffff_f000u32.wrapping_add(u32::try_from(i * 1000).unwrap()));
+            let f = t.flags(&seg);
+            assert_eq!(f & flags::CWR != 0, i == 0, "CWR of segment {i}");
+            assert_eq!(f & (flags::FIN | flags::PSH) != 0, i == 3, "FIN/PSH of segment {i}");
+            assert_ne!(f & flags::ECE, 0);
+        }
+    }
+
+    /// The egress decision decrements the TTL after the segments were planned: the header sums
+    /// are taken from the packet as it is when the headers are written, not when planned.
+    #[test]
+    fn header_sums_are_taken_after_the_ttl_changed() {
+        for udp in [false, true] {
+            let mut sup = if udp { udp_super_packet(&payload(3000)) } else { tcp_packet(7, &payload(3000)) };
+            let s = if udp { Segmenter::new_udp(&sup, 1000) } else { Segmenter::new(&sup, 1000) }.unwrap();
+            assert!(Ipv4Packet::new_unchecked(&mut sup[..20]).decrement_ttl());
+            let h = s.headers(&sup).unwrap();
+            for i in 0..s.count() {
+                let mut seg = vec![0u8; s.hdr_len()];
+                h.write(&sup, i, &mut seg).unwrap();
+                seg.extend_from_slice(&sup[s.payload(i)]);
+                assert_eq!(seg[8], 63, "TTL of segment {i}");
+                assert!(Ipv4Packet::new_unchecked(&seg[..20]).verify_checksum(), "IP checksum of segment {i}");
+                let proto = if udp { ipv4::PROTO_UDP } else { ipv4::PROTO_TCP };
+                assert!(ipv4::transport_checksum_ok(&seg[..20], proto, &seg[20..]), "checksum of segment {i}");
+            }
         }
     }
 

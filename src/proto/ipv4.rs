@@ -186,11 +186,10 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
 /// The pseudo-header sum (RFC 768 / 793) of the IPv4 header `ip_hdr` (at least 20 bytes) for a
 /// transport segment of protocol `proto` and `len` bytes, unfolded.
 pub fn pseudo_sum(ip_hdr: &[u8], proto: u8, len: usize) -> u32 {
-    let mut pseudo = [0u8; 12];
-    pseudo[..8].copy_from_slice(&ip_hdr[field::SRC.start..field::DST.end]);
-    pseudo[9] = proto;
-    pseudo[10..].copy_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_be_bytes());
-    super::checksum::sum(0, &pseudo)
+    let a = &ip_hdr[field::SRC.start..field::DST.end];
+    let word = |k: usize| u32::from(u16::from_be_bytes([a[k], a[k + 1]]));
+    // Six 16-bit values: their sum cannot overflow 32 bits, and needs no fold until `finish`.
+    word(0) + word(2) + word(4) + word(6) + u32::from(proto) + u32::from(u16::try_from(len).unwrap_or(u16::MAX))
 }
 
 /// True when the transport checksum of `segment` (header and payload, of protocol `proto`)

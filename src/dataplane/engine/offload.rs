@@ -272,12 +272,14 @@ fn send_runs(ctx: &EngineContext, st: &mut State) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// Writes the headers of segments `first..first + count` of `seg` (super-packet `sup`) into
-/// `hdrs` from header slot `at` on. False if a header cannot be written (then none is sent).
+/// Writes the headers of segments `first..first + count` of `seg` (super-packet `sup`, its
+/// headers final) into `hdrs` from header slot `at` on. False if a header cannot be written
+/// (then none is sent).
 fn write_headers(seg: &Segmenter, sup: &[u8], first: usize, count: usize, hdrs: &mut [u8], at: usize) -> bool {
+    let Ok(h) = seg.headers(sup) else { return false };
     (0..count).all(|k| {
         let slot = &mut hdrs[(at + k) * HDR_STRIDE..(at + k + 1) * HDR_STRIDE];
-        seg.write_header(sup, first + k, slot).is_ok()
+        h.write(sup, first + k, slot).is_ok()
     })
 }
 

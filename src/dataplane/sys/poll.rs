@@ -9,7 +9,8 @@ use std::time::Duration;
 /// EINTR counts as a timeout (the caller re-checks its stop flag).
 pub fn wait_readable<const N: usize>(fds: [&dyn AsFd; N], timeout: Duration) -> io::Result<[bool; N]> {
     let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-    let mut pfds: Vec<PollFd<'_>> = fds.iter().map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN)).collect();
+    // On the stack: a forwarder polls once per batch, and allocates nothing per batch.
+    let mut pfds: [PollFd<'_>; N] = std::array::from_fn(|i| PollFd::new(fds[i].as_fd(), PollFlags::POLLIN));
     match nix::poll::poll(&mut pfds, PollTimeout::from(ms)) {
         Ok(_) => {}
         Err(nix::errno::Errno::EINTR) => return Ok([false; N]),
