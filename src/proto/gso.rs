@@ -87,12 +87,12 @@ impl Segmenter {
         for f in [field::IP_TOTAL_LEN, field::IP_ID, field::IP_CHECKSUM] {
             ip[f].fill(0);
         }
-        let zeroed = match self.transport {
-            Transport::Tcp => [field::TCP_SEQ, field::TCP_OFFSET_FLAGS, field::TCP_CHECKSUM],
-            Transport::Udp => [field::UDP_LENGTH, field::UDP_CHECKSUM, field::UDP_CHECKSUM],
+        let zeroed: &[Range<usize>] = match self.transport {
+            Transport::Tcp => &[field::TCP_SEQ, field::TCP_OFFSET_FLAGS, field::TCP_CHECKSUM],
+            Transport::Udp => &[field::UDP_LENGTH, field::UDP_CHECKSUM],
         };
         for f in zeroed {
-            l4[f].fill(0);
+            l4[f.clone()].fill(0);
         }
         let ip_base = checksum::sum(0, ip);
         let l4_base = checksum::sum(ipv4::pseudo_sum(ip, proto(self.transport), 0), l4);
