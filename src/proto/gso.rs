@@ -84,7 +84,7 @@ impl Segmenter {
         let mut hdr = [0u8; MAX_HDR_LEN];
         hdr.get_mut(..hl).ok_or(WireError::BadHeaderLen)?.copy_from_slice(pkt.get(..hl).ok_or(WireError::Truncated)?);
         let (ip, l4) = hdr[..hl].split_at_mut(ip_hl);
-        for f in [field::IP_TOTAL_LEN, field::IP_ID, field::IP_CHECKSUM] {
+        for f in [ipv4::field::LENGTH, ipv4::field::IDENT, ipv4::field::CHECKSUM] {
             ip[f].fill(0);
         }
         let zeroed: &[Range<usize>] = match self.transport {
@@ -141,10 +141,10 @@ impl Headers {
         h.copy_from_slice(&pkt[..hl]);
         let total = u16::try_from(hl + payload.len()).map_err(|_| WireError::Malformed)?;
         let id = u16::from_be_bytes([h[4], h[5]]).wrapping_add(u16::try_from(i).map_err(|_| WireError::Malformed)?);
-        h[field::IP_TOTAL_LEN].copy_from_slice(&total.to_be_bytes());
-        h[field::IP_ID].copy_from_slice(&id.to_be_bytes());
+        h[ipv4::field::LENGTH].copy_from_slice(&total.to_be_bytes());
+        h[ipv4::field::IDENT].copy_from_slice(&id.to_be_bytes());
         let ip_sum = checksum::add(checksum::add(self.ip_base, total.into()), id.into());
-        h[field::IP_CHECKSUM].copy_from_slice(&checksum::finish(ip_sum).to_be_bytes());
+        h[ipv4::field::CHECKSUM].copy_from_slice(&checksum::finish(ip_sum).to_be_bytes());
         // `total` fits in 16 bits and exceeds the IPv4 header, so this cannot wrap.
         let l4_len = total - u16::try_from(ip_hl).map_err(|_| WireError::Malformed)?;
         let l4 = &mut h[ip_hl..];
@@ -192,14 +192,11 @@ fn proto(t: Transport) -> u8 {
 /// Most bytes of IPv4 + transport headers (60 + 60).
 const MAX_HDR_LEN: usize = 120;
 
-/// Byte ranges of the header fields a segment gets its own value of: in the IPv4 header, and
-/// in the transport header (from its start).
+/// Byte ranges, from the start of the transport header, of the fields a segment gets its own
+/// value of (the IPv4 ones are `ipv4::field`'s).
 mod field {
     use super::super::{tcp, udp};
     use std::ops::Range;
-    pub const IP_TOTAL_LEN: Range<usize> = 2..4;
-    pub const IP_ID: Range<usize> = 4..6;
-    pub const IP_CHECKSUM: Range<usize> = 10..12;
     pub const TCP_SEQ: Range<usize> = 4..8;
     /// Data offset and flags: one 16-bit word of the checksum.
     pub const TCP_OFFSET_FLAGS: Range<usize> = 12..14;

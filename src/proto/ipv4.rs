@@ -6,7 +6,7 @@ use super::{WireError, checksum};
 use std::net::Ipv4Addr;
 
 /// Byte ranges of the fixed header.
-mod field {
+pub(crate) mod field {
     use std::ops::Range;
     pub const VER_IHL: usize = 0;
     pub const LENGTH: Range<usize> = 2..4;
