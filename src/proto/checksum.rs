@@ -14,9 +14,8 @@ pub fn sum(acc: u32, data: &[u8]) -> u32 {
     tail[..rest.len()].copy_from_slice(rest);
     s += u64::from(u32::from_le_bytes(tail));
     let native = fold16(s);
-    // Back to network byte order, then onto the caller's sum (folded to 32 bits: it can carry).
-    let s = u64::from(acc) + u64::from(native.swap_bytes());
-    u32::try_from((s & 0xffff_ffff) + (s >> 32)).unwrap_or(u32::MAX)
+    // Back to network byte order, then onto the caller's sum (it can carry).
+    add(acc, u32::from(native.swap_bytes()))
 }
 
 /// Folds a 64-bit one's-complement sum to 16 bits.
