@@ -137,7 +137,10 @@ fn gso_gro(c: &mut Criterion) {
     let mut g = c.benchmark_group("per_64KiB");
     g.throughput(Throughput::Bytes(sup.len() as u64));
     let mut hdrs = vec![0u8; 64 * 128];
-    // The one pass over the payload that both split and verified coalescing make.
+    // The one pass over the payload that both split and verified coalescing make: the build's
+    // baseline loop, then (as the engines run it, and everything below) the widest one the CPU has.
+    g.bench_function("checksum_portable", |b| b.iter(|| black_box(weft::proto::checksum::sum_words(black_box(&sup)))));
+    weft::dataplane::sys::simd::install_checksum();
     g.bench_function("checksum", |b| b.iter(|| black_box(weft::proto::checksum::checksum(black_box(&sup)))));
     // The same pass in segment-sized parts, as split and verified coalescing make it: the floor
     // under both (what they cost above it is per-segment header work).

@@ -1,21 +1,47 @@
 //! The Internet checksum (RFC 1071) and its incremental update (RFC 1624).
 
+use std::sync::OnceLock;
+
 /// Adds `data` to a running one's-complement sum, big-endian 16-bit words, odd byte padded.
 pub fn sum(acc: u32, data: &[u8]) -> u32 {
-    // One's-complement addition is associative and byte-order independent at any word width
-    // (RFC 1071 §2): add 32-bit words as they lie in memory into a 64-bit accumulator, which
-    // cannot overflow below 16 GiB of data, fold to 16 bits, and swap the two bytes once at
-    // the end (§2(B)). With neither a carry chain nor a byte swap per word, the loop is plain
-    // widening additions, which the compiler vectorises with baseline SSE2.
-    let mut words = data.chunks_exact(4);
-    let mut s: u64 = words.by_ref().map(|w| u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]]))).sum();
-    let rest = words.remainder();
-    let mut tail = [0u8; 4];
-    tail[..rest.len()].copy_from_slice(rest);
-    s += u64::from(u32::from_le_bytes(tail));
+    let s = match WORD_SUM.get() {
+        Some(words) => words(data),
+        None => sum_words(data),
+    };
     let native = fold16(s);
     // Back to network byte order, then onto the caller's sum (it can carry).
     add(acc, u32::from(native.swap_bytes()))
+}
+
+/// Sums `data` as 32-bit words in memory order into 64 bits, a short tail padded with zeros:
+/// the loop every checksum spends its time in.
+///
+/// One's-complement addition is associative and byte-order independent at any word width
+/// (RFC 1071 §2): add 32-bit words as they lie in memory into a 64-bit accumulator, which
+/// cannot overflow below 16 GiB of data, fold to 16 bits, and swap the two bytes once at the
+/// end (§2(B)). With neither a carry chain nor a byte swap per word, the loop is plain widening
+/// additions, which the compiler vectorises with baseline SSE2, and with AVX2 twice as wide
+/// where a caller compiled for it inlines this (see [`set_word_sum`]).
+#[inline(always)]
+pub fn sum_words(data: &[u8]) -> u64 {
+    let mut words = data.chunks_exact(4);
+    let s: u64 = words.by_ref().map(|w| u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]]))).sum();
+    let rest = words.remainder();
+    let mut tail = [0u8; 4];
+    tail[..rest.len()].copy_from_slice(rest);
+    s + u64::from(u32::from_le_bytes(tail))
+}
+
+/// The word sum [`sum`] uses when one was installed: [`sum_words`] compiled for a wider vector
+/// unit than the build's baseline, found at run time by the data plane (which is where
+/// `unsafe` may live; this module has none).
+static WORD_SUM: OnceLock<fn(&[u8]) -> u64> = OnceLock::new();
+
+/// Makes [`sum`] (and so every checksum) use `words` from now on; the first call wins. `words`
+/// must return what [`sum_words`] returns, for every input.
+pub fn set_word_sum(words: fn(&[u8]) -> u64) {
+    // A second install (another engine starting) finds the first one there: nothing to do.
+    let _ = WORD_SUM.set(words);
 }
 
 /// Folds a 64-bit one's-complement sum to 16 bits.

@@ -91,6 +91,7 @@ pub enum EngineError {
 
 /// Runs `mode` on the calling thread until `ctx.stop` is set or a fatal error.
 pub fn run(mode: Mode, ctx: EngineContext) -> Result<(), EngineError> {
+    crate::dataplane::sys::simd::install_checksum();
     match mode {
         Mode::Naive => naive::run(ctx),
         Mode::Batched => batched::run(ctx),
