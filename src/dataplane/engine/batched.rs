@@ -10,7 +10,7 @@
 //! latency at low load. The TUN has no batched read: crossing `tun_read` stays at one syscall
 //! per packet here (the offload engine reads super-packets).
 
-use super::coalesce::TunWriter;
+use super::coalesce::{Outer, TunWriter};
 use super::runs::{BATCH, Pending, RunSender};
 use super::{EngineContext, EngineError, STOP_CHECK, empty_read, read_tun, reply_icmp, u64_len};
 use crate::dataplane::counters::{Crossing, DropLog, DropReason, timed};
@@ -143,6 +143,7 @@ fn ingress_batch(
     for (slot, &(k, start, end)) in packets.iter_mut().zip(&delivered[..n]) {
         *slot = &bufs[k][start..end];
     }
-    writer.write(ctx, &packets[..n])?;
+    // recvmmsg returns datagrams one by one, each with or without an outer checksum.
+    writer.write(ctx, &packets[..n], Outer::AsTheBackend)?;
     Ok(got)
 }

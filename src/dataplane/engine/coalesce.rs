@@ -22,6 +22,22 @@ pub const MAX_PACKETS: usize = 64;
 /// Room for a merged packet's IPv4 + TCP headers (60 + 60 bytes at most).
 const HDR_ROOM: usize = 128;
 
+/// What covered a batch of decapsulated packets on the underlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outer {
+    /// What the backend promises: flannel's UDP backend always sends an outer UDP checksum,
+    /// and the kernel verified it before weft received the datagram; VXLAN may carry none (a
+    /// kernel VXLAN peer sends a zero outer checksum), so there nothing covered the inner
+    /// packet since it left its sender's stack.
+    AsTheBackend,
+    /// Every packet arrived in one UDP GRO receive of two or more datagrams. The kernel builds
+    /// such a bundle from datagrams with a non-zero checksum only, after validating it
+    /// (`udp4_gro_receive`, `udp_gro_receive_segment`: "requires non zero csum, for symmetry
+    /// with GSO"), and a local sender cannot make one without a checksum (`UDP_SEGMENT` with
+    /// `SO_NO_CHECK` is EINVAL), so each packet's bytes were covered whatever the backend.
+    Verified,
+}
+
 /// The coalescing writer's state: a header scratch area and whether the TUN takes USO.
 pub struct TunWriter {
     merged_hdr: [u8; HDR_ROOM],
@@ -54,11 +70,15 @@ pub(crate) fn offload_refused(e: &std::io::Error) -> bool {
 
 impl TunWriter {
     /// Writes `packets` (inner IPv4 packets, in order) into the TUN, coalescing runs of at most
-    /// [`MAX_PACKETS`].
-    pub fn write(&mut self, ctx: &EngineContext, packets: &[&[u8]]) -> Result<(), EngineError> {
+    /// [`MAX_PACKETS`]. `outer` says what vouched for their bytes on the way here: where it is
+    /// not an outer checksum the kernel verified, each packet's own checksums are verified
+    /// before it is merged (see [`gro::Rules`](crate::proto::gro::Rules)).
+    pub fn write(&mut self, ctx: &EngineContext, packets: &[&[u8]], outer: Outer) -> Result<(), EngineError> {
         let c = &*ctx.counters;
-        // Inner checksums need verifying where no outer checksum covered them (see gro::Rules).
-        let verify = matches!(ctx.forwarder.encap, Encap::Vxlan { .. });
+        let verify = match outer {
+            Outer::Verified => false,
+            Outer::AsTheBackend => matches!(ctx.forwarder.encap, Encap::Vxlan { .. }),
+        };
         let rules = Rules { udp: self.uso, verify };
         let mut i = 0;
         while i < packets.len() {

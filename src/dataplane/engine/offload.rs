@@ -18,7 +18,7 @@
 //! UDP flow's datagrams as one `GSO_UDP_L4` packet (USO). If the TUN refuses USO (Linux < 6.2:
 //! EINVAL), the run's datagrams are written one by one, and every later one too.
 
-use super::coalesce::{TunWriter, offload_refused};
+use super::coalesce::{Outer, TunWriter, offload_refused};
 use super::runs::{BATCH, MAX_GSO_BYTES, Pending, RunSender};
 use super::{EngineContext, EngineError, STOP_CHECK, empty_read, per_packet, read_tun, reply_icmp, u64_len};
 use crate::dataplane::counters::{Counters, Crossing, DropLog, DropReason, timed};
@@ -401,6 +401,10 @@ fn ingress_one(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError>
             }
         }
     }
+    // A bundle of two or more datagrams had verified outer checksums (see Outer::Verified); a
+    // lone datagram may have had none, but alone it merges with nothing: written as it came,
+    // the receiving stack checks it.
+    let outer = if count > 1 { Outer::Verified } else { Outer::AsTheBackend };
     // A GRO receive holds at most 64 datagrams on today's kernels; more (a larger GSO send
     // from a local sender) are written in further calls, none left behind.
     for chunk in st.delivered.chunks(MAX_GRO_DATAGRAMS) {
@@ -408,7 +412,7 @@ fn ingress_one(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError>
         for (slot, r) in packets.iter_mut().zip(chunk) {
             *slot = &st.udp_buf[r.clone()];
         }
-        st.writer.write(ctx, &packets[..chunk.len()])?;
+        st.writer.write(ctx, &packets[..chunk.len()], outer)?;
     }
     Ok(true)
 }
