@@ -32,9 +32,9 @@ fuzz_target!(|data: &[u8]| {
     let headers = seg.headers(pkt).expect("a planned super-packet's header sums can be taken");
     let mut segments = Vec::new();
     for i in 0..seg.count().min(200) {
-        let mut s = vec![0u8; seg.hdr_len()];
-        headers.write(pkt, i, &mut s).unwrap();
-        s.extend_from_slice(&pkt[seg.payload(i)]);
+        // Whole, as the offload engine writes it for its GSO send.
+        let mut s = vec![0u8; seg.segment_len(i)];
+        assert_eq!(headers.write_segment(pkt, i, &mut s).unwrap(), s.len());
         let ip = Ipv4Packet::new_checked(&s[..]).expect("segment is valid IPv4");
         assert!(ip.verify_checksum());
         assert_eq!(ip.total_len(), s.len());

@@ -364,11 +364,11 @@ mod tests {
 
     fn segments(sup: &[u8], mss: usize) -> Vec<Vec<u8>> {
         let s = Segmenter::new(sup, mss).unwrap();
+        let h = s.headers(sup).unwrap();
         (0..s.count())
             .map(|i| {
-                let mut v = vec![0u8; s.hdr_len()];
-                s.write_header(sup, i, &mut v).unwrap();
-                v.extend_from_slice(&sup[s.payload(i)]);
+                let mut v = vec![0u8; s.segment_len(i)];
+                h.write_segment(sup, i, &mut v).unwrap();
                 v
             })
             .collect()
