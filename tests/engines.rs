@@ -1,6 +1,6 @@
 //! Every engine, both backends: byte-exact TCP (200 MB each way), small verified UDP, ICMP of
 //! mixed sizes (fragmented too), net-unreachable, and the offload engine against a kernel VXLAN
-//! peer set up as flanneld does (offload and uring).
+//! peer set up as flanneld does (offload and uring), and offload with GSO sends turned off.
 
 mod common;
 
@@ -107,6 +107,44 @@ fn offload_vxlan_with_a_kernel_vxlan_peer() {
 #[test]
 fn uring_vxlan_with_a_kernel_vxlan_peer() {
     with_a_kernel_vxlan_peer("urkern", "uring");
+}
+
+/// `--no-udp-gso`: the offload engine still reads and cuts super-packets, but sends every
+/// datagram with its own `sendmsg`, the path it falls back to when the kernel refuses GSO; all
+/// of it still byte-exact.
+#[test]
+fn offload_vxlan_without_udp_gso() {
+    let c = cluster(
+        "offnogso",
+        r#"{"Type":"vxlan"}"#,
+        &["--mode", "offload", "--no-udp-gso", "--metrics-addr", "127.0.0.1:9100"],
+    );
+    let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
+    ping_sizes(&h1.container_ns, h2.container_ip);
+    tcp_both_ways(&c, MB200);
+    // Host 1 sends 20 MB: its TUN reads still return super-packets, its sends one datagram each
+    // (the data segments; the few small packets that leave in sendmmsg batches count too).
+    let before = scrape(&h1.ns).unwrap();
+    let amount = weft::lab::traffic::Amount::Bytes(20 << 20);
+    let r = weft::lab::traffic::tcp_bulk(
+        &h2.container_ns,
+        h2.container_ip,
+        &h1.container_ns,
+        1,
+        amount,
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("TCP without GSO: {e}\n{}", c.logs()));
+    assert_eq!(r.bytes, 20 << 20);
+    let after = scrape(&h1.ns).unwrap();
+    let delta = |what: &str, crossing: &str| {
+        let key = format!("weft_crossing_{what}_total{{crossing=\"{crossing}\"}}");
+        after.get(&key).copied().unwrap_or(0.0) - before.get(&key).copied().unwrap_or(0.0)
+    };
+    let per_read = delta("packets", "tun_read") / delta("syscalls", "tun_read").max(1.0);
+    let per_send = delta("packets", "udp_send") / delta("syscalls", "udp_send").max(1.0);
+    assert!(per_read > 4.0, "{per_read:.1} segments per TUN read: no super-packets");
+    assert!(delta("packets", "udp_send") > 14_000.0 && per_send < 1.5, "{per_send:.2} datagrams per send without GSO");
 }
 
 fn with_a_kernel_vxlan_peer(tag: &str, mode: &str) {

@@ -93,6 +93,12 @@ pub struct RunOptions {
     #[arg(long, default_value_t = DEFAULT_TUN_QUEUE_LEN, value_name = "PACKETS",
           value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub tun_queue_len: u32,
+    /// Send every datagram with its own sendmsg (batched and offload engines), never one
+    /// UDP_SEGMENT (GSO) send for many. They fall back to this by themselves when the kernel
+    /// refuses GSO (EIO or EINVAL, e.g. on a route through IPsec); this flag starts there,
+    /// to rule GSO out when looking for a fault, or to compare.
+    #[arg(long)]
+    pub no_udp_gso: bool,
     /// TUN device name (default: flannel0 for udp, weft.<VNI> for vxlan).
     #[arg(long, value_name = "NAME")]
     pub tun_name: Option<String>,
@@ -461,6 +467,7 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions) -> Result<()> {
                     peers: table.clone(),
                     counters: counters.worker(i),
                     stop: stop.clone(),
+                    udp_gso: !opts.no_udp_gso,
                 };
                 let mode = opts.mode;
                 let done = engine_done_tx.clone();

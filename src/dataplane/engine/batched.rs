@@ -31,7 +31,7 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
     let mut udp_bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; BUF_LEN]).collect();
     let mut meta = vec![(0usize, SocketAddr::from(([0, 0, 0, 0], 0))); BATCH];
     let mut out: Vec<Pending> = Vec::with_capacity(BATCH);
-    let mut tx = RunSender::default();
+    let mut tx = RunSender::new(ctx.udp_gso);
     let mut rx = MmsgBatch::new(BATCH);
     let mut writer = TunWriter::default();
     let mut scratch = [0u8; icmp::MAX_LEN];

@@ -70,6 +70,9 @@ pub struct EngineContext {
     pub counters: Arc<Counters>,
     /// Set to ask the engine to stop.
     pub stop: Arc<AtomicBool>,
+    /// Whether UDP sends may carry many datagrams (`UDP_SEGMENT`); engines that use it stop by
+    /// themselves if the kernel refuses it.
+    pub udp_gso: bool,
 }
 
 /// Why an engine stopped other than by request.

@@ -104,11 +104,11 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
     super::both_directions(&ctx, "weft-offload-rx", direction)
 }
 
-fn new_state(egress: bool) -> State {
+fn new_state(egress: bool, gso: bool) -> State {
     State {
         tun_bufs: (0..if egress { BATCH } else { 0 }).map(|_| vec![0u8; BUF_LEN]).collect(),
         pending: Vec::with_capacity(BATCH),
-        sender: RunSender::default(),
+        sender: RunSender::new(gso),
         udp_buf: vec![0u8; if egress { 0 } else { BUF_LEN }],
         frames: vec![0u8; if egress { MAX_GSO_BYTES } else { 0 }],
         staged: None,
@@ -122,7 +122,7 @@ fn new_state(egress: bool) -> State {
 
 /// One direction's loop: poll its input, then up to [`ROUNDS`] batches.
 fn direction(ctx: &EngineContext, egress: bool) -> Result<(), EngineError> {
-    let mut st = new_state(egress);
+    let mut st = new_state(egress, ctx.udp_gso);
     let c = &*ctx.counters;
     while !ctx.stop.load(Ordering::Relaxed) {
         c.polls.fetch_add(1, Ordering::Relaxed);

@@ -36,13 +36,12 @@ pub struct RunSender {
     pub gso: bool,
 }
 
-impl Default for RunSender {
-    fn default() -> Self {
-        Self { batch: MmsgBatch::new(BATCH), gso: true }
-    }
-}
-
 impl RunSender {
+    /// A sender that tries `UDP_SEGMENT` sends if `gso` (see `EngineContext::udp_gso`).
+    pub fn new(gso: bool) -> Self {
+        Self { batch: MmsgBatch::new(BATCH), gso }
+    }
+
     /// Sends `pending` (at most [`BATCH`], datagrams in `bufs`), in order, counting each send and
     /// each drop.
     pub fn send(&mut self, ctx: &EngineContext, bufs: &[Vec<u8>], pending: &[Pending]) -> Result<(), EngineError> {
