@@ -76,8 +76,7 @@ struct Staged {
     to: SocketAddrV4,
     /// Bytes of each datagram on the wire (outer header + segment).
     size: usize,
-    count: usize,
-    /// Bytes written.
+    /// Bytes written: `size` per datagram, but the last may be shorter (and then it is sent).
     len: usize,
 }
 
@@ -322,15 +321,15 @@ fn send_super_packet(
     let outer = &outer[range.start..];
     let headers = seg.headers(sup);
     for i in 0..seg.count() {
-        let k = staged.get_or_insert(Staged { to, size, count: 0, len: 0 });
-        let Some(n) = headers.as_ref().ok().and_then(|h| write_datagram(frames, k.len, outer, h, sup, i)) else {
+        let at = staged.map_or(0, |k| k.len);
+        let Some(n) = headers.as_ref().ok().and_then(|h| write_datagram(frames, at, outer, h, sup, i)) else {
             c.count_drops(DropReason::BadIpHeader, u64_len(seg.count() - i));
             return send_staged(ctx, &mut sender.gso, frames, staged);
         };
-        k.count += 1;
+        let k = staged.get_or_insert(Staged { to, size, len: 0 });
         k.len += n;
         // A GSO send's datagrams are all `size` bytes but its last.
-        if k.count == per_send || n < size {
+        if k.len == per_send * size || n < size {
             send_staged(ctx, &mut sender.gso, frames, staged)?;
         }
     }
