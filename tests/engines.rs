@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use std::net::SocketAddr;
 use std::time::Duration;
-use weft::lab::measure::scrape;
+use weft::lab::measure::{Samples, scrape};
 use weft::lab::topology::ns_exec;
 use weft::lab::traffic::{udp_flood, udp_gso_burst, udp_probe_error};
 
@@ -19,6 +19,17 @@ fn ping_sizes(ns: &str, dst: std::net::Ipv4Addr) {
             .unwrap();
         assert!(out.status.success(), "ping -s {size} {dst}: {}", String::from_utf8_lossy(&out.stdout));
     }
+}
+
+/// What a host's counter `weft_crossing_{what}_total` on `crossing` grew by between two scrapes.
+fn crossing_delta(before: &Samples, after: &Samples, what: &str, crossing: &str) -> f64 {
+    let key = format!("weft_crossing_{what}_total{{crossing=\"{crossing}\"}}");
+    after.get(&key).copied().unwrap_or(0.0) - before.get(&key).copied().unwrap_or(0.0)
+}
+
+/// Packets per syscall on `crossing` between two scrapes of one host.
+fn packets_per_call(before: &Samples, after: &Samples, crossing: &str) -> f64 {
+    crossing_delta(before, after, "packets", crossing) / crossing_delta(before, after, "syscalls", crossing).max(1.0)
 }
 
 fn suite(tag: &str, backend: &str, mode: &str) {
@@ -33,12 +44,7 @@ fn suite(tag: &str, backend: &str, mode: &str) {
     if mode == "offload" || mode == "batched" {
         // The flood's datagrams leave host 1 in GSO runs and enter host 2's TUN in USO runs.
         let per_call = |host: usize, crossing: &str| {
-            let after = scrape(&c.topo.hosts[host].ns).unwrap();
-            let delta = |what: &str| {
-                let key = format!("weft_crossing_{what}_total{{crossing=\"{crossing}\"}}");
-                after.get(&key).copied().unwrap_or(0.0) - before[host].get(&key).copied().unwrap_or(0.0)
-            };
-            delta("packets") / delta("syscalls").max(1.0)
+            packets_per_call(&before[host], &scrape(&c.topo.hosts[host].ns).unwrap(), crossing)
         };
         let (sent, written) = (per_call(0, "udp_send"), per_call(1, "tun_write"));
         assert!(
@@ -55,12 +61,7 @@ fn suite(tag: &str, backend: &str, mode: &str) {
         // Super-packets of 40 read back to back leave as GSO sends of up to 52–53 (one's tail
         // leads the next one's first send), and still in order.
         assert_eq!(g.reordered, 0, "{backend}: UDP GSO datagrams reordered: {g:?}");
-        let after = scrape(&h1.ns).unwrap();
-        let delta = |what: &str| {
-            let key = format!("weft_crossing_{what}_total{{crossing=\"tun_read\"}}");
-            after.get(&key).copied().unwrap_or(0.0) - before.get(&key).copied().unwrap_or(0.0)
-        };
-        let per_read = delta("packets") / delta("syscalls").max(1.0);
+        let per_read = packets_per_call(&before, &scrape(&h1.ns).unwrap(), "tun_read");
         assert!(per_read > 4.0, "{backend}: {per_read:.1} datagrams per TUN read: no USO super-packets");
     }
     let err = udp_probe_error(&h1.container_ns, "100.96.77.2:9".parse::<SocketAddr>().unwrap(), Duration::from_secs(3))
@@ -137,14 +138,11 @@ fn offload_vxlan_without_udp_gso() {
     .unwrap_or_else(|e| panic!("TCP without GSO: {e}\n{}", c.logs()));
     assert_eq!(r.bytes, 20 << 20);
     let after = scrape(&h1.ns).unwrap();
-    let delta = |what: &str, crossing: &str| {
-        let key = format!("weft_crossing_{what}_total{{crossing=\"{crossing}\"}}");
-        after.get(&key).copied().unwrap_or(0.0) - before.get(&key).copied().unwrap_or(0.0)
-    };
-    let per_read = delta("packets", "tun_read") / delta("syscalls", "tun_read").max(1.0);
-    let per_send = delta("packets", "udp_send") / delta("syscalls", "udp_send").max(1.0);
+    let per_read = packets_per_call(&before, &after, "tun_read");
+    let per_send = packets_per_call(&before, &after, "udp_send");
     assert!(per_read > 4.0, "{per_read:.1} segments per TUN read: no super-packets");
-    assert!(delta("packets", "udp_send") > 14_000.0 && per_send < 1.5, "{per_send:.2} datagrams per send without GSO");
+    let sent = crossing_delta(&before, &after, "packets", "udp_send");
+    assert!(sent > 14_000.0 && per_send < 1.5, "{per_send:.2} datagrams per send without GSO ({sent} sent)");
 }
 
 fn with_a_kernel_vxlan_peer(tag: &str, mode: &str) {

@@ -273,6 +273,8 @@ fn flush_staged(ctx: &EngineContext, st: &mut State) -> Result<(), EngineError> 
     send_staged(ctx, &mut st.sender.gso, &st.frames, &mut st.staged)
 }
 
+/// [`flush_staged`] on the parts of a `State` it needs, for a caller that holds other parts of
+/// it (the read buffer a super-packet is being cut from).
 fn send_staged(
     ctx: &EngineContext,
     gso: &mut bool,
