@@ -186,11 +186,10 @@ impl Headers {
     /// gathered from three iovecs per segment costs more in the kernel's copy (per-piece
     /// overhead) than this copy does in user space.
     pub fn write_segment(&self, pkt: &[u8], i: usize, out: &mut [u8]) -> Result<usize, WireError> {
-        let p = self.seg.payload(i);
-        let len = self.seg.hdr_len + p.len();
+        let len = self.seg.segment_len(i);
         let out = out.get_mut(..len).ok_or(WireError::Truncated)?;
         let hl = self.write(pkt, i, out)?;
-        out[hl..].copy_from_slice(&pkt[p]);
+        out[hl..].copy_from_slice(&pkt[self.seg.payload(i)]);
         Ok(len)
     }
 }
