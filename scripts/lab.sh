@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# weft's main job: build weft and run the measuring lab (needs root). Arguments go to `weft lab`.
+# weft's main job: installs what building and running the lab needs on a Debian machine, builds
+# weft and runs the measuring lab (as root). Arguments go to `weft lab` (e.g. --quick).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "$(id -u)" -ne 0 ]; then
-  echo "scripts/lab.sh: the lab needs root (network namespaces, TUN); run: sudo scripts/lab.sh" >&2
-  exit 1
-fi
-if ! command -v ip >/dev/null 2>&1; then
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq && apt-get install -y -qq --no-install-recommends iproute2 procps >/dev/null
-fi
-cargo build --release --quiet
+. scripts/prereqs.sh
+weft_require_root scripts/lab.sh
+# iproute2 and procps for the namespaces and CPU figures; etcd for `weft lab --etcd`.
+weft_apt_install "${WEFT_BUILD_PACKAGES[@]}" iproute2 procps etcd-server etcd-client
+weft_find_cargo
+echo "== cargo build --release"
+cargo build --release --locked --quiet
 exec target/release/weft lab "$@"

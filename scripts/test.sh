@@ -1,19 +1,13 @@
 #!/usr/bin/env bash
-# weft's test command: installs what the tests need on a fresh Debian machine, then runs the
-# format and lint checks, every unit and integration test, and a bounded fuzz run.
+# weft's test command: installs what the tests need on a Debian machine, then runs the format and
+# lint checks, every unit and integration test, and a bounded fuzz run.
 # Needs root (network namespaces, TUN devices). Missing prerequisites fail; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-if [ "$(id -u)" -ne 0 ]; then
-  echo "scripts/test.sh: the tests need root (network namespaces, /dev/net/tun); run: sudo scripts/test.sh" >&2
-  exit 1
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-echo "== installing test prerequisites (apt)"
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends iproute2 iputils-ping ethtool procps etcd-server etcd-client protobuf-compiler openssl >/dev/null
+. scripts/prereqs.sh
+weft_require_root scripts/test.sh
+weft_apt_install "${WEFT_BUILD_PACKAGES[@]}" iproute2 iputils-ping ethtool procps etcd-server etcd-client openssl
+weft_find_cargo
 
 [ -c /dev/net/tun ] || { echo "scripts/test.sh: /dev/net/tun is missing (modprobe tun)" >&2; exit 1; }
 ip netns add weft-precheck-$$ && ip netns del weft-precheck-$$ || { echo "scripts/test.sh: cannot create network namespaces" >&2; exit 1; }
@@ -21,9 +15,9 @@ ip netns add weft-precheck-$$ && ip netns del weft-precheck-$$ || { echo "script
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
-cargo clippy --all-targets -- -D warnings
+cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test (unit + integration in network namespaces)"
-cargo test --all-targets
+cargo test --locked --all-targets
 
 echo "== fuzz (bounded)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
