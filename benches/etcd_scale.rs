@@ -83,7 +83,7 @@ fn main() {
         for _ in 0..5 {
             let t = Instant::now();
             let leases = reg.leases().await.unwrap();
-            let table = PeerTable::new(peers_from_leases(&cfg, &leases, &own));
+            let table = PeerTable::new(peers_from_leases(&cfg, &leases, &own).peers);
             assert_eq!(table.len(), LEASES as usize);
             starts.push(t.elapsed());
         }
@@ -105,7 +105,7 @@ fn main() {
                     .unwrap()
             });
             let now = reg.watch_leases(&known).await.unwrap();
-            let table = PeerTable::new(peers_from_leases(&cfg, &now, &own));
+            let table = PeerTable::new(peers_from_leases(&cfg, &now, &own).peers);
             let took = t.elapsed();
             put.await.unwrap();
             assert!(

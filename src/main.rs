@@ -23,6 +23,9 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // First thing: a SIGTERM or SIGINT waits for the handler of `weft run` (or `weft lab`)
+    // instead of killing the process half-way through a write.
+    let _ = weft::control::daemon::signals::block();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e)
@@ -44,9 +47,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in a log file or the journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match cli.command {
         Cmd::Run(o) => weft::control::daemon::run(*o),

@@ -25,6 +25,11 @@ fn help_lists_commands_and_flags() {
     {
         assert!(out.contains(flag), "{flag} missing from:\n{out}");
     }
+    // The best engine the kernel supports is the default.
+    let mode =
+        out.lines().skip_while(|l| !l.trim_start().starts_with("--mode")).take(12).collect::<Vec<_>>().join("\n");
+    assert!(mode.contains("[default: auto]"), "{mode}");
+    assert!(mode.contains("naive") && mode.contains("offload"), "{mode}");
 }
 
 #[test]

@@ -278,13 +278,16 @@ fn metrics_healthz_and_readyz() {
     assert_eq!(http_get(&h1.ns, 9200, "/healthz").0, 200);
     assert_eq!(http_get(&h1.ns, 9200, "/readyz").0, 200);
     assert_eq!(http_get(&h1.ns, 9200, "/nope").0, 404);
+    // flanneld's --healthz-port serves health only; the counters are on --metrics-addr.
+    assert_eq!(http_get(&h1.ns, 9200, "/metrics").0, 404);
     let (code, body) = http_get(&h1.ns, 9100, "/metrics");
     assert_eq!(code, 200);
     for want in [
         "weft_crossing_packets_total{crossing=\"tun_read\"}",
         "weft_drops_total{reason=\"unknown_sender\"}",
         "weft_peers 1",
-        "weft_ready{dataplane=\"userspace/naive\"} 1",
+        // No --mode: auto, which takes offload on a kernel whose TUN accepts TSO.
+        "weft_ready{dataplane=\"userspace/offload\"} 1",
         "weft_lease_expiry_timestamp_seconds",
     ] {
         assert!(body.contains(want), "{want} missing:\n{body}");

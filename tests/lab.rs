@@ -27,6 +27,10 @@ fn quick_lab_reports_every_path_and_honest_counters() {
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(doc["schema"], "weft-lab/1");
     assert!(doc["cpus"].as_u64().unwrap() >= 1);
+    // The machine is recorded beside the figures, and named in the table's first line.
+    let model = doc["cpu_model"].as_str().unwrap();
+    assert!(!model.is_empty() && model != "unknown CPU", "{model}");
+    assert!(stdout.lines().next().unwrap().contains(model), "{stdout}");
     let records = doc["records"].as_array().unwrap();
     let paths = [
         "host-gw (kernel)",

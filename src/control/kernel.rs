@@ -159,11 +159,16 @@ impl KernelDataplane {
     }
 }
 
-/// Deletes every weft-marked route that is not in `expected` (compared by destination and
-/// gateway): what a crashed or killed weft left behind.
-pub async fn remove_stale_routes(nl: &Netlink, expected: &[OwnedRoute]) -> Result<usize, NetlinkError> {
+/// Deletes every weft-marked route into `network` that is not in `expected` (compared by
+/// destination and gateway): what a crashed or killed weft of this network left behind. Routes
+/// into other networks belong to other weft processes on this host, and are left alone.
+pub async fn remove_stale_routes(
+    nl: &Netlink,
+    network: Ipv4Net,
+    expected: &[OwnedRoute],
+) -> Result<usize, NetlinkError> {
     let mut removed = 0;
-    for r in nl.owned_routes().await? {
+    for r in nl.owned_routes().await?.into_iter().filter(|r| network.contains(&r.dst)) {
         if !expected.iter().any(|e| e.dst == r.dst && e.gateway == r.gateway) {
             tracing::info!(dst = %r.dst, gateway = ?r.gateway, "removing a stale route of an earlier weft");
             nl.del_owned_route(&r).await?;

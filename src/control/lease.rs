@@ -61,6 +61,16 @@ pub enum AcquireError {
     Exhausted(Ipv4Net),
 }
 
+/// A lease this node holds, and whether this start created it (a start that fails after
+/// acquiring gives back a lease it created, and keeps one it reused).
+#[derive(Debug, Clone)]
+pub struct Acquired {
+    /// The lease.
+    pub lease: Lease,
+    /// True when this start created it; false when it reused our earlier lease.
+    pub created: bool,
+}
+
 /// Acquires a lease. `attrs_for` makes our lease value, given our previous one if we had one
 /// (so a vxlan node keeps its VtepMAC).
 pub async fn acquire<R: Registry>(
@@ -69,7 +79,7 @@ pub async fn acquire<R: Registry>(
     public_ip: Ipv4Addr,
     previous: Option<Ipv4Net>,
     attrs_for: impl Fn(Option<&LeaseAttrs>) -> LeaseAttrs,
-) -> Result<Lease, AcquireError> {
+) -> Result<Acquired, AcquireError> {
     let leases = reg.leases().await?;
     let p = plan(cfg, &leases, public_ip, previous, &mut rand::rng());
     match p {
@@ -77,7 +87,7 @@ pub async fn acquire<R: Registry>(
             let attrs = attrs_for(Some(&own.attrs));
             reg.renew_lease(&own.key, &attrs, LEASE_TTL).await?;
             tracing::info!(subnet = %own.key.v4, "reusing our lease");
-            Ok(Lease { attrs, ..own })
+            Ok(Acquired { lease: Lease { attrs, ..own }, created: false })
         }
         Plan::Create(order) => {
             let attrs = attrs_for(None);
@@ -85,7 +95,7 @@ pub async fn acquire<R: Registry>(
                 let key = SubnetKey::v4(subnet);
                 if reg.create_lease(&key, &attrs, LEASE_TTL).await? {
                     tracing::info!(%subnet, "acquired a new lease");
-                    return Ok(Lease { key, attrs, expires: None });
+                    return Ok(Acquired { lease: Lease { key, attrs, expires: None }, created: true });
                 }
                 tracing::debug!(%subnet, "lost the race for a subnet, trying the next");
             }
@@ -94,33 +104,71 @@ pub async fn acquire<R: Registry>(
     }
 }
 
+/// Why a lease is not routed. Each is said once (the daemon keeps what it has said).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Refusal {
+    /// The lease's key.
+    pub key: SubnetKey,
+    /// Why it is ignored.
+    pub why: String,
+}
+
+/// The leases a node routes, and the ones it refuses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerSet {
+    /// Every lease but our own, of our backend, that fits the config.
+    pub peers: Vec<Peer>,
+    /// Leases refused, with the reason.
+    pub refused: Vec<Refusal>,
+}
+
+/// Why `lease` cannot be a peer under `cfg` (None: it can). flanneld validates leases against
+/// the config in the same way: a subnet of another size, or outside the network, would take
+/// traffic that belongs to another host.
+pub fn check_lease(cfg: &NetConfig, lease: &Lease) -> Option<String> {
+    let subnet = lease.key.v4;
+    if !cfg.network.contains(&subnet) {
+        return Some(format!("subnet {subnet} is outside Network {}", cfg.network));
+    }
+    if subnet.prefix_len() != cfg.subnet_len {
+        return Some(format!("subnet {subnet} is not a /{} (SubnetLen)", cfg.subnet_len));
+    }
+    let ip = lease.attrs.public_ip;
+    if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+        return Some(format!("PublicIP {ip} is not an address a host can be reached at"));
+    }
+    None
+}
+
 /// The peers a node of backend `cfg.backend` can reach: every lease but its own, of the same
-/// backend (flannel skips the others), with what that backend needs.
-pub fn peers_from_leases(cfg: &NetConfig, leases: &[Lease], own: &SubnetKey) -> Vec<Peer> {
-    let want = cfg.backend.kind;
-    leases
-        .iter()
-        .filter(|l| l.key.v4 != own.v4 && cfg.network.contains(&l.key.v4))
-        .filter_map(|l| {
-            let endpoint = SocketAddrV4::new(l.attrs.public_ip, cfg.backend.port);
-            let subnet = l.key.v4;
-            match (want, l.attrs.backend_name()) {
-                (BackendType::Udp, "udp") => Some(Peer { subnet, endpoint, vtep_mac: None }),
-                (BackendType::HostGw, "host-gw") => Some(Peer { subnet, endpoint, vtep_mac: None }),
-                (BackendType::Vxlan, "vxlan") => match l.attrs.vxlan_data() {
-                    Some(d) if d.vni == cfg.backend.vni => Some(Peer { subnet, endpoint, vtep_mac: Some(d.vtep_mac) }),
-                    _ => {
-                        tracing::warn!(%subnet, "skipping vxlan lease without VtepMAC or with another VNI");
-                        None
-                    }
-                },
-                (_, other) => {
-                    tracing::debug!(%subnet, backend = other, "skipping lease of another backend");
-                    None
+/// backend (flannel skips the others silently), that fits the config; the rest is refused.
+pub fn peers_from_leases(cfg: &NetConfig, leases: &[Lease], own: &SubnetKey) -> PeerSet {
+    let mut set = PeerSet::default();
+    for l in leases.iter().filter(|l| l.key.v4 != own.v4) {
+        let subnet = l.key.v4;
+        let endpoint = SocketAddrV4::new(l.attrs.public_ip, cfg.backend.port);
+        let peer = match (cfg.backend.kind, l.attrs.backend_name()) {
+            (BackendType::Udp, "udp") | (BackendType::HostGw, "host-gw") => Peer { subnet, endpoint, vtep_mac: None },
+            (BackendType::Vxlan, "vxlan") => match l.attrs.vxlan_data() {
+                Some(d) if d.vni == cfg.backend.vni => Peer { subnet, endpoint, vtep_mac: Some(d.vtep_mac) },
+                Some(d) => {
+                    set.refused
+                        .push(Refusal { key: l.key, why: format!("VNI {} is not ours ({})", d.vni, cfg.backend.vni) });
+                    continue;
                 }
-            }
-        })
-        .collect()
+                None => {
+                    set.refused.push(Refusal { key: l.key, why: "its BackendData has no VNI and VtepMAC".into() });
+                    continue;
+                }
+            },
+            _ => continue,
+        };
+        match check_lease(cfg, l) {
+            None => set.peers.push(peer),
+            Some(why) => set.refused.push(Refusal { key: l.key, why }),
+        }
+    }
+    set
 }
 
 #[cfg(test)]
@@ -194,9 +242,33 @@ mod tests {
             vx("100.96.3.0/24", 2),
             lease("100.96.4.0/24", [198, 18, 0, 4]),
         ];
-        let p = peers_from_leases(&c, &ls, &SubnetKey::v4("100.96.1.0/24".parse().unwrap()));
+        let set = peers_from_leases(&c, &ls, &SubnetKey::v4("100.96.1.0/24".parse().unwrap()));
+        let p = set.peers;
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].vtep_mac, Some(mac));
         assert_eq!(p[0].endpoint.port(), 8472);
+        assert_eq!(set.refused.len(), 1, "the other VNI is said");
+        assert!(set.refused[0].why.contains("VNI 2"), "{:?}", set.refused);
+    }
+
+    #[test]
+    fn nonsense_leases_are_refused() {
+        let c = cfg();
+        let own = SubnetKey::v4("100.96.1.0/24".parse().unwrap());
+        for (net, ip, want) in [
+            ("100.96.2.0/25", [198, 18, 0, 2], "not a /24"),
+            ("100.96.0.0/16", [198, 18, 0, 2], "not a /24"),
+            ("100.97.2.0/24", [198, 18, 0, 2], "outside Network"),
+            ("100.96.2.0/24", [127, 0, 0, 1], "PublicIP 127.0.0.1"),
+            ("100.96.2.0/24", [0, 0, 0, 0], "PublicIP 0.0.0.0"),
+            ("100.96.2.0/24", [239, 1, 1, 1], "PublicIP 239.1.1.1"),
+            ("100.96.2.0/24", [255, 255, 255, 255], "PublicIP 255.255.255.255"),
+        ] {
+            let set = peers_from_leases(&c, &[lease(net, ip)], &own);
+            assert!(set.peers.is_empty(), "{net} via {ip:?} was routed");
+            assert!(set.refused[0].why.contains(want), "{net}: {:?}", set.refused);
+        }
+        let ok = peers_from_leases(&c, &[lease("100.96.2.0/24", [198, 18, 0, 2])], &own);
+        assert_eq!((ok.peers.len(), ok.refused.len()), (1, 0));
     }
 }

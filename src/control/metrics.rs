@@ -155,29 +155,40 @@ fn response(status: &str, content_type: &str, body: &str) -> String {
     )
 }
 
-/// Answers one request line.
-pub fn answer(state: &MetricsState, request_line: &str) -> String {
+/// Answers one request line; /metrics only `with_metrics`.
+pub fn answer(state: &MetricsState, request_line: &str, with_metrics: bool) -> String {
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     if method != "GET" {
         return response("405 Method Not Allowed", "text/plain", "only GET\n");
     }
     match path {
-        "/metrics" => response("200 OK", "text/plain; version=0.0.4", &render(state)),
+        "/metrics" if with_metrics => response("200 OK", "text/plain; version=0.0.4", &render(state)),
         "/healthz" => response("200 OK", "text/plain", "ok\n"),
         "/readyz" if state.ready.load(Ordering::Relaxed) => response("200 OK", "text/plain", "ready\n"),
         "/readyz" => response("503 Service Unavailable", "text/plain", "not ready\n"),
-        _ => response("404 Not Found", "text/plain", "try /metrics, /healthz or /readyz\n"),
+        _ if with_metrics => response("404 Not Found", "text/plain", "try /metrics, /healthz or /readyz\n"),
+        _ => response("404 Not Found", "text/plain", "try /healthz or /readyz (/metrics is on --metrics-addr)\n"),
     }
 }
 
-/// Binds `addr` (so that a bad address fails at start) and returns the serving future.
+/// A bound health (and maybe metrics) listener.
+pub struct Endpoint {
+    /// The listener.
+    pub listener: TcpListener,
+    /// Whether it serves /metrics too (`--metrics-addr`), or only /healthz and /readyz
+    /// (`--healthz-port`, as flanneld).
+    pub with_metrics: bool,
+}
+
+/// Binds `addr` (so that a bad address fails at start).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
 /// Serves until the runtime stops. Each connection gets 2 s and 8 KiB for its request.
-pub async fn serve(listener: TcpListener, state: Arc<MetricsState>) {
+pub async fn serve(endpoint: Endpoint, state: Arc<MetricsState>) {
+    let Endpoint { listener, with_metrics } = endpoint;
     loop {
         let Ok((mut conn, _)) = listener.accept().await else { continue };
         let state = state.clone();
@@ -203,7 +214,7 @@ pub async fn serve(listener: TcpListener, state: Arc<MetricsState>) {
             }
             let text = String::from_utf8_lossy(&buf[..used]);
             let line = text.lines().next().unwrap_or("");
-            let _ = conn.write_all(answer(&state, line).as_bytes()).await;
+            let _ = conn.write_all(answer(&state, line, with_metrics).as_bytes()).await;
             let _ = conn.shutdown().await;
         });
     }
@@ -229,6 +240,7 @@ mod tests {
         let s = state();
         s.counters.worker(0).syscall(Crossing::TunRead, 1, 100, 2_000);
         s.counters.worker(0).count_drop(DropReason::WrongVni);
+        let answer = |s: &MetricsState, line: &str| answer(s, line, true);
         assert!(answer(&s, "GET /healthz HTTP/1.1").starts_with("HTTP/1.0 200"));
         assert!(answer(&s, "GET /readyz HTTP/1.1").starts_with("HTTP/1.0 503"));
         s.ready.store(true, Ordering::Relaxed);
@@ -236,6 +248,9 @@ mod tests {
         assert!(answer(&s, "GET /nope HTTP/1.1").starts_with("HTTP/1.0 404"));
         assert!(answer(&s, "POST /metrics HTTP/1.1").starts_with("HTTP/1.0 405"));
         assert!(answer(&s, "").starts_with("HTTP/1.0 405"));
+        // flanneld's --healthz-port serves health only.
+        assert!(super::answer(&s, "GET /metrics HTTP/1.1", false).starts_with("HTTP/1.0 404"));
+        assert!(super::answer(&s, "GET /readyz HTTP/1.1", false).starts_with("HTTP/1.0 200"));
         let m = answer(&s, "GET /metrics HTTP/1.1");
         assert!(m.contains("weft_crossing_syscalls_total{crossing=\"tun_read\"} 1\n"), "{m}");
         assert!(m.contains("weft_crossing_seconds_total{crossing=\"tun_read\"} 0.000002\n"), "{m}");

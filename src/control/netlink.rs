@@ -19,15 +19,14 @@ use std::net::{IpAddr, Ipv4Addr};
 pub enum NetlinkError {
     /// The netlink socket could not be opened.
     #[error("netlink socket: {0}")]
-    Connect(#[source] io::Error),
+    Connect(io::Error),
     /// The kernel refused or the request failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Request {
         /// What weft was doing.
         what: String,
         /// The kernel's answer.
-        #[source]
-        source: rtnetlink::Error,
+        error: rtnetlink::Error,
     },
     /// Something weft needs is not there.
     #[error("{0}")]
@@ -111,8 +110,8 @@ impl Netlink {
                     out.push(li);
                 }
                 Ok(None) => return Ok(out),
-                Err(source) => {
-                    return Err(NetlinkError::Request { what: "listing links".into(), source });
+                Err(error) => {
+                    return Err(NetlinkError::Request { what: "listing links".into(), error });
                 }
             }
         }
@@ -139,8 +138,8 @@ impl Netlink {
                     }
                 }
                 Ok(None) => return Ok(out),
-                Err(source) => {
-                    return Err(NetlinkError::Request { what: "listing addresses".into(), source });
+                Err(error) => {
+                    return Err(NetlinkError::Request { what: "listing addresses".into(), error });
                 }
             }
         }
@@ -160,8 +159,8 @@ impl Netlink {
                     }
                 }
                 Ok(None) => return Ok(None),
-                Err(source) => {
-                    return Err(NetlinkError::Request { what: "listing routes".into(), source });
+                Err(error) => {
+                    return Err(NetlinkError::Request { what: "listing routes".into(), error });
                 }
             }
         }
@@ -215,9 +214,9 @@ impl Netlink {
     /// reader) and brings it up.
     pub async fn set_up(&self, index: u32, mtu: u32, txqueuelen: u32) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_index(index).mtu(mtu).txqueuelen(txqueuelen).up().build();
-        self.handle.link().set(msg).execute().await.map_err(|source| NetlinkError::Request {
+        self.handle.link().set(msg).execute().await.map_err(|error| NetlinkError::Request {
             what: format!("setting link {index} up with MTU {mtu}, qlen {txqueuelen}"),
-            source,
+            error,
         })
     }
 
@@ -226,9 +225,7 @@ impl Netlink {
         match self.handle.address().add(index, IpAddr::V4(addr), prefix).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno_of(&e) == Some(libc::EEXIST) => Ok(()),
-            Err(source) => {
-                Err(NetlinkError::Request { what: format!("adding {addr}/{prefix} to link {index}"), source })
-            }
+            Err(error) => Err(NetlinkError::Request { what: format!("adding {addr}/{prefix} to link {index}"), error }),
         }
     }
 
@@ -270,28 +267,37 @@ impl Netlink {
                     }
                 }
                 Ok(None) => return Ok(out),
-                Err(source) => return Err(NetlinkError::Request { what: "listing routes".into(), source }),
+                Err(error) => return Err(NetlinkError::Request { what: "listing routes".into(), error }),
             }
+        }
+    }
+
+    /// The message for one of weft's routes: out of a device, via a gateway, or via a gateway
+    /// on a device (onlink, as the kernel VXLAN path's routes are).
+    fn owned_route(r: &OwnedRoute) -> RouteMessage {
+        match (r.gateway, r.oif) {
+            (Some(gw), Some(i)) => Self::onlink_route(r.dst, gw, i),
+            (Some(gw), None) => Self::via_route(r.dst, gw),
+            (None, Some(i)) => Self::dev_route(r.dst, i),
+            (None, None) => Self::route(r.dst).build(),
         }
     }
 
     /// Deletes one of weft's routes; a missing one is fine.
     pub async fn del_owned_route(&self, r: &OwnedRoute) -> Result<(), NetlinkError> {
-        let mut b = Self::route(r.dst);
-        if let Some(g) = r.gateway {
-            b = b.gateway(g);
-        }
-        if let Some(i) = r.oif {
-            b = b.output_interface(i);
-        }
-        self.del(b.build(), format!("deleting stale route {}", r.dst)).await
+        self.del(Self::owned_route(r), format!("deleting route {}", r.dst)).await
+    }
+
+    /// Adds one of weft's routes; an existing one is fine.
+    pub async fn add_owned_route(&self, r: &OwnedRoute) -> Result<(), NetlinkError> {
+        self.add(Self::owned_route(r), format!("adding route {}", r.dst)).await
     }
 
     async fn add(&self, msg: RouteMessage, what: String) -> Result<(), NetlinkError> {
         match self.handle.route().add(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno_of(&e) == Some(libc::EEXIST) => Ok(()),
-            Err(source) => Err(NetlinkError::Request { what, source }),
+            Err(error) => Err(NetlinkError::Request { what, error }),
         }
     }
 
@@ -299,7 +305,7 @@ impl Netlink {
         match self.handle.route().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if matches!(errno_of(&e), Some(libc::ESRCH | libc::ENOENT | libc::ENODEV)) => Ok(()),
-            Err(source) => Err(NetlinkError::Request { what, source }),
+            Err(error) => Err(NetlinkError::Request { what, error }),
         }
     }
 
@@ -328,7 +334,7 @@ impl Netlink {
         match self.handle.link().del(index).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(()),
-            Err(source) => Err(NetlinkError::Request { what: format!("deleting link {index}"), source }),
+            Err(error) => Err(NetlinkError::Request { what: format!("deleting link {index}"), error }),
         }
     }
 }
@@ -381,7 +387,7 @@ impl Netlink {
             .add(msg)
             .execute()
             .await
-            .map_err(|source| NetlinkError::Request { what: format!("creating VXLAN device {}", d.name), source })?;
+            .map_err(|error| NetlinkError::Request { what: format!("creating VXLAN device {}", d.name), error })?;
         self.link_index(&d.name)
             .await?
             .ok_or_else(|| NetlinkError::NotFound(format!("VXLAN device {} vanished", d.name)))
@@ -396,7 +402,7 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(|source| NetlinkError::Request { what: format!("adding neighbour {ip} lladdr {mac}"), source })
+            .map_err(|error| NetlinkError::Request { what: format!("adding neighbour {ip} lladdr {mac}"), error })
     }
 
     /// Removes a neighbour entry; a missing one is fine.
@@ -406,7 +412,7 @@ impl Netlink {
         match self.handle.neighbours().del(m).execute().await {
             Ok(()) => Ok(()),
             Err(e) if matches!(errno_of(&e), Some(libc::ENOENT | libc::ESRCH)) => Ok(()),
-            Err(source) => Err(NetlinkError::Request { what: format!("deleting neighbour {ip}"), source }),
+            Err(error) => Err(NetlinkError::Request { what: format!("deleting neighbour {ip}"), error }),
         }
     }
 
@@ -420,7 +426,7 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(|source| NetlinkError::Request { what: format!("adding fdb {mac} dst {dst}"), source })
+            .map_err(|error| NetlinkError::Request { what: format!("adding fdb {mac} dst {dst}"), error })
     }
 
     /// Removes an fdb entry; a missing one is fine.
@@ -432,7 +438,7 @@ impl Netlink {
         match self.handle.neighbours().del(m).execute().await {
             Ok(()) => Ok(()),
             Err(e) if matches!(errno_of(&e), Some(libc::ENOENT | libc::ESRCH)) => Ok(()),
-            Err(source) => Err(NetlinkError::Request { what: format!("deleting fdb {mac}"), source }),
+            Err(error) => Err(NetlinkError::Request { what: format!("deleting fdb {mac}"), error }),
         }
     }
 

@@ -48,7 +48,7 @@ pub struct Forwarder {
     pub subnet: Ipv4Net,
     /// Address of the TUN device (source of the ICMP errors we generate).
     pub tun_addr: Ipv4Addr,
-    /// Accept only inner sources inside the sending peer's subnet (§5 of the design).
+    /// Accept only inner sources inside the sending peer's subnet (flannel accepts any).
     pub check_inner_src: bool,
     /// The overlay MTU: no peer sends a larger inner packet in one datagram (GSO segments
     /// included), so a larger one is dropped as `Oversize`.

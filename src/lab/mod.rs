@@ -45,7 +45,7 @@ pub struct LabOptions {
     /// directory.
     #[arg(long)]
     pub etcd: bool,
-    /// Write every figure as JSON (schema in README: `weft-lab/1`).
+    /// Write every figure as JSON (schema `weft-lab/1`, in docs/lab-json.md).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
     /// Write a chart of throughput and syscalls per packet (SVG).
@@ -230,6 +230,9 @@ pub fn run(opts: LabOptions) -> Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, interrupted.clone()).context("installing signal handlers")?;
     }
+    // main() blocked them until a handler is in place; the processes the lab starts inherit
+    // the mask, so it must be clear before the first one.
+    crate::control::daemon::signals::unblock().context("unblocking SIGINT and SIGTERM")?;
     let bin = std::env::current_exe().context("locating the weft binary")?;
     let secs = if opts.quick { 1 } else { opts.seconds.max(1) };
     let mut workloads = vec![Workload::Tcp { streams: 1 }];
@@ -243,6 +246,7 @@ pub fn run(opts: LabOptions) -> Result<()> {
         bail!("--only {:?} matches no data path", opts.only.unwrap_or_default());
     }
     let mut report = Report::new(secs, opts.rounds);
+    eprintln!("lab: {}", report.machine());
     let dur = Duration::from_secs(secs);
     let bound = Duration::from_secs(secs + 30);
     let rounds = (1..=opts.rounds).flat_map(|round| paths.iter().map(move |dp| (round, dp)));

@@ -1,5 +1,5 @@
 //! The lab's results: one record per data path × workload, printed as a table, written as JSON
-//! (schema `weft-lab/1`, documented in README) and drawn as an SVG chart.
+//! (schema `weft-lab/1`, documented in docs/lab-json.md) and drawn as an SVG chart.
 
 use anyhow::Result;
 use plotters::prelude::*;
@@ -155,6 +155,9 @@ pub struct Report {
     pub kernel: String,
     /// Online CPUs.
     pub cpus: usize,
+    /// The CPU's model name (`/proc/cpuinfo`): machines of one kind differ, and the ratios
+    /// with them.
+    pub cpu_model: String,
     /// Seconds per workload asked for.
     pub seconds: u64,
     /// Rounds: every data path ran every workload once per round, the paths in turn, so that
@@ -178,7 +181,18 @@ impl Report {
     pub fn new(seconds: u64, rounds: u32) -> Self {
         let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        Self { schema: "weft-lab/1", kernel, cpus, seconds, rounds, records: Vec::new() }
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines().find_map(|l| Some(l.strip_prefix("model name")?.split_once(':')?.1.trim().to_string()))
+            })
+            .unwrap_or_else(|| "unknown CPU".into());
+        Self { schema: "weft-lab/1", kernel, cpus, cpu_model, seconds, rounds, records: Vec::new() }
+    }
+
+    /// The machine, as the table's first line names it.
+    pub fn machine(&self) -> String {
+        format!("Linux {}, {} CPUs ({})", self.kernel, self.cpus, self.cpu_model)
     }
 
     /// Fills `ratio_to_kernel_vxlan` from the baseline's record of the same workload and round.
@@ -227,15 +241,18 @@ impl Report {
         let _ = if self.rounds > 1 {
             writeln!(
                 out,
-                "weft lab: Linux {}, {} CPUs, {} s per workload, {} rounds (every data path in turn in each round)\n\
+                "weft lab: {}, {} s per workload, {} rounds (every data path in turn in each round)\n\
                  each row: the round with the median ratio to {BASELINE} of the same round; (lowest-highest) ratio over the rounds",
-                self.kernel, self.cpus, self.seconds, self.rounds
+                self.machine(),
+                self.seconds,
+                self.rounds
             )
         } else {
             writeln!(
                 out,
-                "weft lab: Linux {}, {} CPUs, {} s per workload; ratios are to {BASELINE} in this run",
-                self.kernel, self.cpus, self.seconds
+                "weft lab: {}, {} s per workload; ratios are to {BASELINE} in this run",
+                self.machine(),
+                self.seconds
             )
         };
         let summaries = self.summaries();

@@ -12,6 +12,15 @@ pub const VXLAN_DEFAULT_PORT: u16 = 8472;
 /// flannel's default VNI.
 pub const VXLAN_DEFAULT_VNI: u32 = 1;
 
+/// Address blocks a pod network must not overlap: a subnet there would route this-network,
+/// loopback, multicast or broadcast addresses into the overlay (or nothing at all).
+const RESERVED: [(Ipv4Net, &str); 4] = [
+    (Ipv4Net::new_assert(Ipv4Addr::new(0, 0, 0, 0), 8), "this network"),
+    (Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8), "loopback"),
+    (Ipv4Net::new_assert(Ipv4Addr::new(224, 0, 0, 0), 4), "multicast"),
+    (Ipv4Net::new_assert(Ipv4Addr::new(240, 0, 0, 0), 4), "reserved, and broadcast"),
+];
+
 /// The backend types weft knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendType {
@@ -100,6 +109,13 @@ impl NetConfig {
         };
         if network.network() != network.addr() {
             return err(format!("Network {network} has host bits set"));
+        }
+        if let Some((block, what)) =
+            RESERVED.iter().find(|(b, _)| b.contains(&network.network()) || network.contains(b))
+        {
+            return err(format!(
+                "Network {network} overlaps {block} ({what}): pods cannot have such addresses; choose a private range"
+            ));
         }
         let prefix = network.prefix_len();
         let subnet_len = match obj.get::<u8>("SubnetLen").map_err(get_err)? {
@@ -271,6 +287,13 @@ mod tests {
             r#"{"Network":"10.0.0.0/16","Backend":{"Type":"udp","Port":"x"}}"#,
             r#"{"Network":"10.0.0.0/16","Backend":[]}"#,
             r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#,
+            r#"{"Network":"0.0.0.0/0"}"#,
+            r#"{"Network":"0.0.0.0/1"}"#,
+            r#"{"Network":"127.0.0.0/8"}"#,
+            r#"{"Network":"127.1.0.0/16"}"#,
+            r#"{"Network":"224.0.0.0/8"}"#,
+            r#"{"Network":"240.0.0.0/4"}"#,
+            r#"{"Network":"128.0.0.0/1"}"#,
             r#"{"Network":"#,
             "",
             "[]",

@@ -4,27 +4,42 @@
 //! value. Creation takes an exclusive `flock` on `DIR/subnets/.lock` around check-and-write, so
 //! several weft processes can share one directory. A lease's expiry is its file's mtime plus the
 //! TTL it was written with (24 h), which renewal pushes forward.
+//!
+//! A watch wakes on inotify events of `subnets/` and re-reads the directory then, and every
+//! [`RESCAN_EVERY`] in any case: leases lapse by the clock, not by an event, and a network
+//! filesystem sends no events for other hosts' writes. An idle weft thus reads a directory of
+//! thousands of leases once per rescan, not five times a second.
 
 use super::{LEASE_TTL, Lease, Registry, RegistryError};
+use crate::control::said::SaidOnce;
+use crate::dataplane::sys::poll::wait_readable;
 use crate::proto::lease::{LeaseAttrs, SubnetKey};
 use nix::fcntl::{Flock, FlockArg};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-/// How often a watch re-reads the directory.
+/// How often a watch re-reads the directory without an event.
+pub const RESCAN_EVERY: Duration = Duration::from_secs(5);
+/// How often it re-reads when inotify cannot be had (the instance limit reached, say).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// A registry kept in a directory.
 #[derive(Debug, Clone)]
 pub struct DirRegistry {
     root: PathBuf,
+    /// The inotify instance of the watch (made by the first watch; kept between calls, so that
+    /// no event falls between two of them). None inside: inotify could not be had.
+    events: std::sync::Arc<tokio::sync::Mutex<Option<Option<std::sync::Arc<Inotify>>>>>,
+    /// Unreadable lease files, each said once (the directory is re-read five times a second).
+    said: std::sync::Arc<SaidOnce>,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RegistryError + 'a {
-    move |source| RegistryError::Io { op, path: path.to_path_buf(), source }
+    move |error| RegistryError::Io { op, path: path.to_path_buf(), error }
 }
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -54,12 +69,12 @@ impl DirRegistry {
             return Err(RegistryError::Io {
                 op: "opening registry directory",
                 path: root,
-                source: std::io::ErrorKind::NotFound.into(),
+                error: std::io::ErrorKind::NotFound.into(),
             });
         }
         let subnets = root.join("subnets");
         fs::create_dir_all(&subnets).map_err(io_err("creating", &subnets))?;
-        Ok(Self { root })
+        Ok(Self { root, events: Default::default(), said: Default::default() })
     }
 
     fn subnets(&self) -> PathBuf {
@@ -73,17 +88,19 @@ impl DirRegistry {
         Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| RegistryError::Io {
             op: "locking",
             path,
-            source: e.into(),
+            error: e.into(),
         })
     }
 
-    fn read_lease(path: &Path, key: SubnetKey) -> Option<Lease> {
+    fn read_lease(&self, path: &Path, key: SubnetKey) -> Option<Lease> {
         let meta = fs::metadata(path).ok()?;
         let text = fs::read_to_string(path).ok()?;
         let attrs = match LeaseAttrs::parse(&text) {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(path = %path.display(), "skipping lease: {e}");
+                if self.said.first(&format!("{} {e}", path.display())) {
+                    tracing::warn!(path = %path.display(), "skipping lease: {e}");
+                }
                 return None;
             }
         };
@@ -101,7 +118,7 @@ impl DirRegistry {
             let Some(key) = name.to_str().and_then(|n| n.parse::<SubnetKey>().ok()) else {
                 continue; // flannel ignores keys that are not lease keys
             };
-            if let Some(l) = Self::read_lease(&entry.path(), key)
+            if let Some(l) = self.read_lease(&entry.path(), key)
                 && l.expires.is_none_or(|e| e > now)
             {
                 out.push(l);
@@ -109,6 +126,27 @@ impl DirRegistry {
         }
         out.sort_by_key(|l| l.key);
         Ok(out)
+    }
+
+    /// An inotify instance on `subnets/`, or None (with a warning) if the kernel will not give one.
+    fn inotify(&self) -> Option<std::sync::Arc<Inotify>> {
+        let dir = self.subnets();
+        let made = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).and_then(|i| {
+            let what = AddWatchFlags::IN_CREATE
+                | AddWatchFlags::IN_DELETE
+                | AddWatchFlags::IN_MOVED_TO
+                | AddWatchFlags::IN_MOVED_FROM
+                | AddWatchFlags::IN_CLOSE_WRITE
+                | AddWatchFlags::IN_ATTRIB;
+            i.add_watch(&dir, what).map(|_| i)
+        });
+        match made {
+            Ok(i) => Some(std::sync::Arc::new(i)),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "no inotify on the registry ({e}); reading it every {POLL_INTERVAL:?}");
+                None
+            }
+        }
     }
 
     fn write(&self, key: &SubnetKey, attrs: &LeaseAttrs) -> Result<(), RegistryError> {
@@ -151,15 +189,38 @@ impl Registry for DirRegistry {
         self.write(key, attrs)
     }
 
+    async fn delete_lease(&self, key: &SubnetKey) -> Result<(), RegistryError> {
+        let _guard = self.lock()?;
+        let path = self.subnets().join(key.to_string());
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("removing", &path)(e)),
+            _ => Ok(()),
+        }
+    }
+
     async fn watch_leases(&self, known: &[Lease]) -> Result<Vec<Lease>, RegistryError> {
+        let mut events = self.events.lock().await;
+        let events = events.get_or_insert_with(|| self.inotify());
         loop {
-            tokio::time::sleep(POLL_INTERVAL).await;
+            // What is queued now is covered by the listing below.
+            if let Some(fd) = events.as_ref() {
+                while fd.read_events().is_ok() {}
+            }
             let now = self.list()?;
             // Expiry moves on every renewal; a change is a change of keys or values.
             let same =
                 now.len() == known.len() && now.iter().zip(known).all(|(a, b)| a.key == b.key && a.attrs == b.attrs);
             if !same {
                 return Ok(now);
+            }
+            match events.as_ref() {
+                Some(fd) => {
+                    // A blocking wait on a pool thread: if this watch is dropped meanwhile, the
+                    // thread returns by itself within RESCAN_EVERY.
+                    let fd = fd.clone();
+                    let _ = tokio::task::spawn_blocking(move || wait_readable([&*fd], RESCAN_EVERY)).await;
+                }
+                None => tokio::time::sleep(POLL_INTERVAL).await,
             }
         }
     }

@@ -2,11 +2,14 @@
 //!
 //! Creation is `LeaseGrant(ttl)` then `Txn(If Version(key) == 0, Then Put(key, value, lease))`,
 //! as flanneld does; renewal puts the value again with a fresh lease. The watch lists the prefix
-//! at revision R, then watches from R + 1; on compaction or a broken stream it lists again, with
-//! a backoff of 100 ms doubling to 5 s. Its state lives in the registry, so a watch call that is
-//! dropped half-way (the daemon selects over several futures) loses nothing.
+//! at revision R, then watches from R + 1; on compaction or a broken stream it lists again (etcd
+//! may have come back from a backup or empty), with [`Backoff::registry`] between tries. Its
+//! state lives in the registry, so a watch call that is dropped half-way (the daemon selects over
+//! several futures) loses nothing.
 
 use super::{Lease, Registry, RegistryError};
+use crate::control::backoff::Backoff;
+use crate::control::said::SaidOnce;
 use crate::proto::lease::{LeaseAttrs, SubnetKey};
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, PutOptions, TlsOptions,
@@ -15,11 +18,6 @@ use etcd_client::{
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// First retry delay after an etcd failure.
-pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Longest retry delay.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// How to reach etcd (flanneld's flags).
 #[derive(Debug, Clone, Default)]
@@ -45,7 +43,7 @@ struct WatchState {
     revision: i64,
     leases: BTreeMap<SubnetKey, Lease>,
     stream: Option<WatchStream>,
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 /// A registry in etcd.
@@ -54,10 +52,23 @@ pub struct EtcdRegistry {
     prefix: String,
     watch: tokio::sync::Mutex<WatchState>,
     held: std::sync::Mutex<HashMap<String, i64>>,
+    /// Unreadable lease values, each said once.
+    said: SaidOnce,
 }
 
-fn unavailable(what: &str, e: etcd_client::Error) -> RegistryError {
-    RegistryError::Unavailable(format!("{what}: {e}"))
+/// An etcd failure: refused for a reason retrying cannot change (bad credentials, no
+/// permission, a malformed request), or unavailable (anything else: down, unreachable, no
+/// leader, timed out), which the caller retries.
+fn classify(what: &str, e: etcd_client::Error) -> RegistryError {
+    use etcd_client::Error as E;
+    match &e {
+        E::GRpcStatus(s) if matches!(s.code(), tonic::Code::InvalidArgument | tonic::Code::PermissionDenied) => {
+            RegistryError::Refused(format!("{what}: etcd says {}", s.message()))
+        }
+        E::InvalidArgs(m) => RegistryError::Refused(format!("{what}: {m}")),
+        E::InvalidUri(m) => RegistryError::Refused(format!("{what}: {m} (--etcd-endpoints)")),
+        _ => RegistryError::Unavailable(format!("{what}: {e}")),
+    }
 }
 
 impl EtcdRegistry {
@@ -65,18 +76,20 @@ impl EtcdRegistry {
     /// as an error of the first request, which the caller retries.
     pub async fn connect(opts: &EtcdOptions) -> Result<Self, RegistryError> {
         if opts.endpoints.is_empty() {
-            return Err(RegistryError::Unavailable("no etcd endpoints".into()));
+            return Err(RegistryError::Refused("no etcd endpoints (--etcd-endpoints)".into()));
         }
         let mut co = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
         if let (Some(u), Some(p)) = (&opts.username, &opts.password) {
-            co = co.with_user(u.clone(), p.clone());
+            // A restarted etcd forgets the tokens it gave out: the client authenticates again
+            // when one is refused, instead of failing every request from then on.
+            co = co.with_user(u.clone(), p.clone()).with_auto_token_refresh(true);
         }
         if opts.cafile.is_some() || opts.certfile.is_some() {
             let read = |p: &PathBuf| {
-                std::fs::read(p).map_err(|source| RegistryError::Io { op: "reading", path: p.clone(), source })
+                std::fs::read(p).map_err(|error| RegistryError::Io { op: "reading", path: p.clone(), error })
             };
             let mut tls = TlsOptions::new();
             if let Some(ca) = &opts.cafile {
@@ -85,12 +98,11 @@ impl EtcdRegistry {
             match (&opts.certfile, &opts.keyfile) {
                 (Some(c), Some(k)) => tls = tls.identity(Identity::from_pem(read(c)?, read(k)?)),
                 (None, None) => {}
-                _ => return Err(RegistryError::Unavailable("--etcd-certfile and --etcd-keyfile go together".into())),
+                _ => return Err(RegistryError::Refused("--etcd-certfile and --etcd-keyfile go together".into())),
             }
             co = co.with_tls(tls);
         }
-        let client =
-            Client::connect(&opts.endpoints, Some(co)).await.map_err(|e| unavailable("connecting to etcd", e))?;
+        let client = Client::connect(&opts.endpoints, Some(co)).await.map_err(|e| classify("connecting to etcd", e))?;
         let prefix = opts.prefix.trim_end_matches('/').to_string();
         Ok(Self {
             client,
@@ -99,9 +111,10 @@ impl EtcdRegistry {
                 revision: 0,
                 leases: BTreeMap::new(),
                 stream: None,
-                backoff: BACKOFF_MIN,
+                backoff: Backoff::registry(),
             }),
             held: std::sync::Mutex::new(HashMap::new()),
+            said: SaidOnce::default(),
         })
     }
 
@@ -118,7 +131,9 @@ impl EtcdRegistry {
         match LeaseAttrs::parse(value) {
             Ok(attrs) => Some(Lease { key: k, attrs, expires: None }),
             Err(e) => {
-                tracing::warn!(key, "skipping lease: {e}");
+                if self.said.first(&format!("{key} {e}")) {
+                    tracing::warn!(key, "skipping lease: {e}");
+                }
                 None
             }
         }
@@ -131,7 +146,7 @@ impl EtcdRegistry {
             .clone()
             .get(self.subnets_prefix(), Some(GetOptions::new().with_prefix()))
             .await
-            .map_err(|e| unavailable("listing leases", e))?;
+            .map_err(|e| classify("listing leases", e))?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         let leases =
             resp.kvs().iter().filter_map(|kv| self.parse_kv(kv.key_str().ok()?, kv.value_str().ok()?)).collect();
@@ -140,13 +155,7 @@ impl EtcdRegistry {
 
     async fn grant(&self, ttl: Duration) -> Result<i64, RegistryError> {
         let secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1);
-        Ok(self
-            .client
-            .clone()
-            .lease_grant(secs, None)
-            .await
-            .map_err(|e| unavailable("granting an etcd lease", e))?
-            .id())
+        Ok(self.client.clone().lease_grant(secs, None).await.map_err(|e| classify("granting an etcd lease", e))?.id())
     }
 
     fn hold(&self, key: String, id: i64) -> Option<i64> {
@@ -166,14 +175,10 @@ impl Registry for EtcdRegistry {
 
     async fn config(&self) -> Result<String, RegistryError> {
         let key = format!("{}/config", self.prefix);
-        let resp = self
-            .client
-            .clone()
-            .get(key.clone(), None)
-            .await
-            .map_err(|e| unavailable("reading the network config", e))?;
+        let resp =
+            self.client.clone().get(key.clone(), None).await.map_err(|e| classify("reading the network config", e))?;
         let kv = resp.kvs().first().ok_or_else(|| RegistryError::NoConfig(format!("etcd key {key}")))?;
-        kv.value_str().map(str::to_string).map_err(|e| unavailable("reading the network config", e))
+        kv.value_str().map(str::to_string).map_err(|e| classify("reading the network config", e))
     }
 
     async fn leases(&self) -> Result<Vec<Lease>, RegistryError> {
@@ -188,7 +193,7 @@ impl Registry for EtcdRegistry {
             attrs.to_json(),
             Some(PutOptions::new().with_lease(id)),
         )]);
-        let won = self.client.clone().txn(txn).await.map_err(|e| unavailable("creating a lease", e))?.succeeded();
+        let won = self.client.clone().txn(txn).await.map_err(|e| classify("creating a lease", e))?.succeeded();
         if won {
             self.hold(k, id);
         } else {
@@ -204,7 +209,7 @@ impl Registry for EtcdRegistry {
             .clone()
             .put(k.clone(), attrs.to_json(), Some(PutOptions::new().with_lease(id)))
             .await
-            .map_err(|e| unavailable("renewing the lease", e))?;
+            .map_err(|e| classify("renewing the lease", e))?;
         if let Some(old) = self.hold(k, id)
             && old != id
         {
@@ -213,45 +218,47 @@ impl Registry for EtcdRegistry {
         Ok(())
     }
 
+    async fn delete_lease(&self, key: &SubnetKey) -> Result<(), RegistryError> {
+        let k = self.lease_key(key);
+        self.client.clone().delete(k.clone(), None).await.map_err(|e| classify("deleting a lease", e))?;
+        let held = self.held.lock().ok().and_then(|mut h| h.remove(&k));
+        if let Some(id) = held {
+            let _ = self.client.clone().lease_revoke(id).await;
+        }
+        Ok(())
+    }
+
     async fn watch_leases(&self, known: &[Lease]) -> Result<Vec<Lease>, RegistryError> {
         let mut st = self.watch.lock().await;
         loop {
             if st.stream.is_none() {
-                // After a broken stream, resume from the last revision seen; list only at the
-                // start and after a compaction.
-                let resume = st.revision;
+                // Every (re)start lists first: after a broken stream etcd may have restarted
+                // from a backup or empty (its revisions start again lower, so a watch from our
+                // last revision would wait in silence for ever), or compacted what we missed.
                 let started = async {
-                    let (listed, rev) = if resume > 0 {
-                        (None, resume)
-                    } else {
-                        let (l, r) = self.list().await?;
-                        (Some(l), r)
-                    };
+                    let (listed, rev) = self.list().await?;
                     let opts = WatchOptions::new().with_prefix().with_start_revision(rev + 1);
                     let stream = self
                         .client
                         .clone()
                         .watch(self.subnets_prefix(), Some(opts))
                         .await
-                        .map_err(|e| unavailable("watching leases", e))?;
+                        .map_err(|e| classify("watching leases", e))?;
                     Ok::<_, RegistryError>((listed, rev, stream))
                 }
                 .await;
                 match started {
                     Ok((listed, rev, stream)) => {
-                        if let Some(leases) = listed {
-                            st.leases = leases.into_iter().map(|l| (l.key, l)).collect();
-                        }
+                        st.leases = listed.into_iter().map(|l| (l.key, l)).collect();
                         st.revision = rev;
                         st.stream = Some(stream);
-                        st.backoff = BACKOFF_MIN;
+                        st.backoff.reset();
                         if differs(&st.leases, known) {
                             return Ok(st.leases.values().cloned().collect());
                         }
                     }
                     Err(e) => {
-                        let wait = st.backoff;
-                        st.backoff = (st.backoff * 2).min(BACKOFF_MAX);
+                        let wait = st.backoff.next_delay();
                         tracing::warn!(
                             "etcd: {e}; retrying in {wait:?} (forwarding goes on with the last known peers)"
                         );
@@ -269,7 +276,6 @@ impl Registry for EtcdRegistry {
                             "etcd watch cancelled (compacted); listing again"
                         );
                         st.stream = None;
-                        st.revision = 0;
                         continue;
                     }
                     for ev in resp.events() {
@@ -300,10 +306,9 @@ impl Registry for EtcdRegistry {
                     }
                 }
                 Ok(None) | Err(_) => {
-                    tracing::warn!(revision = st.revision, "etcd watch stream broke; resuming after {:?}", st.backoff);
+                    let wait = st.backoff.next_delay();
+                    tracing::warn!(revision = st.revision, "etcd watch stream broke; listing again in {wait:?}");
                     st.stream = None;
-                    let wait = st.backoff;
-                    st.backoff = (st.backoff * 2).min(BACKOFF_MAX);
                     tokio::time::sleep(wait).await;
                 }
             }

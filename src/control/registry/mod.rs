@@ -29,19 +29,22 @@ pub enum RegistryError {
     #[error("no network config at {0}")]
     NoConfig(String),
     /// A filesystem operation failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}: {error}")]
     Io {
         /// The operation.
         op: &'static str,
         /// The path.
         path: PathBuf,
         /// The error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    /// The registry cannot be reached.
+    /// The registry cannot be reached (retried).
     #[error("registry unavailable: {0}")]
     Unavailable(String),
+    /// The registry refused, or weft was told to reach it in a way that cannot work: a
+    /// configuration mistake that retrying does not mend.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// The operations weft needs from a registry. Every implementation stores the same keys and
@@ -72,6 +75,9 @@ pub trait Registry: Send + Sync + 'static {
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+
+    /// Deletes `key` (a lease this node created and gives back). A missing one is fine.
+    fn delete_lease(&self, key: &SubnetKey) -> impl Future<Output = Result<(), RegistryError>> + Send;
 
     /// Resolves with the new lease set once it differs from `known`.
     fn watch_leases(&self, known: &[Lease]) -> impl Future<Output = Result<Vec<Lease>, RegistryError>> + Send;

@@ -80,16 +80,50 @@ pub struct EngineContext {
 pub enum EngineError {
     /// The TUN device failed in a way that is not a per-packet error.
     #[error("TUN device: {0}")]
-    Tun(#[source] io::Error),
+    Tun(io::Error),
     /// The UDP socket failed in a way that is not a per-packet error.
     #[error("UDP socket: {0}")]
-    Udp(#[source] io::Error),
+    Udp(io::Error),
     /// poll() failed.
     #[error("poll: {0}")]
-    Poll(#[source] io::Error),
+    Poll(io::Error),
     /// Setting up or entering an io_uring failed.
     #[error("io_uring: {0}")]
-    Ring(#[source] io::Error),
+    Ring(io::Error),
+    /// An engine thread panicked (a bug: the message says where).
+    #[error("engine thread panicked: {0}")]
+    Panicked(String),
+    /// An engine thread could not be started.
+    #[error("starting an engine thread: {0}")]
+    Spawn(io::Error),
+}
+
+/// The message of a caught panic.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default()
+}
+
+/// Waits for a scoped engine thread; its panic becomes [`EngineError::Panicked`].
+fn join_scoped<T>(h: std::thread::ScopedJoinHandle<'_, Result<T, EngineError>>) -> Result<T, EngineError> {
+    h.join().unwrap_or_else(|p| Err(EngineError::Panicked(panic_message(&*p))))
+}
+
+/// Starts `mode` on a thread of its own named `name`; how it ended (a panic is an error too)
+/// is sent on `done`.
+pub fn spawn(
+    mode: Mode,
+    ctx: EngineContext,
+    name: String,
+    done: tokio::sync::mpsc::UnboundedSender<Result<(), EngineError>>,
+) -> Result<std::thread::JoinHandle<()>, EngineError> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(mode, ctx)))
+                .unwrap_or_else(|p| Err(EngineError::Panicked(panic_message(&*p))));
+            let _ = done.send(r);
+        })
+        .map_err(EngineError::Spawn)
 }
 
 /// Runs `mode` on the calling thread until `ctx.stop` is set or a fatal error.
@@ -111,13 +145,23 @@ pub(crate) fn both_directions(
     rx_name: &str,
     direction: impl Fn(&EngineContext, bool) -> Result<(), EngineError> + Sync,
 ) -> Result<(), EngineError> {
+    /// Stops the other direction when this one returns or unwinds.
+    struct StopOnExit<'a>(&'a AtomicBool);
+    impl Drop for StopOnExit<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let one_way = |egress: bool| {
+        let _stop = StopOnExit(&ctx.stop);
+        direction(ctx, egress)
+    };
     std::thread::scope(|s| {
-        let ingress = std::thread::Builder::new().name(rx_name.into()).spawn_scoped(s, || direction(ctx, false));
-        let egress = direction(ctx, true);
-        ctx.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let ingress = std::thread::Builder::new().name(rx_name.into()).spawn_scoped(s, || one_way(false));
+        let egress = one_way(true);
         let ingress = match ingress {
-            Ok(h) => h.join().unwrap_or(Ok(())),
-            Err(e) => Err(EngineError::Tun(e)),
+            Ok(h) => join_scoped(h),
+            Err(e) => Err(EngineError::Spawn(e)),
         };
         egress.and(ingress)
     })

@@ -3,7 +3,7 @@
 //! poll() on the TUN and the socket; then one `read` from the TUN followed by one `sendto`, and
 //! one `recvfrom` followed by one `write` to the TUN, for whichever side is readable. Every packet
 //! crosses user/kernel once per hop, plus a share of a poll(). It is deliberately unoptimised: the
-//! lab's baseline, the loop of `../shared/design.md` §4. (flannel's proxy skips poll() while busy
+//! lab's baseline, the shape user space is measured from. (flannel's proxy skips poll() while busy
 //! and alternates reads instead; that trades polls for EAGAIN reads, about one per packet of the
 //! lighter direction, and makes per-crossing counts depend on the traffic mix.)
 

@@ -8,8 +8,8 @@
 //! hands them to the kernel with one `sendmsg` and `UDP_SEGMENT`. That copies each payload once
 //! in user space, behind the checksum pass that has just read it; gathering [outer header,
 //! segment header, payload] iovecs instead copies nothing here but costs the kernel's copy more
-//! than that (`cargo bench --bench gso_send`: 16.1–18.8 against 13.7–14.3 µs per send of 44
-//! segments, header work and copy included, on a 2-core EPYC VM).
+//! than that, since each piece costs it a fixed amount (`cargo bench --bench gso_send`;
+//! docs/performance.md, "The send layout").
 //! Packets that are not super-packets are read until EAGAIN (at most [`BATCH`]) and leave in runs:
 //! consecutive datagrams to one peer of one size (the last may be shorter) go in one
 //! `UDP_SEGMENT` send too. If the kernel refuses GSO (EIO/EINVAL), the engine falls back to one

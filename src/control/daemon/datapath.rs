@@ -1,0 +1,344 @@
+//! With a lease: the host set up for it (TUN address and route, or the kernel's VXLAN device or
+//! host-gw routes), the engines started, and the peers kept in step with the leases. A start
+//! that fails half-way removes what it made; a clean stop removes what weft made, but for a
+//! TUN kept with `--persist-tun`.
+
+use super::options::RunOptions;
+use super::prepare::{Prepared, UserspaceIo};
+use crate::control::kernel::{KernelBackend, KernelDataplane, remove_stale_routes};
+use crate::control::metrics::MetricsState;
+use crate::control::netlink::{Netlink, NetlinkError, OwnedRoute, Underlay, VxlanDevice, sysctl};
+use crate::control::registry::Lease;
+use crate::dataplane::engine::{self, EngineContext, EngineError};
+use crate::dataplane::forward::{Encap, Forwarder};
+use crate::dataplane::peers::{Peer, PeerTable};
+use crate::proto::netconfig::{BackendType, NetConfig};
+use ipnet::Ipv4Net;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use tokio::sync::mpsc;
+
+/// Why the host could not be set up for the lease.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A netlink request failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// The TUN device could not be made persistent.
+    #[error("setting IFF_PERSIST on {name}: {error}")]
+    Persist {
+        /// The device.
+        name: String,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// Our own vxlan lease has no VtepMAC (it was written by weft a moment ago).
+    #[error("our vxlan lease has no VtepMAC")]
+    NoVtepMac,
+    /// An engine could not be started.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// The kernel-side state kept in step with the peers: the main kernel path (host-gw or kernel
+/// VXLAN), and DirectRouting's routes for peers on our segment.
+#[derive(Default)]
+struct KernelPaths {
+    main: Option<KernelDataplane>,
+    direct: Option<(KernelDataplane, Ipv4Net)>,
+}
+
+impl KernelPaths {
+    /// The peers the main path carries: all but DirectRouting's.
+    fn main_peers(&self, peers: &[Peer]) -> Vec<Peer> {
+        match &self.direct {
+            Some((_, seg)) => peers.iter().filter(|p| !seg.contains(p.endpoint.ip())).cloned().collect(),
+            None => peers.to_vec(),
+        }
+    }
+
+    /// Programs the kernel for `peers`; returns the peers left to the userspace engine (all but
+    /// the direct-routed ones).
+    async fn sync(&mut self, peers: &[Peer]) -> Vec<Peer> {
+        let rest = self.main_peers(peers);
+        if let Some((d, seg)) = self.direct.as_mut() {
+            let direct: Vec<Peer> = peers.iter().filter(|p| seg.contains(p.endpoint.ip())).cloned().collect();
+            d.sync(&direct).await;
+        }
+        if let Some(k) = self.main.as_mut() {
+            k.sync(&rest).await;
+        }
+        rest
+    }
+
+    async fn heal(&mut self, peers: &[Peer]) {
+        let rest = self.main_peers(peers);
+        if let Some(k) = self.main.as_mut()
+            && let Err(e) = k.heal(&rest).await
+        {
+            tracing::warn!("checking the kernel data path: {e}");
+        }
+    }
+
+    fn expected(&self) -> Vec<OwnedRoute> {
+        let mut v: Vec<OwnedRoute> = self.main.iter().flat_map(|k| k.expected_routes()).collect();
+        v.extend(self.direct.iter().flat_map(|(d, _)| d.expected_routes()));
+        v
+    }
+
+    async fn teardown(&mut self) {
+        if let Some((d, _)) = self.direct.as_mut() {
+            d.teardown().await;
+        }
+        if let Some(k) = self.main.as_mut() {
+            k.teardown().await;
+        }
+    }
+}
+
+/// The TUN device of the userspace path, as set up.
+struct TunDevice {
+    index: u32,
+    name: String,
+    persist: bool,
+}
+
+/// The running engine threads.
+struct Engines {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    done: mpsc::UnboundedReceiver<Result<(), EngineError>>,
+}
+
+/// The data path of a node holding a lease.
+pub struct DataPath {
+    nl: Netlink,
+    network: Ipv4Net,
+    kernel: KernelPaths,
+    tun: Option<TunDevice>,
+    engines: Option<Engines>,
+    metrics: Arc<MetricsState>,
+    /// Routes weft made for itself (the TUN's route to the whole network).
+    own_routes: Vec<OwnedRoute>,
+}
+
+impl DataPath {
+    /// Sets the host up for `lease` and starts forwarding to `peers`. On failure, what was set
+    /// up is removed again.
+    pub async fn start(
+        prepared: Prepared,
+        opts: &RunOptions,
+        cfg: &NetConfig,
+        lease: &Lease,
+        peers: &[Peer],
+    ) -> Result<Self, SetupError> {
+        let Prepared { nl, underlay, mtu, userspace, metrics } = prepared;
+        let mut dp = Self {
+            nl,
+            network: cfg.network,
+            kernel: KernelPaths::default(),
+            tun: None,
+            engines: None,
+            metrics,
+            own_routes: Vec::new(),
+        };
+        let set_up = match userspace {
+            Some(io) => dp.set_up_userspace(io, opts, cfg, lease, mtu).await,
+            None => dp.set_up_kernel(cfg, lease, &underlay, mtu).await,
+        };
+        let set_up = match set_up {
+            Ok(()) => dp.set_up_direct_routing(cfg, &underlay),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = set_up {
+            dp.remove(true).await;
+            return Err(e);
+        }
+        dp.sync(peers).await;
+        match remove_stale_routes(&dp.nl, dp.network, &dp.expected_routes()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} stale routes of an earlier weft"),
+            Err(e) => tracing::warn!("looking for stale routes: {e}"),
+        }
+        Ok(dp)
+    }
+
+    fn set_up_direct_routing(&mut self, cfg: &NetConfig, underlay: &Underlay) -> Result<(), SetupError> {
+        if cfg.backend.kind != BackendType::Vxlan || !cfg.backend.direct_routing {
+            return Ok(());
+        }
+        match underlay.subnet {
+            Some(seg) => {
+                let backend = KernelBackend::HostGw { segment: Some(seg) };
+                self.kernel.direct = Some((KernelDataplane::new(self.nl.clone(), backend), seg));
+            }
+            None => tracing::warn!("DirectRouting: the underlay's segment is unknown; every peer goes through VXLAN"),
+        }
+        Ok(())
+    }
+
+    async fn set_up_kernel(
+        &mut self,
+        cfg: &NetConfig,
+        lease: &Lease,
+        underlay: &Underlay,
+        mtu: u32,
+    ) -> Result<(), SetupError> {
+        let backend = match cfg.backend.kind {
+            BackendType::Vxlan => {
+                let mac = lease.attrs.vxlan_data().map(|d| d.vtep_mac).ok_or(SetupError::NoVtepMac)?;
+                let dev = VxlanDevice {
+                    name: format!("flannel.{}", cfg.backend.vni),
+                    vni: cfg.backend.vni,
+                    port: cfg.backend.port,
+                    local: underlay.addr,
+                    underlay: underlay.index,
+                    mac,
+                    mtu,
+                };
+                KernelDataplane::vxlan(&self.nl, dev, lease.key.v4.network()).await?
+            }
+            _ => KernelBackend::HostGw { segment: underlay.subnet },
+        };
+        self.kernel.main = Some(KernelDataplane::new(self.nl.clone(), backend));
+        Ok(())
+    }
+
+    async fn set_up_userspace(
+        &mut self,
+        io: UserspaceIo,
+        opts: &RunOptions,
+        cfg: &NetConfig,
+        lease: &Lease,
+        mtu: u32,
+    ) -> Result<(), SetupError> {
+        let UserspaceIo { mode, queues, sockets } = io;
+        let first = &queues[0];
+        let name = first.name().to_string();
+        let index = self
+            .nl
+            .link_index(&name)
+            .await?
+            .ok_or_else(|| SetupError::Netlink(NetlinkError::NotFound(format!("TUN {name} has no link index"))))?;
+        self.tun = Some(TunDevice { index, name: name.clone(), persist: false });
+        first.set_persist(opts.persist_tun).map_err(|error| SetupError::Persist { name: name.clone(), error })?;
+        if let Some(t) = self.tun.as_mut() {
+            t.persist = opts.persist_tun;
+        }
+        // The overlay is IPv4; router solicitations would only be counted drops.
+        let _ = sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1");
+        // Our ICMP errors come from the TUN's own address; let the kernel accept them.
+        let _ = sysctl(&format!("net/ipv4/conf/{name}/accept_local"), "1");
+        let subnet = lease.key.v4;
+        let tun_addr = subnet.network();
+        self.nl.set_up(index, mtu, opts.tun_queue_len).await?;
+        self.nl.add_address(index, tun_addr, 32).await?;
+        self.nl.add_dev_route(cfg.network, index).await?;
+        self.own_routes.push(OwnedRoute { dst: cfg.network, gateway: None, oif: Some(index) });
+        let encap = match cfg.backend.kind {
+            BackendType::Vxlan => {
+                let mac = lease.attrs.vxlan_data().map(|d| d.vtep_mac).ok_or(SetupError::NoVtepMac)?;
+                Encap::Vxlan { vni: cfg.backend.vni, mac }
+            }
+            _ => Encap::Udp,
+        };
+        let forwarder = Forwarder {
+            encap,
+            subnet,
+            tun_addr,
+            check_inner_src: !opts.allow_foreign_src,
+            mtu: usize::try_from(mtu).unwrap_or(usize::MAX),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done_tx, done) = mpsc::unbounded_channel();
+        let mut engines = Engines { stop: stop.clone(), threads: Vec::new(), done };
+        for (i, (tun, s)) in queues.into_iter().zip(sockets).enumerate() {
+            let ctx = EngineContext {
+                tun,
+                socket: s.rx,
+                tx: s.tx,
+                forwarder: forwarder.clone(),
+                peers: self.metrics.peers.clone(),
+                counters: self.metrics.counters.worker(i),
+                stop: stop.clone(),
+                udp_gso: !opts.no_udp_gso,
+            };
+            match engine::spawn(mode, ctx, format!("weft-{}-{i}", mode.name()), done_tx.clone()) {
+                Ok(t) => engines.threads.push(t),
+                Err(e) => {
+                    self.engines = Some(engines);
+                    return Err(e.into());
+                }
+            }
+        }
+        self.engines = Some(engines);
+        Ok(())
+    }
+
+    /// The routes weft should have for the current peers (to tell stale routes from ours).
+    fn expected_routes(&self) -> Vec<OwnedRoute> {
+        let mut v = self.own_routes.clone();
+        v.extend(self.kernel.expected());
+        v
+    }
+
+    /// Brings the kernel's entries and the engines' peer table in step with `peers`.
+    pub async fn sync(&mut self, peers: &[Peer]) {
+        let userspace = self.kernel.sync(peers).await;
+        self.metrics.peers.store(Arc::new(PeerTable::new(userspace)));
+    }
+
+    /// Puts back what someone else removed: the kernel VXLAN device and its entries, and weft's
+    /// routes.
+    pub async fn heal(&mut self, peers: &[Peer]) {
+        self.kernel.heal(peers).await;
+        let expected = self.expected_routes();
+        match self.nl.owned_routes().await {
+            Ok(present) => {
+                for r in expected.iter().filter(|r| !present.iter().any(|p| p.dst == r.dst && p.gateway == r.gateway)) {
+                    tracing::warn!(dst = %r.dst, "a route of weft's was removed from outside; restoring it");
+                    if let Err(e) = self.nl.add_owned_route(r).await {
+                        tracing::warn!("restoring route {}: {e}", r.dst);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("checking weft's routes: {e}"),
+        }
+    }
+
+    /// Resolves when an engine stops by itself (never for a kernel path).
+    pub async fn engine_stopped(&mut self) -> Result<(), EngineError> {
+        match self.engines.as_mut() {
+            Some(e) => {
+                e.done.recv().await.unwrap_or_else(|| Err(EngineError::Panicked("engine channel closed".into())))
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops the engines and removes what weft set up (a failed start removes the TUN even when
+    /// it was to persist).
+    async fn remove(&mut self, failed_start: bool) {
+        if let Some(e) = self.engines.take() {
+            e.stop.store(true, Ordering::Relaxed);
+            for t in e.threads {
+                let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            }
+        }
+        self.kernel.teardown().await;
+        if let Some(t) = self.tun.take().filter(|t| failed_start || !t.persist) {
+            // A non-persistent TUN vanishes with its last fd (closed when the engines returned);
+            // delete it explicitly in case something else still holds it open. With
+            // --persist-tun it stays, with its address and route, for the next weft.
+            self.nl.del_dev_route(self.network, t.index).await.ok();
+            self.nl.delete_link(t.index).await.ok();
+            tracing::debug!(tun = %t.name, "removed the TUN device");
+        }
+    }
+
+    /// Stops forwarding and removes what weft set up.
+    pub async fn stop(mut self) {
+        self.remove(false).await;
+    }
+}

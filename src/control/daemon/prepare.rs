@@ -1,0 +1,364 @@
+//! Before a lease is taken: everything on this host that can be checked or claimed without one.
+//! The underlay and PublicIP, the MTU, the subnet.env directory, the health and metrics
+//! listeners, and for the userspace data path the UDP sockets, the TUN queues and the engine.
+//! Whatever fails here fails before anything is written to the registry, and what was claimed
+//! is released when the [`Prepared`] value is dropped (sockets and TUN fds close; a
+//! non-persistent TUN goes with its last fd).
+
+use super::options::{Dataplane, EngineChoice, RunOptions};
+use crate::control::metrics::{self, Endpoint, MetricsState};
+use crate::control::netlink::{Netlink, NetlinkError, Underlay};
+use crate::dataplane::counters::CounterSet;
+use crate::dataplane::engine::{Mode, offload::set_tun_offloads};
+use crate::dataplane::peers::PeerTable;
+use crate::dataplane::sys::{tun::Tun, udp};
+use crate::proto::netconfig::{BackendType, NetConfig};
+use arc_swap::ArcSwap;
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Bytes the UDP backend adds: outer IPv4 20 + UDP 8.
+pub const UDP_OVERHEAD: u32 = 28;
+/// Bytes VXLAN adds: outer IPv4 20 + UDP 8 + VXLAN 8 + Ethernet 14.
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// The smallest overlay MTU weft accepts (IPv4's minimum datagram every host must take).
+const MIN_MTU: u32 = 576;
+
+/// Why this host cannot join: each message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// Netlink failed, or the underlay could not be found.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// The PublicIP is one no peer can send to.
+    #[error("{0}")]
+    PublicIp(String),
+    /// The overlay MTU would be too small.
+    #[error("underlay {iface} MTU {underlay} leaves {overlay} for the overlay (< {MIN_MTU}); raise the underlay's MTU")]
+    Mtu {
+        /// The underlay interface.
+        iface: String,
+        /// Its MTU.
+        underlay: u32,
+        /// What would be left.
+        overlay: u32,
+    },
+    /// The subnet.env directory cannot be created or written.
+    #[error("subnet file directory {}: {error} (choose another --subnet-file)", path.display())]
+    SubnetFile {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// A health or metrics address cannot be bound.
+    #[error("binding the health/metrics endpoint {addr}: {error} (is another process using it?)")]
+    Endpoint {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// The backend's UDP port cannot be bound.
+    #[error("binding UDP {addr}{hint}: {error}")]
+    Udp {
+        /// The address.
+        addr: SocketAddr,
+        /// What to do.
+        hint: &'static str,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// The TUN device cannot be created or set up.
+    #[error("{what} {name}{hint}: {error}")]
+    Tun {
+        /// What was being done.
+        what: &'static str,
+        /// The device name.
+        name: String,
+        /// What to do.
+        hint: &'static str,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// The configuration asks for something this host's data path cannot do.
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// One userspace worker's sockets: `rx` bound to PublicIP:port (the receiving socket), `tx`
+/// the one datagrams leave from.
+pub struct WorkerSockets {
+    /// Bound to PublicIP:port.
+    pub rx: UdpSocket,
+    /// `rx` itself for a lone worker (as flannel); its own source port with several.
+    pub tx: UdpSocket,
+}
+
+/// The userspace data path's I/O, opened and ready for the engines.
+pub struct UserspaceIo {
+    /// The engine to run.
+    pub mode: Mode,
+    /// The TUN's queues, one per worker.
+    pub queues: Vec<Tun>,
+    /// The sockets, one pair per worker.
+    pub sockets: Vec<WorkerSockets>,
+}
+
+impl UserspaceIo {
+    /// The TUN device's name.
+    pub fn tun_name(&self) -> &str {
+        self.queues.first().map_or("", |t| t.name())
+    }
+}
+
+/// What this host brings to the network, claimed before the lease.
+pub struct Prepared {
+    /// The netlink handle.
+    pub nl: Netlink,
+    /// The underlay interface and PublicIP.
+    pub underlay: Underlay,
+    /// The overlay MTU (TUN or VXLAN device, `FLANNEL_MTU`).
+    pub mtu: u32,
+    /// The userspace data path's I/O (None on a kernel path).
+    pub userspace: Option<UserspaceIo>,
+    /// What /metrics and /readyz report; the endpoints are already serving.
+    pub metrics: Arc<MetricsState>,
+}
+
+impl Prepared {
+    /// True when the kernel moves the packets (host-gw, or `--dataplane kernel`).
+    pub fn kernel_path(&self) -> bool {
+        self.userspace.is_none()
+    }
+}
+
+/// The overlay MTU: the underlay's minus the backend's overhead, or `Backend.MTU` if set.
+pub fn mtu_for(cfg: &NetConfig, underlay: &Underlay) -> Result<u32, HostError> {
+    if let Some(m) = cfg.backend.mtu {
+        return Ok(m);
+    }
+    let overhead = match cfg.backend.kind {
+        BackendType::Udp => UDP_OVERHEAD,
+        BackendType::Vxlan => VXLAN_OVERHEAD,
+        BackendType::HostGw => 0,
+    };
+    let overlay = underlay.mtu.saturating_sub(overhead);
+    if overlay < MIN_MTU {
+        return Err(HostError::Mtu { iface: underlay.name.clone(), underlay: underlay.mtu, overlay });
+    }
+    Ok(overlay)
+}
+
+/// Refuses a PublicIP that no peer can send to.
+pub fn check_public_ip(ip: Ipv4Addr, iface: &str) -> Result<(), HostError> {
+    let what = if ip.is_loopback() {
+        "a loopback address"
+    } else if ip.is_unspecified() {
+        "the unspecified address"
+    } else if ip.is_multicast() {
+        "a multicast address"
+    } else if ip.is_broadcast() {
+        "the broadcast address"
+    } else {
+        return Ok(());
+    };
+    Err(HostError::PublicIp(format!(
+        "PublicIP {ip} (interface {iface}) is {what}: other hosts cannot send to it; choose the underlay with --iface or --public-ip"
+    )))
+}
+
+/// Creates the directory of `--subnet-file` (flanneld does) and checks that it takes a file.
+fn prepare_subnet_dir(file: &Path) -> Result<(), HostError> {
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let err = |error| HostError::SubnetFile { path: dir.clone(), error };
+    std::fs::create_dir_all(&dir).map_err(err)?;
+    tempfile::Builder::new().prefix(".weft-check").tempfile_in(&dir).map(drop).map_err(err)
+}
+
+/// The health and metrics listeners: `--metrics-addr` serves everything, `--healthz-port`
+/// only /healthz and /readyz (as flanneld), unless both name the same address.
+async fn bind_endpoints(opts: &RunOptions) -> Result<Vec<Endpoint>, HostError> {
+    let mut want: BTreeMap<SocketAddr, bool> = BTreeMap::new();
+    if opts.healthz_port != 0 {
+        want.insert(SocketAddr::new(opts.healthz_ip, opts.healthz_port), false);
+    }
+    if let Some(a) = opts.metrics_addr {
+        want.insert(a, true);
+    }
+    let mut out = Vec::new();
+    for (addr, with_metrics) in want {
+        let listener = metrics::bind(addr).await.map_err(|error| HostError::Endpoint { addr, error })?;
+        out.push(Endpoint { listener, with_metrics });
+    }
+    Ok(out)
+}
+
+fn tun_error(what: &'static str, name: &str, error: std::io::Error) -> HostError {
+    let hint = match error.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => " (needs CAP_NET_ADMIN: run weft as root)",
+        Some(libc::EINVAL | libc::EBUSY) => {
+            " (a device of that name exists with other flags or is in use, e.g. a persistent TUN of another --mode or --threads, or another weft: delete it or choose --tun-name)"
+        }
+        Some(libc::ENOENT | libc::ENODEV) => " (/dev/net/tun is missing: modprobe tun)",
+        _ if error.kind() == std::io::ErrorKind::InvalidInput => " (at most 15 characters, no '/', ':' or spaces)",
+        _ => "",
+    };
+    HostError::Tun { what, name: name.to_string(), hint, error }
+}
+
+/// Binds each worker's sockets. The first bind of the port is a plain one, so that a second
+/// weft on this host fails here rather than quietly joining a `SO_REUSEPORT` group.
+fn bind_sockets(local: SocketAddr, workers: usize) -> Result<Vec<WorkerSockets>, HostError> {
+    let udp_err = |hint, error| HostError::Udp { addr: local, hint, error };
+    let multi = workers > 1;
+    if multi {
+        drop(udp::bind(local).map_err(|e| udp_err(" (is another weft running?)", e))?);
+    }
+    let mut out = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let rx = udp::bind_with(local, multi).map_err(|e| udp_err(" (is another weft running?)", e))?;
+        let tx = if multi {
+            udp::bind(SocketAddr::new(local.ip(), 0)).map_err(|e| udp_err(" (a worker's sending socket)", e))?
+        } else {
+            rx.try_clone().map_err(|e| udp_err(" (duplicating the socket)", e))?
+        };
+        out.push(WorkerSockets { rx, tx });
+    }
+    Ok(out)
+}
+
+/// Opens the TUN's first queue and decides the engine: `auto` takes offload where the device
+/// accepts TSO, else batched.
+fn open_first_queue(choice: EngineChoice, name: &str, multi: bool) -> Result<(Tun, Mode), HostError> {
+    // batched writes coalesced runs, so its TUN carries a virtio_net_hdr too (but no offloads).
+    let vnet_hdr = matches!(choice, EngineChoice::Auto | EngineChoice::Batched | EngineChoice::Offload);
+    let tun = Tun::open_with(name, vnet_hdr, multi).map_err(|e| tun_error("creating TUN device", name, e))?;
+    let mode = match choice.fixed() {
+        Some(Mode::Offload) => {
+            let uso = set_tun_offloads(&tun).map_err(|e| HostError::Tun {
+                what: "enabling TSO (TUNSETOFFLOAD) on",
+                name: name.to_string(),
+                hint: " (use --mode batched or auto on this kernel)",
+                error: e,
+            })?;
+            log_uso(name, uso);
+            Mode::Offload
+        }
+        Some(mode) => {
+            tracing::info!(engine = mode.name(), "engine: {} (--mode)", mode.name());
+            mode
+        }
+        None => match set_tun_offloads(&tun) {
+            Ok(uso) => {
+                tracing::info!(engine = "offload", "engine: offload (--mode auto: the TUN device accepts TSO)");
+                log_uso(name, uso);
+                Mode::Offload
+            }
+            Err(e) => {
+                tracing::info!(engine = "batched", "engine: batched (--mode auto: the TUN device refused TSO: {e})");
+                Mode::Batched
+            }
+        },
+    };
+    Ok((tun, mode))
+}
+
+fn log_uso(name: &str, uso: bool) {
+    if !uso {
+        tracing::info!(
+            "{name}: this kernel has no USO on TUN devices (Linux < 6.2); it cuts UDP GSO packets before weft reads them"
+        );
+    }
+}
+
+/// Binds the backend's port and opens the TUN queues, and picks the engine.
+fn open_userspace(opts: &RunOptions, cfg: &NetConfig, public_ip: Ipv4Addr) -> Result<UserspaceIo, HostError> {
+    let workers = usize::from(opts.threads);
+    let name = opts.tun_name.clone().unwrap_or_else(|| match cfg.backend.kind {
+        BackendType::Vxlan => format!("weft.{}", cfg.backend.vni),
+        _ => "flannel0".to_string(),
+    });
+    let local = SocketAddr::new(public_ip.into(), cfg.backend.port);
+    // The port first: it is what a second weft on this host collides on.
+    let sockets = bind_sockets(local, workers)?;
+    let (first, mode) = open_first_queue(opts.mode, &name, workers > 1)?;
+    if mode == Mode::Offload {
+        for s in &sockets {
+            udp::enable_gro(&s.rx).map_err(|error| HostError::Udp {
+                addr: local,
+                hint: " (enabling UDP_GRO)",
+                error,
+            })?;
+        }
+    }
+    let vnet_hdr = matches!(mode, Mode::Batched | Mode::Offload);
+    let mut queues = vec![first];
+    for _ in 1..workers {
+        queues.push(Tun::open_with(&name, vnet_hdr, true).map_err(|e| tun_error("adding a queue to TUN", &name, e))?);
+    }
+    Ok(UserspaceIo { mode, queues, sockets })
+}
+
+/// Checks and claims what this host needs, before any lease is taken.
+pub async fn prepare(opts: &RunOptions, cfg: &NetConfig) -> Result<Prepared, HostError> {
+    let nl = Netlink::connect()?;
+    let underlay = nl.underlay(opts.iface.as_deref(), opts.public_ip).await?;
+    check_public_ip(underlay.addr, &underlay.name)?;
+    let mtu = mtu_for(cfg, &underlay)?;
+    prepare_subnet_dir(&opts.subnet_file)?;
+    let kernel = cfg.backend.kind == BackendType::HostGw || opts.dataplane == Dataplane::Kernel;
+    if kernel && cfg.backend.kind == BackendType::Udp {
+        return Err(HostError::Unsupported("the udp backend has no kernel data path (use --dataplane userspace)"));
+    }
+    let endpoints = bind_endpoints(opts).await?;
+    let userspace = if kernel { None } else { Some(open_userspace(opts, cfg, underlay.addr)?) };
+    let dataplane = match &userspace {
+        Some(u) => format!("userspace/{}", u.mode.name()),
+        None => "kernel".to_string(),
+    };
+    let workers = userspace.as_ref().map_or(1, |u| u.queues.len());
+    let metrics = Arc::new(MetricsState {
+        counters: Arc::new(CounterSet::new(workers)),
+        peers: Arc::new(ArcSwap::from_pointee(PeerTable::default())),
+        ready: Default::default(),
+        lease_expiry: Default::default(),
+        dataplane,
+        tun: userspace.as_ref().map(|u| u.tun_name().to_string()),
+    });
+    for e in endpoints {
+        tokio::spawn(metrics::serve(e, metrics.clone()));
+    }
+    Ok(Prepared { nl, underlay, mtu, userspace, metrics })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_ips_no_peer_can_reach_are_refused() {
+        for ip in ["127.0.0.1", "0.0.0.0", "224.0.0.5", "255.255.255.255"] {
+            let e = check_public_ip(ip.parse().unwrap(), "x").unwrap_err().to_string();
+            assert!(e.contains(ip) && e.contains("--iface"), "{e}");
+        }
+        assert!(check_public_ip(Ipv4Addr::new(198, 18, 0, 1), "x").is_ok());
+    }
+
+    #[test]
+    fn subnet_dir_is_created() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("a/b/subnet.env");
+        prepare_subnet_dir(&f).unwrap();
+        assert!(d.path().join("a/b").is_dir());
+        assert_eq!(std::fs::read_dir(d.path().join("a/b")).unwrap().count(), 0, "the check leaves nothing");
+        std::fs::write(d.path().join("file"), "").unwrap();
+        let e = prepare_subnet_dir(&d.path().join("file/subnet.env")).unwrap_err().to_string();
+        assert!(e.contains("--subnet-file"), "{e}");
+    }
+}
