@@ -112,8 +112,10 @@ fn restart_after_a_crash_removes_stale_routes_and_adds_no_duplicates() {
     let mut c = cluster("hgwcrash", r#"{"Type":"host-gw"}"#, &[]);
     let h1 = c.topo.hosts[0].clone();
     assert_eq!(weft_routes(&h1.ns), vec!["100.96.2.0/24 via 198.18.0.2 dev eth0 "]);
-    // A crash leaves the route behind; while weft is down host 2's lease goes and another comes.
+    // A crash leaves the route behind; while weft is down host 2 leaves (a running host 2 would
+    // take its deleted lease again at once) and another host's lease comes.
     c.procs[0].kill_hard();
+    c.procs[1].stop(Duration::from_secs(5)).unwrap();
     std::fs::remove_file(c.registry.path().join("subnets/100.96.2.0-24")).unwrap();
     write_lease(&c, "100.96.3.0-24", r#"{"PublicIP":"198.18.0.3","PublicIPv6":null,"BackendType":"host-gw"}"#);
     assert_eq!(weft_routes(&h1.ns).len(), 1, "the crash left its route");

@@ -21,10 +21,14 @@ struct Exit {
 }
 
 impl Exit {
-    /// The one `weft: error:` line.
+    /// The one `weft: error:` line. It says each cause once, and a log that is not a
+    /// terminal carries no colour codes.
     fn error_line(&self) -> String {
         let lines: Vec<&str> = self.stderr.lines().filter(|l| l.starts_with("weft: error:")).collect();
         assert_eq!(lines.len(), 1, "want one error line:\n{}", self.stderr);
+        let parts: Vec<&str> = lines[0].split(": ").collect();
+        assert!(parts.windows(2).all(|w| w[0] != w[1]), "a cause said twice: {}", lines[0]);
+        assert!(!self.stderr.contains('\x1b'), "colour codes in a log file:\n{}", self.stderr);
         lines[0].to_string()
     }
 }
@@ -159,6 +163,21 @@ fn nonsense_config_fails_before_anything_is_written() {
         let e = run_weft(&c, &[], &[]);
         assert_failed_clean(&c, &e, want);
     }
+}
+
+#[test]
+fn the_subnet_file_directory_is_created_as_flanneld_does() {
+    let c = bare("envdir", r#"{"Type":"udp"}"#);
+    let env = c.registry.path().join("run/flannel/subnet.env");
+    let mut child = spawn_weft(&c, &[], &["--subnet-file", env.to_str().unwrap()]);
+    assert!(eventually(Duration::from_secs(10), || env.exists()), "not ready");
+    assert!(std::fs::read_to_string(&env).unwrap().contains("FLANNEL_SUBNET=100.96."));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
 }
 
 #[test]

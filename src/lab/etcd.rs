@@ -19,6 +19,8 @@ pub struct Etcd {
     pub dir: tempfile::TempDir,
     /// Its client URL.
     pub url: String,
+    /// Global flags of every `etcdctl` this member runs (credentials once auth is on).
+    ctl_flags: Vec<String>,
 }
 
 impl Etcd {
@@ -45,7 +47,7 @@ impl Etcd {
         ];
         args.extend_from_slice(extra);
         let url = client.split(',').next().unwrap_or(&client).to_string();
-        let mut e = Self { child: None, args, ns: ns.map(str::to_string), dir, url };
+        let mut e = Self { child: None, args, ns: ns.map(str::to_string), dir, url, ctl_flags: Vec::new() };
         e.spawn()?;
         Ok(e)
     }
@@ -142,6 +144,31 @@ impl Etcd {
         self.spawn()
     }
 
+    /// Kills the member, deletes its data, and starts it empty (an etcd restored from nothing).
+    pub fn wipe(&mut self) -> std::io::Result<()> {
+        self.kill();
+        std::fs::remove_dir_all(self.dir.path().join("data"))?;
+        self.ctl_flags.clear();
+        self.spawn()
+    }
+
+    /// Adds user `root` with `password` and turns authentication on; later `etcdctl` calls of
+    /// this member authenticate as root.
+    pub fn enable_auth(&mut self, password: &str) -> std::io::Result<()> {
+        for args in [&["user", "add", &format!("root:{password}")][..], &["auth", "enable"][..]] {
+            let o = self.ctl(args);
+            if !o.status.success() {
+                return Err(std::io::Error::other(format!(
+                    "etcdctl {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&o.stderr)
+                )));
+            }
+        }
+        self.ctl_flags = vec![format!("--user=root:{password}")];
+        Ok(())
+    }
+
     /// Its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
@@ -152,7 +179,7 @@ impl Etcd {
         self.ctl_with(&[], args)
     }
 
-    /// Runs etcdctl with extra global flags.
+    /// Runs etcdctl with extra global flags (and the credentials, once auth is on).
     pub fn ctl_with(&self, flags: &[String], args: &[&str]) -> Output {
         let mut cmd = match &self.ns {
             Some(ns) => {
@@ -164,6 +191,7 @@ impl Etcd {
         };
         cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.url))
+            .args(&self.ctl_flags)
             .args(flags)
             .args(args)
             .output()

@@ -4,7 +4,7 @@
 //! TUN kept with `--persist-tun`.
 
 use super::options::RunOptions;
-use super::prepare::{Prepared, UserspaceIo};
+use super::prepare::{HostError, Prepared, UserspaceIo, UserspaceSpec};
 use crate::control::kernel::{KernelBackend, KernelDataplane, remove_stale_routes};
 use crate::control::metrics::MetricsState;
 use crate::control::netlink::{Netlink, NetlinkError, OwnedRoute, Underlay, VxlanDevice, sysctl};
@@ -39,6 +39,42 @@ pub enum SetupError {
     /// An engine could not be started.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The TUN could not be made again after it was deleted.
+    #[error(transparent)]
+    Reopen(HostError),
+}
+
+/// What the engines run with, from the flags, the config and the lease.
+fn engine_params(
+    spec: &UserspaceSpec,
+    opts: &RunOptions,
+    cfg: &NetConfig,
+    lease: &Lease,
+    mtu: u32,
+) -> Result<EngineParams, SetupError> {
+    let encap = match cfg.backend.kind {
+        BackendType::Vxlan => {
+            let mac = lease.attrs.vxlan_data().map(|d| d.vtep_mac).ok_or(SetupError::NoVtepMac)?;
+            Encap::Vxlan { vni: cfg.backend.vni, mac }
+        }
+        _ => Encap::Udp,
+    };
+    let subnet = lease.key.v4;
+    let forwarder = Forwarder {
+        encap,
+        subnet,
+        tun_addr: subnet.network(),
+        check_inner_src: !opts.allow_foreign_src,
+        mtu: usize::try_from(mtu).unwrap_or(usize::MAX),
+    };
+    Ok(EngineParams {
+        spec: spec.clone(),
+        forwarder,
+        mtu,
+        tun_queue_len: opts.tun_queue_len,
+        persist: opts.persist_tun,
+        udp_gso: !opts.no_udp_gso,
+    })
 }
 
 /// The kernel-side state kept in step with the peers: the main kernel path (host-gw or kernel
@@ -111,16 +147,35 @@ struct Engines {
     done: mpsc::UnboundedReceiver<Result<(), EngineError>>,
 }
 
+impl Engines {
+    /// Asks every worker to stop and waits for them.
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+/// What the userspace engines run with, kept to start them again on a new TUN.
+struct EngineParams {
+    spec: UserspaceSpec,
+    forwarder: Forwarder,
+    mtu: u32,
+    tun_queue_len: u32,
+    persist: bool,
+    udp_gso: bool,
+}
+
 /// The data path of a node holding a lease.
 pub struct DataPath {
     nl: Netlink,
     network: Ipv4Net,
     kernel: KernelPaths,
+    params: Option<EngineParams>,
     tun: Option<TunDevice>,
     engines: Option<Engines>,
     metrics: Arc<MetricsState>,
-    /// Routes weft made for itself (the TUN's route to the whole network).
-    own_routes: Vec<OwnedRoute>,
 }
 
 impl DataPath {
@@ -138,13 +193,19 @@ impl DataPath {
             nl,
             network: cfg.network,
             kernel: KernelPaths::default(),
+            params: None,
             tun: None,
             engines: None,
             metrics,
-            own_routes: Vec::new(),
         };
         let set_up = match userspace {
-            Some(io) => dp.set_up_userspace(io, opts, cfg, lease, mtu).await,
+            Some(io) => match engine_params(&io.spec, opts, cfg, lease, mtu) {
+                Ok(params) => {
+                    dp.params = Some(params);
+                    dp.set_up_userspace(io).await
+                }
+                Err(e) => Err(e),
+            },
             None => dp.set_up_kernel(cfg, lease, &underlay, mtu).await,
         };
         let set_up = match set_up {
@@ -205,15 +266,11 @@ impl DataPath {
         Ok(())
     }
 
-    async fn set_up_userspace(
-        &mut self,
-        io: UserspaceIo,
-        opts: &RunOptions,
-        cfg: &NetConfig,
-        lease: &Lease,
-        mtu: u32,
-    ) -> Result<(), SetupError> {
-        let UserspaceIo { mode, queues, sockets } = io;
+    /// Sets up the TUN of `io` (persistence, address, MTU, queue, route) and starts one engine
+    /// per queue.
+    async fn set_up_userspace(&mut self, io: UserspaceIo) -> Result<(), SetupError> {
+        let Some(p) = self.params.as_ref() else { return Ok(()) };
+        let UserspaceIo { mode, queues, sockets, spec: _ } = io;
         let first = &queues[0];
         let name = first.name().to_string();
         let index = self
@@ -222,64 +279,75 @@ impl DataPath {
             .await?
             .ok_or_else(|| SetupError::Netlink(NetlinkError::NotFound(format!("TUN {name} has no link index"))))?;
         self.tun = Some(TunDevice { index, name: name.clone(), persist: false });
-        first.set_persist(opts.persist_tun).map_err(|error| SetupError::Persist { name: name.clone(), error })?;
+        first.set_persist(p.persist).map_err(|error| SetupError::Persist { name: name.clone(), error })?;
         if let Some(t) = self.tun.as_mut() {
-            t.persist = opts.persist_tun;
+            t.persist = p.persist;
         }
         // The overlay is IPv4; router solicitations would only be counted drops.
         let _ = sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1");
         // Our ICMP errors come from the TUN's own address; let the kernel accept them.
         let _ = sysctl(&format!("net/ipv4/conf/{name}/accept_local"), "1");
-        let subnet = lease.key.v4;
-        let tun_addr = subnet.network();
-        self.nl.set_up(index, mtu, opts.tun_queue_len).await?;
-        self.nl.add_address(index, tun_addr, 32).await?;
-        self.nl.add_dev_route(cfg.network, index).await?;
-        self.own_routes.push(OwnedRoute { dst: cfg.network, gateway: None, oif: Some(index) });
-        let encap = match cfg.backend.kind {
-            BackendType::Vxlan => {
-                let mac = lease.attrs.vxlan_data().map(|d| d.vtep_mac).ok_or(SetupError::NoVtepMac)?;
-                Encap::Vxlan { vni: cfg.backend.vni, mac }
-            }
-            _ => Encap::Udp,
-        };
-        let forwarder = Forwarder {
-            encap,
-            subnet,
-            tun_addr,
-            check_inner_src: !opts.allow_foreign_src,
-            mtu: usize::try_from(mtu).unwrap_or(usize::MAX),
-        };
+        self.nl.set_up(index, p.mtu, p.tun_queue_len).await?;
+        self.nl.add_address(index, p.forwarder.tun_addr, 32).await?;
+        self.nl.add_dev_route(self.network, index).await?;
         let stop = Arc::new(AtomicBool::new(false));
         let (done_tx, done) = mpsc::unbounded_channel();
         let mut engines = Engines { stop: stop.clone(), threads: Vec::new(), done };
+        let mut spawned = Ok(());
         for (i, (tun, s)) in queues.into_iter().zip(sockets).enumerate() {
             let ctx = EngineContext {
                 tun,
                 socket: s.rx,
                 tx: s.tx,
-                forwarder: forwarder.clone(),
+                forwarder: p.forwarder.clone(),
                 peers: self.metrics.peers.clone(),
                 counters: self.metrics.counters.worker(i),
                 stop: stop.clone(),
-                udp_gso: !opts.no_udp_gso,
+                udp_gso: p.udp_gso,
             };
             match engine::spawn(mode, ctx, format!("weft-{}-{i}", mode.name()), done_tx.clone()) {
                 Ok(t) => engines.threads.push(t),
                 Err(e) => {
-                    self.engines = Some(engines);
-                    return Err(e.into());
+                    spawned = Err(e.into());
+                    break;
                 }
             }
         }
         self.engines = Some(engines);
-        Ok(())
+        spawned
+    }
+
+    /// True when the userspace path's TUN device is gone (deleted from outside).
+    async fn tun_gone(&self) -> bool {
+        match &self.tun {
+            Some(t) => matches!(self.nl.link_index(&t.name).await, Ok(i) if i != Some(t.index)),
+            None => false,
+        }
+    }
+
+    /// After an engine stopped: if the TUN was deleted from outside, every engine is stopped,
+    /// the TUN made again and the engines started on it. Returns whether that was the cause.
+    pub async fn revive_if_tun_gone(&mut self) -> Result<bool, SetupError> {
+        if !self.tun_gone().await {
+            return Ok(false);
+        }
+        let Some(spec) = self.params.as_ref().map(|p| p.spec.clone()) else { return Ok(false) };
+        tracing::warn!(tun = %spec.name, "the TUN device was deleted; making it again");
+        if let Some(e) = self.engines.take() {
+            e.stop().await;
+        }
+        self.tun = None;
+        let io = spec.open().map_err(SetupError::Reopen)?;
+        self.set_up_userspace(io).await?;
+        tracing::info!(tun = %spec.name, "the TUN device is back and forwarding");
+        Ok(true)
     }
 
     /// The routes weft should have for the current peers (to tell stale routes from ours).
     fn expected_routes(&self) -> Vec<OwnedRoute> {
-        let mut v = self.own_routes.clone();
-        v.extend(self.kernel.expected());
+        let mut v = self.kernel.expected();
+        // The TUN's route to the whole network.
+        v.extend(self.tun.iter().map(|t| OwnedRoute { dst: self.network, gateway: None, oif: Some(t.index) }));
         v
     }
 
@@ -289,9 +357,10 @@ impl DataPath {
         self.metrics.peers.store(Arc::new(PeerTable::new(userspace)));
     }
 
-    /// Puts back what someone else removed: the kernel VXLAN device and its entries, and weft's
-    /// routes.
-    pub async fn heal(&mut self, peers: &[Peer]) {
+    /// Puts back what someone else removed: the TUN device, the kernel VXLAN device and its
+    /// entries, and weft's routes.
+    pub async fn heal(&mut self, peers: &[Peer]) -> Result<(), SetupError> {
+        self.revive_if_tun_gone().await?;
         self.kernel.heal(peers).await;
         let expected = self.expected_routes();
         match self.nl.owned_routes().await {
@@ -305,6 +374,7 @@ impl DataPath {
             }
             Err(e) => tracing::warn!("checking weft's routes: {e}"),
         }
+        Ok(())
     }
 
     /// Resolves when an engine stops by itself (never for a kernel path).
@@ -321,10 +391,7 @@ impl DataPath {
     /// it was to persist).
     async fn remove(&mut self, failed_start: bool) {
         if let Some(e) = self.engines.take() {
-            e.stop.store(true, Ordering::Relaxed);
-            for t in e.threads {
-                let _ = tokio::task::spawn_blocking(move || t.join()).await;
-            }
+            e.stop().await;
         }
         self.kernel.teardown().await;
         if let Some(t) = self.tun.take().filter(|t| failed_start || !t.persist) {

@@ -193,11 +193,20 @@ impl<'a, R: Registry> Follower<'a, R> {
             tokio::select! {
                 sig = shutdown.wait() => return Ended::Signal(sig),
                 r = dp.engine_stopped() => {
-                    return Ended::Engine(r.err().unwrap_or(EngineError::Panicked("an engine returned".into())));
+                    let e = r.err().unwrap_or(EngineError::Panicked("an engine returned".into()));
+                    // A TUN deleted by hand stops the engines: make it again, as the kernel
+                    // path makes a deleted VXLAN device again.
+                    match dp.revive_if_tun_gone().await {
+                        Ok(true) => continue,
+                        Ok(false) => return Ended::Engine(e),
+                        Err(again) => tracing::warn!("{again}; trying again in {HEAL_EVERY:?}"),
+                    }
                 }
                 _ = tokio::time::sleep_until(renew_at) => renew_at = self.renew(&mut renew_backoff).await,
                 _ = heal.tick() => {
-                    dp.heal(&self.peers).await;
+                    if let Err(e) = dp.heal(&self.peers).await {
+                        tracing::warn!("{e}; trying again in {HEAL_EVERY:?}");
+                    }
                     if self.reclaim {
                         self.reclaim_lease().await;
                     }

@@ -126,6 +126,17 @@ pub enum EngineChoice {
     Uring,
 }
 
+impl From<Mode> for EngineChoice {
+    fn from(m: Mode) -> Self {
+        match m {
+            Mode::Naive => Self::Naive,
+            Mode::Batched => Self::Batched,
+            Mode::Offload => Self::Offload,
+            Mode::Uring => Self::Uring,
+        }
+    }
+}
+
 impl EngineChoice {
     /// The engine named, or None for `auto` (decided once the TUN is open).
     pub fn fixed(self) -> Option<Mode> {

@@ -105,6 +105,61 @@ pub struct UserspaceIo {
     pub queues: Vec<Tun>,
     /// The sockets, one pair per worker.
     pub sockets: Vec<WorkerSockets>,
+    /// How it was opened (with `auto` resolved), to open it again if the TUN is deleted.
+    pub spec: UserspaceSpec,
+}
+
+/// How the userspace data path's I/O is opened.
+#[derive(Debug, Clone)]
+pub struct UserspaceSpec {
+    /// The TUN device's name.
+    pub name: String,
+    /// PublicIP and the backend's port.
+    pub local: SocketAddr,
+    /// Workers (TUN queues, socket pairs).
+    pub workers: usize,
+    /// The engine asked for.
+    pub choice: EngineChoice,
+}
+
+impl UserspaceSpec {
+    /// The spec `weft run`'s flags and the config ask for.
+    pub fn new(opts: &RunOptions, cfg: &NetConfig, public_ip: Ipv4Addr) -> Self {
+        let name = opts.tun_name.clone().unwrap_or_else(|| match cfg.backend.kind {
+            BackendType::Vxlan => format!("weft.{}", cfg.backend.vni),
+            _ => "flannel0".to_string(),
+        });
+        Self {
+            name,
+            local: SocketAddr::new(public_ip.into(), cfg.backend.port),
+            workers: usize::from(opts.threads),
+            choice: opts.mode,
+        }
+    }
+
+    /// Binds the backend's port, opens the TUN queues, and picks the engine.
+    pub fn open(&self) -> Result<UserspaceIo, HostError> {
+        let (name, local, workers) = (&self.name, self.local, self.workers);
+        // The port first: it is what a second weft on this host collides on.
+        let sockets = bind_sockets(local, workers)?;
+        let (first, mode) = open_first_queue(self.choice, name, workers > 1)?;
+        if mode == Mode::Offload {
+            for s in &sockets {
+                udp::enable_gro(&s.rx).map_err(|error| HostError::Udp {
+                    addr: local,
+                    hint: " (enabling UDP_GRO)",
+                    error,
+                })?;
+            }
+        }
+        let vnet_hdr = matches!(mode, Mode::Batched | Mode::Offload);
+        let mut queues = vec![first];
+        for _ in 1..workers {
+            queues.push(Tun::open_with(name, vnet_hdr, true).map_err(|e| tun_error("adding a queue to TUN", name, e))?);
+        }
+        let spec = Self { choice: EngineChoice::from(mode), ..self.clone() };
+        Ok(UserspaceIo { mode, queues, sockets, spec })
+    }
 }
 
 impl UserspaceIo {
@@ -212,6 +267,24 @@ fn tun_error(what: &'static str, name: &str, error: std::io::Error) -> HostError
     HostError::Tun { what, name: name.to_string(), hint, error }
 }
 
+/// How long a start waits for the backend's port to come free: a weft killed a moment ago
+/// holds it until its last thread has exited, a few milliseconds after the process looks gone.
+const PORT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits up to [`PORT_GRACE`] for `local` to be free (a plain bind, released at once).
+async fn port_free(local: SocketAddr) -> Result<(), HostError> {
+    let since = std::time::Instant::now();
+    loop {
+        match udp::bind(local) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && since.elapsed() < PORT_GRACE => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(error) => return Err(HostError::Udp { addr: local, hint: " (is another weft running?)", error }),
+        }
+    }
+}
+
 /// Binds each worker's sockets. The first bind of the port is a plain one, so that a second
 /// weft on this host fails here rather than quietly joining a `SO_REUSEPORT` group.
 fn bind_sockets(local: SocketAddr, workers: usize) -> Result<Vec<WorkerSockets>, HostError> {
@@ -277,34 +350,6 @@ fn log_uso(name: &str, uso: bool) {
     }
 }
 
-/// Binds the backend's port and opens the TUN queues, and picks the engine.
-fn open_userspace(opts: &RunOptions, cfg: &NetConfig, public_ip: Ipv4Addr) -> Result<UserspaceIo, HostError> {
-    let workers = usize::from(opts.threads);
-    let name = opts.tun_name.clone().unwrap_or_else(|| match cfg.backend.kind {
-        BackendType::Vxlan => format!("weft.{}", cfg.backend.vni),
-        _ => "flannel0".to_string(),
-    });
-    let local = SocketAddr::new(public_ip.into(), cfg.backend.port);
-    // The port first: it is what a second weft on this host collides on.
-    let sockets = bind_sockets(local, workers)?;
-    let (first, mode) = open_first_queue(opts.mode, &name, workers > 1)?;
-    if mode == Mode::Offload {
-        for s in &sockets {
-            udp::enable_gro(&s.rx).map_err(|error| HostError::Udp {
-                addr: local,
-                hint: " (enabling UDP_GRO)",
-                error,
-            })?;
-        }
-    }
-    let vnet_hdr = matches!(mode, Mode::Batched | Mode::Offload);
-    let mut queues = vec![first];
-    for _ in 1..workers {
-        queues.push(Tun::open_with(&name, vnet_hdr, true).map_err(|e| tun_error("adding a queue to TUN", &name, e))?);
-    }
-    Ok(UserspaceIo { mode, queues, sockets })
-}
-
 /// Checks and claims what this host needs, before any lease is taken.
 pub async fn prepare(opts: &RunOptions, cfg: &NetConfig) -> Result<Prepared, HostError> {
     let nl = Netlink::connect()?;
@@ -317,7 +362,14 @@ pub async fn prepare(opts: &RunOptions, cfg: &NetConfig) -> Result<Prepared, Hos
         return Err(HostError::Unsupported("the udp backend has no kernel data path (use --dataplane userspace)"));
     }
     let endpoints = bind_endpoints(opts).await?;
-    let userspace = if kernel { None } else { Some(open_userspace(opts, cfg, underlay.addr)?) };
+    let userspace = match kernel {
+        true => None,
+        false => {
+            let spec = UserspaceSpec::new(opts, cfg, underlay.addr);
+            port_free(spec.local).await?;
+            Some(spec.open()?)
+        }
+    };
     let dataplane = match &userspace {
         Some(u) => format!("userspace/{}", u.mode.name()),
         None => "kernel".to_string(),

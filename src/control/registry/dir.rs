@@ -5,10 +5,11 @@
 //! several weft processes can share one directory. A lease's expiry is its file's mtime plus the
 //! TTL it was written with (24 h), which renewal pushes forward.
 //!
-//! A watch wakes on inotify events of `subnets/` and re-reads the directory then, and every
-//! [`RESCAN_EVERY`] in any case: leases lapse by the clock, not by an event, and a network
-//! filesystem sends no events for other hosts' writes. An idle weft thus reads a directory of
-//! thousands of leases once per rescan, not five times a second.
+//! A watch re-reads the directory when inotify reports a change in `subnets/`; when the
+//! directory's own mtime moved (checked every [`RESCAN_EVERY`]: a network filesystem sends no
+//! events for other hosts' writes, but its renames move the mtime); when a listed lease lapses
+//! (leases lapse by the clock, not by an event); and every [`FULL_RESCAN`] in any case. An idle
+//! weft with thousands of leases thus stats one directory every few seconds.
 
 use super::{LEASE_TTL, Lease, Registry, RegistryError};
 use crate::control::said::SaidOnce;
@@ -16,14 +17,17 @@ use crate::dataplane::sys::poll::wait_readable;
 use crate::proto::lease::{LeaseAttrs, SubnetKey};
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-/// How often a watch re-reads the directory without an event.
+/// How often a watch checks the directory's mtime.
 pub const RESCAN_EVERY: Duration = Duration::from_secs(5);
+/// How often a watch re-reads every lease without a reason to.
+pub const FULL_RESCAN: Duration = Duration::from_secs(60);
 /// How often it re-reads when inotify cannot be had (the instance limit reached, say).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -31,15 +35,54 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 #[derive(Debug, Clone)]
 pub struct DirRegistry {
     root: PathBuf,
-    /// The inotify instance of the watch (made by the first watch; kept between calls, so that
-    /// no event falls between two of them). None inside: inotify could not be had.
-    events: std::sync::Arc<tokio::sync::Mutex<Option<Option<std::sync::Arc<Inotify>>>>>,
-    /// Unreadable lease files, each said once (the directory is re-read five times a second).
+    /// What a watch keeps between calls (the daemon drops a waiting watch whenever another
+    /// of its timers fires, and calls again).
+    watch: std::sync::Arc<tokio::sync::Mutex<Option<WatchState>>>,
+    /// Unreadable lease files, each said once.
     said: std::sync::Arc<SaidOnce>,
+    /// Each lease file as last read, so that an unchanged one is not read and parsed again.
+    parsed: std::sync::Arc<std::sync::Mutex<HashMap<SubnetKey, Parsed>>>,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RegistryError + 'a {
     move |error| RegistryError::Io { op, path: path.to_path_buf(), error }
+}
+
+/// A watch's state: the inotify instance (kept, so that no event falls between two calls), and
+/// the last listing with its time (reused while no event came and it is younger than
+/// [`RESCAN_EVERY`]).
+#[derive(Debug)]
+struct WatchState {
+    /// None: inotify could not be had, and the directory is read every [`POLL_INTERVAL`].
+    inotify: Option<std::sync::Arc<Inotify>>,
+    listed: Option<Listing>,
+}
+
+/// One reading of the directory.
+#[derive(Debug)]
+struct Listing {
+    at: std::time::Instant,
+    /// `subnets/`'s mtime when it was read.
+    dir_mtime: Option<SystemTime>,
+    leases: Vec<Lease>,
+}
+
+impl Listing {
+    /// Whether the directory must be read again (no events came since this reading).
+    fn stale(&self, dir_mtime: Option<SystemTime>) -> bool {
+        let now = SystemTime::now();
+        self.at.elapsed() >= FULL_RESCAN
+            || dir_mtime != self.dir_mtime
+            || self.leases.iter().any(|l| l.expires.is_some_and(|e| e <= now))
+    }
+}
+
+/// A lease file as last read: what identifies its contents (inode, size, mtime), and its value
+/// (None: it did not parse).
+#[derive(Debug, Clone)]
+struct Parsed {
+    stamp: (u64, u64, SystemTime),
+    attrs: Option<LeaseAttrs>,
 }
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -74,7 +117,7 @@ impl DirRegistry {
         }
         let subnets = root.join("subnets");
         fs::create_dir_all(&subnets).map_err(io_err("creating", &subnets))?;
-        Ok(Self { root, events: Default::default(), said: Default::default() })
+        Ok(Self { root, watch: Default::default(), said: Default::default(), parsed: Default::default() })
     }
 
     fn subnets(&self) -> PathBuf {
@@ -92,37 +135,50 @@ impl DirRegistry {
         })
     }
 
-    fn read_lease(&self, path: &Path, key: SubnetKey) -> Option<Lease> {
+    /// The lease in file `path`; a file unchanged since it was last read (same inode, size and
+    /// mtime: every write replaces the file or changes its mtime) is not read again.
+    fn read_lease(&self, path: &Path, key: SubnetKey, seen: &mut HashMap<SubnetKey, Parsed>) -> Option<Lease> {
+        use std::os::unix::fs::MetadataExt;
         let meta = fs::metadata(path).ok()?;
-        let text = fs::read_to_string(path).ok()?;
-        let attrs = match LeaseAttrs::parse(&text) {
-            Ok(a) => a,
-            Err(e) => {
-                if self.said.first(&format!("{} {e}", path.display())) {
-                    tracing::warn!(path = %path.display(), "skipping lease: {e}");
-                }
-                return None;
+        let modified = meta.modified().ok()?;
+        let stamp = (meta.ino(), meta.len(), modified);
+        let attrs = match self.parsed.lock().ok().and_then(|p| p.get(&key).cloned()) {
+            Some(p) if p.stamp == stamp => p.attrs,
+            _ => {
+                let text = fs::read_to_string(path).ok()?;
+                LeaseAttrs::parse(&text)
+                    .map_err(|e| {
+                        if self.said.first(&format!("{} {e}", path.display())) {
+                            tracing::warn!(path = %path.display(), "skipping lease: {e}");
+                        }
+                    })
+                    .ok()
             }
         };
-        let expires = meta.modified().ok().map(|m| m + LEASE_TTL);
-        Some(Lease { key, attrs, expires })
+        seen.insert(key, Parsed { stamp, attrs: attrs.clone() });
+        Some(Lease { key, attrs: attrs?, expires: Some(modified + LEASE_TTL) })
     }
 
     fn list(&self) -> Result<Vec<Lease>, RegistryError> {
         let dir = self.subnets();
         let now = SystemTime::now();
         let mut out = Vec::new();
+        let mut seen = HashMap::new();
         for entry in fs::read_dir(&dir).map_err(io_err("reading", &dir))? {
             let Ok(entry) = entry else { continue };
             let name = entry.file_name();
             let Some(key) = name.to_str().and_then(|n| n.parse::<SubnetKey>().ok()) else {
                 continue; // flannel ignores keys that are not lease keys
             };
-            if let Some(l) = self.read_lease(&entry.path(), key)
+            if let Some(l) = self.read_lease(&entry.path(), key, &mut seen)
                 && l.expires.is_none_or(|e| e > now)
             {
                 out.push(l);
             }
+        }
+        // What is no longer in the directory is forgotten.
+        if let Ok(mut p) = self.parsed.lock() {
+            *p = seen;
         }
         out.sort_by_key(|l| l.key);
         Ok(out)
@@ -137,6 +193,7 @@ impl DirRegistry {
                 | AddWatchFlags::IN_MOVED_TO
                 | AddWatchFlags::IN_MOVED_FROM
                 | AddWatchFlags::IN_CLOSE_WRITE
+                | AddWatchFlags::IN_MODIFY
                 | AddWatchFlags::IN_ATTRIB;
             i.add_watch(&dir, what).map(|_| i)
         });
@@ -199,21 +256,34 @@ impl Registry for DirRegistry {
     }
 
     async fn watch_leases(&self, known: &[Lease]) -> Result<Vec<Lease>, RegistryError> {
-        let mut events = self.events.lock().await;
-        let events = events.get_or_insert_with(|| self.inotify());
+        let mut guard = self.watch.lock().await;
+        let st = guard.get_or_insert_with(|| WatchState { inotify: self.inotify(), listed: None });
         loop {
-            // What is queued now is covered by the listing below.
-            if let Some(fd) = events.as_ref() {
-                while fd.read_events().is_ok() {}
+            // Events queued now are covered by the listing below.
+            let mut events = false;
+            if let Some(fd) = st.inotify.as_ref() {
+                while fd.read_events().is_ok() {
+                    events = true;
+                }
             }
-            let now = self.list()?;
+            let dir_mtime = fs::metadata(self.subnets()).and_then(|m| m.modified()).ok();
+            let rescan = match (&st.inotify, &st.listed) {
+                (Some(_), Some(l)) => events || l.stale(dir_mtime),
+                _ => true,
+            };
+            if rescan {
+                let leases = self.list()?;
+                st.listed = Some(Listing { at: std::time::Instant::now(), dir_mtime, leases });
+            }
+            let Some(listed) = st.listed.as_ref() else { continue };
+            let now = &listed.leases;
             // Expiry moves on every renewal; a change is a change of keys or values.
             let same =
                 now.len() == known.len() && now.iter().zip(known).all(|(a, b)| a.key == b.key && a.attrs == b.attrs);
             if !same {
-                return Ok(now);
+                return Ok(now.clone());
             }
-            match events.as_ref() {
+            match st.inotify.as_ref() {
                 Some(fd) => {
                     // A blocking wait on a pool thread: if this watch is dropped meanwhile, the
                     // thread returns by itself within RESCAN_EVERY.
@@ -291,5 +361,32 @@ mod tests {
         write_atomic(&p, br#"{"PublicIP":"198.18.0.4","PublicIPv6":null}"#).unwrap();
         let got = tokio::time::timeout(Duration::from_secs(2), w).await.unwrap().unwrap().unwrap();
         assert_eq!(got.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn watch_sees_a_write_in_place_and_a_lapse_without_polling() {
+        let d = tempfile::tempdir().unwrap();
+        let r = DirRegistry::open(d.path()).unwrap();
+        let p = d.path().join("subnets/100.96.4.0-24");
+        write_atomic(&p, br#"{"PublicIP":"198.18.0.4","PublicIPv6":null}"#).unwrap();
+        let known = r.leases().await.unwrap();
+        // The same length, written in place: a value read before must not be reused.
+        let w = tokio::spawn({
+            let (r, known) = (r.clone(), known.clone());
+            async move { r.watch_leases(&known).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        fs::write(&p, br#"{"PublicIP":"198.18.0.5","PublicIPv6":null}"#).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(2), w).await.unwrap().unwrap().unwrap();
+        assert_eq!(got[0].attrs.public_ip, Ipv4Addr::new(198, 18, 0, 5));
+        // A lease that lapses while nothing happens (written 24 h less a second ago) goes at
+        // the next mtime check, with no event.
+        let f = File::options().write(true).open(&p).unwrap();
+        f.set_modified(SystemTime::now() - LEASE_TTL + Duration::from_secs(1)).unwrap();
+        drop(f);
+        let known = r.leases().await.unwrap();
+        assert_eq!(known.len(), 1);
+        let got = tokio::time::timeout(RESCAN_EVERY * 2, r.watch_leases(&known)).await.unwrap().unwrap();
+        assert!(got.is_empty(), "{got:?}");
     }
 }
