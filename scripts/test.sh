@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/prereqs.sh
 weft_require_root scripts/test.sh
-weft_apt_install "${WEFT_BUILD_PACKAGES[@]}" iproute2 iputils-ping ethtool procps etcd-server etcd-client openssl
+weft_apt_install "${WEFT_BUILD_PACKAGES[@]}" iproute2 iputils-ping ethtool procps etcd-server etcd-client openssl \
+  nftables iptables containernetworking-plugins util-linux
 weft_find_cargo
 
 [ -c /dev/net/tun ] || { echo "scripts/test.sh: /dev/net/tun is missing (modprobe tun)" >&2; exit 1; }

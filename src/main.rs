@@ -20,9 +20,17 @@ enum Cmd {
     Run(Box<weft::control::daemon::RunOptions>),
     /// Measure every data path side by side in network namespaces (needs root).
     Lab(weft::lab::LabOptions),
+    /// The flannel CNI plugin (type "flannel"): CNI_COMMAND and friends in the environment, the
+    /// network configuration on stdin. The weft binary invoked as `flannel` is this command.
+    Cni,
 }
 
 fn main() -> ExitCode {
+    // A symlink named `flannel` in a CNI bin dir makes this binary flannel's CNI plugin.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name().is_some_and(|n| n == "flannel") {
+        return weft::control::cni::main();
+    }
     // First thing: a SIGTERM or SIGINT waits for the handler of `weft run` (or `weft lab`)
     // instead of killing the process half-way through a write.
     let _ = weft::control::daemon::signals::block();
@@ -57,6 +65,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Run(o) => weft::control::daemon::run(*o),
         Cmd::Lab(o) => weft::lab::run(o),
+        Cmd::Cni => {
+            // The delegate it starts inherits the signal mask.
+            let _ = weft::control::daemon::signals::unblock();
+            return weft::control::cni::main();
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,6 +23,9 @@ pub enum KernelBackend {
         index: u32,
         /// Its address (lease subnet's network address, /32).
         addr: Ipv4Addr,
+        /// This weft made it (rather than adopting one that was there): a start that fails
+        /// removes only what it made.
+        created: bool,
     },
 }
 
@@ -39,12 +42,29 @@ impl KernelDataplane {
         Self { nl, backend, installed: Vec::new() }
     }
 
-    /// Creates the VXLAN device (replacing a stale one) with its address, and returns the
-    /// backend for it.
+    /// The VXLAN device with its address: an existing one of that name with our VNI, port
+    /// and local address is adopted as it is (a restarted weft, or flanneld before it, left it
+    /// forwarding), any other is replaced, saying why.
     pub async fn vxlan(nl: &Netlink, device: VxlanDevice, addr: Ipv4Addr) -> Result<KernelBackend, NetlinkError> {
-        let index = nl.create_vxlan(&device).await?;
+        let existing = nl.existing_link(&device.name).await?;
+        let adopt = match existing.as_ref().map(|l| (l, l.mismatch(&device))) {
+            Some((l, None)) => Some((l.index, l.mac)),
+            Some((_, Some(why))) => {
+                tracing::warn!(device = %device.name, "replacing the existing device: {why}");
+                None
+            }
+            None => None,
+        };
+        let (index, created) = match adopt {
+            Some((index, mac)) => {
+                tracing::info!(device = %device.name, index, "adopting the existing VXLAN device (same VNI, port and local address)");
+                nl.set_vxlan_up(index, &device, mac).await?;
+                (index, false)
+            }
+            None => (nl.create_vxlan(&device).await?, true),
+        };
         nl.add_address(index, addr, 32).await?;
-        Ok(KernelBackend::Vxlan { device, index, addr })
+        Ok(KernelBackend::Vxlan { device, index, addr, created })
     }
 
     /// The VXLAN device's index, if this is a VXLAN path.
@@ -135,7 +155,7 @@ impl KernelDataplane {
     /// Returns whether the device was re-created.
     pub async fn heal(&mut self, peers: &[Peer]) -> Result<bool, NetlinkError> {
         let mut recreated = false;
-        if let KernelBackend::Vxlan { device, index, addr } = &self.backend
+        if let KernelBackend::Vxlan { device, index, addr, .. } = &self.backend
             && self.nl.link_index(&device.name).await? != Some(*index)
         {
             tracing::warn!(device = %device.name, "VXLAN device is gone; re-creating it");
@@ -150,11 +170,12 @@ impl KernelDataplane {
         Ok(recreated)
     }
 
-    /// Removes everything this path installed (and the VXLAN device).
+    /// Removes everything this path installed, and the VXLAN device if this weft made it:
+    /// what a start that fails does. A clean exit leaves the kernel forwarding, as flanneld.
     pub async fn teardown(&mut self) {
         self.sync(&[]).await;
-        if let Some(idx) = self.device_index() {
-            let _ = self.nl.delete_link(idx).await;
+        if let KernelBackend::Vxlan { index, created: true, .. } = &self.backend {
+            let _ = self.nl.delete_link(*index).await;
         }
     }
 }

@@ -85,8 +85,8 @@ pub async fn acquire<R: Registry>(
     match p {
         Plan::Reuse(own) => {
             let attrs = attrs_for(Some(&own.attrs));
-            reg.renew_lease(&own.key, &attrs, LEASE_TTL).await?;
-            tracing::info!(subnet = %own.key.v4, "reusing our lease");
+            reg.renew_lease(&own.key, &attrs, own.ttl()).await?;
+            tracing::info!(subnet = %own.key.v4, reserved = own.reserved, "reusing our lease");
             Ok(Acquired { lease: Lease { attrs, ..own }, created: false })
         }
         Plan::Create(order) => {
@@ -95,7 +95,8 @@ pub async fn acquire<R: Registry>(
                 let key = SubnetKey::v4(subnet);
                 if reg.create_lease(&key, &attrs, LEASE_TTL).await? {
                     tracing::info!(%subnet, "acquired a new lease");
-                    return Ok(Acquired { lease: Lease { key, attrs, expires: None }, created: true });
+                    let lease = Lease { key, attrs, expires: None, reserved: false };
+                    return Ok(Acquired { lease, created: true });
                 }
                 tracing::debug!(%subnet, "lost the race for a subnet, trying the next");
             }
@@ -183,7 +184,12 @@ mod tests {
     }
 
     fn lease(net: &str, ip: [u8; 4]) -> Lease {
-        Lease { key: SubnetKey::v4(net.parse().unwrap()), attrs: LeaseAttrs::udp(ip.into()), expires: None }
+        Lease {
+            key: SubnetKey::v4(net.parse().unwrap()),
+            attrs: LeaseAttrs::udp(ip.into()),
+            expires: None,
+            reserved: false,
+        }
     }
 
     fn rng() -> rand::rngs::StdRng {
@@ -235,6 +241,7 @@ mod tests {
             key: SubnetKey::v4(net.parse().unwrap()),
             attrs: LeaseAttrs::vxlan(Ipv4Addr::new(198, 18, 0, 9), VxlanData { vni, vtep_mac: mac }),
             expires: None,
+            reserved: false,
         };
         let ls = [
             vx("100.96.1.0/24", 1),

@@ -58,6 +58,32 @@ pub struct OwnedRoute {
     pub oif: Option<u32>,
 }
 
+/// How the underlay is chosen: flanneld's `--iface` (names or addresses, first that exists),
+/// then `--iface-regex` (first address or name that matches), then `--iface-can-reach` (the
+/// interface the kernel routes that address through), then the one holding `--public-ip`,
+/// then the default route's.
+#[derive(Debug, Default)]
+pub struct IfaceChoice<'a> {
+    /// `--iface`.
+    pub ifaces: &'a [String],
+    /// `--iface-regex`, compiled.
+    pub regexes: &'a [regex_lite::Regex],
+    /// `--iface-can-reach`.
+    pub can_reach: Option<Ipv4Addr>,
+    /// `--public-ip`.
+    pub public_ip: Option<Ipv4Addr>,
+}
+
+/// The source address the kernel picks towards `dst` (a connected UDP socket sends nothing).
+fn source_towards(dst: Ipv4Addr) -> io::Result<Ipv4Addr> {
+    let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    s.connect((dst, 9))?;
+    match s.local_addr()?.ip() {
+        IpAddr::V4(a) => Ok(a),
+        IpAddr::V6(_) => Err(io::Error::other("an IPv6 source")),
+    }
+}
+
 /// The underlay interface weft sends through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Underlay {
@@ -166,37 +192,60 @@ impl Netlink {
         }
     }
 
-    /// Finds the underlay as flanneld does: the interface named `iface`, else the one holding
-    /// `public_ip`, else the default route's. PublicIP is `public_ip` if given, else the
-    /// interface's first IPv4 address.
-    pub async fn underlay(&self, iface: Option<&str>, public_ip: Option<Ipv4Addr>) -> Result<Underlay, NetlinkError> {
+    /// Finds the underlay as flanneld does ([`IfaceChoice`]). PublicIP is `--public-ip` if
+    /// given, else the address that chose the interface, else the interface's first IPv4
+    /// address.
+    pub async fn underlay(&self, choice: &IfaceChoice<'_>) -> Result<Underlay, NetlinkError> {
         let links = self.links().await?;
         let addrs = self.v4_addrs().await?;
-        let link = if let Some(name) = iface {
-            links
+        let by_index = |idx: u32| {
+            links.iter().find(|l| l.index == idx).ok_or_else(|| NetlinkError::NotFound(format!("link {idx} vanished")))
+        };
+        let holding = |ip: Ipv4Addr| addrs.iter().find(|(_, a, _)| *a == ip).map(|(i, _, _)| *i);
+        let (link, chosen_addr) = if !choice.ifaces.is_empty() {
+            choice
+                .ifaces
                 .iter()
-                .find(|l| l.name == name)
-                .ok_or_else(|| NetlinkError::NotFound(format!("interface {name:?} not found")))?
-        } else if let Some(ip) = public_ip {
-            let idx = addrs.iter().find(|(_, a, _)| *a == ip).map(|(i, _, _)| *i).ok_or_else(|| {
+                .find_map(|spec| match spec.parse::<Ipv4Addr>() {
+                    Ok(ip) => holding(ip).and_then(|i| by_index(i).ok()).map(|l| (l, Some(ip))),
+                    Err(_) => links.iter().find(|l| l.name == *spec).map(|l| (l, None)),
+                })
+                .ok_or_else(|| {
+                    NetlinkError::NotFound(format!("no interface matches --iface {}", choice.ifaces.join(",")))
+                })?
+        } else if !choice.regexes.is_empty() {
+            // flanneld tries each expression against every address, then every name.
+            choice
+                .regexes
+                .iter()
+                .find_map(|re| {
+                    let by_ip = addrs
+                        .iter()
+                        .find(|(_, a, _)| re.is_match(&a.to_string()))
+                        .and_then(|(i, a, _)| by_index(*i).ok().map(|l| (l, Some(*a))));
+                    by_ip.or_else(|| links.iter().find(|l| re.is_match(&l.name)).map(|l| (l, None)))
+                })
+                .ok_or_else(|| NetlinkError::NotFound("no interface matches --iface-regex".into()))?
+        } else if let Some(dst) = choice.can_reach {
+            let src = source_towards(dst)
+                .map_err(|e| NetlinkError::NotFound(format!("no route to --iface-can-reach {dst}: {e}")))?;
+            let idx = holding(src)
+                .ok_or_else(|| NetlinkError::NotFound(format!("no interface holds {src}, the source towards {dst}")))?;
+            (by_index(idx)?, Some(src))
+        } else if let Some(ip) = choice.public_ip {
+            let idx = holding(ip).ok_or_else(|| {
                 NetlinkError::NotFound(format!("no interface has address {ip}; pass --iface to choose one"))
             })?;
-            links
-                .iter()
-                .find(|l| l.index == idx)
-                .ok_or_else(|| NetlinkError::NotFound(format!("link {idx} vanished")))?
+            (by_index(idx)?, Some(ip))
         } else {
             let idx = self.default_route_oif().await?.ok_or_else(|| {
                 NetlinkError::NotFound(
                     "no default route to pick the underlay interface; pass --iface or --public-ip".into(),
                 )
             })?;
-            links
-                .iter()
-                .find(|l| l.index == idx)
-                .ok_or_else(|| NetlinkError::NotFound(format!("link {idx} vanished")))?
+            (by_index(idx)?, None)
         };
-        let addr = match public_ip {
+        let addr = match choice.public_ip.or(chosen_addr) {
             Some(ip) => ip,
             None => addrs.iter().find(|(i, _, _)| *i == link.index).map(|(_, a, _)| *a).ok_or_else(|| {
                 NetlinkError::NotFound(format!("interface {} has no IPv4 address; pass --public-ip", link.name))
@@ -358,6 +407,54 @@ pub struct VxlanDevice {
     pub mtu: u32,
 }
 
+/// A link found by name, as far as deciding whether a VXLAN device can be adopted goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingLink {
+    /// Its index.
+    pub index: u32,
+    /// Its MAC.
+    pub mac: Option<MacAddr>,
+    /// VNI, destination port, local address and underlay index, if it is a VXLAN device.
+    pub vxlan: Option<(u32, u16, Option<Ipv4Addr>, Option<u32>)>,
+}
+
+impl ExistingLink {
+    /// Why it cannot serve as device `d` (None: it can, as it is).
+    pub fn mismatch(&self, d: &VxlanDevice) -> Option<String> {
+        let Some((vni, port, local, link)) = self.vxlan else {
+            return Some("it is not a VXLAN device".into());
+        };
+        if vni != d.vni {
+            return Some(format!("its VNI is {vni}, not {}", d.vni));
+        }
+        if port != d.port {
+            return Some(format!("its port is {port}, not {}", d.port));
+        }
+        if local != Some(d.local) {
+            return Some(format!("its local address is {local:?}, not {}", d.local));
+        }
+        if link.is_some_and(|l| l != d.underlay) {
+            return Some("it sits on another underlay interface".into());
+        }
+        None
+    }
+}
+
+impl VxlanDevice {
+    /// `flannel.<VNI>` as flanneld makes it for `cfg` on `underlay`.
+    pub fn flannel(cfg: &crate::proto::netconfig::NetConfig, underlay: &Underlay, mtu: u32, mac: MacAddr) -> Self {
+        Self {
+            name: format!("flannel.{}", cfg.backend.vni),
+            vni: cfg.backend.vni,
+            port: cfg.backend.port,
+            local: underlay.addr,
+            underlay: underlay.index,
+            mac,
+            mtu,
+        }
+    }
+}
+
 fn neigh_msg(family: AddressFamily, index: u32) -> NeighbourMessage {
     let mut m = NeighbourMessage::default();
     m.header.family = family;
@@ -367,6 +464,44 @@ fn neigh_msg(family: AddressFamily, index: u32) -> NeighbourMessage {
 }
 
 impl Netlink {
+    /// The link called `name`, if any, with what tells whether it is a VXLAN device weft can
+    /// adopt.
+    pub async fn existing_link(&self, name: &str) -> Result<Option<ExistingLink>, NetlinkError> {
+        use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkInfo};
+        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        let msg = match s.try_next().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(None),
+            Err(e) if matches!(errno_of(&e), Some(libc::ENODEV)) => return Ok(None),
+            Err(error) => return Err(NetlinkError::Request { what: format!("looking up link {name}"), error }),
+        };
+        let mut found = ExistingLink { index: msg.header.index, mac: None, vxlan: None };
+        for a in msg.attributes {
+            match a {
+                LinkAttribute::Address(b) => found.mac = <[u8; 6]>::try_from(b.as_slice()).ok().map(MacAddr),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let LinkInfo::Data(InfoData::Vxlan(v)) = i {
+                            let (mut vni, mut port, mut local, mut link) = (0, 0, None, None);
+                            for x in v {
+                                match x {
+                                    InfoVxlan::Id(i) => vni = i,
+                                    InfoVxlan::Port(p) => port = p,
+                                    InfoVxlan::Local(a) => local = Some(a),
+                                    InfoVxlan::Link(l) => link = Some(l),
+                                    _ => {}
+                                }
+                            }
+                            found.vxlan = Some((vni, port, local, link));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(Some(found))
+    }
+
     /// Creates (replacing any existing one of that name) a VXLAN device with learning off, and
     /// brings it up. Returns its index.
     pub async fn create_vxlan(&self, d: &VxlanDevice) -> Result<u32, NetlinkError> {
@@ -391,6 +526,22 @@ impl Netlink {
         self.link_index(&d.name)
             .await?
             .ok_or_else(|| NetlinkError::NotFound(format!("VXLAN device {} vanished", d.name)))
+    }
+
+    /// Brings an adopted VXLAN device to `d`'s MTU and up, keeping its index; and to `d`'s MAC
+    /// (our lease's VtepMAC) where it has another (`mac`).
+    pub async fn set_vxlan_up(&self, index: u32, d: &VxlanDevice, mac: Option<MacAddr>) -> Result<(), NetlinkError> {
+        let mut b = LinkUnspec::new_with_index(index).mtu(d.mtu);
+        if mac != Some(d.mac) {
+            b = b.address(d.mac.0.to_vec());
+        }
+        let msg = b.up().build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|error| NetlinkError::Request { what: format!("setting {} up with MTU {}", d.name, d.mtu), error })
     }
 
     /// `ip neigh replace IP lladdr MAC dev INDEX nud permanent`.

@@ -1,6 +1,7 @@
 //! Wire and data formats. No I/O, no `unsafe`: every parser validates once and then cannot panic.
 
 pub mod checksum;
+pub mod cni;
 pub mod ethernet;
 pub mod gro;
 pub mod gso;

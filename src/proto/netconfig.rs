@@ -58,7 +58,7 @@ pub struct BackendConfig {
     pub port: u16,
     /// `VNI` (vxlan), default 1.
     pub vni: u32,
-    /// `MTU`, when set (overrides the derived TUN/VXLAN MTU).
+    /// `MTU`, when set: the underlay MTU the overlay MTU is counted from (flanneld's meaning).
     pub mtu: Option<u32>,
     /// `DirectRouting` (vxlan).
     pub direct_routing: bool,

@@ -8,6 +8,7 @@ use super::prepare::{HostError, Prepared, UserspaceIo, UserspaceSpec};
 use crate::control::kernel::{KernelBackend, KernelDataplane, remove_stale_routes};
 use crate::control::metrics::MetricsState;
 use crate::control::netlink::{Netlink, NetlinkError, OwnedRoute, Underlay, VxlanDevice, sysctl};
+use crate::control::nft::{Firewall, FirewallSpec, NftError};
 use crate::control::registry::Lease;
 use crate::dataplane::engine::{self, EngineContext, EngineError};
 use crate::dataplane::forward::{Encap, Forwarder};
@@ -42,6 +43,9 @@ pub enum SetupError {
     /// The TUN could not be made again after it was deleted.
     #[error(transparent)]
     Reopen(HostError),
+    /// The masquerade or forward rules could not be installed.
+    #[error(transparent)]
+    Firewall(#[from] NftError),
 }
 
 /// What the engines run with, from the flags, the config and the lease.
@@ -176,6 +180,8 @@ pub struct DataPath {
     tun: Option<TunDevice>,
     engines: Option<Engines>,
     metrics: Arc<MetricsState>,
+    /// The masquerade and forward rules (None: neither asked for).
+    firewall: Option<Firewall>,
 }
 
 impl DataPath {
@@ -188,7 +194,7 @@ impl DataPath {
         lease: &Lease,
         peers: &[Peer],
     ) -> Result<Self, SetupError> {
-        let Prepared { nl, underlay, mtu, userspace, metrics } = prepared;
+        let Prepared { nl, underlay, mtu, userspace, metrics, vtep_mac: _ } = prepared;
         let mut dp = Self {
             nl,
             network: cfg.network,
@@ -197,6 +203,12 @@ impl DataPath {
             tun: None,
             engines: None,
             metrics,
+            firewall: Firewall::new(FirewallSpec {
+                network: cfg.network,
+                lease: lease.key.v4,
+                masquerade: opts.ip_masq,
+                forward: opts.iptables_forward_rules,
+            }),
         };
         let set_up = match userspace {
             Some(io) => match engine_params(&io.spec, opts, cfg, lease, mtu) {
@@ -210,6 +222,10 @@ impl DataPath {
         };
         let set_up = match set_up {
             Ok(()) => dp.set_up_direct_routing(cfg, &underlay),
+            Err(e) => Err(e),
+        };
+        let set_up = match set_up {
+            Ok(()) => dp.with_firewall(Firewall::apply).await.unwrap_or(Ok(())).map_err(SetupError::from),
             Err(e) => Err(e),
         };
         if let Err(e) = set_up {
@@ -249,15 +265,7 @@ impl DataPath {
         let backend = match cfg.backend.kind {
             BackendType::Vxlan => {
                 let mac = lease.attrs.vxlan_data().map(|d| d.vtep_mac).ok_or(SetupError::NoVtepMac)?;
-                let dev = VxlanDevice {
-                    name: format!("flannel.{}", cfg.backend.vni),
-                    vni: cfg.backend.vni,
-                    port: cfg.backend.port,
-                    local: underlay.addr,
-                    underlay: underlay.index,
-                    mac,
-                    mtu,
-                };
+                let dev = VxlanDevice::flannel(cfg, underlay, mtu, mac);
                 KernelDataplane::vxlan(&self.nl, dev, lease.key.v4.network()).await?
             }
             _ => KernelBackend::HostGw { segment: underlay.subnet },
@@ -387,13 +395,42 @@ impl DataPath {
         }
     }
 
+    /// Runs `f` on the firewall on a blocking thread (it runs `nft`); None without one.
+    async fn with_firewall<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Firewall) -> T + Send + 'static,
+    ) -> Option<T> {
+        let mut fw = self.firewall.take()?;
+        let (fw, out) = tokio::task::spawn_blocking(move || {
+            let out = f(&mut fw);
+            (fw, out)
+        })
+        .await
+        .ok()?;
+        self.firewall = Some(fw);
+        Some(out)
+    }
+
+    /// Puts back masquerade and forward rules that were removed from outside.
+    pub async fn resync_firewall(&mut self) {
+        if let Some(Err(e)) = self.with_firewall(Firewall::check).await {
+            tracing::warn!("checking the masquerade and forward rules: {e}");
+        }
+    }
+
     /// Stops the engines and removes what weft set up (a failed start removes the TUN even when
     /// it was to persist).
     async fn remove(&mut self, failed_start: bool) {
+        self.with_firewall(|f| f.remove()).await;
         if let Some(e) = self.engines.take() {
             e.stop().await;
         }
-        self.kernel.teardown().await;
+        // The kernel keeps forwarding after a clean exit (flanneld leaves flannel.<VNI>, its
+        // entries and the host-gw routes in place), so that a restart or an upgrade of the
+        // daemon costs no traffic; a start that failed removes what it made.
+        if failed_start {
+            self.kernel.teardown().await;
+        }
         if let Some(t) = self.tun.take().filter(|t| failed_start || !t.persist) {
             // A non-persistent TUN vanishes with its last fd (closed when the engines returned);
             // delete it explicitly in case something else still holds it open. With
@@ -404,7 +441,8 @@ impl DataPath {
         }
     }
 
-    /// Stops forwarding and removes what weft set up.
+    /// Stops the userspace engines and removes what weft set up for them; a kernel path is left
+    /// forwarding.
     pub async fn stop(mut self) {
         self.remove(false).await;
     }

@@ -131,11 +131,11 @@ impl<'a, R: Registry> Follower<'a, R> {
             match self.reg.create_lease(key, attrs, LEASE_TTL).await {
                 Ok(true) => Ok(()),
                 // Someone wrote it between the listing and now: overwrite it as below.
-                Ok(false) => self.reg.renew_lease(key, attrs, LEASE_TTL).await,
+                Ok(false) => self.reg.renew_lease(key, attrs, self.own.ttl()).await,
                 Err(e) => Err(e),
             }
         } else {
-            self.reg.renew_lease(key, attrs, LEASE_TTL).await
+            self.reg.renew_lease(key, attrs, self.own.ttl()).await
         };
         match written {
             Ok(()) => {
@@ -162,8 +162,12 @@ impl<'a, R: Registry> Follower<'a, R> {
         }
     }
 
-    /// Renews our lease; returns when to renew next (after a failure: in a minute).
+    /// Renews our lease; returns when to renew next (after a failure: in a minute). A
+    /// reservation has no TTL to renew.
     async fn renew(&mut self, backoff: &mut Backoff) -> Instant {
+        if self.own.reserved {
+            return Instant::now() + LEASE_TTL;
+        }
         match self.reg.renew_lease(&self.own.key, &self.own.attrs, LEASE_TTL).await {
             Ok(()) => {
                 backoff.reset();
@@ -179,8 +183,10 @@ impl<'a, R: Registry> Follower<'a, R> {
         }
     }
 
-    /// Runs until a signal or an engine stops it.
-    pub async fn run(mut self, dp: &mut DataPath, shutdown: &mut Shutdown) -> Ended {
+    /// Runs until a signal or an engine stops it; the firewall is checked every `resync`.
+    pub async fn run(mut self, dp: &mut DataPath, shutdown: &mut Shutdown, resync: Duration) -> Ended {
+        let mut firewall = tokio::time::interval_at(Instant::now() + resync, resync);
+        firewall.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut renew_at = Instant::now() + self.renew_every;
         let mut renew_backoff = Backoff::new(Backoff::RENEWAL);
         let mut heal = tokio::time::interval(HEAL_EVERY);
@@ -203,6 +209,7 @@ impl<'a, R: Registry> Follower<'a, R> {
                     }
                 }
                 _ = tokio::time::sleep_until(renew_at) => renew_at = self.renew(&mut renew_backoff).await,
+                _ = firewall.tick() => dp.resync_firewall().await,
                 _ = heal.tick() => {
                     if let Err(e) = dp.heal(&self.peers).await {
                         tracing::warn!("{e}; trying again in {HEAL_EVERY:?}");

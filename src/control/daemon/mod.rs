@@ -116,15 +116,20 @@ fn read_previous_subnet(path: &std::path::Path) -> Option<ipnet::Ipv4Net> {
     }
 }
 
-/// The lease value for our backend; a vxlan node keeps its previous VtepMAC.
-fn attrs_for(cfg: &NetConfig, public_ip: Ipv4Addr, previous: Option<&LeaseAttrs>) -> LeaseAttrs {
+/// The lease value for our backend. A vxlan node's VtepMAC is that of the device it adopts,
+/// else its previous lease's, else a new one.
+fn attrs_for(
+    cfg: &NetConfig,
+    public_ip: Ipv4Addr,
+    device: Option<MacAddr>,
+    previous: Option<&LeaseAttrs>,
+) -> LeaseAttrs {
     match cfg.backend.kind {
         BackendType::Udp => LeaseAttrs::udp(public_ip),
         BackendType::HostGw => LeaseAttrs::host_gw(public_ip),
         BackendType::Vxlan => {
-            let vtep_mac = previous
-                .and_then(|p| p.vxlan_data())
-                .map(|d| d.vtep_mac)
+            let vtep_mac = device
+                .or_else(|| previous.and_then(|p| p.vxlan_data()).map(|d| d.vtep_mac))
                 .unwrap_or_else(|| MacAddr::random_local(&mut rand::rng()));
             LeaseAttrs::vxlan(public_ip, VxlanData { vni: cfg.backend.vni, vtep_mac })
         }
@@ -135,7 +140,7 @@ fn attrs_for(cfg: &NetConfig, public_ip: Ipv4Addr, previous: Option<&LeaseAttrs>
 async fn acquire_lease<R: Registry>(
     reg: &R,
     cfg: &NetConfig,
-    public_ip: Ipv4Addr,
+    (public_ip, device_mac): (Ipv4Addr, Option<MacAddr>),
     opts: &RunOptions,
     shutdown: &mut Shutdown,
 ) -> Result<Acquired> {
@@ -145,7 +150,7 @@ async fn acquire_lease<R: Registry>(
         shutdown.check()?;
         // Not cut short by a signal: a lease created half-way would be left behind. The
         // registry's own timeouts bound it.
-        let got = acquire(reg, cfg, public_ip, previous, |prev| attrs_for(cfg, public_ip, prev)).await;
+        let got = acquire(reg, cfg, public_ip, previous, |prev| attrs_for(cfg, public_ip, device_mac, prev)).await;
         match got {
             Err(AcquireError::Registry(RegistryError::Unavailable(why))) => {
                 let wait = backoff.next_delay();
@@ -183,7 +188,7 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions, shutdown: &mut Shutdown) -
     tracing::info!(network = %cfg.network, backend = %cfg.backend.kind, iface = %prepared.underlay.name, %public_ip, registry = %reg.describe(), dataplane = %prepared.metrics.dataplane, "starting");
     let metrics = prepared.metrics.clone();
 
-    let acquired = acquire_lease(&reg, &cfg, public_ip, &opts, shutdown).await?;
+    let acquired = acquire_lease(&reg, &cfg, (public_ip, prepared.vtep_mac), &opts, shutdown).await?;
     let lease = acquired.lease.clone();
     let started = async {
         let known = retrying("listing leases", shutdown, || reg.leases()).await?;
@@ -202,14 +207,15 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions, shutdown: &mut Shutdown) -
         }
     };
 
-    let env = SubnetEnv::for_lease(cfg.network, lease.key.v4, mtu, false);
+    let env = SubnetEnv::for_lease(cfg.network, lease.key.v4, mtu, opts.ip_masq);
     let written = write_atomic(&opts.subnet_file, env.render().as_bytes())
         .with_context(|| format!("writing {}", opts.subnet_file.display()));
     let ended = match written {
         Ok(()) => {
             metrics.ready.store(true, Ordering::Relaxed);
+            sd_notify("READY=1");
             tracing::info!(subnet = %lease.key.v4, mtu, peers = follower.peers().len(), dataplane = %metrics.dataplane, "ready");
-            follower.run(&mut dp, shutdown).await
+            follower.run(&mut dp, shutdown, Duration::from_secs(opts.iptables_resync)).await
         }
         Err(e) => {
             dp.stop().await;
@@ -219,12 +225,30 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions, shutdown: &mut Shutdown) -
     };
     if let Ended::Signal(sig) = ended {
         tracing::info!("{}", Interrupted(sig));
+        sd_notify("STOPPING=1");
     }
     dp.stop().await;
     log_summary(&metrics.counters);
     match ended {
         Ended::Signal(_) => Ok(()),
         Ended::Engine(e) => Err(anyhow::Error::new(e).context("the engine stopped")),
+    }
+}
+
+/// Tells systemd how weft is doing (`Type=notify` units), as flanneld does: `READY=1` once
+/// subnet.env is written, `STOPPING=1` at a signal. Nothing without `NOTIFY_SOCKET`.
+fn sd_notify(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|a| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &a));
+    if let Err(e) = sent {
+        tracing::warn!("telling systemd {state}: {e}");
     }
 }
 

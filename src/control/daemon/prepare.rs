@@ -7,11 +7,12 @@
 
 use super::options::{Dataplane, EngineChoice, RunOptions};
 use crate::control::metrics::{self, Endpoint, MetricsState};
-use crate::control::netlink::{Netlink, NetlinkError, Underlay};
+use crate::control::netlink::{IfaceChoice, Netlink, NetlinkError, Underlay, VxlanDevice};
 use crate::dataplane::counters::CounterSet;
 use crate::dataplane::engine::{Mode, offload::set_tun_offloads};
 use crate::dataplane::peers::PeerTable;
 use crate::dataplane::sys::{tun::Tun, udp};
+use crate::proto::mac::MacAddr;
 use crate::proto::netconfig::{BackendType, NetConfig};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
@@ -35,12 +36,15 @@ pub enum HostError {
     /// The PublicIP is one no peer can send to.
     #[error("{0}")]
     PublicIp(String),
+    /// A flag's value cannot be used.
+    #[error("{0}")]
+    Flag(String),
     /// The overlay MTU would be too small.
-    #[error("underlay {iface} MTU {underlay} leaves {overlay} for the overlay (< {MIN_MTU}); raise the underlay's MTU")]
+    #[error("{from} {underlay} leaves {overlay} for the overlay (< {MIN_MTU}); raise it")]
     Mtu {
-        /// The underlay interface.
-        iface: String,
-        /// Its MTU.
+        /// Where the underlay MTU came from (the interface, or Backend.MTU).
+        from: String,
+        /// The underlay MTU.
         underlay: u32,
         /// What would be left.
         overlay: u32,
@@ -181,6 +185,9 @@ pub struct Prepared {
     pub userspace: Option<UserspaceIo>,
     /// What /metrics and /readyz report; the endpoints are already serving.
     pub metrics: Arc<MetricsState>,
+    /// The MAC of a `flannel.<VNI>` that a kernel-path start will adopt: it stays the VtepMAC,
+    /// so that peers' entries for this host stay valid.
+    pub vtep_mac: Option<MacAddr>,
 }
 
 impl Prepared {
@@ -190,19 +197,22 @@ impl Prepared {
     }
 }
 
-/// The overlay MTU: the underlay's minus the backend's overhead, or `Backend.MTU` if set.
+/// The overlay MTU: the underlay's minus the backend's overhead. `Backend.MTU`, where set,
+/// is the underlay MTU to count from, as in flanneld (`{"Type":"vxlan","MTU":1400}` gives a
+/// 1350 device and `FLANNEL_MTU=1350`).
 pub fn mtu_for(cfg: &NetConfig, underlay: &Underlay) -> Result<u32, HostError> {
-    if let Some(m) = cfg.backend.mtu {
-        return Ok(m);
-    }
     let overhead = match cfg.backend.kind {
         BackendType::Udp => UDP_OVERHEAD,
         BackendType::Vxlan => VXLAN_OVERHEAD,
         BackendType::HostGw => 0,
     };
-    let overlay = underlay.mtu.saturating_sub(overhead);
+    let (from, base) = match cfg.backend.mtu {
+        Some(m) => ("Backend.MTU".to_string(), m),
+        None => (format!("underlay {} MTU", underlay.name), underlay.mtu),
+    };
+    let overlay = base.saturating_sub(overhead);
     if overlay < MIN_MTU {
-        return Err(HostError::Mtu { iface: underlay.name.clone(), underlay: underlay.mtu, overlay });
+        return Err(HostError::Mtu { from, underlay: base, overlay });
     }
     Ok(overlay)
 }
@@ -353,7 +363,18 @@ fn log_uso(name: &str, uso: bool) {
 /// Checks and claims what this host needs, before any lease is taken.
 pub async fn prepare(opts: &RunOptions, cfg: &NetConfig) -> Result<Prepared, HostError> {
     let nl = Netlink::connect()?;
-    let underlay = nl.underlay(opts.iface.as_deref(), opts.public_ip).await?;
+    let regexes = opts
+        .iface_regex
+        .iter()
+        .map(|r| regex_lite::Regex::new(r).map_err(|e| HostError::Flag(format!("--iface-regex {r:?}: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let choice = IfaceChoice {
+        ifaces: &opts.iface,
+        regexes: &regexes,
+        can_reach: opts.iface_can_reach,
+        public_ip: opts.public_ip,
+    };
+    let underlay = nl.underlay(&choice).await?;
     check_public_ip(underlay.addr, &underlay.name)?;
     let mtu = mtu_for(cfg, &underlay)?;
     prepare_subnet_dir(&opts.subnet_file)?;
@@ -362,6 +383,10 @@ pub async fn prepare(opts: &RunOptions, cfg: &NetConfig) -> Result<Prepared, Hos
         return Err(HostError::Unsupported("the udp backend has no kernel data path (use --dataplane userspace)"));
     }
     let endpoints = bind_endpoints(opts).await?;
+    let vtep_mac = match cfg.backend.kind {
+        BackendType::Vxlan => vxlan_leftover(&nl, cfg, &underlay, mtu, kernel).await?,
+        _ => None,
+    };
     let userspace = match kernel {
         true => None,
         false => {
@@ -386,7 +411,29 @@ pub async fn prepare(opts: &RunOptions, cfg: &NetConfig) -> Result<Prepared, Hos
     for e in endpoints {
         tokio::spawn(metrics::serve(e, metrics.clone()));
     }
-    Ok(Prepared { nl, underlay, mtu, userspace, metrics })
+    Ok(Prepared { nl, underlay, mtu, userspace, metrics, vtep_mac })
+}
+
+/// A `flannel.<VNI>` left by an earlier kernel-path weft (or flanneld): the kernel path adopts
+/// it when it matches (its MAC is returned, to stay the VtepMAC); the userspace path removes
+/// one that holds the backend's port, which it needs.
+async fn vxlan_leftover(
+    nl: &Netlink,
+    cfg: &NetConfig,
+    underlay: &Underlay,
+    mtu: u32,
+    kernel: bool,
+) -> Result<Option<MacAddr>, HostError> {
+    let want = VxlanDevice::flannel(cfg, underlay, mtu, MacAddr([0; 6]));
+    let Some(found) = nl.existing_link(&want.name).await? else { return Ok(None) };
+    if kernel {
+        return Ok(found.mac.filter(|_| found.mismatch(&want).is_none()));
+    }
+    if found.vxlan.is_some_and(|(_, port, _, _)| port == cfg.backend.port) {
+        tracing::warn!(device = %want.name, port = cfg.backend.port, "removing the kernel VXLAN device of an earlier kernel-path run: it holds the port the userspace path needs");
+        nl.delete_link(found.index).await?;
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -400,6 +447,19 @@ mod tests {
             assert!(e.contains(ip) && e.contains("--iface"), "{e}");
         }
         assert!(check_public_ip(Ipv4Addr::new(198, 18, 0, 1), "x").is_ok());
+    }
+
+    #[test]
+    fn backend_mtu_is_the_underlay_mtu_as_in_flanneld() {
+        let underlay =
+            Underlay { index: 2, name: "eth0".into(), mtu: 9000, addr: Ipv4Addr::new(198, 18, 0, 1), subnet: None };
+        let cfg = |b: &str| NetConfig::parse(&format!(r#"{{"Network":"100.96.0.0/16","Backend":{b}}}"#)).unwrap();
+        assert_eq!(mtu_for(&cfg(r#"{"Type":"vxlan","MTU":1400}"#), &underlay).unwrap(), 1350);
+        assert_eq!(mtu_for(&cfg(r#"{"Type":"udp","MTU":1400}"#), &underlay).unwrap(), 1372);
+        assert_eq!(mtu_for(&cfg(r#"{"Type":"host-gw","MTU":1400}"#), &underlay).unwrap(), 1400);
+        assert_eq!(mtu_for(&cfg(r#"{"Type":"vxlan"}"#), &underlay).unwrap(), 8950);
+        let e = mtu_for(&cfg(r#"{"Type":"vxlan","MTU":600}"#), &underlay).unwrap_err().to_string();
+        assert!(e.contains("Backend.MTU 600 leaves 550"), "{e}");
     }
 
     #[test]

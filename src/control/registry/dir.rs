@@ -156,7 +156,7 @@ impl DirRegistry {
             }
         };
         seen.insert(key, Parsed { stamp, attrs: attrs.clone() });
-        Some(Lease { key, attrs: attrs?, expires: Some(modified + LEASE_TTL) })
+        Some(Lease { key, attrs: attrs?, expires: Some(modified + LEASE_TTL), reserved: false })
     }
 
     fn list(&self) -> Result<Vec<Lease>, RegistryError> {

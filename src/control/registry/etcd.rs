@@ -12,8 +12,8 @@ use crate::control::backoff::Backoff;
 use crate::control::said::SaidOnce;
 use crate::proto::lease::{LeaseAttrs, SubnetKey};
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, PutOptions, TlsOptions,
-    Txn, TxnOp, WatchOptions, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, KeyValue, PutOptions,
+    TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -126,10 +126,12 @@ impl EtcdRegistry {
         format!("{}{key}", self.subnets_prefix())
     }
 
-    fn parse_kv(&self, key: &str, value: &str) -> Option<Lease> {
+    fn parse_kv(&self, kv: &KeyValue) -> Option<Lease> {
+        let (key, value) = (kv.key_str().ok()?, kv.value_str().ok()?);
         let k: SubnetKey = key.strip_prefix(&self.subnets_prefix())?.parse().ok()?;
         match LeaseAttrs::parse(value) {
-            Ok(attrs) => Some(Lease { key: k, attrs, expires: None }),
+            // A key with no etcd lease was written without a TTL: a reservation.
+            Ok(attrs) => Some(Lease { key: k, attrs, expires: None, reserved: kv.lease() == 0 }),
             Err(e) => {
                 if self.said.first(&format!("{key} {e}")) {
                     tracing::warn!(key, "skipping lease: {e}");
@@ -148,8 +150,7 @@ impl EtcdRegistry {
             .await
             .map_err(|e| classify("listing leases", e))?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let leases =
-            resp.kvs().iter().filter_map(|kv| self.parse_kv(kv.key_str().ok()?, kv.value_str().ok()?)).collect();
+        let leases = resp.kvs().iter().filter_map(|kv| self.parse_kv(kv)).collect();
         Ok((leases, rev))
     }
 
@@ -204,15 +205,19 @@ impl Registry for EtcdRegistry {
 
     async fn renew_lease(&self, key: &SubnetKey, attrs: &LeaseAttrs, ttl: Duration) -> Result<(), RegistryError> {
         let k = self.lease_key(key);
-        let id = self.grant(ttl).await?;
+        // A reservation is written without an etcd lease, so that it keeps no TTL.
+        let id = if ttl.is_zero() { None } else { Some(self.grant(ttl).await?) };
+        let opts = id.map(|id| PutOptions::new().with_lease(id));
         self.client
             .clone()
-            .put(k.clone(), attrs.to_json(), Some(PutOptions::new().with_lease(id)))
+            .put(k.clone(), attrs.to_json(), opts)
             .await
             .map_err(|e| classify("renewing the lease", e))?;
-        if let Some(old) = self.hold(k, id)
-            && old != id
-        {
+        let old = match id {
+            Some(id) => self.hold(k, id).filter(|old| *old != id),
+            None => self.held.lock().ok().and_then(|mut h| h.remove(&k)),
+        };
+        if let Some(old) = old {
             let _ = self.client.clone().lease_revoke(old).await;
         }
         Ok(())
@@ -288,7 +293,7 @@ impl Registry for EtcdRegistry {
                             continue;
                         };
                         match ev.event_type() {
-                            EventType::Put => match kv.value_str().ok().and_then(|v| self.parse_kv(key, v)) {
+                            EventType::Put => match self.parse_kv(kv) {
                                 Some(l) => {
                                     st.leases.insert(k, l);
                                 }
@@ -322,7 +327,12 @@ mod tests {
     use std::net::Ipv4Addr;
 
     fn lease(k: &str, ip: u8) -> Lease {
-        Lease { key: k.parse().unwrap(), attrs: LeaseAttrs::udp(Ipv4Addr::new(198, 18, 0, ip)), expires: None }
+        Lease {
+            key: k.parse().unwrap(),
+            attrs: LeaseAttrs::udp(Ipv4Addr::new(198, 18, 0, ip)),
+            expires: None,
+            reserved: false,
+        }
     }
 
     #[test]

@@ -10,6 +10,9 @@ use std::time::{Duration, SystemTime};
 
 /// flannel's lease TTL (`LeaseGrant(86400 s)`).
 pub const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The TTL of a reservation: none. A lease an operator wrote without a TTL keeps none when
+/// weft reuses or writes it back, as flanneld does.
+pub const NO_TTL: Duration = Duration::ZERO;
 
 /// One subnet lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +23,15 @@ pub struct Lease {
     pub attrs: LeaseAttrs,
     /// When it lapses unless renewed.
     pub expires: Option<SystemTime>,
+    /// Written without a TTL (an operator's reservation): it never lapses, and is not renewed.
+    pub reserved: bool,
+}
+
+impl Lease {
+    /// The TTL it is written back with: [`NO_TTL`] for a reservation, else [`LEASE_TTL`].
+    pub fn ttl(&self) -> Duration {
+        if self.reserved { NO_TTL } else { LEASE_TTL }
+    }
 }
 
 /// A registry failure.
@@ -68,7 +80,8 @@ pub trait Registry: Send + Sync + 'static {
         ttl: Duration,
     ) -> impl Future<Output = Result<bool, RegistryError>> + Send;
 
-    /// Writes `key` with `attrs` and a fresh TTL, whether or not it exists (renewal, reuse).
+    /// Writes `key` with `attrs` and a fresh TTL ([`NO_TTL`]: none), whether or not it exists
+    /// (renewal, reuse).
     fn renew_lease(
         &self,
         key: &SubnetKey,

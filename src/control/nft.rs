@@ -1,0 +1,305 @@
+//! flanneld's masquerade and forward rules (`--ip-masq`, `--iptables-forward-rules`), in
+//! nftables through the `nft` tool.
+//!
+//! weft keeps a table of its own, `ip weft_<network>`, made whole in one `nft -f` transaction:
+//! a `postrouting` nat chain with flanneld's masquerade rules, and a `forward` filter chain that
+//! accepts the network's traffic. nftables asks every base chain on a hook to accept a packet,
+//! so an accept in weft's table cannot override another table's DROP policy (Docker's or ufw's
+//! `ip filter FORWARD`, which Debian's iptables builds on nftables): weft also inserts its two
+//! accepts at the head of every forward base chain with a drop policy, as flanneld's iptables
+//! mode inserts its jump into FORWARD. Every rule carries the comment `weft <network>`, which
+//! is how the checks, the restore and the clean-up find them.
+//!
+//! Why the `nft` tool and not a netlink crate: its script language and `-j` listing are the
+//! stable interface of nftables (the netlink messages are an implementation detail that the
+//! kernel's and libnftnl's versions move together), the transaction of one `nft -f` makes the
+//! table appear whole or not at all, and operators read the same rules with `nft list ruleset`.
+
+use ipnet::Ipv4Net;
+use serde_json::Value;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// kube-proxy marks the packets it masquerades itself; flanneld leaves them alone.
+const KUBE_PROXY_MARK: u32 = 0x4000;
+
+/// An `nft` command failed.
+#[derive(Debug, thiserror::Error)]
+#[error("nft {what}: {detail}")]
+pub struct NftError {
+    what: String,
+    detail: String,
+}
+
+/// What to install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallSpec {
+    /// The net-config's `Network`.
+    pub network: Ipv4Net,
+    /// This node's lease.
+    pub lease: Ipv4Net,
+    /// `--ip-masq`.
+    pub masquerade: bool,
+    /// `--iptables-forward-rules`.
+    pub forward: bool,
+}
+
+/// A forward base chain of another table, with a drop policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DropChain {
+    family: String,
+    table: String,
+    name: String,
+}
+
+/// weft's rules on this host.
+#[derive(Debug)]
+pub struct Firewall {
+    spec: FirewallSpec,
+    table: String,
+    tag: String,
+    /// `masquerade fully-random`, until the kernel refuses it (then plain masquerade).
+    fully_random: bool,
+}
+
+fn nft(args: &[&str], script: Option<&str>) -> Result<String, NftError> {
+    let what = if script.is_some() { "-f -".to_string() } else { args.join(" ") };
+    let err = |detail: String| NftError { what: what.clone(), detail };
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(if script.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| err(format!("{e} (--ip-masq and the forward rules need nft: apt-get install nftables)")))?;
+    if let (Some(s), Some(mut stdin)) = (script, child.stdin.take()) {
+        stdin.write_all(s.as_bytes()).map_err(|e| err(e.to_string()))?;
+    }
+    let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
+    if !out.status.success() {
+        return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The objects of an `nft -j` listing.
+fn objects(json: &str) -> Vec<Value> {
+    serde_json::from_str::<Value>(json)
+        .ok()
+        .and_then(|v| v.get("nftables").and_then(Value::as_array).cloned())
+        .unwrap_or_default()
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+impl Firewall {
+    /// The rules `spec` asks for, or None when it asks for none.
+    pub fn new(spec: FirewallSpec) -> Option<Self> {
+        if !spec.masquerade && !spec.forward {
+            return None;
+        }
+        let table = format!("weft_{}", spec.network.to_string().replace(['.', '/'], "_"));
+        let tag = format!("weft {}", spec.network);
+        Some(Self { spec, table, tag, fully_random: true })
+    }
+
+    /// The rules of weft's table, chain by chain (pure: the tests read it).
+    pub fn chains(&self) -> Vec<(&'static str, &'static str, Vec<String>)> {
+        let (n, l, tag) = (self.spec.network, self.spec.lease, &self.tag);
+        let masq = if self.fully_random { "masquerade fully-random" } else { "masquerade" };
+        let mut out = Vec::new();
+        if self.spec.masquerade {
+            out.push((
+                "postrouting",
+                "type nat hook postrouting priority srcnat; policy accept;",
+                vec![
+                    format!("meta mark & {KUBE_PROXY_MARK:#x} == {KUBE_PROXY_MARK:#x} return comment \"{tag}\""),
+                    format!("ip saddr {l} ip daddr {n} return comment \"{tag}\""),
+                    format!("ip saddr {n} ip daddr {l} return comment \"{tag}\""),
+                    format!("ip saddr != {n} ip daddr {l} return comment \"{tag}\""),
+                    format!("ip saddr {n} ip daddr != 224.0.0.0/4 {masq} comment \"{tag}\""),
+                    format!("ip saddr != {n} ip daddr {n} {masq} comment \"{tag}\""),
+                ],
+            ));
+        }
+        if self.spec.forward {
+            out.push(("forward", "type filter hook forward priority filter; policy accept;", self.accepts()));
+        }
+        out
+    }
+
+    /// The two accepts of the network's traffic.
+    fn accepts(&self) -> Vec<String> {
+        let (n, tag) = (self.spec.network, &self.tag);
+        vec![format!("ip saddr {n} accept comment \"{tag}\""), format!("ip daddr {n} accept comment \"{tag}\"")]
+    }
+
+    /// The `nft -f` script that makes weft's table anew, whole, in one transaction.
+    pub fn table_script(&self) -> String {
+        let t = &self.table;
+        // Declaring the table first makes the delete valid when it does not exist yet.
+        let mut s = format!("table ip {t} {{\n}}\ndelete table ip {t}\ntable ip {t} {{\n");
+        for (name, head, rules) in self.chains() {
+            s.push_str(&format!("  chain {name} {{\n    {head}\n"));
+            for r in rules {
+                s.push_str(&format!("    {r}\n"));
+            }
+            s.push_str("  }\n");
+        }
+        s.push_str("}\n");
+        s
+    }
+
+    /// Makes weft's table; where the kernel refuses `fully-random`, without it.
+    fn write_table(&mut self) -> Result<(), NftError> {
+        match nft(&["-f", "-"], Some(&self.table_script())) {
+            Err(e) if self.fully_random && self.spec.masquerade => {
+                self.fully_random = false;
+                nft(&["-f", "-"], Some(&self.table_script())).map_err(|_| e)?;
+                tracing::info!("this kernel refuses masquerade fully-random; masquerading without it");
+                Ok(())
+            }
+            other => other.map(drop),
+        }
+    }
+
+    /// Forward base chains of other tables with a drop policy.
+    fn drop_chains(&self) -> Result<Vec<DropChain>, NftError> {
+        Ok(objects(&nft(&["-j", "list", "chains"], None)?)
+            .iter()
+            .filter_map(|o| o.get("chain"))
+            .filter(|c| str_of(c, "hook") == "forward" && str_of(c, "policy") == "drop")
+            .filter(|c| matches!(str_of(c, "family"), "ip" | "inet") && str_of(c, "table") != self.table)
+            .map(|c| DropChain {
+                family: str_of(c, "family").into(),
+                table: str_of(c, "table").into(),
+                name: str_of(c, "name").into(),
+            })
+            .collect())
+    }
+
+    /// The handles of weft's rules in `chain`.
+    fn tagged(&self, c: &DropChain) -> Result<Vec<u64>, NftError> {
+        let listing = nft(&["-j", "-a", "list", "chain", &c.family, &c.table, &c.name], None)?;
+        Ok(objects(&listing)
+            .iter()
+            .filter_map(|o| o.get("rule"))
+            .filter(|r| str_of(r, "comment") == self.tag)
+            .filter_map(|r| r.get("handle").and_then(Value::as_u64))
+            .collect())
+    }
+
+    fn untag(&self, c: &DropChain, handles: &[u64]) -> Result<(), NftError> {
+        for h in handles {
+            nft(&["delete", "rule", &c.family, &c.table, &c.name, "handle", &h.to_string()], None)?;
+        }
+        Ok(())
+    }
+
+    /// Puts the accepts at the head of every forward chain with a drop policy that lacks them.
+    /// Returns how many chains were mended.
+    fn mend_drop_chains(&self) -> Result<usize, NftError> {
+        if !self.spec.forward {
+            return Ok(0);
+        }
+        let mut mended = 0;
+        for c in self.drop_chains()? {
+            let have = self.tagged(&c)?;
+            if have.len() == 2 {
+                continue;
+            }
+            self.untag(&c, &have)?;
+            for rule in self.accepts().iter().rev() {
+                nft(&["insert", "rule", &c.family, &c.table, &c.name, rule], None)?;
+            }
+            tracing::info!(chain = %format!("{} {} {}", c.family, c.table, c.name), "accepting the overlay's traffic in a forward chain with a drop policy");
+            mended += 1;
+        }
+        Ok(mended)
+    }
+
+    /// Installs everything.
+    pub fn apply(&mut self) -> Result<(), NftError> {
+        self.write_table()?;
+        self.mend_drop_chains().map(drop)
+    }
+
+    /// True when weft's table holds every rule it should.
+    fn table_intact(&self) -> bool {
+        let Ok(listing) = nft(&["-j", "list", "table", "ip", &self.table], None) else { return false };
+        let rules: Vec<Value> = objects(&listing).iter().filter_map(|o| o.get("rule").cloned()).collect();
+        self.chains().iter().all(|(name, _, want)| {
+            rules.iter().filter(|r| str_of(r, "chain") == *name && str_of(r, "comment") == self.tag).count()
+                == want.len()
+        })
+    }
+
+    /// Puts back what was removed from outside (`nft flush ruleset`, a firewall reload);
+    /// `--iptables-resync` calls it. Returns whether anything was restored.
+    pub fn check(&mut self) -> Result<bool, NftError> {
+        let mut restored = false;
+        if !self.table_intact() {
+            tracing::warn!(table = %self.table, "weft's nftables rules were removed from outside; restoring them");
+            self.write_table()?;
+            restored = true;
+        }
+        Ok(self.mend_drop_chains()? > 0 || restored)
+    }
+
+    /// Removes weft's table and its rules in other tables' chains.
+    pub fn remove(&self) {
+        if let Err(e) = nft(&["delete", "table", "ip", &self.table], None)
+            && !e.detail.contains("No such file")
+        {
+            tracing::warn!("removing weft's nftables table: {e}");
+        }
+        let chains = if self.spec.forward { self.drop_chains().unwrap_or_default() } else { Vec::new() };
+        for c in chains {
+            if let Err(e) = self.tagged(&c).and_then(|h| self.untag(&c, &h)) {
+                tracing::warn!("removing weft's rules from {} {} {}: {e}", c.family, c.table, c.name);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fw(masquerade: bool, forward: bool) -> Option<Firewall> {
+        Firewall::new(FirewallSpec {
+            network: "100.96.0.0/16".parse().unwrap(),
+            lease: "100.96.1.0/24".parse().unwrap(),
+            masquerade,
+            forward,
+        })
+    }
+
+    #[test]
+    fn flanneld_rules_in_one_table() {
+        assert!(fw(false, false).is_none());
+        let f = fw(true, true).unwrap();
+        let s = f.table_script();
+        assert!(s.starts_with("table ip weft_100_96_0_0_16 {\n}\ndelete table ip weft_100_96_0_0_16\n"), "{s}");
+        for want in [
+            "meta mark & 0x4000 == 0x4000 return comment \"weft 100.96.0.0/16\"",
+            "ip saddr 100.96.1.0/24 ip daddr 100.96.0.0/16 return",
+            "ip saddr 100.96.0.0/16 ip daddr 100.96.1.0/24 return",
+            "ip saddr != 100.96.0.0/16 ip daddr 100.96.1.0/24 return",
+            "ip saddr 100.96.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random",
+            "ip saddr != 100.96.0.0/16 ip daddr 100.96.0.0/16 masquerade fully-random",
+            "type filter hook forward priority filter; policy accept;",
+            "ip saddr 100.96.0.0/16 accept",
+            "ip daddr 100.96.0.0/16 accept",
+        ] {
+            assert!(s.contains(want), "{want} missing:\n{s}");
+        }
+        // The masquerade rules in flanneld's order: returns before masquerades.
+        let post = &f.chains()[0].2;
+        assert!(post[..4].iter().all(|r| r.contains("return")) && post[4..].iter().all(|r| r.contains("masquerade")));
+        let only_forward = fw(false, true).unwrap().table_script();
+        assert!(!only_forward.contains("postrouting") && only_forward.contains("chain forward"));
+    }
+}
