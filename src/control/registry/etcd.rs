@@ -44,6 +44,9 @@ struct WatchState {
     leases: BTreeMap<SubnetKey, Lease>,
     stream: Option<WatchStream>,
     backoff: Backoff,
+    /// Not before then: the next try after a failure. Kept here because the daemon drops a
+    /// waiting watch whenever another of its timers fires, and calls it again.
+    retry_at: Option<tokio::time::Instant>,
 }
 
 /// A registry in etcd.
@@ -67,6 +70,8 @@ fn classify(what: &str, e: etcd_client::Error) -> RegistryError {
         }
         E::InvalidArgs(m) => RegistryError::Refused(format!("{what}: {m}")),
         E::InvalidUri(m) => RegistryError::Refused(format!("{what}: {m} (--etcd-endpoints)")),
+        // The status's own words, not the whole transport error chain.
+        E::GRpcStatus(s) => RegistryError::Unavailable(format!("{what}: {} ({})", s.code().description(), s.message())),
         _ => RegistryError::Unavailable(format!("{what}: {e}")),
     }
 }
@@ -112,6 +117,7 @@ impl EtcdRegistry {
                 leases: BTreeMap::new(),
                 stream: None,
                 backoff: Backoff::registry(),
+                retry_at: None,
             }),
             held: std::sync::Mutex::new(HashMap::new()),
             said: SaidOnce::default(),
@@ -236,6 +242,10 @@ impl Registry for EtcdRegistry {
     async fn watch_leases(&self, known: &[Lease]) -> Result<Vec<Lease>, RegistryError> {
         let mut st = self.watch.lock().await;
         loop {
+            if let Some(at) = st.retry_at {
+                tokio::time::sleep_until(at).await;
+                st.retry_at = None;
+            }
             if st.stream.is_none() {
                 // Every (re)start lists first: after a broken stream etcd may have restarted
                 // from a backup or empty (its revisions start again lower, so a watch from our
@@ -267,7 +277,7 @@ impl Registry for EtcdRegistry {
                         tracing::warn!(
                             "etcd: {e}; retrying in {wait:?} (forwarding goes on with the last known peers)"
                         );
-                        tokio::time::sleep(wait).await;
+                        st.retry_at = Some(tokio::time::Instant::now() + wait);
                         continue;
                     }
                 }
@@ -314,7 +324,7 @@ impl Registry for EtcdRegistry {
                     let wait = st.backoff.next_delay();
                     tracing::warn!(revision = st.revision, "etcd watch stream broke; listing again in {wait:?}");
                     st.stream = None;
-                    tokio::time::sleep(wait).await;
+                    st.retry_at = Some(tokio::time::Instant::now() + wait);
                 }
             }
         }
