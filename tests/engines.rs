@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use std::net::SocketAddr;
 use std::time::Duration;
+use weft::control::metrics::name;
 use weft::lab::measure::{Samples, scrape};
 use weft::lab::topology::ns_exec;
 use weft::lab::traffic::{udp_flood, udp_gso_burst, udp_probe_error};
@@ -21,15 +22,16 @@ fn ping_sizes(ns: &str, dst: std::net::Ipv4Addr) {
     }
 }
 
-/// What a host's counter `weft_crossing_{what}_total` on `crossing` grew by between two scrapes.
-fn crossing_delta(before: &Samples, after: &Samples, what: &str, crossing: &str) -> f64 {
-    let key = format!("weft_crossing_{what}_total{{crossing=\"{crossing}\"}}");
+/// What a host's counter `metric` on `crossing` grew by between two scrapes.
+fn crossing_delta(before: &Samples, after: &Samples, metric: &str, crossing: &str) -> f64 {
+    let key = format!("{metric}{{crossing=\"{crossing}\"}}");
     after.get(&key).copied().unwrap_or(0.0) - before.get(&key).copied().unwrap_or(0.0)
 }
 
 /// Packets per syscall on `crossing` between two scrapes of one host.
 fn packets_per_call(before: &Samples, after: &Samples, crossing: &str) -> f64 {
-    crossing_delta(before, after, "packets", crossing) / crossing_delta(before, after, "syscalls", crossing).max(1.0)
+    crossing_delta(before, after, name::CROSSING_PACKETS, crossing)
+        / crossing_delta(before, after, name::CROSSING_SYSCALLS, crossing).max(1.0)
 }
 
 fn suite(tag: &str, backend: &str, mode: &str) {
@@ -141,7 +143,7 @@ fn offload_vxlan_without_udp_gso() {
     let per_read = packets_per_call(&before, &after, "tun_read");
     let per_send = packets_per_call(&before, &after, "udp_send");
     assert!(per_read > 4.0, "{per_read:.1} segments per TUN read: no super-packets");
-    let sent = crossing_delta(&before, &after, "packets", "udp_send");
+    let sent = crossing_delta(&before, &after, name::CROSSING_PACKETS, "udp_send");
     assert!(sent > 14_000.0 && per_send < 1.5, "{per_send:.2} datagrams per send without GSO ({sent} sent)");
 }
 

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
+use weft::control::metrics::name;
 use weft::dataplane::sys::netns;
 use weft::lab::cluster::{Cluster, ClusterSpec, lab_vtep_mac};
 use weft::lab::measure::{Samples, scrape};
@@ -18,9 +19,12 @@ const METRICS: &[&str] = &["--metrics-addr", "127.0.0.1:9100"];
 
 fn drops(m: &Samples) -> BTreeMap<String, u64> {
     m.iter()
-        .filter(|(k, v)| k.starts_with("weft_drops_total") && **v > 0.0)
+        .filter(|(k, v)| k.starts_with(name::DROPS) && **v > 0.0)
         .map(|(k, v)| {
-            (k.trim_start_matches("weft_drops_total{reason=\"").trim_end_matches("\"}").to_string(), *v as u64)
+            (
+                k.trim_start_matches(name::DROPS).trim_start_matches("{reason=\"").trim_end_matches("\"}").to_string(),
+                *v as u64,
+            )
         })
         .collect()
 }
@@ -185,7 +189,7 @@ fn accounting(mode: &str) {
     let (mut reached, mut forwarded, mut dropped) = (0, 0, 0);
     for ns in [&h1.ns, &h2.ns] {
         let m = scrape(ns).unwrap();
-        let p = |x: &str| value(&m, &format!("weft_crossing_packets_total{{crossing=\"{x}\"}}"));
+        let p = |x: &str| value(&m, &format!("{}{{crossing=\"{x}\"}}", name::CROSSING_PACKETS));
         reached += p("tun_read") + p("udp_recv");
         forwarded += p("udp_send") + p("tun_write");
         dropped += drops(&m).values().sum::<u64>();

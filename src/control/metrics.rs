@@ -12,6 +12,36 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// The metric names, defined once: the daemon writes them, the lab and the tests read them.
+pub mod name {
+    /// Syscalls per crossing (label `crossing`).
+    pub const CROSSING_SYSCALLS: &str = "weft_crossing_syscalls_total";
+    /// Inner packets per crossing.
+    pub const CROSSING_PACKETS: &str = "weft_crossing_packets_total";
+    /// Bytes per crossing.
+    pub const CROSSING_BYTES: &str = "weft_crossing_bytes_total";
+    /// Time inside each crossing's syscalls.
+    pub const CROSSING_SECONDS: &str = "weft_crossing_seconds_total";
+    /// Packets not forwarded (label `reason`).
+    pub const DROPS: &str = "weft_drops_total";
+    /// ICMP net-unreachable messages written back.
+    pub const ICMP_SENT: &str = "weft_icmp_sent_total";
+    /// Packets dropped at a full TUN queue (userspace paths only).
+    pub const TUN_QUEUE_DROPPED: &str = "weft_tun_queue_dropped_total";
+    /// The engines' poll() calls.
+    pub const POLLS: &str = "weft_polls_total";
+    /// Peers in the data path's table.
+    pub const PEERS: &str = "weft_peers";
+    /// When the lease lapses unless renewed.
+    pub const LEASE_EXPIRY: &str = "weft_lease_expiry_timestamp_seconds";
+    /// 1 once forwarding (label `dataplane`).
+    pub const READY: &str = "weft_ready";
+    /// The process's CPU (label `mode`).
+    pub const PROCESS_CPU: &str = "weft_process_cpu_seconds_total";
+    /// The process's context switches (label `kind`).
+    pub const PROCESS_CONTEXT_SWITCHES: &str = "weft_process_context_switches_total";
+}
+
 /// What the endpoint reports.
 pub struct MetricsState {
     /// The engine workers' counters.
@@ -59,38 +89,38 @@ pub fn render(state: &MetricsState) -> String {
     };
     metric(
         &mut out,
-        "weft_crossing_syscalls_total",
+        name::CROSSING_SYSCALLS,
         "counter",
         "Syscalls made on each user/kernel crossing, including those that found nothing (EAGAIN).",
         &per_crossing(&|c| s.syscalls(c) as f64),
     );
     metric(
         &mut out,
-        "weft_crossing_packets_total",
+        name::CROSSING_PACKETS,
         "counter",
         "Inner packets moved on each crossing.",
         &per_crossing(&|c| s.packets(c) as f64),
     );
     metric(
         &mut out,
-        "weft_crossing_bytes_total",
+        name::CROSSING_BYTES,
         "counter",
         "Bytes moved on each crossing.",
         &per_crossing(&|c| s.bytes(c) as f64),
     );
     metric(
         &mut out,
-        "weft_crossing_seconds_total",
+        name::CROSSING_SECONDS,
         "counter",
         "Wall-clock time spent inside the syscalls of each crossing.",
         &per_crossing(&|c| s.nanos(c) as f64 / 1e9),
     );
     let drops: Vec<(String, f64)> =
         DropReason::ALL.iter().map(|r| (format!("reason=\"{}\"", r.label()), s.drops(*r) as f64)).collect();
-    metric(&mut out, "weft_drops_total", "counter", "Packets not forwarded, by reason.", &drops);
+    metric(&mut out, name::DROPS, "counter", "Packets not forwarded, by reason.", &drops);
     metric(
         &mut out,
-        "weft_icmp_sent_total",
+        name::ICMP_SENT,
         "counter",
         "ICMP net-unreachable messages written back into the TUN.",
         &[(String::new(), s.icmp_sent as f64)],
@@ -98,30 +128,30 @@ pub fn render(state: &MetricsState) -> String {
     if let Some(dropped) = state.tun.as_deref().and_then(tun_queue_dropped) {
         metric(
             &mut out,
-            "weft_tun_queue_dropped_total",
+            name::TUN_QUEUE_DROPPED,
             "counter",
             "Packets the kernel dropped because the TUN's queue was full (see --tun-queue-len).",
             &[(String::new(), dropped as f64)],
         );
     }
-    metric(&mut out, "weft_polls_total", "counter", "poll() calls of the engine.", &[(String::new(), s.polls as f64)]);
+    metric(&mut out, name::POLLS, "counter", "poll() calls of the engine.", &[(String::new(), s.polls as f64)]);
     metric(
         &mut out,
-        "weft_peers",
+        name::PEERS,
         "gauge",
         "Peers in the data path's table.",
         &[(String::new(), state.peers.load().len() as f64)],
     );
     metric(
         &mut out,
-        "weft_lease_expiry_timestamp_seconds",
+        name::LEASE_EXPIRY,
         "gauge",
         "When our lease lapses unless renewed.",
         &[(String::new(), state.lease_expiry.load(Ordering::Relaxed) as f64)],
     );
     metric(
         &mut out,
-        "weft_ready",
+        name::READY,
         "gauge",
         "1 once the host is set up and forwarding.",
         &[(format!("dataplane=\"{}\"", state.dataplane), f64::from(u8::from(state.ready.load(Ordering::Relaxed))))],
@@ -129,14 +159,14 @@ pub fn render(state: &MetricsState) -> String {
     if let Ok(ru) = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
         metric(
             &mut out,
-            "weft_process_cpu_seconds_total",
+            name::PROCESS_CPU,
             "counter",
             "CPU time of the weft process.",
             &[("mode=\"user\"".into(), secs(ru.user_time())), ("mode=\"system\"".into(), secs(ru.system_time()))],
         );
         metric(
             &mut out,
-            "weft_process_context_switches_total",
+            name::PROCESS_CONTEXT_SWITCHES,
             "counter",
             "Context switches of the weft process.",
             &[

@@ -25,6 +25,10 @@ pub const MAX_PACKET: usize = 65_535;
 /// A buffer size that holds any datagram or packet with headroom.
 pub const BUF_LEN: usize = HEADROOM + MAX_PACKET;
 
+/// Where a read from a TUN with a `virtio_net_hdr` starts, so that the packet behind the header
+/// lands at [`HEADROOM`], as in every engine.
+pub const READ_AT: usize = HEADROOM - crate::proto::virtio::LEN;
+
 /// How inner packets travel between hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encap {

@@ -9,6 +9,7 @@ pub mod traffic;
 
 pub mod report;
 
+use crate::control::metrics::name;
 use anyhow::{Context, Result, bail};
 use cluster::{Cluster, ClusterSpec};
 use measure::{CpuTimes, METRICS_PORT, Samples, scrape};
@@ -123,22 +124,21 @@ fn preflight() -> Result<()> {
     Ok(())
 }
 
-fn sum_label(s: &Samples, name: &str, label: &str) -> f64 {
-    s.get(&format!("{name}{{{label}}}")).copied().unwrap_or(0.0)
+/// `name{label}` in one host's scrape. A metric weft does not report is an error, not a zero:
+/// a renamed metric would otherwise turn a column of the table into zeros.
+fn sample(s: &Samples, name: &str, label: &str) -> Result<f64> {
+    let key = if label.is_empty() { name.to_string() } else { format!("{name}{{{label}}}") };
+    s.get(&key).copied().with_context(|| format!("weft's /metrics has no {key}"))
 }
 
-fn delta(before: &[Samples], after: &[Samples], name: &str, label: &str) -> f64 {
-    after.iter().map(|a| sum_label(a, name, label)).sum::<f64>()
-        - before.iter().map(|b| sum_label(b, name, label)).sum::<f64>()
+/// How much `name{label}`, summed over the hosts, grew between the two scrapes.
+fn delta(before: &[Samples], after: &[Samples], name: &str, label: &str) -> Result<f64> {
+    let sum = |s: &[Samples]| s.iter().map(|m| sample(m, name, label)).sum::<Result<f64>>();
+    Ok(sum(after)? - sum(before)?)
 }
 
 fn per(x: f64, n: u64) -> f64 {
     if n == 0 { 0.0 } else { x / n as f64 }
-}
-
-/// An unlabelled metric summed over the hosts (0 where absent).
-fn total(name: &str, s: &[Samples]) -> f64 {
-    s.iter().map(|m| m.get(name).copied().unwrap_or(0.0)).sum()
 }
 
 /// Figures from counter deltas. `packets` is the workload's data packets (the denominator of
@@ -148,50 +148,51 @@ fn figures(
     after: &[Samples],
     cpu: CpuTimes,
     packets: u64,
-) -> (Vec<CrossingFigure>, f64, ProcessFigure, MachineFigure, u64) {
+) -> Result<(Vec<CrossingFigure>, f64, ProcessFigure, MachineFigure, u64)> {
     let crossings = crate::dataplane::counters::Crossing::ALL
         .iter()
         .map(|c| {
             let l = format!("crossing=\"{}\"", c.label());
-            let sys = delta(before, after, "weft_crossing_syscalls_total", &l);
-            let pk = delta(before, after, "weft_crossing_packets_total", &l);
-            let secs = delta(before, after, "weft_crossing_seconds_total", &l);
-            CrossingFigure {
+            let sys = delta(before, after, name::CROSSING_SYSCALLS, &l)?;
+            let pk = delta(before, after, name::CROSSING_PACKETS, &l)?;
+            let secs = delta(before, after, name::CROSSING_SECONDS, &l)?;
+            Ok(CrossingFigure {
                 crossing: c.label().into(),
                 syscalls: sys as u64,
                 packets: pk as u64,
                 syscalls_per_packet: if pk > 0.0 { sys / pk } else { 0.0 },
                 packets_per_syscall: if sys > 0.0 { pk / sys } else { 0.0 },
                 ns_per_packet: if pk > 0.0 { secs * 1e9 / pk } else { 0.0 },
-            }
+            })
         })
-        .collect();
-    let polls = total("weft_polls_total", after) - total("weft_polls_total", before);
+        .collect::<Result<Vec<_>>>()?;
+    let polls = delta(before, after, name::POLLS, "")?;
+    let cpu_ns = |mode: &str| Ok::<_, anyhow::Error>(delta(before, after, name::PROCESS_CPU, mode)? * 1e9);
+    let switches =
+        |kind: &str| Ok::<_, anyhow::Error>(delta(before, after, name::PROCESS_CONTEXT_SWITCHES, kind)? * 1000.0);
     let fwd = ProcessFigure {
-        user_ns_per_packet: per(delta(before, after, "weft_process_cpu_seconds_total", "mode=\"user\"") * 1e9, packets),
-        system_ns_per_packet: per(
-            delta(before, after, "weft_process_cpu_seconds_total", "mode=\"system\"") * 1e9,
-            packets,
-        ),
-        voluntary_cs_per_1000_packets: per(
-            delta(before, after, "weft_process_context_switches_total", "kind=\"voluntary\"") * 1000.0,
-            packets,
-        ),
-        involuntary_cs_per_1000_packets: per(
-            delta(before, after, "weft_process_context_switches_total", "kind=\"involuntary\"") * 1000.0,
-            packets,
-        ),
+        user_ns_per_packet: per(cpu_ns("mode=\"user\"")?, packets),
+        system_ns_per_packet: per(cpu_ns("mode=\"system\"")?, packets),
+        voluntary_cs_per_1000_packets: per(switches("kind=\"voluntary\"")?, packets),
+        involuntary_cs_per_1000_packets: per(switches("kind=\"involuntary\"")?, packets),
     };
     let machine = MachineFigure {
         user_ns_per_packet: per(cpu.user as f64, packets),
         system_ns_per_packet: per(cpu.system as f64, packets),
         softirq_ns_per_packet: per((cpu.softirq + cpu.irq) as f64, packets),
     };
-    let drops: f64 = crate::dataplane::counters::DropReason::ALL
+    let drops = crate::dataplane::counters::DropReason::ALL
         .iter()
-        .map(|r| delta(before, after, "weft_drops_total", &format!("reason=\"{}\"", r.label())))
-        .sum();
-    (crossings, per(polls, packets), fwd, machine, drops.max(0.0) as u64)
+        .map(|r| delta(before, after, name::DROPS, &format!("reason=\"{}\"", r.label())))
+        .sum::<Result<f64>>()?;
+    Ok((crossings, per(polls, packets), fwd, machine, drops.max(0.0) as u64))
+}
+
+/// Packets the kernel dropped at full TUN queues between the scrapes. Only a userspace path
+/// has a TUN, so only there does weft report it.
+fn tun_queue_drops(before: &[Samples], after: &[Samples]) -> u64 {
+    let sum = |s: &[Samples]| s.iter().filter_map(|m| m.get(name::TUN_QUEUE_DROPPED)).sum::<f64>();
+    (sum(after) - sum(before)).max(0.0) as u64
 }
 
 /// Paced runs per data path to find the < 1 % loss rate of `udp-64B` (resolution: the unpaced
@@ -223,6 +224,103 @@ fn start_cluster(bin: &std::path::Path, spec: &ClusterSpec, name: &str) -> Resul
     Ok((cluster, etcd))
 }
 
+/// What one workload on one data path runs with.
+struct Trial<'a> {
+    cluster: &'a Cluster,
+    path: &'a DataPath,
+    round: u32,
+    secs: u64,
+    quick: bool,
+}
+
+impl Trial<'_> {
+    /// Runs workload `w` between containers 1 and 2 and reads the figures around it.
+    fn measure(&self, w: Workload) -> Result<Record> {
+        let (h1, h2) = (&self.cluster.topo.hosts[0], &self.cluster.topo.hosts[1]);
+        let (dur, bound, name) = (Duration::from_secs(self.secs), Duration::from_secs(self.secs + 30), &self.path.name);
+        let scrape_all = || -> Result<Vec<Samples>> {
+            self.cluster
+                .topo
+                .hosts
+                .iter()
+                .map(|h| scrape(&h.ns))
+                .collect::<std::io::Result<_>>()
+                .context("reading weft's /metrics")
+        };
+        let before = scrape_all()?;
+        let cpu0 = CpuTimes::now()?;
+        let mut rec = Record::new(name, &w.name(), self.round);
+        let (sender, packets, ceiling) = match w {
+            Workload::Tcp { streams } => {
+                let r = tcp_bulk(
+                    &h2.container_ns,
+                    h2.container_ip,
+                    &h1.container_ns,
+                    streams,
+                    Amount::Duration(dur),
+                    bound,
+                )
+                .with_context(|| format!("{} over {name}\n{}", w.name(), self.cluster.logs()))?;
+                rec.duration_s = r.seconds;
+                rec.throughput_gbit_s = Some(r.gbit_per_s());
+                (r.sender, r.sender.wire_packets, None)
+            }
+            Workload::UdpSmall => {
+                let r = udp_flood(&h2.container_ns, h2.container_ip, &h1.container_ns, dur)
+                    .with_context(|| format!("udp over {name}"))?;
+                rec.duration_s = r.seconds;
+                rec.offered_pps = Some(r.offered_pps());
+                rec.delivered_pps = Some(r.delivered_pps());
+                rec.loss = Some(r.loss());
+                rec.damaged = Some(r.bad);
+                (r.sender, r.sent, Some(r.offered_pps()))
+            }
+            Workload::RequestResponse => {
+                let r = udp_ping_pong(&h2.container_ns, h2.container_ip, &h1.container_ns, dur)
+                    .with_context(|| format!("request/response over {name}"))?;
+                rec.duration_s = self.secs as f64;
+                rec.latency_p50_us = Some(r.p50_us);
+                rec.latency_p99_us = Some(r.p99_us);
+                rec.round_trips = Some(r.samples);
+                rec.loss = Some(per(r.lost as f64, r.samples + r.lost));
+                (r.sender, 2 * r.samples, None)
+            }
+        };
+        let cpu = CpuTimes::now()?.since(&cpu0);
+        let after = scrape_all()?;
+        let (crossings, polls, fwd, machine, drops) = figures(&before, &after, cpu, packets)?;
+        rec.wire_packets = packets;
+        rec.crossings = crossings;
+        rec.polls_per_packet = polls;
+        rec.sender = SenderFigure {
+            syscalls_per_packet: per(sender.syscalls as f64, sender.wire_packets.max(1)),
+            user_ns_per_packet: per(sender.user_ns as f64, sender.wire_packets),
+            system_ns_per_packet: per(sender.system_ns as f64, sender.wire_packets),
+        };
+        rec.forwarder = fwd;
+        rec.machine = machine;
+        rec.weft_drops = drops;
+        rec.tun_queue_drops = tun_queue_drops(&before, &after);
+        if let Some(ceiling) = ceiling {
+            // After the figures above: the rate it carries with < 1 % loss, bisected below the
+            // unpaced offer.
+            let trial = if self.quick { Duration::from_millis(300) } else { Duration::from_secs(1) };
+            let best = udp_lossless_rate(
+                &h2.container_ns,
+                h2.container_ip,
+                &h1.container_ns,
+                ceiling,
+                0.01,
+                trial,
+                LOSSLESS_TRIALS,
+            )
+            .with_context(|| format!("paced udp over {name}"))?;
+            rec.lossless_pps = best.map(|b| b.delivered_pps());
+        }
+        Ok(rec)
+    }
+}
+
 /// Runs the lab.
 pub fn run(opts: LabOptions) -> Result<()> {
     preflight()?;
@@ -247,8 +345,6 @@ pub fn run(opts: LabOptions) -> Result<()> {
     }
     let mut report = Report::new(secs, opts.rounds);
     eprintln!("lab: {}", report.machine());
-    let dur = Duration::from_secs(secs);
-    let bound = Duration::from_secs(secs + 30);
     let rounds = (1..=opts.rounds).flat_map(|round| paths.iter().map(move |dp| (round, dp)));
     for (round, dp) in rounds {
         let mut extra = dp.extra.clone();
@@ -260,97 +356,15 @@ pub fn run(opts: LabOptions) -> Result<()> {
             ..ClusterSpec::two_hosts("lab", dp.backend)
         };
         let (cluster, _etcd) = start_cluster(&bin, &spec, &dp.name)?;
-        let (h1, h2) = (cluster.topo.hosts[0].clone(), cluster.topo.hosts[1].clone());
-        let host_ns: Vec<String> = cluster.topo.hosts.iter().map(|h| h.ns.clone()).collect();
+        let trial = Trial { cluster: &cluster, path: dp, round, secs, quick: opts.quick };
         for w in &workloads {
             if interrupted.load(Ordering::Relaxed) {
                 bail!("interrupted; everything the lab created has been removed");
             }
             let of = if opts.rounds > 1 { format!("round {round}/{}: ", opts.rounds) } else { String::new() };
             eprintln!("lab: {of}{:<18} {:<8} {secs} s ...", dp.name, w.name());
-            let before: Vec<Samples> =
-                host_ns.iter().map(|n| scrape(n)).collect::<std::io::Result<_>>().context("reading weft's /metrics")?;
-            let cpu0 = CpuTimes::now()?;
-            let mut rec = Record::new(&dp.name, &w.name(), round);
-            let sender;
-            let packets;
-            let mut ceiling = None;
-            match *w {
-                Workload::Tcp { streams } => {
-                    let r = tcp_bulk(
-                        &h2.container_ns,
-                        h2.container_ip,
-                        &h1.container_ns,
-                        streams,
-                        Amount::Duration(dur),
-                        bound,
-                    )
-                    .with_context(|| format!("{} over {}\n{}", w.name(), dp.name, cluster.logs()))?;
-                    rec.duration_s = r.seconds;
-                    rec.throughput_gbit_s = Some(r.gbit_per_s());
-                    sender = r.sender;
-                    packets = r.sender.wire_packets;
-                }
-                Workload::UdpSmall => {
-                    let r = udp_flood(&h2.container_ns, h2.container_ip, &h1.container_ns, dur)
-                        .with_context(|| format!("udp over {}", dp.name))?;
-                    rec.duration_s = r.seconds;
-                    rec.offered_pps = Some(r.offered_pps());
-                    rec.delivered_pps = Some(r.delivered_pps());
-                    rec.loss = Some(r.loss());
-                    rec.damaged = Some(r.bad);
-                    sender = r.sender;
-                    packets = r.sent;
-                    ceiling = Some(r.offered_pps());
-                }
-                Workload::RequestResponse => {
-                    let r = udp_ping_pong(&h2.container_ns, h2.container_ip, &h1.container_ns, dur)
-                        .with_context(|| format!("request/response over {}", dp.name))?;
-                    rec.duration_s = secs as f64;
-                    rec.latency_p50_us = Some(r.p50_us);
-                    rec.latency_p99_us = Some(r.p99_us);
-                    rec.round_trips = Some(r.samples);
-                    rec.loss = Some(per(r.lost as f64, r.samples + r.lost));
-                    sender = r.sender;
-                    packets = 2 * r.samples;
-                }
-            }
-            let cpu = CpuTimes::now()?.since(&cpu0);
-            let after: Vec<Samples> =
-                host_ns.iter().map(|n| scrape(n)).collect::<std::io::Result<_>>().context("reading weft's /metrics")?;
-            let (crossings, polls, fwd, machine, drops) = figures(&before, &after, cpu, packets);
-            rec.wire_packets = packets;
-            rec.crossings = crossings;
-            rec.polls_per_packet = polls;
-            rec.sender = SenderFigure {
-                syscalls_per_packet: per(sender.syscalls as f64, sender.wire_packets.max(1)),
-                user_ns_per_packet: per(sender.user_ns as f64, sender.wire_packets),
-                system_ns_per_packet: per(sender.system_ns as f64, sender.wire_packets),
-            };
-            rec.forwarder = fwd;
-            rec.machine = machine;
-            rec.weft_drops = drops;
-            let tunq = "weft_tun_queue_dropped_total";
-            rec.tun_queue_drops = (total(tunq, &after) - total(tunq, &before)).max(0.0) as u64;
-            if let Some(ceiling) = ceiling {
-                // After the figures above: the rate it carries with < 1 % loss, bisected below
-                // the unpaced offer.
-                let trial = if opts.quick { Duration::from_millis(300) } else { Duration::from_secs(1) };
-                let best = udp_lossless_rate(
-                    &h2.container_ns,
-                    h2.container_ip,
-                    &h1.container_ns,
-                    ceiling,
-                    0.01,
-                    trial,
-                    LOSSLESS_TRIALS,
-                )
-                .with_context(|| format!("paced udp over {}", dp.name))?;
-                rec.lossless_pps = best.map(|b| b.delivered_pps());
-            }
-            report.records.push(rec);
+            report.records.push(trial.measure(*w)?);
         }
-        drop(cluster);
     }
     report.compute_ratios();
     print!("{}", report.table());
@@ -363,4 +377,20 @@ pub fn run(opts: LabOptions) -> Result<()> {
         eprintln!("lab: wrote {}", p.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_metric_is_an_error_not_a_zero() {
+        let m = measure::parse_metrics("weft_polls_total 5\nweft_drops_total{reason=\"no_route\"} 2\n");
+        let later = measure::parse_metrics("weft_polls_total 9\nweft_drops_total{reason=\"no_route\"} 3\n");
+        let (m, later) = (std::slice::from_ref(&m), std::slice::from_ref(&later));
+        assert_eq!(delta(m, later, name::POLLS, "").unwrap(), 4.0);
+        assert_eq!(delta(m, later, name::DROPS, "reason=\"no_route\"").unwrap(), 1.0);
+        let e = delta(m, later, name::CROSSING_PACKETS, "crossing=\"tun_read\"").unwrap_err().to_string();
+        assert!(e.contains("weft_crossing_packets_total{crossing=\"tun_read\"}"), "{e}");
+    }
 }

@@ -203,7 +203,7 @@ fn proto(t: Transport) -> u8 {
 }
 
 /// Most bytes of IPv4 + transport headers (60 + 60).
-const MAX_HDR_LEN: usize = 120;
+pub const MAX_HDR_LEN: usize = 120;
 
 /// Byte ranges, from the start of the transport header, of the fields a segment gets its own
 /// value of (the IPv4 ones are `ipv4::field`'s).

@@ -14,16 +14,13 @@ use super::coalesce::{Outer, TunWriter};
 use super::runs::{BATCH, Pending, RunSender};
 use super::{EngineContext, EngineError, STOP_CHECK, empty_read, read_tun, reply_icmp, u64_len};
 use crate::dataplane::counters::{Crossing, DropLog, DropReason, timed};
-use crate::dataplane::forward::{BUF_LEN, Egress, HEADROOM, Ingress};
+use crate::dataplane::forward::{BUF_LEN, Egress, HEADROOM, Ingress, READ_AT};
 use crate::dataplane::sys::mmsg::MmsgBatch;
 use crate::dataplane::sys::poll::wait_readable;
 use crate::proto::icmp;
 use crate::proto::virtio::{self, VnetHdr};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-
-/// Where a TUN read starts, so that the packet after the `virtio_net_hdr` lands at [`HEADROOM`].
-const READ_AT: usize = HEADROOM - virtio::LEN;
 
 /// Runs until stopped. `ctx.tun` must have been opened with `IFF_VNET_HDR` (no offloads).
 pub fn run(ctx: EngineContext) -> Result<(), EngineError> {

@@ -17,10 +17,10 @@ use crate::proto::gro::{FlowRun, Rules};
 use crate::proto::virtio;
 use std::io::IoSlice;
 
-/// Most packets one run merges (one `writev`).
-pub const MAX_PACKETS: usize = 64;
-/// Room for a merged packet's IPv4 + TCP headers (60 + 60 bytes at most).
-const HDR_ROOM: usize = 128;
+/// Most packets one run merges (one `writev`): what one GRO receive can hold.
+pub const MAX_PACKETS: usize = crate::dataplane::sys::udp::MAX_SEGMENTS;
+/// Room for a merged packet's IPv4 + transport headers.
+const HDR_ROOM: usize = crate::proto::gso::MAX_HDR_LEN;
 
 /// What covered a batch of decapsulated packets on the underlay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

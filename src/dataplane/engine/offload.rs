@@ -22,13 +22,13 @@
 //! EINVAL), the run's datagrams are written one by one, and every later one too.
 
 use super::coalesce::{Outer, TunWriter, offload_refused};
-use super::runs::{BATCH, MAX_GSO_BYTES, Pending, RunSender};
+use super::runs::{BATCH, MAX_GSO_BYTES, Pending, RunSender, gso_refused};
 use super::{EngineContext, EngineError, STOP_CHECK, empty_read, per_packet, read_tun, reply_icmp, u64_len};
 use crate::dataplane::counters::{Counters, Crossing, DropLog, DropReason, timed};
-use crate::dataplane::forward::{BUF_LEN, Egress, HEADROOM, Ingress};
+use crate::dataplane::forward::{BUF_LEN, Egress, HEADROOM, Ingress, READ_AT};
 use crate::dataplane::sys::poll::wait_readable;
 use crate::dataplane::sys::tun::{Tun, offload};
-use crate::dataplane::sys::udp::{gro_cmsg_space, recv_gro, send_gso};
+use crate::dataplane::sys::udp::{MAX_SEGMENTS, RecvMeta, gro_cmsg_space, recv_gro, send_gso};
 use crate::proto::gso::{Headers, Segmenter};
 use crate::proto::icmp;
 use crate::proto::virtio::{self, VnetHdr};
@@ -37,13 +37,6 @@ use std::net::SocketAddrV4;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 
-/// Where a TUN read starts, so that the packet after the `virtio_net_hdr` lands at [`HEADROOM`]
-/// like in every engine.
-const READ_AT: usize = HEADROOM - virtio::LEN;
-/// Most segments per `UDP_SEGMENT` send (the kernel's limit).
-const MAX_GSO_SEGMENTS: usize = 64;
-/// Most datagrams one GRO receive can hold.
-const MAX_GRO_DATAGRAMS: usize = 64;
 /// Batches (or GRO receives) per side before looking at the other side again.
 const ROUNDS: usize = 8;
 
@@ -113,7 +106,7 @@ fn new_state(egress: bool, gso: bool) -> State {
         staged: None,
         cmsg: gro_cmsg_space(),
         scratch: [0u8; icmp::MAX_LEN],
-        delivered: Vec::with_capacity(MAX_GRO_DATAGRAMS),
+        delivered: Vec::with_capacity(MAX_SEGMENTS),
         writer: TunWriter::default(),
         log: DropLog::default(),
     }
@@ -170,11 +163,7 @@ fn send_datagrams(
         let seg = u16::try_from(size).unwrap_or(u16::MAX);
         let (r, ns) = timed(|| send_gso(&ctx.tx, &[IoSlice::new(frames)], Some(seg), to));
         match r {
-            Err(e) if offload_refused(&e) => {
-                c.syscall(Crossing::UdpSend, 0, 0, ns);
-                tracing::warn!("UDP GSO refused by the kernel ({e}); sending datagrams one by one from now on");
-                *gso = false;
-            }
+            Err(e) if offload_refused(&e) => gso_refused(c, &e, ns, gso),
             r => return count_sent(c, r, ns, count),
         }
     }
@@ -312,7 +301,7 @@ fn send_super_packet(
         c.count_drops(DropReason::Oversize, u64_len(seg.count()));
         return Ok(());
     }
-    let per_send = (MAX_GSO_BYTES / size).clamp(1, MAX_GSO_SEGMENTS);
+    let per_send = (MAX_GSO_BYTES / size).clamp(1, MAX_SEGMENTS);
     if st.staged.is_some_and(|k| k.to != to || k.size != size) {
         flush_staged(ctx, st)?;
     }
@@ -343,15 +332,15 @@ fn send_super_packet(
 fn ingress_one(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError> {
     let c = &*ctx.counters;
     let (r, ns) = timed(|| recv_gro(&ctx.socket, &mut st.udp_buf, &mut st.cmsg));
-    let (n, from, seg) = match r {
+    let meta = match r {
         Ok(v) => v,
         Err(e) => {
             empty_read(c, Crossing::UdpRecv, e, ns)?;
             return Ok(false);
         }
     };
-    let seg = seg.unwrap_or(n).max(1);
-    let count = n.div_ceil(seg).max(1);
+    let RecvMeta { len: n, from, stride: seg } = meta;
+    let count = meta.datagrams();
     c.syscall(Crossing::UdpRecv, u64_len(count), u64_len(n), ns);
     let peers = ctx.peers.load();
     st.delivered.clear();
@@ -371,8 +360,8 @@ fn ingress_one(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError>
     let outer = if count > 1 { Outer::Verified } else { Outer::AsTheBackend };
     // A GRO receive holds at most 64 datagrams on today's kernels; more (a larger GSO send
     // from a local sender) are written in further calls, none left behind.
-    for chunk in st.delivered.chunks(MAX_GRO_DATAGRAMS) {
-        let mut packets: [&[u8]; MAX_GRO_DATAGRAMS] = [&[]; MAX_GRO_DATAGRAMS];
+    for chunk in st.delivered.chunks(MAX_SEGMENTS) {
+        let mut packets: [&[u8]; MAX_SEGMENTS] = [&[]; MAX_SEGMENTS];
         for (slot, r) in packets.iter_mut().zip(chunk) {
             *slot = &st.udp_buf[r.clone()];
         }

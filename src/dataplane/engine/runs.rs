@@ -13,10 +13,19 @@ use std::io::IoSlice;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::Range;
 
-/// Most datagrams per batch, and per GSO send (the kernel's `UDP_MAX_SEGMENTS` on older kernels).
-pub const BATCH: usize = 64;
+/// Most datagrams per batch, and per GSO send.
+pub const BATCH: usize = crate::dataplane::sys::udp::MAX_SEGMENTS;
 /// Most bytes one UDP send may carry in all (65 535 − IPv4 − UDP headers).
 pub const MAX_GSO_BYTES: usize = 65_507;
+
+/// The kernel refused a GSO send (EIO, EINVAL: a route or device that cannot take it): the
+/// refused call is counted as an empty send, and this sender sends one datagram per message
+/// from now on, which loses nothing.
+pub(crate) fn gso_refused(c: &crate::dataplane::counters::Counters, e: &std::io::Error, ns: u64, gso: &mut bool) {
+    c.syscall(Crossing::UdpSend, 0, 0, ns);
+    tracing::warn!("UDP GSO refused by the kernel ({e}); sending datagrams one by one from now on");
+    *gso = false;
+}
 
 /// A datagram waiting in a read buffer: `bufs[buf][range]`, for `to`.
 #[derive(Debug, Clone)]
@@ -90,9 +99,7 @@ impl RunSender {
                     sent += k;
                 }
                 Err(e) if msgs[sent].segment.is_some() && offload_refused(&e) => {
-                    c.syscall(Crossing::UdpSend, 0, 0, ns);
-                    tracing::warn!("UDP GSO refused by the kernel ({e}); sending datagrams one by one from now on");
-                    self.gso = false;
+                    gso_refused(c, &e, ns, &mut self.gso);
                     return self.send(ctx, bufs, &pending[starts[sent]..]);
                 }
                 Err(e) if !per_packet(&e) => return Err(EngineError::Udp(e)),

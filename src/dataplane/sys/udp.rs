@@ -60,9 +60,32 @@ pub fn send_gso(
     r.map_err(io::Error::from)
 }
 
-/// Receives into `buf` without blocking: (bytes, sender, segment size if the kernel coalesced
-/// several datagrams). `cmsg` is caller-owned control-message space (see [`gro_cmsg_space`]).
-pub fn recv_gro(sock: &UdpSocket, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<usize>)> {
+/// Most datagrams one `UDP_SEGMENT` send carries and one `UDP_GRO` receive returns (the kernel's
+/// `UDP_MAX_SEGMENTS` on the kernels weft runs on).
+pub const MAX_SEGMENTS: usize = 64;
+
+/// What one receive got: `len` bytes from `from`, datagrams of `stride` bytes back to back (the
+/// last may be shorter); one datagram when the kernel coalesced none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecvMeta {
+    /// Bytes received.
+    pub len: usize,
+    /// The sender.
+    pub from: SocketAddr,
+    /// Bytes per datagram (at least 1).
+    pub stride: usize,
+}
+
+impl RecvMeta {
+    /// How many datagrams it holds.
+    pub fn datagrams(&self) -> usize {
+        self.len.div_ceil(self.stride).max(1)
+    }
+}
+
+/// Receives into `buf` without blocking. `cmsg` is caller-owned control-message space (see
+/// [`gro_cmsg_space`]).
+pub fn recv_gro(sock: &UdpSocket, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result<RecvMeta> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg};
     use std::os::fd::AsRawFd;
     let mut iov = [io::IoSliceMut::new(buf)];
@@ -80,7 +103,7 @@ pub fn recv_gro(sock: &UdpSocket, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result
         .address
         .map(|a| SocketAddr::V4(std::net::SocketAddrV4::new(a.ip(), a.port())))
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-    Ok((msg.bytes, from, seg))
+    Ok(RecvMeta { len: msg.bytes, from, stride: seg.unwrap_or(msg.bytes).max(1) })
 }
 
 /// Control-message space for [`recv_gro`].
