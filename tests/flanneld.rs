@@ -158,21 +158,25 @@ fn plugin_dir(dir: &Path) -> PathBuf {
     bin_dir
 }
 
-/// One plugin call as a runtime makes it: in the host's namespace, CNI_ variables set, the
-/// configuration on stdin. Returns the exit status's success and stdout.
-fn cni_call(
-    host_ns: &str,
+/// One plugin call as a runtime makes it: CNI_ variables set, the configuration on stdin;
+/// in `host_ns` when given. Returns the exit status and stdout.
+fn cni_exec(
+    host_ns: Option<&str>,
     plugin: &Path,
-    cmd: &str,
-    id: &str,
-    netns: &str,
+    (cmd, id, netns): (&str, &str, &str),
     cni_path: &Path,
     conf: &Value,
-) -> (bool, String) {
+) -> (Option<i32>, String) {
     use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", host_ns])
-        .arg(plugin)
+    let mut command = match host_ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(plugin);
+            c
+        }
+        None => Command::new(plugin),
+    };
+    let mut child = command
         .env("CNI_COMMAND", cmd)
         .env("CNI_CONTAINERID", id)
         .env("CNI_NETNS", format!("/run/netns/{netns}"))
@@ -189,7 +193,21 @@ fn cni_call(
     if !o.status.success() {
         eprintln!("{cmd} {}: {stdout}\n{}", plugin.display(), String::from_utf8_lossy(&o.stderr));
     }
-    (o.status.success(), stdout)
+    (o.status.code(), stdout)
+}
+
+/// A call in the host's namespace: (success, stdout).
+fn cni_call(
+    host_ns: &str,
+    plugin: &Path,
+    cmd: &str,
+    id: &str,
+    netns: &str,
+    cni_path: &Path,
+    conf: &Value,
+) -> (bool, String) {
+    let (code, stdout) = cni_exec(Some(host_ns), plugin, (cmd, id, netns), cni_path, conf);
+    (code == Some(0), stdout)
 }
 
 /// kube-flannel's conflist (name cbr0, cniVersion 0.3.1: flannel with hairpinMode and
@@ -298,22 +316,7 @@ fn cni_errors_are_cni_errors() {
     let work = tempfile::tempdir().unwrap();
     let bins = plugin_dir(work.path());
     let flannel = bins.join("flannel");
-    let call = |cmd: &str, conf: &Value| {
-        use std::io::Write;
-        let mut child = Command::new(&flannel)
-            .env("CNI_COMMAND", cmd)
-            .env("CNI_CONTAINERID", "x1")
-            .env("CNI_NETNS", "/run/netns/none")
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", &bins)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
-        let o = child.wait_with_output().unwrap();
-        (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned())
-    };
+    let call = |cmd: &str, conf: &Value| cni_exec(None, &flannel, (cmd, "x1", "none"), &bins, conf);
     let (code, v) = call("VERSION", &json!({"cniVersion":"0.3.1"}));
     assert_eq!(code, Some(0));
     assert!(serde_json::from_str::<Value>(&v).unwrap()["supportedVersions"].as_array().unwrap().len() > 3);
@@ -421,10 +424,7 @@ fn interfaces_chosen_as_flanneld_chooses_them_and_flags_from_the_environment() {
         assert_eq!(got.ok().as_deref(), Some("READY=1"), "case {k} {args:?}:\n{text}");
         assert!(env_file.exists(), "READY=1 before subnet.env");
         assert!(text.contains("iface=eth0 public_ip=198.18.0.1"), "case {k} {args:?}:\n{text}");
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        sigterm(child.id());
         assert!(child.wait().unwrap().success());
         let mut buf = [0u8; 64];
         let stopping = ready.recv(&mut buf).map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());

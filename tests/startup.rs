@@ -172,11 +172,7 @@ fn the_subnet_file_directory_is_created_as_flanneld_does() {
     let mut child = spawn_weft(&c, &[], &["--subnet-file", env.to_str().unwrap()]);
     assert!(eventually(Duration::from_secs(10), || env.exists()), "not ready");
     assert!(std::fs::read_to_string(&env).unwrap().contains("FLANNEL_SUBNET=100.96."));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    sigterm(child.id());
     assert!(child.wait().unwrap().success());
 }
 
@@ -194,7 +190,7 @@ fn host_problems_fail_before_the_lease() {
     let h1 = c.topo.hosts[0].clone();
     // A missing interface; the loopback one; a TUN name the kernel cannot take.
     let e = run_weft(&c, &[], &["--iface", "nope0"]);
-    assert_failed_clean(&c, &e, "interface \"nope0\" not found");
+    assert_failed_clean(&c, &e, "no interface matches --iface nope0");
     let e = run_weft(&c, &[], &["--iface", "lo", "--public-ip", "127.0.0.1"]);
     assert_failed_clean(&c, &e, "loopback");
     let e = run_weft(&c, &[], &["--tun-name", "a-name-far-too-long-for-linux"]);
@@ -298,11 +294,7 @@ fn sigterm_at_any_moment_of_a_start_exits_zero_and_leaves_no_temp_files() {
         // runs first); from main() on, weft blocks SIGTERM until its handler is in place.
         in_main(child.id());
         std::thread::sleep(Duration::from_millis(delay_ms));
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
+        sigterm(child.id());
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "SIGTERM after {delay_ms} ms: {:?}\n{stderr}", out.status);
@@ -330,11 +322,7 @@ fn unreachable_etcd_is_waited_for_and_a_signal_ends_the_wait() {
     argv.push(c.subnet_file(0).display().to_string());
     let child = spawn_in(&c.topo.hosts[0].ns, argv);
     std::thread::sleep(Duration::from_millis(1500));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    sigterm(child.id());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");

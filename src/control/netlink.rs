@@ -211,7 +211,10 @@ impl Netlink {
                     Err(_) => links.iter().find(|l| l.name == *spec).map(|l| (l, None)),
                 })
                 .ok_or_else(|| {
-                    NetlinkError::NotFound(format!("no interface matches --iface {}", choice.ifaces.join(",")))
+                    NetlinkError::NotFound(format!(
+                        "no interface matches --iface {}: give an interface's name or one of its IPv4 addresses",
+                        choice.ifaces.join(",")
+                    ))
                 })?
         } else if !choice.regexes.is_empty() {
             // flanneld tries each expression against every address, then every name.

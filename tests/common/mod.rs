@@ -53,6 +53,12 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Sends SIGTERM to process `pid` (a child the test started).
+pub fn sigterm(pid: u32) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid fits an i32"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM is sent");
+}
+
 /// True when namespace `ns` has a link called `name`.
 pub fn has_link(ns: &str, name: &str) -> bool {
     ns_exec(ns, &["ip", "link", "show", name]).map(|o| o.status.success()).unwrap_or(false)
