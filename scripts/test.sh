@@ -18,7 +18,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test (unit + integration in network namespaces)"
-cargo test --locked --all-targets
+cargo test --locked --no-fail-fast --all-targets
 
 echo "== fuzz (bounded)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
