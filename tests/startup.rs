@@ -338,3 +338,20 @@ fn auto_mode_takes_offload_here_and_says_why() {
     assert!(log.contains("engine: offload (--mode auto: the TUN device accepts TSO)"), "{log}");
     assert!(ping(&c.topo.hosts[0].container_ns, c.topo.hosts[1].container_ip, 1), "{}", c.logs());
 }
+
+#[test]
+fn without_nft_masquerading_fails_cleanly_and_the_default_forward_rules_are_left_out() {
+    let c = bare("nonft", r#"{"Type":"udp"}"#);
+    let no_nft = ["env", "PATH=/nonexistent"];
+    let e = run_weft(&c, &no_nft, &["--ip-masq"]);
+    assert_failed_clean(&c, &e, "apt-get install nftables");
+    // The forward rules are on by default: without nft, weft says so and runs.
+    let env = c.subnet_file(0);
+    let child = spawn_weft(&c, &no_nft, &[]);
+    assert!(eventually(Duration::from_secs(10), || env.exists()), "not ready without nft");
+    sigterm(child.id());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("the forward rules are not installed"), "{stderr}");
+}

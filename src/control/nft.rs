@@ -29,6 +29,15 @@ const KUBE_PROXY_MARK: u32 = 0x4000;
 pub struct NftError {
     what: String,
     detail: String,
+    /// The `nft` tool is not installed.
+    missing: bool,
+}
+
+impl NftError {
+    /// True when the `nft` tool is not installed (rather than refusing a rule).
+    pub fn tool_missing(&self) -> bool {
+        self.missing
+    }
 }
 
 /// What to install.
@@ -64,14 +73,17 @@ pub struct Firewall {
 
 fn nft(args: &[&str], script: Option<&str>) -> Result<String, NftError> {
     let what = if script.is_some() { "-f -".to_string() } else { args.join(" ") };
-    let err = |detail: String| NftError { what: what.clone(), detail };
+    let err = |detail: String| NftError { what: what.clone(), detail, missing: false };
     let mut child = Command::new("nft")
         .args(args)
         .stdin(if script.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| err(format!("{e} (--ip-masq and the forward rules need nft: apt-get install nftables)")))?;
+        .map_err(|e| NftError {
+            missing: e.kind() == std::io::ErrorKind::NotFound,
+            ..err(format!("{e} (--ip-masq and the forward rules need nft: apt-get install nftables)"))
+        })?;
     if let (Some(s), Some(mut stdin)) = (script, child.stdin.take()) {
         stdin.write_all(s.as_bytes()).map_err(|e| err(e.to_string()))?;
     }
@@ -218,6 +230,11 @@ impl Firewall {
             mended += 1;
         }
         Ok(mended)
+    }
+
+    /// Whether masquerading was asked for.
+    pub fn masquerades(&self) -> bool {
+        self.spec.masquerade
     }
 
     /// Installs everything.

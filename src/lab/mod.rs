@@ -348,7 +348,10 @@ pub fn run(opts: LabOptions) -> Result<()> {
     let rounds = (1..=opts.rounds).flat_map(|round| paths.iter().map(move |dp| (round, dp)));
     for (round, dp) in rounds {
         let mut extra = dp.extra.clone();
+        // The lab's hosts have no firewall; the data path is measured without weft's forward
+        // rules (a filter chain on the forward hook costs every forwarded packet a little).
         extra.extend(["--metrics-addr".to_string(), format!("127.0.0.1:{METRICS_PORT}")]);
+        extra.push("--iptables-forward-rules=false".into());
         let spec = ClusterSpec {
             hosts: opts.hosts,
             extra_args: extra,

@@ -225,7 +225,7 @@ impl DataPath {
             Err(e) => Err(e),
         };
         let set_up = match set_up {
-            Ok(()) => dp.with_firewall(Firewall::apply).await.unwrap_or(Ok(())).map_err(SetupError::from),
+            Ok(()) => dp.apply_firewall().await,
             Err(e) => Err(e),
         };
         if let Err(e) = set_up {
@@ -409,6 +409,21 @@ impl DataPath {
         .ok()?;
         self.firewall = Some(fw);
         Some(out)
+    }
+
+    /// Installs the masquerade and forward rules. Without the `nft` tool, the forward rules
+    /// that are on by default are left out with a warning (a host without nft has no nftables
+    /// drop policy of its own to meet); `--ip-masq` cannot do without it.
+    async fn apply_firewall(&mut self) -> Result<(), SetupError> {
+        match self.with_firewall(Firewall::apply).await {
+            Some(Err(e)) if e.tool_missing() && !self.firewall.as_ref().is_some_and(Firewall::masquerades) => {
+                tracing::warn!("{e}; the forward rules are not installed");
+                self.firewall = None;
+                Ok(())
+            }
+            Some(Err(e)) => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 
     /// Puts back masquerade and forward rules that were removed from outside.
