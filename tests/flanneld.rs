@@ -497,3 +497,36 @@ fn a_failed_renewal_is_retried_a_minute_later() {
     let ttl = String::from_utf8(e.ctl(&["lease", "timetolive", &format!("{id:x}")]).stdout).unwrap();
     assert!(ttl.contains("granted with TTL(86400s)"), "{ttl}");
 }
+
+#[test]
+fn a_kernel_path_on_a_drop_policy_host_forwards_after_weft_exits_and_restarts() {
+    require_privileges();
+    let spec = ClusterSpec {
+        extra_args: ["--dataplane", "kernel", "--ip-masq"].map(String::from).into(),
+        ..ClusterSpec::two_hosts("kdrop", r#"{"Type":"vxlan"}"#)
+    };
+    let mut c = Cluster::build(&spec).unwrap();
+    for h in &c.topo.hosts {
+        add_forward_drop(&h.ns);
+    }
+    c.start_all(bin(), &spec, Duration::from_secs(15)).unwrap();
+    let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
+    assert!(ping(&h1.container_ns, h2.container_ip, 1), "{}", c.logs());
+    // The kernel goes on forwarding when weft exits, so its forward accepts stay; the
+    // masquerade rules go.
+    for p in c.procs.iter_mut() {
+        p.stop(Duration::from_secs(5)).unwrap().expect("clean exit");
+    }
+    assert!(ping(&h1.container_ns, h2.container_ip, 1), "forwarding stopped with weft");
+    let rules = nft_rules(&h1.ns);
+    assert!(!rules.contains("masquerade"), "{rules}");
+    let accepts =
+        |ns: &str| out(ns, &["nft", "list", "chain", "ip", "filter", "FORWARD"]).matches("weft 100.96.0.0/16").count();
+    assert_eq!(accepts(&h1.ns), 2);
+    // A restart finds them and adds none twice.
+    c.start_host(bin(), 0, &spec.extra_args).unwrap();
+    c.wait_ready(Duration::from_secs(10)).unwrap();
+    assert_eq!(accepts(&h1.ns), 2, "{}", c.logs());
+    assert!(nft_rules(&h1.ns).contains("masquerade"));
+    assert!(ping(&h1.container_ns, h2.container_ip, 1), "{}", c.logs());
+}

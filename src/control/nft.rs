@@ -265,6 +265,22 @@ impl Firewall {
         Ok(self.mend_drop_chains()? > 0 || restored)
     }
 
+    /// What a clean exit leaves: a kernel data path goes on forwarding after weft exits, and on
+    /// a host whose forward policy is drop it needs the forward accepts, so those stay (a
+    /// restart finds and keeps them); the masquerade rules go. Everything else goes whole.
+    pub fn release(&mut self, kernel_keeps_forwarding: bool) {
+        if !(kernel_keeps_forwarding && self.spec.forward) {
+            return self.remove();
+        }
+        if self.spec.masquerade {
+            self.spec.masquerade = false;
+            if let Err(e) = self.write_table() {
+                tracing::warn!("removing weft's masquerade rules: {e}");
+            }
+        }
+        tracing::info!(table = %self.table, "leaving the forward rules for the kernel path, which goes on forwarding");
+    }
+
     /// Removes weft's table and its rules in other tables' chains.
     pub fn remove(&self) {
         if let Err(e) = nft(&["delete", "table", "ip", &self.table], None)

@@ -436,7 +436,8 @@ impl DataPath {
     /// Stops the engines and removes what weft set up (a failed start removes the TUN even when
     /// it was to persist).
     async fn remove(&mut self, failed_start: bool) {
-        self.with_firewall(|f| f.remove()).await;
+        let kernel_keeps_forwarding = !failed_start && self.kernel.main.is_some();
+        self.with_firewall(move |f| f.release(kernel_keeps_forwarding)).await;
         if let Some(e) = self.engines.take() {
             e.stop().await;
         }
