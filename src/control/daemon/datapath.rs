@@ -4,7 +4,7 @@
 //! TUN kept with `--persist-tun`.
 
 use super::options::RunOptions;
-use super::prepare::{HostError, Prepared, UserspaceIo, UserspaceSpec};
+use super::prepare::{HostError, Prepared, UserspaceIo, UserspaceSpec, port_free};
 use crate::control::kernel::{KernelBackend, KernelDataplane, remove_stale_routes};
 use crate::control::metrics::MetricsState;
 use crate::control::netlink::{Netlink, NetlinkError, OwnedRoute, Underlay, VxlanDevice, sysctl};
@@ -345,6 +345,7 @@ impl DataPath {
             e.stop().await;
         }
         self.tun = None;
+        port_free(spec.local).await.map_err(SetupError::Reopen)?;
         let io = spec.open().map_err(SetupError::Reopen)?;
         self.set_up_userspace(io).await?;
         tracing::info!(tun = %spec.name, "the TUN device is back and forwarding");

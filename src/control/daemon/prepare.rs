@@ -281,8 +281,10 @@ fn tun_error(what: &'static str, name: &str, error: std::io::Error) -> HostError
 /// holds it until its last thread has exited, a few milliseconds after the process looks gone.
 const PORT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Waits up to [`PORT_GRACE`] for `local` to be free (a plain bind, released at once).
-async fn port_free(local: SocketAddr) -> Result<(), HostError> {
+/// Waits up to [`PORT_GRACE`] for `local` to be free (a plain bind, released at once). Called
+/// before the sockets are bound: with several workers they join a `SO_REUSEPORT` group, which
+/// would quietly take in a second weft's sockets; a plain bind fails instead.
+pub async fn port_free(local: SocketAddr) -> Result<(), HostError> {
     let since = std::time::Instant::now();
     loop {
         match udp::bind(local) {
@@ -295,14 +297,10 @@ async fn port_free(local: SocketAddr) -> Result<(), HostError> {
     }
 }
 
-/// Binds each worker's sockets. The first bind of the port is a plain one, so that a second
-/// weft on this host fails here rather than quietly joining a `SO_REUSEPORT` group.
+/// Binds each worker's sockets, after [`port_free`] has checked the port.
 fn bind_sockets(local: SocketAddr, workers: usize) -> Result<Vec<WorkerSockets>, HostError> {
     let udp_err = |hint, error| HostError::Udp { addr: local, hint, error };
     let multi = workers > 1;
-    if multi {
-        drop(udp::bind(local).map_err(|e| udp_err(" (is another weft running?)", e))?);
-    }
     let mut out = Vec::with_capacity(workers);
     for _ in 0..workers {
         let rx = udp::bind_with(local, multi).map_err(|e| udp_err(" (is another weft running?)", e))?;

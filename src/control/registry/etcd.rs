@@ -39,7 +39,8 @@ pub struct EtcdOptions {
 }
 
 struct WatchState {
-    /// The revision `leases` reflects (list revision or last event's mod_revision); 0 = list.
+    /// The revision `leases` reflects (list revision or last event's mod_revision), for the log:
+    /// every (re)start lists anew.
     revision: i64,
     leases: BTreeMap<SubnetKey, Lease>,
     stream: Option<WatchStream>,
