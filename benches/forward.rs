@@ -4,7 +4,8 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use weft::dataplane::forward::{BUF_LEN, Egress, Encap, Forwarder, HEADROOM, Ingress};
+use weft::dataplane::forward::{Egress, Encap, Forwarder, Ingress};
+use weft::dataplane::packet::{BUF_LEN, HEADROOM};
 use weft::dataplane::peers::{Peer, PeerTable};
 use weft::proto::ipv4::Ipv4Packet;
 use weft::proto::mac::MacAddr;
@@ -194,9 +195,9 @@ fn gso_gro(c: &mut Criterion) {
             b.iter(|| {
                 let mut run = Run::start(&segs[0], verify).unwrap();
                 for n in &segs[1..] {
-                    black_box(run.push(&segs[0], n).unwrap());
+                    black_box(run.push(n).unwrap());
                 }
-                black_box(run.finish(&segs[0], &mut out).unwrap())
+                black_box(run.finish(&mut out).unwrap())
             })
         });
     }

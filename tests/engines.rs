@@ -4,13 +4,14 @@
 
 mod common;
 
+use common::traffic::{udp_gso_burst, udp_probe_error};
 use common::*;
 use std::net::SocketAddr;
 use std::time::Duration;
 use weft::control::metrics::name;
 use weft::lab::measure::{Samples, scrape};
 use weft::lab::topology::ns_exec;
-use weft::lab::traffic::{udp_flood, udp_gso_burst, udp_probe_error};
+use weft::lab::traffic::udp_flood;
 
 const MB200: u64 = 200 << 20;
 

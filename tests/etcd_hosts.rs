@@ -3,12 +3,12 @@
 
 mod common;
 
+use common::traffic::udp_probe_error;
 use common::*;
 use std::net::SocketAddr;
 use std::time::Duration;
 use weft::lab::cluster::{Cluster, ClusterSpec};
 use weft::lab::etcd::Etcd;
-use weft::lab::traffic::udp_probe_error;
 
 const PREFIX: &str = "/coreos.com/network";
 /// A lease for a host that does not exist (so no weft re-creates it when it is deleted).

@@ -5,13 +5,13 @@
 
 mod common;
 
+use common::traffic::udp_probe_error;
 use common::*;
 use std::net::SocketAddr;
 use std::time::Duration;
 use weft::lab::cluster::{Cluster, ClusterSpec, spawn_weft};
 use weft::lab::etcd::Etcd;
 use weft::lab::topology::ns_exec;
-use weft::lab::traffic::udp_probe_error;
 
 const UDP: &str = r#"{"Type":"udp"}"#;
 const PREFIX: &str = "/coreos.com/network";

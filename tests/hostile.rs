@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::traffic::udp_stream_outage;
 use common::*;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::BTreeMap;
@@ -12,7 +13,7 @@ use weft::control::metrics::name;
 use weft::dataplane::sys::netns;
 use weft::lab::cluster::{Cluster, ClusterSpec, lab_vtep_mac};
 use weft::lab::measure::{Samples, scrape};
-use weft::lab::traffic::{udp_flood, udp_stream_outage};
+use weft::lab::traffic::udp_flood;
 use weft::proto::ipv4::Ipv4Packet;
 
 const METRICS: &[&str] = &["--metrics-addr", "127.0.0.1:9100"];
@@ -179,7 +180,7 @@ fn accounting(mode: &str) {
     assert!(u.received > 0 && u.bad == 0, "{u:?}");
     // Some that no peer leases, too (ICMP answers, counted as no_route).
     for _ in 0..3 {
-        let _ = weft::lab::traffic::udp_probe_error(
+        let _ = common::traffic::udp_probe_error(
             &h1.container_ns,
             "100.96.77.2:9".parse().unwrap(),
             Duration::from_millis(100),

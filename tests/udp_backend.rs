@@ -2,11 +2,11 @@
 
 mod common;
 
+use common::traffic::udp_probe_error;
 use common::*;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::time::Duration;
-use weft::lab::traffic::udp_probe_error;
 
 const UDP: &str = r#"{"Type":"udp"}"#;
 

@@ -4,7 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use weft::dataplane::forward::{BUF_LEN, Egress, Encap, Forwarder, HEADROOM};
+use weft::dataplane::forward::{Egress, Encap, Forwarder};
+use weft::dataplane::packet::{BUF_LEN, HEADROOM};
 use weft::dataplane::peers::{Peer, PeerTable};
 use weft::proto::ipv4::Ipv4Packet;
 use weft::proto::mac::MacAddr;

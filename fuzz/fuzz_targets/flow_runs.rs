@@ -21,16 +21,16 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut i = 0;
     while i < packets.len() {
-        let Some(mut run) = FlowRun::start(packets[i], Rules::ALL_VERIFIED) else {
+        let Ok(mut run) = FlowRun::start(packets[i], Rules::ALL_VERIFIED) else {
             i += 1;
             continue;
         };
         let mut payload = run.first_payload().len();
         let mut j = i + 1;
         while j < packets.len() {
-            match run.push(packets[i], packets[j]) {
-                Some(p) => payload += p.len(),
-                None => break,
+            match run.push(packets[j]) {
+                Ok(p) => payload += p.len(),
+                Err(_) => break,
             }
             j += 1;
         }
@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(run.segments() <= MAX_UDP_SEGMENTS);
         }
         let mut hdr = [0u8; 128];
-        let (hl, vh) = run.finish(packets[i], &mut hdr).expect("a run's header fits");
+        let (hl, vh) = run.finish(&mut hdr).expect("a run's header fits");
         let total = usize::from(u16::from_be_bytes([hdr[2], hdr[3]]));
         if run.segments() > 1 {
             assert_eq!(total, hl + payload);

@@ -1,9 +1,10 @@
 //! The forwarding decision, with no I/O: given a packet in a caller-owned buffer, say what to do.
 //!
 //! Buffers have [`HEADROOM`] bytes in front of the inner packet so that encapsulation writes the
-//! outer headers in place, without copying the packet.
+//! outer headers in place, without copying the packet (see [`super::packet`]).
 
 use super::counters::DropReason;
+use super::packet::HEADROOM;
 use super::peers::PeerTable;
 use crate::proto::WireError;
 use crate::proto::ethernet::{self, EthernetFrame};
@@ -14,20 +15,6 @@ use crate::proto::vxlan::{self, VxlanPacket};
 use ipnet::Ipv4Net;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::Range;
-
-/// Room reserved in front of every inner packet: the largest outer header weft writes in user
-/// space (VXLAN 8 + Ethernet 14; the outer IP/UDP headers are the kernel's).
-pub const HEADROOM: usize = vxlan::HEADER_LEN + ethernet::HEADER_LEN;
-
-/// Largest inner packet: an IPv4 packet can be 65 535 bytes.
-pub const MAX_PACKET: usize = 65_535;
-
-/// A buffer size that holds any datagram or packet with headroom.
-pub const BUF_LEN: usize = HEADROOM + MAX_PACKET;
-
-/// Where a read from a TUN with a `virtio_net_hdr` starts, so that the packet behind the header
-/// lands at [`HEADROOM`], as in every engine.
-pub const READ_AT: usize = HEADROOM - crate::proto::virtio::LEN;
 
 /// How inner packets travel between hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +75,15 @@ pub enum Ingress {
     Drop(DropReason),
 }
 
+/// Why `pkt` is dropped before the IPv4 view looks at it: too short for any IPv4 header, or
+/// IPv6 (the overlay is IPv4).
+fn not_ipv4(pkt: &[u8]) -> Option<DropReason> {
+    if pkt.len() < ipv4::MIN_HEADER_LEN {
+        return Some(DropReason::TooShort);
+    }
+    (crate::proto::ip_version(pkt) == Some(6)).then_some(DropReason::Ipv6)
+}
+
 fn wire_drop(e: WireError) -> DropReason {
     match e {
         WireError::Truncated => DropReason::Truncated,
@@ -103,11 +99,8 @@ impl Forwarder {
         let Some(pkt) = buf.get_mut(HEADROOM..HEADROOM + len) else {
             return Egress::Drop(DropReason::Truncated);
         };
-        if len < ipv4::MIN_HEADER_LEN {
-            return Egress::Drop(DropReason::TooShort);
-        }
-        if pkt[0] >> 4 == 6 {
-            return Egress::Drop(DropReason::Ipv6);
+        if let Some(r) = not_ipv4(pkt) {
+            return Egress::Drop(r);
         }
         let mut ip = match Ipv4Packet::new_checked(&mut pkt[..]) {
             Ok(ip) => ip,
@@ -188,11 +181,8 @@ impl Forwarder {
             }
         };
         let inner = &mut buf[start..len];
-        if inner.len() < ipv4::MIN_HEADER_LEN {
-            return Ingress::Drop(DropReason::TooShort);
-        }
-        if inner[0] >> 4 == 6 {
-            return Ingress::Drop(DropReason::Ipv6);
+        if let Some(r) = not_ipv4(inner) {
+            return Ingress::Drop(r);
         }
         let mut ip = match Ipv4Packet::new_checked(&mut inner[..]) {
             Ok(ip) => ip,
@@ -221,6 +211,7 @@ impl Forwarder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::packet::BUF_LEN;
     use crate::dataplane::peers::Peer;
 
     const LOCAL_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);

@@ -3,6 +3,8 @@
 pub mod counters;
 pub mod engine;
 pub mod forward;
+pub mod offloads;
+pub mod packet;
 pub mod peers;
 #[allow(unsafe_code)]
 pub mod sys;

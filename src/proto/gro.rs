@@ -19,11 +19,13 @@
 //! datagrams of one size, the last one possibly shorter, leaves as one packet that the kernel
 //! cuts back into the same datagrams before any socket sees them.
 
+use super::WireError;
 use super::checksum;
-use super::ipv4::Ipv4Packet;
+use super::ipv4::{self, Ipv4Packet};
 use super::tcp::{self, TcpV4, flags};
-use super::udp::{CHECKSUM_OFFSET as UDP_CHECKSUM_OFFSET, HDR_LEN as UDP_HDR, LENGTH_OFFSET as UDP_LENGTH_OFFSET};
+use super::udp::{self, UdpV4};
 use super::virtio::{self, VnetHdr};
+use std::ops::Range;
 
 /// Most bytes a merged packet may have (IPv4 Total Length).
 pub const MAX_MERGED: usize = 65_535;
@@ -43,10 +45,92 @@ impl Rules {
     pub const ALL_VERIFIED: Self = Self { udp: true, verify: true };
 }
 
+/// Why a packet neither starts nor joins a run: each is one of the kernel's GRO rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not an unfragmented IPv4 packet of the run's transport with sound lengths.
+    NotMergeable(WireError),
+    /// A checksum is wrong: merging would launder it (only with [`Rules::verify`]).
+    Damaged,
+    /// No payload: a pure ACK or an empty datagram has nothing to merge.
+    Empty,
+    /// SYN, RST or URG (and CWR on a later segment): these must reach the stack as they came.
+    Flags,
+    /// The run already ended (PSH, FIN, or a shorter segment or datagram), or is full.
+    Closed,
+    /// Other addresses or ports.
+    OtherFlow,
+    /// Another TOS, TTL, DF or IP options: the merged packet carries the first one's.
+    IpFields,
+    /// Another TCP header length, ACK, window, options or flags (beyond PSH and FIN).
+    TcpFields,
+    /// The sequence number does not continue the run exactly.
+    NotNext,
+    /// A longer payload than the run's first: segments after it would be cut differently.
+    Longer,
+    /// The merged packet would exceed [`MAX_MERGED`] bytes.
+    TooBig,
+}
+
+impl Refusal {
+    /// One line for a log or a test failure.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::NotMergeable(_) => "not an unfragmented IPv4 packet of the run's transport",
+            Self::Damaged => "a checksum is wrong",
+            Self::Empty => "no payload",
+            Self::Flags => "SYN, RST, URG or CWR set",
+            Self::Closed => "the run has ended (PSH, FIN, a shorter packet) or is full",
+            Self::OtherFlow => "another flow (addresses, ports)",
+            Self::IpFields => "another TOS, TTL, DF or IP options",
+            Self::TcpFields => "another TCP header length, ACK, window, options or flags",
+            Self::NotNext => "the sequence number does not continue the run",
+            Self::Longer => "a longer payload than the run's first packet",
+            Self::TooBig => "the merged packet would exceed 65 535 bytes",
+        }
+    }
+}
+
+fn check(ok: bool, refusal: Refusal) -> Result<(), Refusal> {
+    if ok { Ok(()) } else { Err(refusal) }
+}
+
+/// Same addresses and ports (TCP and UDP headers both start with the two ports).
+fn same_flow(a: &Ipv4Packet<&[u8]>, b: &Ipv4Packet<&[u8]>) -> Result<(), Refusal> {
+    let same_ports = a.payload().get(tcp::field::PORTS) == b.payload().get(tcp::field::PORTS);
+    check(a.src() == b.src() && a.dst() == b.dst() && same_ports, Refusal::OtherFlow)
+}
+
+/// Same TOS, TTL, DF and IP options: the merged packet carries the first packet's.
+fn same_ip_fields(a: &Ipv4Packet<&[u8]>, b: &Ipv4Packet<&[u8]>) -> Result<(), Refusal> {
+    let same = a.tos() == b.tos() && a.ttl() == b.ttl() && a.dont_frag() == b.dont_frag() && a.options() == b.options();
+    check(same, Refusal::IpFields)
+}
+
+/// Same TCP header length, ACK, window and options, and flags that differ in PSH and FIN at most.
+fn same_tcp_fields(a: &tcp::TcpPacket<&[u8]>, b: &tcp::TcpPacket<&[u8]>, last_flags: u8) -> Result<(), Refusal> {
+    let same = a.header_len() == b.header_len()
+        && a.ack() == b.ack()
+        && a.window() == b.window()
+        && a.options() == b.options()
+        && (b.flags() ^ last_flags) & !(flags::PSH | flags::FIN) == 0;
+    check(same, Refusal::TcpFields)
+}
+
+/// No flag that must reach the stack on its own segment (`first`: the run's first may carry CWR).
+fn plain_flags(t: &tcp::TcpPacket<&[u8]>, first: bool) -> Result<(), Refusal> {
+    check(!(t.syn() || t.rst() || t.urg() || (!first && t.cwr())), Refusal::Flags)
+}
+
+/// The packet's checksums are right, or need no checking here.
+fn sound(verify: bool, ok: impl FnOnce() -> bool) -> Result<(), Refusal> {
+    check(!verify || ok(), Refusal::Damaged)
+}
+
 /// The first segment of a run and what has been merged so far.
 #[derive(Debug, Clone, Copy)]
-pub struct Run {
-    t: TcpV4,
+pub struct Run<'a> {
+    first: TcpV4<'a>,
     /// Payload bytes per segment (the first segment's).
     pub mss: usize,
     /// Total payload merged.
@@ -59,99 +143,77 @@ pub struct Run {
     verify: bool,
 }
 
-impl Run {
+impl<'a> Run<'a> {
     /// Starts a run with `pkt`, if it is a TCP segment that can start one (and, with `verify`,
-    /// whose checksum is right).
-    pub fn start(pkt: &[u8], verify: bool) -> Option<Self> {
-        let t = TcpV4::parse(pkt).ok()?;
-        let f = t.flags(pkt);
-        if t.payload_len() == 0 || f & (flags::SYN | flags::RST | flags::URG) != 0 || (verify && !sound(&t, pkt)) {
-            return None;
-        }
-        let next_seq = t.seq(pkt).wrapping_add(u32::try_from(t.payload_len()).ok()?);
-        Some(Self {
-            t,
-            mss: t.payload_len(),
-            payload: t.payload_len(),
+    /// whose checksums are right).
+    pub fn start(pkt: &'a [u8], verify: bool) -> Result<Self, Refusal> {
+        let t = TcpV4::parse(pkt).map_err(Refusal::NotMergeable)?;
+        let len = t.payload_len();
+        check(len > 0, Refusal::Empty)?;
+        plain_flags(&t.tcp, true)?;
+        sound(verify, || t.checksums_ok())?;
+        let seq_len = u32::try_from(len).map_err(|_| Refusal::TooBig)?;
+        Ok(Self {
+            first: t,
+            mss: len,
+            payload: len,
             segments: 1,
-            next_seq,
-            last_flags: f,
-            open: f & (flags::PSH | flags::FIN) == 0,
+            next_seq: t.tcp.seq().wrapping_add(seq_len),
+            last_flags: t.tcp.flags(),
+            open: !(t.tcp.psh() || t.tcp.fin()),
             verify,
         })
     }
 
-    /// Tries to merge `next` (the first segment of the run is `first`). Returns its payload
-    /// range within `next` when merged.
-    pub fn push(&mut self, first: &[u8], next: &[u8]) -> Option<std::ops::Range<usize>> {
-        if !self.open || self.payload != self.mss * self.segments {
-            return None;
-        }
-        let n = TcpV4::parse(next).ok()?;
-        let (a, b, ip) = (first, next, self.t.ip_hl);
-        let nf = n.flags(next);
-        let same = n.ip_hl == ip
-            && n.tcp_hl == self.t.tcp_hl
-            && a[1] == b[1]
-            && a[6] & 0x40 == b[6] & 0x40
-            && a[8] == b[8]
-            && a[12..20] == b[12..20]
-            && a[ip..ip + 4] == b[ip..ip + 4]
-            && a[ip + 8..ip + 12] == b[ip + 8..ip + 12]
-            && a[ip + 14..ip + 16] == b[ip + 14..ip + 16]
-            && a[ip + 20..ip + self.t.tcp_hl] == b[ip + 20..ip + n.tcp_hl];
-        let ok_flags = nf & (flags::SYN | flags::RST | flags::URG | flags::CWR) == 0
-            && (nf ^ self.last_flags) & !(flags::PSH | flags::FIN) == 0;
+    /// Merges `next` if every rule allows. Returns its payload range within `next`.
+    pub fn push(&mut self, next: &[u8]) -> Result<Range<usize>, Refusal> {
+        check(self.open && self.payload == self.mss * self.segments, Refusal::Closed)?;
+        let a = &self.first;
+        let n = TcpV4::parse(next).map_err(Refusal::NotMergeable)?;
+        same_flow(&a.ip, &n.ip)?;
+        same_ip_fields(&a.ip, &n.ip)?;
+        plain_flags(&n.tcp, false)?;
+        same_tcp_fields(&a.tcp, &n.tcp, self.last_flags)?;
         let len = n.payload_len();
-        if !same
-            || !ok_flags
-            || len == 0
-            || len > self.mss
-            || n.seq(next) != self.next_seq
-            || self.t.hdr_len() + self.payload + len > MAX_MERGED
-            || (self.verify && !sound(&n, next))
-        {
-            return None;
-        }
+        check(len > 0, Refusal::Empty)?;
+        check(len <= self.mss, Refusal::Longer)?;
+        check(n.tcp.seq() == self.next_seq, Refusal::NotNext)?;
+        check(self.hdr_len() + self.payload + len <= MAX_MERGED, Refusal::TooBig)?;
+        sound(self.verify, || n.checksums_ok())?;
         self.payload += len;
         self.segments += 1;
-        self.next_seq = self.next_seq.wrapping_add(u32::try_from(len).ok()?);
-        self.last_flags = nf;
-        self.open = nf & (flags::PSH | flags::FIN) == 0 && len == self.mss;
-        Some(n.hdr_len()..n.total)
+        self.next_seq = self.next_seq.wrapping_add(u32::try_from(len).map_err(|_| Refusal::TooBig)?);
+        self.last_flags = n.tcp.flags();
+        self.open = !(n.tcp.psh() || n.tcp.fin()) && len == self.mss;
+        Ok(n.hdr_len()..n.total())
     }
 
     /// Header length of the merged packet.
     pub fn hdr_len(&self) -> usize {
-        self.t.hdr_len()
+        self.first.hdr_len()
     }
 
-    /// The first segment's payload range (within the first segment).
-    pub fn first_payload(&self) -> std::ops::Range<usize> {
-        self.t.hdr_len()..self.t.total
+    /// The first segment's payload.
+    pub fn first_payload(&self) -> &'a [u8] {
+        let ip = self.first.ip;
+        &ip.into_inner()[self.hdr_len()..ip.total_len()]
     }
 
-    /// Writes the merged packet's headers (from `first`) into `out` and returns the
-    /// `virtio_net_hdr` to write with it. With one segment, the packet is passed on as it came
-    /// (no offload); with more, as a TCPv4 GSO packet whose TCP checksum is left partial (the
-    /// pseudo-header sum) for the kernel to finish.
-    pub fn finish(&self, first: &[u8], out: &mut [u8]) -> Option<(usize, VnetHdr)> {
-        let hl = self.hdr_len();
-        let h = out.get_mut(..hl)?;
-        h.copy_from_slice(first.get(..hl)?);
+    /// Writes the merged packet's headers (the first segment's, adjusted) into `out` and
+    /// returns their length and the `virtio_net_hdr` to write with them. With one segment, the
+    /// packet is passed on as it came (no offload); with more, as a TCPv4 GSO packet whose TCP
+    /// checksum is left partial (the pseudo-header sum) for the kernel to finish.
+    pub fn finish(&self, out: &mut [u8]) -> Result<(usize, VnetHdr), WireError> {
+        let (hl, ip_hl) = (self.hdr_len(), self.first.ip_hl());
+        let h = out.get_mut(..hl).ok_or(WireError::Truncated)?;
+        h.copy_from_slice(&self.first.ip.into_inner()[..hl]);
         if self.segments == 1 {
-            return Some((hl, VnetHdr::default()));
+            return Ok((hl, VnetHdr::default()));
         }
-        h[self.t.ip_hl + 13] |= self.last_flags & (flags::PSH | flags::FIN);
-        let merged = Merged { ip_hl: self.t.ip_hl, payload: self.payload, gso_size: self.mss };
-        Some((hl, merged.finish(h, super::ipv4::PROTO_TCP, tcp::CHECKSUM_OFFSET, virtio::GSO_TCPV4)?))
+        h[ip_hl + tcp::field::FLAGS] |= self.last_flags & (flags::PSH | flags::FIN);
+        let merged = Merged { ip_hl, payload: self.payload, gso_size: self.mss };
+        Ok((hl, merged.finish(h, ipv4::PROTO_TCP, tcp::field::CHECKSUM.start, virtio::GSO_TCPV4)?))
     }
-}
-
-/// True when both checksums of the TCP segment `pkt` (located by `t`) are right: its IPv4
-/// header's, and its TCP checksum.
-fn sound(t: &TcpV4, pkt: &[u8]) -> bool {
-    pkt.get(..t.ip_hl).is_some_and(|h| Ipv4Packet::new_unchecked(h).verify_checksum()) && t.checksum_ok(pkt)
 }
 
 /// A merged packet's shape: IPv4 header length, payload merged, payload per segment.
@@ -166,20 +228,22 @@ impl Merged {
     /// first packet): IP Total Length and header checksum, the transport checksum at
     /// `csum_offset` left partial (the pseudo-header sum for `proto`) for the kernel to finish per
     /// segment. Returns the `virtio_net_hdr` of a `gso_type` packet.
-    fn finish(&self, h: &mut [u8], proto: u8, csum_offset: usize, gso_type: u8) -> Option<VnetHdr> {
+    fn finish(&self, h: &mut [u8], proto: u8, csum_offset: usize, gso_type: u8) -> Result<VnetHdr, WireError> {
         let (hl, ip) = (h.len(), self.ip_hl);
-        let total = u16::try_from(hl + self.payload).ok()?;
-        h.get_mut(2..4)?.copy_from_slice(&total.to_be_bytes());
-        Ipv4Packet::new_unchecked(h.get_mut(..ip)?).fill_checksum();
-        let partial = !checksum::finish(super::ipv4::pseudo_sum(&h[..ip], proto, hl - ip + self.payload));
-        h.get_mut(ip + csum_offset..ip + csum_offset + 2)?.copy_from_slice(&partial.to_be_bytes());
-        Some(VnetHdr {
+        let too_big = |_| WireError::Malformed;
+        let total = u16::try_from(hl + self.payload).map_err(too_big)?;
+        h.get_mut(ipv4::field::LENGTH).ok_or(WireError::Truncated)?.copy_from_slice(&total.to_be_bytes());
+        Ipv4Packet::new_unchecked(h.get_mut(..ip).ok_or(WireError::Truncated)?).fill_checksum();
+        let partial = !checksum::finish(ipv4::pseudo_sum(&h[..ip], proto, hl - ip + self.payload));
+        let at = ip + csum_offset;
+        h.get_mut(at..at + 2).ok_or(WireError::Truncated)?.copy_from_slice(&partial.to_be_bytes());
+        Ok(VnetHdr {
             flags: virtio::F_NEEDS_CSUM,
             gso_type,
-            hdr_len: u16::try_from(hl).ok()?,
-            gso_size: u16::try_from(self.gso_size).ok()?,
-            csum_start: u16::try_from(ip).ok()?,
-            csum_offset: u16::try_from(csum_offset).ok()?,
+            hdr_len: u16::try_from(hl).map_err(too_big)?,
+            gso_size: u16::try_from(self.gso_size).map_err(too_big)?,
+            csum_start: u16::try_from(ip).map_err(too_big)?,
+            csum_offset: u16::try_from(csum_offset).map_err(too_big)?,
         })
     }
 }
@@ -187,50 +251,10 @@ impl Merged {
 /// Most datagrams in one UDP run (the kernel's `UDP_MAX_SEGMENTS` is 64 on older kernels).
 pub const MAX_UDP_SEGMENTS: usize = 64;
 
-/// Where the parts of an IPv4/UDP datagram are, once its lengths and checksum are known good.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct UdpV4 {
-    ip_hl: usize,
-    total: usize,
-}
-
-impl UdpV4 {
-    /// An unfragmented IPv4/UDP datagram whose UDP length agrees with the IP one and whose
-    /// checksum (when it has one) is right: merging discards each datagram's own checksum, so a
-    /// damaged one must not be laundered into a good one.
-    fn parse(pkt: &[u8], verify: bool) -> Option<Self> {
-        let ip = Ipv4Packet::new_checked(pkt).ok()?;
-        if ip.protocol() != super::ipv4::PROTO_UDP || ip.frag_offset() != 0 || pkt[6] & 0x20 != 0 {
-            return None;
-        }
-        let (ip_hl, total) = (ip.header_len(), ip.total_len());
-        let udp = pkt.get(ip_hl..total)?;
-        if udp.len() < UDP_HDR {
-            return None;
-        }
-        let length = u16::from_be_bytes([udp[UDP_LENGTH_OFFSET], udp[UDP_LENGTH_OFFSET + 1]]);
-        if usize::from(length) != udp.len() {
-            return None;
-        }
-        let has_checksum = udp[UDP_CHECKSUM_OFFSET..UDP_CHECKSUM_OFFSET + 2] != [0, 0];
-        if verify
-            && (!ip.verify_checksum()
-                || (has_checksum && !super::ipv4::transport_checksum_ok(&pkt[..ip_hl], super::ipv4::PROTO_UDP, udp)))
-        {
-            return None;
-        }
-        Some(Self { ip_hl, total })
-    }
-
-    fn payload_len(&self) -> usize {
-        self.total - self.ip_hl - UDP_HDR
-    }
-}
-
 /// The first datagram of a UDP run and what has been merged so far.
 #[derive(Debug, Clone, Copy)]
-pub struct UdpRun {
-    u: UdpV4,
+pub struct UdpRun<'a> {
+    first: UdpV4<'a>,
     /// Payload bytes per datagram (the first datagram's): the `gso_size`.
     pub size: usize,
     /// Total payload merged.
@@ -241,98 +265,99 @@ pub struct UdpRun {
     verify: bool,
 }
 
-impl UdpRun {
+impl<'a> UdpRun<'a> {
     /// Starts a run with `pkt`, if it is a sound UDP datagram with a payload (and, with
-    /// `verify`, a right checksum or none).
-    pub fn start(pkt: &[u8], verify: bool) -> Option<Self> {
-        let u = UdpV4::parse(pkt, verify)?;
+    /// `verify`, a right checksum or none: merging discards each datagram's own checksum, so a
+    /// damaged one must not be laundered into a good one).
+    pub fn start(pkt: &'a [u8], verify: bool) -> Result<Self, Refusal> {
+        let u = UdpV4::parse(pkt).map_err(Refusal::NotMergeable)?;
         let size = u.payload_len();
-        (size > 0).then_some(Self { u, size, payload: size, segments: 1, open: true, verify })
+        check(size > 0, Refusal::Empty)?;
+        sound(verify, || u.checksums_ok())?;
+        Ok(Self { first: u, size, payload: size, segments: 1, open: true, verify })
     }
 
-    /// Tries to merge `next` (the first datagram of the run is `first`): same addresses, ports,
-    /// TOS, TTL, DF and IP options, a payload no longer than the first's (a shorter one ends the
-    /// run). Returns its payload range within `next` when merged.
-    pub fn push(&mut self, first: &[u8], next: &[u8]) -> Option<std::ops::Range<usize>> {
-        if !self.open || self.segments >= MAX_UDP_SEGMENTS {
-            return None;
-        }
-        let n = UdpV4::parse(next, self.verify)?;
-        let (a, b, ip) = (first, next, self.u.ip_hl);
-        let same = n.ip_hl == ip
-            && a[1] == b[1]
-            && a[6] & 0x40 == b[6] & 0x40
-            && a[8] == b[8]
-            && a[12..20] == b[12..20]
-            && a[20..ip] == b[20..ip]
-            && a[ip..ip + 4] == b[ip..ip + 4];
+    /// Merges `next` if every rule allows: same addresses, ports, TOS, TTL, DF and IP options
+    /// as the first datagram, a payload no longer than the first's (a shorter one ends the
+    /// run). Returns its payload range within `next`.
+    pub fn push(&mut self, next: &[u8]) -> Result<Range<usize>, Refusal> {
+        check(self.open && self.segments < MAX_UDP_SEGMENTS, Refusal::Closed)?;
+        let a = &self.first;
+        let n = UdpV4::parse(next).map_err(Refusal::NotMergeable)?;
+        same_flow(&a.ip, &n.ip)?;
+        same_ip_fields(&a.ip, &n.ip)?;
         let len = n.payload_len();
-        if !same || len == 0 || len > self.size || ip + UDP_HDR + self.payload + len > MAX_MERGED {
-            return None;
-        }
+        check(len > 0, Refusal::Empty)?;
+        check(len <= self.size, Refusal::Longer)?;
+        check(self.hdr_len() + self.payload + len <= MAX_MERGED, Refusal::TooBig)?;
+        sound(self.verify, || n.checksums_ok())?;
         self.payload += len;
         self.segments += 1;
         self.open = len == self.size;
-        Some(ip + UDP_HDR..n.total)
+        Ok(n.hdr_len()..n.total())
     }
 
     /// Header length of the merged packet (IPv4 + UDP).
     pub fn hdr_len(&self) -> usize {
-        self.u.ip_hl + UDP_HDR
+        self.first.hdr_len()
     }
 
-    /// The first datagram's payload range (within the first datagram).
-    pub fn first_payload(&self) -> std::ops::Range<usize> {
-        self.hdr_len()..self.u.total
+    /// The first datagram's payload.
+    pub fn first_payload(&self) -> &'a [u8] {
+        let ip = self.first.ip;
+        &ip.into_inner()[self.hdr_len()..ip.total_len()]
     }
 
-    /// Writes the merged packet's headers (from `first`) into `out` and returns the
-    /// `virtio_net_hdr` to write with it: a lone datagram passes as it came; a run becomes one
-    /// `GSO_UDP_L4` packet whose checksum is left partial for the kernel to finish per datagram.
-    pub fn finish(&self, first: &[u8], out: &mut [u8]) -> Option<(usize, VnetHdr)> {
+    /// Writes the merged packet's headers (from `first`) into `out` and returns their length
+    /// and the `virtio_net_hdr` to write with them: a lone datagram passes as it came; a run
+    /// becomes one `GSO_UDP_L4` packet whose checksum is left partial for the kernel to finish
+    /// per datagram.
+    pub fn finish(&self, out: &mut [u8]) -> Result<(usize, VnetHdr), WireError> {
         let hl = self.hdr_len();
-        let h = out.get_mut(..hl)?;
-        h.copy_from_slice(first.get(..hl)?);
+        let h = out.get_mut(..hl).ok_or(WireError::Truncated)?;
+        h.copy_from_slice(&self.first.ip.into_inner()[..hl]);
         if self.segments == 1 {
-            return Some((hl, VnetHdr::default()));
+            return Ok((hl, VnetHdr::default()));
         }
-        let ip = self.u.ip_hl;
-        let udp_len = u16::try_from(UDP_HDR + self.payload).ok()?;
-        h[ip + UDP_LENGTH_OFFSET..ip + UDP_LENGTH_OFFSET + 2].copy_from_slice(&udp_len.to_be_bytes());
+        let ip = self.first.ip_hl();
+        let udp_len = u16::try_from(udp::HDR_LEN + self.payload).map_err(|_| WireError::Malformed)?;
+        let at = ip + udp::field::LENGTH.start;
+        h[at..at + 2].copy_from_slice(&udp_len.to_be_bytes());
         let merged = Merged { ip_hl: ip, payload: self.payload, gso_size: self.size };
-        Some((hl, merged.finish(h, super::ipv4::PROTO_UDP, UDP_CHECKSUM_OFFSET, virtio::GSO_UDP_L4)?))
+        Ok((hl, merged.finish(h, ipv4::PROTO_UDP, udp::field::CHECKSUM.start, virtio::GSO_UDP_L4)?))
     }
 }
 
 /// A run of either kind, so that an engine can coalesce whatever arrives with one loop.
 #[derive(Debug, Clone, Copy)]
-pub enum FlowRun {
+pub enum FlowRun<'a> {
     /// TCP segments of one flow.
-    Tcp(Run),
+    Tcp(Run<'a>),
     /// UDP datagrams of one flow.
-    Udp(UdpRun),
+    Udp(UdpRun<'a>),
 }
 
-impl FlowRun {
+impl<'a> FlowRun<'a> {
     /// Starts a run with `pkt`: TCP if it can; UDP too when `rules.udp` (the TUN takes USO).
-    pub fn start(pkt: &[u8], rules: Rules) -> Option<Self> {
+    /// The refusal is the TCP one unless `pkt` is UDP.
+    pub fn start(pkt: &'a [u8], rules: Rules) -> Result<Self, Refusal> {
         match Run::start(pkt, rules.verify) {
-            Some(r) => Some(Self::Tcp(r)),
-            None if rules.udp => UdpRun::start(pkt, rules.verify).map(Self::Udp),
-            None => None,
+            Ok(r) => Ok(Self::Tcp(r)),
+            Err(Refusal::NotMergeable(_)) if rules.udp => UdpRun::start(pkt, rules.verify).map(Self::Udp),
+            Err(e) => Err(e),
         }
     }
 
     /// See [`Run::push`] and [`UdpRun::push`].
-    pub fn push(&mut self, first: &[u8], next: &[u8]) -> Option<std::ops::Range<usize>> {
+    pub fn push(&mut self, next: &[u8]) -> Result<Range<usize>, Refusal> {
         match self {
-            Self::Tcp(r) => r.push(first, next),
-            Self::Udp(r) => r.push(first, next),
+            Self::Tcp(r) => r.push(next),
+            Self::Udp(r) => r.push(next),
         }
     }
 
-    /// The first packet's payload range.
-    pub fn first_payload(&self) -> std::ops::Range<usize> {
+    /// The first packet's payload.
+    pub fn first_payload(&self) -> &'a [u8] {
         match self {
             Self::Tcp(r) => r.first_payload(),
             Self::Udp(r) => r.first_payload(),
@@ -348,10 +373,10 @@ impl FlowRun {
     }
 
     /// See [`Run::finish`] and [`UdpRun::finish`].
-    pub fn finish(&self, first: &[u8], out: &mut [u8]) -> Option<(usize, VnetHdr)> {
+    pub fn finish(&self, out: &mut [u8]) -> Result<(usize, VnetHdr), WireError> {
         match self {
-            Self::Tcp(r) => r.finish(first, out),
-            Self::Udp(r) => r.finish(first, out),
+            Self::Tcp(r) => r.finish(out),
+            Self::Udp(r) => r.finish(out),
         }
     }
 }
@@ -380,22 +405,22 @@ mod tests {
         let mut out = Vec::new();
         let mut i = 0;
         while i < pkts.len() {
-            let Some(mut run) = FlowRun::start(&pkts[i], Rules { udp, verify: true }) else {
+            let Ok(mut run) = FlowRun::start(&pkts[i], Rules { udp, verify: true }) else {
                 out.push((pkts[i].clone(), VnetHdr::default(), 1));
                 i += 1;
                 continue;
             };
-            let mut body = pkts[i][run.first_payload()].to_vec();
+            let mut body = run.first_payload().to_vec();
             let mut j = i + 1;
             while j < pkts.len() {
-                match run.push(&pkts[i], &pkts[j]) {
-                    Some(r) => body.extend_from_slice(&pkts[j][r]),
-                    None => break,
+                match run.push(&pkts[j]) {
+                    Ok(r) => body.extend_from_slice(&pkts[j][r]),
+                    Err(_) => break,
                 }
                 j += 1;
             }
             let mut hdr = vec![0u8; 128];
-            let (hl, vh) = run.finish(&pkts[i], &mut hdr).unwrap();
+            let (hl, vh) = run.finish(&mut hdr).unwrap();
             let mut pkt = hdr[..hl].to_vec();
             pkt.extend_from_slice(&body);
             vh.complete_checksum(&mut pkt).unwrap();
@@ -425,9 +450,10 @@ mod tests {
     fn refill(seg: &mut [u8]) {
         Ipv4Packet::new_unchecked(&mut seg[..20]).fill_checksum();
         let t = TcpV4::parse(seg).unwrap();
-        let c = t.ip_hl + tcp::CHECKSUM_OFFSET;
+        let (ip_hl, total) = (t.ip_hl(), t.total());
+        let c = ip_hl + tcp::field::CHECKSUM.start;
         seg[c..c + 2].fill(0);
-        let sum = checksum::finish(checksum::sum(tcp::pseudo_sum(&seg[..t.ip_hl], t.total - t.ip_hl), &seg[t.ip_hl..]));
+        let sum = checksum::finish(checksum::sum(tcp::pseudo_sum(&seg[..ip_hl], total - ip_hl), &seg[ip_hl..]));
         seg[c..c + 2].copy_from_slice(&sum.to_be_bytes());
     }
 
@@ -450,7 +476,7 @@ mod tests {
             assert!(coalesce(&bad).iter().any(|(p, _)| p == &bad[hit]), "the damaged segment passes unchanged");
             // Trusting the checksums (an outer checksum covered them), the same segments merge.
             let mut trusting = Run::start(&bad[0], false).unwrap();
-            assert!(bad[1..].iter().all(|n| trusting.push(&bad[0], n).is_some()), "damage in segment {hit}");
+            assert!(bad[1..].iter().all(|n| trusting.push(n).is_ok()), "damage in segment {hit}");
         }
         // A damaged IPv4 header (its ID here, which no other check covers) goes alone too: the
         // merged header's checksum is computed afresh, so merging would launder it.
@@ -494,9 +520,54 @@ mod tests {
         let mut syn = first[0].clone();
         syn[33] |= 0x02;
         refill(&mut syn);
-        assert!(Run::start(&syn, true).is_none());
+        assert!(Run::start(&syn, true).is_err());
         // Non-TCP and pure ACKs pass through unmerged.
-        assert!(Run::start(&tcp_packet(0, &[]), true).is_none());
+        assert!(Run::start(&tcp_packet(0, &[]), true).is_err());
+    }
+
+    #[test]
+    fn each_gro_rule_refuses_with_its_own_reason() {
+        let mss = 1000;
+        let segs = segments(&tcp_packet(0, &payload(4000)), mss); // PSH on the 4th
+        let changed = |k: usize, f: &dyn Fn(&mut Vec<u8>)| {
+            let mut v = segs[k].clone();
+            f(&mut v);
+            refill(&mut v);
+            v
+        };
+        let refusal = |next: &[u8]| Run::start(&segs[0], true).unwrap().push(next).unwrap_err();
+        assert_eq!(Run::start(&segs[0], true).unwrap().push(&segs[1]), Ok(52..1052));
+        assert_eq!(refusal(&changed(1, &|v| v[20] ^= 1)), Refusal::OtherFlow);
+        assert_eq!(refusal(&changed(1, &|v| v[8] -= 1)), Refusal::IpFields);
+        assert_eq!(refusal(&changed(1, &|v| v[1] = 4)), Refusal::IpFields, "TOS");
+        assert_eq!(refusal(&changed(1, &|v| v[34] ^= 1)), Refusal::TcpFields, "window");
+        assert_eq!(refusal(&changed(1, &|v| v[28] ^= 1)), Refusal::TcpFields, "ACK number");
+        assert_eq!(refusal(&changed(1, &|v| v[33] |= flags::SYN)), Refusal::Flags);
+        assert_eq!(refusal(&changed(1, &|v| v[33] |= flags::CWR)), Refusal::Flags, "CWR after the first");
+        assert_eq!(refusal(&segs[2]), Refusal::NotNext);
+        let mut bad = segs[1].clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert_eq!(refusal(&bad), Refusal::Damaged);
+        assert_eq!(refusal(&tcp_packet(1000, &[])), Refusal::Empty);
+        assert_eq!(refusal(&[0x45, 0]), Refusal::NotMergeable(crate::proto::WireError::Truncated));
+        let longer = segments(&tcp_packet(1000, &payload(1500)), 1500);
+        assert_eq!(refusal(&changed_all(&longer[0])), Refusal::Longer);
+        let mut run = Run::start(&segs[0], true).unwrap();
+        for s in &segs[1..] {
+            run.push(s).unwrap();
+        }
+        assert_eq!(run.push(&segments(&tcp_packet(4000, &payload(1000)), mss)[0]), Err(Refusal::Closed), "PSH");
+        for r in [Refusal::Closed, Refusal::Longer, Refusal::TooBig] {
+            assert!(!r.reason().is_empty());
+        }
+    }
+
+    /// `seg` with PSH cleared (checksums refilled), so that only the rule under test refuses it.
+    fn changed_all(seg: &[u8]) -> Vec<u8> {
+        let mut v = seg.to_vec();
+        v[33] &= !flags::PSH;
+        refill(&mut v);
+        v
     }
 
     /// An IPv4/UDP datagram from 100.96.1.2:`sport` with a valid checksum and IP ID `id`.
@@ -578,12 +649,12 @@ mod tests {
         // A damaged checksum is neither merged nor starts a run; a zero (absent) one is fine.
         let mut bad = d(1, 64);
         bad[40] ^= 0xff;
-        assert!(UdpRun::start(&bad, true).is_none());
+        assert!(UdpRun::start(&bad, true).is_err());
         assert_eq!(runs(&[d(1, 64), bad.clone(), d(1, 64)]), vec![1, 1, 1]);
         let mut bad_ip = d(1, 64);
         bad_ip[4] ^= 0x01; // the IP ID: no other check covers it
-        assert!(UdpRun::start(&bad_ip, true).is_none());
-        assert!(UdpRun::start(&bad_ip, false).is_some());
+        assert!(UdpRun::start(&bad_ip, true).is_err());
+        assert!(UdpRun::start(&bad_ip, false).is_ok());
         assert_eq!(runs(&[d(1, 64), bad_ip, d(1, 64)]), vec![1, 1, 1]);
         let mut none = d(1, 64);
         none[26..28].copy_from_slice(&[0, 0]);
@@ -592,12 +663,12 @@ mod tests {
         let mut frag = d(1, 64);
         frag[6] |= 0x20;
         Ipv4Packet::new_unchecked(&mut frag[..20]).fill_checksum();
-        assert!(UdpRun::start(&frag, true).is_none());
-        assert!(UdpRun::start(&d(1, 0), true).is_none());
+        assert!(UdpRun::start(&frag, true).is_err());
+        assert!(UdpRun::start(&d(1, 0), true).is_err());
         let mut liar = d(1, 64);
         liar[25] ^= 1;
-        assert!(UdpRun::start(&liar, true).is_none());
-        assert!(UdpRun::start(&tcp_packet(0, &payload(10)), true).is_none());
+        assert!(UdpRun::start(&liar, true).is_err());
+        assert!(UdpRun::start(&tcp_packet(0, &payload(10)), true).is_err());
         // A lone datagram passes through without a GSO header.
         let lone = coalesce_udp(&[d(1, 64)]);
         assert_eq!((lone[0].1, lone[0].0.clone()), (VnetHdr::default(), d(1, 64)));

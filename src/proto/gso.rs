@@ -8,8 +8,8 @@
 use super::WireError;
 use super::checksum;
 use super::ipv4::{self, Ipv4Packet};
-use super::tcp::{TcpV4, flags};
-use super::udp::HDR_LEN as UDP_HDR;
+use super::tcp::{self, TcpV4, flags};
+use super::udp::{self, HDR_LEN as UDP_HDR};
 use std::ops::Range;
 
 /// What is cut: the transport decides which header fields each segment gets.
@@ -50,14 +50,15 @@ impl Segmenter {
     /// Plans the segments of the TCP super-packet `pkt` for payloads of `mss` bytes (`gso_size`).
     pub fn new(pkt: &[u8], mss: usize) -> Result<Self, WireError> {
         let t = TcpV4::parse(pkt)?;
-        Self::plan(Transport::Tcp, t.ip_hl, t.hdr_len(), t.total, mss)
+        Self::plan(Transport::Tcp, t.ip_hl(), t.hdr_len(), t.total(), mss)
     }
 
     /// Plans the datagrams of the UDP super-packet `pkt` (`GSO_UDP_L4`) for payloads of `size`
     /// bytes (`gso_size`).
     pub fn new_udp(pkt: &[u8], size: usize) -> Result<Self, WireError> {
         let ip = Ipv4Packet::new_checked(pkt)?;
-        if ip.protocol() != ipv4::PROTO_UDP || ip.frag_offset() != 0 || pkt[6] & 0x20 != 0 {
+        // The UDP Length of a super-packet is not each datagram's: only the header is needed.
+        if ip.protocol() != ipv4::PROTO_UDP || ip.is_fragment() {
             return Err(WireError::Malformed);
         }
         let (ip_hl, total) = (ip.header_len(), ip.total_len());
@@ -88,8 +89,8 @@ impl Segmenter {
             ip[f].fill(0);
         }
         let zeroed: &[Range<usize>] = match self.transport {
-            Transport::Tcp => &[field::TCP_SEQ, field::TCP_OFFSET_FLAGS, field::TCP_CHECKSUM],
-            Transport::Udp => &[field::UDP_LENGTH, field::UDP_CHECKSUM],
+            Transport::Tcp => &[tcp::field::SEQ, tcp::field::OFFSET_FLAGS, tcp::field::CHECKSUM],
+            Transport::Udp => &[udp::field::LENGTH, udp::field::CHECKSUM],
         };
         for f in zeroed {
             l4[f.clone()].fill(0);
@@ -140,7 +141,8 @@ impl Headers {
         let h = &mut out[..hl];
         h.copy_from_slice(&pkt[..hl]);
         let total = u16::try_from(hl + payload.len()).map_err(|_| WireError::Malformed)?;
-        let id = u16::from_be_bytes([h[4], h[5]]).wrapping_add(u16::try_from(i).map_err(|_| WireError::Malformed)?);
+        let ip_id = Ipv4Packet::new_unchecked(&h[..ip_hl]).ident();
+        let id = ip_id.wrapping_add(u16::try_from(i).map_err(|_| WireError::Malformed)?);
         h[ipv4::field::LENGTH].copy_from_slice(&total.to_be_bytes());
         h[ipv4::field::IDENT].copy_from_slice(&id.to_be_bytes());
         let ip_sum = checksum::add(checksum::add(self.ip_base, total.into()), id.into());
@@ -151,25 +153,25 @@ impl Headers {
         let mut acc = checksum::add(self.l4_base, l4_len.into());
         let c = match s.transport {
             Transport::Tcp => {
-                let seq = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]])
-                    .wrapping_add(u32::try_from(i * s.mss).map_err(|_| WireError::Malformed)?);
-                l4[field::TCP_SEQ].copy_from_slice(&seq.to_be_bytes());
-                let mut f = l4[13];
+                let first = tcp::TcpPacket::new_unchecked(&*l4);
+                let seq = first.seq().wrapping_add(u32::try_from(i * s.mss).map_err(|_| WireError::Malformed)?);
+                let mut f = first.flags();
+                l4[tcp::field::SEQ].copy_from_slice(&seq.to_be_bytes());
                 if i + 1 != s.count {
                     f &= !(flags::FIN | flags::PSH);
                 }
                 if i != 0 {
                     f &= !flags::CWR;
                 }
-                l4[13] = f;
+                l4[tcp::field::FLAGS] = f;
                 acc = checksum::add(acc, seq);
-                acc = checksum::add(acc, u16::from_be_bytes([l4[12], f]).into());
-                field::TCP_CHECKSUM
+                acc = checksum::add(acc, u16::from_be_bytes([l4[tcp::field::DATA_OFF], f]).into());
+                tcp::field::CHECKSUM
             }
             Transport::Udp => {
-                l4[field::UDP_LENGTH].copy_from_slice(&l4_len.to_be_bytes());
+                l4[udp::field::LENGTH].copy_from_slice(&l4_len.to_be_bytes());
                 acc = checksum::add(acc, l4_len.into());
-                field::UDP_CHECKSUM
+                udp::field::CHECKSUM
             }
         };
         let mut sum = checksum::finish(checksum::sum(acc, payload));
@@ -204,19 +206,6 @@ fn proto(t: Transport) -> u8 {
 
 /// Most bytes of IPv4 + transport headers (60 + 60).
 pub const MAX_HDR_LEN: usize = 120;
-
-/// Byte ranges, from the start of the transport header, of the fields a segment gets its own
-/// value of (the IPv4 ones are `ipv4::field`'s).
-mod field {
-    use super::super::{tcp, udp};
-    use std::ops::Range;
-    pub const TCP_SEQ: Range<usize> = 4..8;
-    /// Data offset and flags: one 16-bit word of the checksum.
-    pub const TCP_OFFSET_FLAGS: Range<usize> = 12..14;
-    pub const TCP_CHECKSUM: Range<usize> = tcp::CHECKSUM_OFFSET..tcp::CHECKSUM_OFFSET + 2;
-    pub const UDP_LENGTH: Range<usize> = udp::LENGTH_OFFSET..udp::LENGTH_OFFSET + 2;
-    pub const UDP_CHECKSUM: Range<usize> = udp::CHECKSUM_OFFSET..udp::CHECKSUM_OFFSET + 2;
-}
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -313,8 +302,8 @@ pub(crate) mod tests {
             let seg = cut(&s, &sup, i, 0x1000);
             assert!(ipv4::transport_checksum_ok(&seg[..20], ipv4::PROTO_TCP, &seg[20..]), "segment {i}");
             let t = TcpV4::parse(&seg).unwrap();
-            assert_eq!(t.seq(&seg), 0xffff_f000u32.wrapping_add(u32::try_from(i * 1000).unwrap()));
-            let f = t.flags(&seg);
+            assert_eq!(t.tcp.seq(), 0xffff_f000u32.wrapping_add(u32::try_from(i * 1000).unwrap()));
+            let f = t.tcp.flags();
             assert_eq!(f & flags::CWR != 0, i == 0, "CWR of segment {i}");
             assert_eq!(f & (flags::FIN | flags::PSH) != 0, i == 3, "FIN/PSH of segment {i}");
             assert_ne!(f & flags::ECE, 0);

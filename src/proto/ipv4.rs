@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 pub(crate) mod field {
     use std::ops::Range;
     pub const VER_IHL: usize = 0;
+    pub const TOS: usize = 1;
     pub const LENGTH: Range<usize> = 2..4;
     pub const IDENT: Range<usize> = 4..6;
     pub const FLG_OFF: Range<usize> = 6..8;
@@ -17,6 +18,14 @@ pub(crate) mod field {
     pub const CHECKSUM: Range<usize> = 10..12;
     pub const SRC: Range<usize> = 12..16;
     pub const DST: Range<usize> = 16..20;
+}
+
+/// Flag bits of the first byte of `field::FLG_OFF`.
+pub mod flag {
+    /// Don't Fragment.
+    pub const DF: u8 = 0x40;
+    /// More Fragments.
+    pub const MF: u8 = 0x20;
 }
 
 /// Length of an IPv4 header without options.
@@ -95,6 +104,32 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     pub fn ident(&self) -> u16 {
         let f = &self.b()[field::IDENT];
         u16::from_be_bytes([f[0], f[1]])
+    }
+
+    /// Type of service (DSCP and ECN).
+    pub fn tos(&self) -> u8 {
+        self.b()[field::TOS]
+    }
+
+    /// The Don't Fragment flag.
+    pub fn dont_frag(&self) -> bool {
+        self.b()[field::FLG_OFF.start] & flag::DF != 0
+    }
+
+    /// The More Fragments flag.
+    pub fn more_frags(&self) -> bool {
+        self.b()[field::FLG_OFF.start] & flag::MF != 0
+    }
+
+    /// Whether this is a fragment (more follow, or it is not the first): no transport header
+    /// of its own to segment or merge by.
+    pub fn is_fragment(&self) -> bool {
+        self.more_frags() || self.frag_offset() != 0
+    }
+
+    /// The options between the fixed header and the payload.
+    pub fn options(&self) -> &[u8] {
+        &self.b()[MIN_HEADER_LEN..self.header_len()]
     }
 
     /// Fragment offset in 8-byte units (flags masked off).

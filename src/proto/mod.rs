@@ -18,6 +18,11 @@ pub mod udp;
 pub mod virtio;
 pub mod vxlan;
 
+/// The IP version nibble of `pkt`'s first byte (4, 6, or anything a bad packet holds).
+pub fn ip_version(pkt: &[u8]) -> Option<u8> {
+    pkt.first().map(|b| b >> 4)
+}
+
 /// Why a packet view refused a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {

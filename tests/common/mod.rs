@@ -2,6 +2,7 @@
 //! names) and removes them through guards, also when it fails.
 #![allow(dead_code)]
 
+pub mod traffic;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -12,6 +12,7 @@ use crate::control::nft::{Firewall, FirewallSpec, NftError};
 use crate::control::registry::Lease;
 use crate::dataplane::engine::{self, EngineContext, EngineError};
 use crate::dataplane::forward::{Encap, Forwarder};
+use crate::dataplane::offloads::{Capabilities, Offloads};
 use crate::dataplane::peers::{Peer, PeerTable};
 use crate::proto::netconfig::{BackendType, NetConfig};
 use ipnet::Ipv4Net;
@@ -278,7 +279,9 @@ impl DataPath {
     /// per queue.
     async fn set_up_userspace(&mut self, io: UserspaceIo) -> Result<(), SetupError> {
         let Some(p) = self.params.as_ref() else { return Ok(()) };
-        let UserspaceIo { mode, queues, sockets, spec: _ } = io;
+        let UserspaceIo { mode, queues, sockets, spec: _, offloads } = io;
+        // --no-udp-gso turns off what the kernel has; one value for every worker.
+        let offloads = Arc::new(Offloads::new(Capabilities { udp_gso: offloads.udp_gso && p.udp_gso, ..offloads }));
         let first = &queues[0];
         let name = first.name().to_string();
         let index = self
@@ -311,7 +314,7 @@ impl DataPath {
                 peers: self.metrics.peers.clone(),
                 counters: self.metrics.counters.worker(i),
                 stop: stop.clone(),
-                udp_gso: p.udp_gso,
+                offloads: offloads.clone(),
             };
             match engine::spawn(mode, ctx, format!("weft-{}-{i}", mode.name()), done_tx.clone()) {
                 Ok(t) => engines.threads.push(t),

@@ -67,23 +67,65 @@ pub fn run(opts: RunOptions) -> Result<()> {
     outcome
 }
 
-/// Runs `op` until it succeeds or fails with something other than an unreachable registry,
-/// which is retried with [`Backoff::registry`], saying why. A signal ends the wait.
-async fn retrying<T, F: Future<Output = Result<T, RegistryError>>>(
+/// Whether a signal may cut an attempt short. An attempt that writes to the registry may not:
+/// a lease created half-way would be left behind (the registry's own timeouts bound it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    Cancellable,
+    RunsToEnd,
+}
+
+/// An error that may say the registry could not be reached (retried) rather than refused.
+trait Transient {
+    fn unavailable(&self) -> Option<&str>;
+}
+
+impl Transient for RegistryError {
+    fn unavailable(&self) -> Option<&str> {
+        match self {
+            Self::Unavailable(why) => Some(why),
+            _ => None,
+        }
+    }
+}
+
+impl Transient for AcquireError {
+    fn unavailable(&self) -> Option<&str> {
+        match self {
+            Self::Registry(e) => e.unavailable(),
+            Self::Exhausted(_) => None,
+        }
+    }
+}
+
+/// The control plane's one retry loop: runs `op` until it succeeds or fails with something
+/// other than an unreachable registry, which is retried with [`Backoff::registry`], saying why.
+/// A signal ends the wait between attempts, and the attempt itself if `attempt` allows.
+async fn retrying<T, E, F>(
     what: &str,
     shutdown: &mut Shutdown,
+    attempt: Attempt,
     mut op: impl FnMut() -> F,
-) -> Result<T> {
+) -> Result<T>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Transient + std::error::Error + Send + Sync + 'static,
+{
     let mut backoff = Backoff::registry();
     loop {
-        match shutdown.unless(op()).await? {
-            Err(RegistryError::Unavailable(why)) => {
-                let wait = backoff.next_delay();
-                tracing::warn!("{what}: {why}; retrying in {wait:?}");
-                shutdown.unless(tokio::time::sleep(wait)).await?;
-            }
-            other => return other.with_context(|| what.to_string()),
-        }
+        shutdown.check()?;
+        let got = match attempt {
+            Attempt::Cancellable => shutdown.unless(op()).await?,
+            Attempt::RunsToEnd => op().await,
+        };
+        let e = match got {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let Some(why) = e.unavailable() else { return Err(e).with_context(|| what.to_string()) };
+        let wait = backoff.next_delay();
+        tracing::warn!("{what}: {why}; retrying in {wait:?}");
+        shutdown.unless(tokio::time::sleep(wait)).await?;
     }
 }
 
@@ -101,7 +143,7 @@ async fn run_async(opts: RunOptions, shutdown: &mut Shutdown) -> Result<()> {
         username: opts.etcd_username.clone(),
         password: opts.etcd_password.clone(),
     };
-    let reg = retrying("connecting to etcd", shutdown, || EtcdRegistry::connect(&eo)).await?;
+    let reg = retrying("connecting to etcd", shutdown, Attempt::Cancellable, || EtcdRegistry::connect(&eo)).await?;
     serve(reg, opts, shutdown).await
 }
 
@@ -145,25 +187,15 @@ async fn acquire_lease<R: Registry>(
     shutdown: &mut Shutdown,
 ) -> Result<Acquired> {
     let previous = read_previous_subnet(&opts.subnet_file);
-    let mut backoff = Backoff::registry();
-    loop {
+    let attrs = |prev: Option<&LeaseAttrs>| attrs_for(cfg, public_ip, device_mac, prev);
+    let acquired =
+        retrying("acquiring a lease", shutdown, Attempt::RunsToEnd, || acquire(reg, cfg, public_ip, previous, attrs))
+            .await?;
+    if shutdown.check().is_err() {
+        give_back(reg, &acquired).await;
         shutdown.check()?;
-        // Not cut short by a signal: a lease created half-way would be left behind. The
-        // registry's own timeouts bound it.
-        let got = acquire(reg, cfg, public_ip, previous, |prev| attrs_for(cfg, public_ip, device_mac, prev)).await;
-        match got {
-            Err(AcquireError::Registry(RegistryError::Unavailable(why))) => {
-                let wait = backoff.next_delay();
-                tracing::warn!("acquiring a lease: {why}; retrying in {wait:?}");
-                shutdown.unless(tokio::time::sleep(wait)).await?;
-            }
-            Ok(acquired) if shutdown.check().is_err() => {
-                give_back(reg, &acquired).await;
-                shutdown.check()?;
-            }
-            other => return other.context("acquiring a lease"),
-        }
     }
+    Ok(acquired)
 }
 
 /// After a start failed with a lease in hand: gives back a lease this start created, keeps one
@@ -181,7 +213,7 @@ async fn give_back<R: Registry>(reg: &R, acquired: &Acquired) {
 }
 
 async fn serve<R: Registry>(reg: R, opts: RunOptions, shutdown: &mut Shutdown) -> Result<()> {
-    let cfg_text = retrying("reading the network config", shutdown, || reg.config()).await?;
+    let cfg_text = retrying("reading the network config", shutdown, Attempt::Cancellable, || reg.config()).await?;
     let cfg = NetConfig::parse(&cfg_text)?;
     let prepared = prepare::prepare(&opts, &cfg).await?;
     let (public_ip, mtu) = (prepared.underlay.addr, prepared.mtu);
@@ -191,7 +223,7 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions, shutdown: &mut Shutdown) -
     let acquired = acquire_lease(&reg, &cfg, (public_ip, prepared.vtep_mac), &opts, shutdown).await?;
     let lease = acquired.lease.clone();
     let started = async {
-        let known = retrying("listing leases", shutdown, || reg.leases()).await?;
+        let known = retrying("listing leases", shutdown, Attempt::Cancellable, || reg.leases()).await?;
         shutdown.check()?;
         let margin = Duration::from_secs(opts.subnet_lease_renew_margin.saturating_mul(60));
         let follower = Follower::new(&reg, &cfg, lease.clone(), metrics.clone(), margin, known);

@@ -10,6 +10,7 @@ use crate::control::metrics::{self, Endpoint, MetricsState};
 use crate::control::netlink::{IfaceChoice, Netlink, NetlinkError, Underlay, VxlanDevice};
 use crate::dataplane::counters::CounterSet;
 use crate::dataplane::engine::{Mode, offload::set_tun_offloads};
+use crate::dataplane::offloads::Capabilities;
 use crate::dataplane::peers::PeerTable;
 use crate::dataplane::sys::{tun::Tun, udp};
 use crate::proto::mac::MacAddr;
@@ -111,6 +112,8 @@ pub struct UserspaceIo {
     pub sockets: Vec<WorkerSockets>,
     /// How it was opened (with `auto` resolved), to open it again if the TUN is deleted.
     pub spec: UserspaceSpec,
+    /// What the kernel takes, found out while opening.
+    pub offloads: Capabilities,
 }
 
 /// How the userspace data path's I/O is opened.
@@ -146,7 +149,7 @@ impl UserspaceSpec {
         let (name, local, workers) = (&self.name, self.local, self.workers);
         // The port first: it is what a second weft on this host collides on.
         let sockets = bind_sockets(local, workers)?;
-        let (first, mode) = open_first_queue(self.choice, name, workers > 1)?;
+        let (first, mode, tun_uso) = open_first_queue(self.choice, name, workers > 1)?;
         if mode == Mode::Offload {
             for s in &sockets {
                 udp::enable_gro(&s.rx).map_err(|error| HostError::Udp {
@@ -162,7 +165,12 @@ impl UserspaceSpec {
             queues.push(Tun::open_with(name, vnet_hdr, true).map_err(|e| tun_error("adding a queue to TUN", name, e))?);
         }
         let spec = Self { choice: EngineChoice::from(mode), ..self.clone() };
-        Ok(UserspaceIo { mode, queues, sockets, spec })
+        let udp_gso = sockets.first().is_some_and(|s| udp::has_gso(&s.tx));
+        if !udp_gso {
+            tracing::info!("this kernel has no UDP GSO (Linux < 4.18): datagrams are sent one per message");
+        }
+        let offloads = Capabilities { udp_gso, tun_uso };
+        Ok(UserspaceIo { mode, queues, sockets, spec, offloads })
     }
 }
 
@@ -315,12 +323,13 @@ fn bind_sockets(local: SocketAddr, workers: usize) -> Result<Vec<WorkerSockets>,
 }
 
 /// Opens the TUN's first queue and decides the engine: `auto` takes offload where the device
-/// accepts TSO, else batched.
-fn open_first_queue(choice: EngineChoice, name: &str, multi: bool) -> Result<(Tun, Mode), HostError> {
+/// accepts TSO, else batched. Also says whether the TUN takes USO: known where offloads were
+/// set; elsewhere assumed, and found out at the first coalesced UDP write.
+fn open_first_queue(choice: EngineChoice, name: &str, multi: bool) -> Result<(Tun, Mode, bool), HostError> {
     // batched writes coalesced runs, so its TUN carries a virtio_net_hdr too (but no offloads).
     let vnet_hdr = matches!(choice, EngineChoice::Auto | EngineChoice::Batched | EngineChoice::Offload);
     let tun = Tun::open_with(name, vnet_hdr, multi).map_err(|e| tun_error("creating TUN device", name, e))?;
-    let mode = match choice.fixed() {
+    let (mode, tun_uso) = match choice.fixed() {
         Some(Mode::Offload) => {
             let uso = set_tun_offloads(&tun).map_err(|e| HostError::Tun {
                 what: "enabling TSO (TUNSETOFFLOAD) on",
@@ -329,25 +338,25 @@ fn open_first_queue(choice: EngineChoice, name: &str, multi: bool) -> Result<(Tu
                 error: e,
             })?;
             log_uso(name, uso);
-            Mode::Offload
+            (Mode::Offload, uso)
         }
         Some(mode) => {
             tracing::info!(engine = mode.name(), "engine: {} (--mode)", mode.name());
-            mode
+            (mode, true)
         }
         None => match set_tun_offloads(&tun) {
             Ok(uso) => {
                 tracing::info!(engine = "offload", "engine: offload (--mode auto: the TUN device accepts TSO)");
                 log_uso(name, uso);
-                Mode::Offload
+                (Mode::Offload, uso)
             }
             Err(e) => {
                 tracing::info!(engine = "batched", "engine: batched (--mode auto: the TUN device refused TSO: {e})");
-                Mode::Batched
+                (Mode::Batched, true)
             }
         },
     };
-    Ok((tun, mode))
+    Ok((tun, mode, tun_uso))
 }
 
 fn log_uso(name: &str, uso: bool) {

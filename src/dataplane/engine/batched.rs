@@ -12,27 +12,49 @@
 
 use super::coalesce::{Outer, TunWriter};
 use super::runs::{BATCH, Pending, RunSender};
-use super::{EngineContext, EngineError, STOP_CHECK, empty_read, read_tun, reply_icmp, u64_len};
+use super::{EngineContext, EngineError, STOP_CHECK, empty_read, plain_packet, read_tun, reply_icmp, u64_len};
 use crate::dataplane::counters::{Crossing, DropLog, DropReason, timed};
-use crate::dataplane::forward::{BUF_LEN, Egress, HEADROOM, Ingress, READ_AT};
+use crate::dataplane::forward::{Egress, Ingress};
+use crate::dataplane::packet::PacketBuf;
 use crate::dataplane::sys::mmsg::MmsgBatch;
 use crate::dataplane::sys::poll::wait_readable;
+use crate::dataplane::sys::udp::RecvMeta;
 use crate::proto::icmp;
-use crate::proto::virtio::{self, VnetHdr};
-use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::atomic::Ordering;
+
+/// Egress: the batch's read buffers and what is to be sent from them.
+struct EgressPath {
+    bufs: Vec<PacketBuf>,
+    out: Vec<Pending>,
+    tx: RunSender,
+    scratch: [u8; icmp::MAX_LEN],
+}
+
+/// Ingress: the batch's receive buffers and the coalescing writer.
+struct IngressPath {
+    bufs: Vec<PacketBuf>,
+    meta: Vec<RecvMeta>,
+    rx: MmsgBatch,
+    writer: TunWriter,
+    log: DropLog,
+}
 
 /// Runs until stopped. `ctx.tun` must have been opened with `IFF_VNET_HDR` (no offloads).
 pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
-    let mut tun_bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; BUF_LEN]).collect();
-    let mut udp_bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; BUF_LEN]).collect();
-    let mut meta = vec![(0usize, SocketAddr::from(([0, 0, 0, 0], 0))); BATCH];
-    let mut out: Vec<Pending> = Vec::with_capacity(BATCH);
-    let mut tx = RunSender::new(ctx.udp_gso);
-    let mut rx = MmsgBatch::new(BATCH);
-    let mut writer = TunWriter::default();
-    let mut scratch = [0u8; icmp::MAX_LEN];
-    let mut log = DropLog::default();
+    let mut tx = EgressPath {
+        bufs: PacketBuf::many(BATCH),
+        out: Vec::with_capacity(BATCH),
+        tx: RunSender::default(),
+        scratch: [0u8; icmp::MAX_LEN],
+    };
+    let mut rx = IngressPath {
+        bufs: PacketBuf::many(BATCH),
+        meta: vec![RecvMeta::EMPTY; BATCH],
+        rx: MmsgBatch::new(BATCH),
+        writer: TunWriter::default(),
+        log: DropLog::default(),
+    };
     let c = &*ctx.counters;
     let (mut tun_ready, mut udp_ready) = (false, false);
     while !ctx.stop.load(Ordering::Relaxed) {
@@ -42,105 +64,88 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
         }
         // A full batch means more may be queued: go round again without poll().
         if tun_ready {
-            tun_ready = egress_batch(&ctx, &mut tun_bufs, &mut out, &mut tx, &mut scratch)? == BATCH;
+            tun_ready = tx.batch(&ctx)? == BATCH;
         }
         if udp_ready {
-            udp_ready = ingress_batch(&ctx, &mut udp_bufs, &mut meta, &mut rx, &mut writer, &mut log)? == BATCH;
+            udp_ready = rx.batch(&ctx)? == BATCH;
         }
     }
     Ok(())
 }
 
-/// Reads until EAGAIN or a full batch, then sends what is to be sent with one sendmmsg.
-/// Returns how many packets were read.
-fn egress_batch(
-    ctx: &EngineContext,
-    bufs: &mut [Vec<u8>],
-    out: &mut Vec<Pending>,
-    tx: &mut RunSender,
-    scratch: &mut [u8],
-) -> Result<usize, EngineError> {
-    let c = &*ctx.counters;
-    let peers = ctx.peers.load();
-    out.clear();
-    let mut read = 0;
-    while read < bufs.len() {
-        let slot = out.len();
-        let buf = &mut bufs[slot];
-        let Some((n, ns)) = read_tun(ctx, &mut buf[READ_AT..])? else { break };
-        read += 1;
-        let len = n.saturating_sub(virtio::LEN);
-        c.syscall(Crossing::TunRead, 1, u64_len(len), ns);
-        // Without offloads the kernel hands over finished plain packets; anything else is a
-        // device someone else set up.
-        match VnetHdr::parse(&buf[READ_AT..READ_AT + n]) {
-            Ok(vh) if vh.gso_kind() == virtio::GSO_NONE => {
-                if vh.complete_checksum(&mut buf[HEADROOM..HEADROOM + len]).is_err() {
-                    c.count_drop(DropReason::BadIpHeader);
-                    continue;
-                }
-            }
-            Ok(_) => {
-                c.count_drop(DropReason::BadIpHeader);
-                continue;
-            }
-            Err(_) => {
+impl EgressPath {
+    /// Reads until EAGAIN or a full batch, then sends what is to be sent with one sendmmsg.
+    /// Returns how many packets were read.
+    fn batch(&mut self, ctx: &EngineContext) -> Result<usize, EngineError> {
+        let c = &*ctx.counters;
+        let peers = ctx.peers.load();
+        self.out.clear();
+        let mut read = 0;
+        while read < self.bufs.len() {
+            let slot = self.out.len();
+            let buf = &mut self.bufs[slot];
+            let Some(r) = read_tun(ctx, buf)? else { break };
+            read += 1;
+            let Ok(packet) = r.packet else {
+                c.syscall(Crossing::TunRead, 1, u64_len(r.bytes), r.ns);
                 c.count_drop(DropReason::TooShort);
                 continue;
+            };
+            c.syscall(Crossing::TunRead, 1, u64_len(packet.len), r.ns);
+            let len = match plain_packet(buf, &packet) {
+                Ok(len) => len,
+                Err(reason) => {
+                    c.count_drop(reason);
+                    continue;
+                }
+            };
+            match ctx.forwarder.egress(&peers, buf.as_mut_slice(), len, &mut self.scratch) {
+                Egress::Send { range, to } => self.out.push(Pending { buf: slot, range, to }),
+                Egress::Reply { len } => reply_icmp(ctx, &self.scratch[..len]),
+                Egress::Drop(r) => c.count_drop(r),
             }
         }
-        match ctx.forwarder.egress(&peers, buf, len, scratch) {
-            Egress::Send { range, to } => out.push(Pending { buf: slot, range, to }),
-            Egress::Reply { len } => reply_icmp(ctx, &scratch[..len]),
-            Egress::Drop(r) => c.count_drop(r),
-        }
+        self.tx.send(ctx, &self.bufs, &self.out)?;
+        Ok(read)
     }
-    tx.send(ctx, bufs, out)?;
-    Ok(read)
 }
 
-/// One recvmmsg, then the datagrams to deliver written with runs coalesced. Returns how many
-/// arrived.
-fn ingress_batch(
-    ctx: &EngineContext,
-    bufs: &mut [Vec<u8>],
-    meta: &mut [(usize, SocketAddr)],
-    rx: &mut MmsgBatch,
-    writer: &mut TunWriter,
-    log: &mut DropLog,
-) -> Result<usize, EngineError> {
-    let c = &*ctx.counters;
-    let (r, ns) = timed(|| rx.recv(&ctx.socket, bufs, meta));
-    let got = match r {
-        Ok(n) => n,
-        Err(e) => {
-            empty_read(c, Crossing::UdpRecv, e, ns)?;
-            return Ok(0);
-        }
-    };
-    let bytes: usize = meta[..got].iter().map(|m| m.0).sum();
-    c.syscall(Crossing::UdpRecv, u64_len(got), u64_len(bytes), ns);
-    let peers = ctx.peers.load();
-    // Decapsulate in place first (which buffer, where the inner packet is), then write.
-    let mut delivered = [(0usize, 0usize, 0usize); BATCH];
-    let mut n = 0;
-    for (k, (buf, &(len, from))) in bufs.iter_mut().zip(meta.iter()).take(got.min(BATCH)).enumerate() {
-        match ctx.forwarder.ingress(&peers, from, buf, len) {
-            Ingress::Deliver(range) => {
-                delivered[n] = (k, range.start, range.end);
-                n += 1;
+impl IngressPath {
+    /// One recvmmsg, then the datagrams to deliver written with runs coalesced. Returns how many
+    /// arrived.
+    fn batch(&mut self, ctx: &EngineContext) -> Result<usize, EngineError> {
+        let c = &*ctx.counters;
+        let (r, ns) = timed(|| self.rx.recv(&ctx.socket, &mut self.bufs, &mut self.meta));
+        let got = match r {
+            Ok(n) => n.min(BATCH),
+            Err(e) => {
+                empty_read(c, Crossing::UdpRecv, e, ns)?;
+                return Ok(0);
             }
-            Ingress::Drop(r) => {
-                c.count_drop(r);
-                log.note(r, from);
+        };
+        let bytes: usize = self.meta[..got].iter().map(|m| m.len).sum();
+        c.syscall(Crossing::UdpRecv, u64_len(got), u64_len(bytes), ns);
+        let peers = ctx.peers.load();
+        // Decapsulate in place first (which buffer, where the inner packet is), then write.
+        let mut delivered: [(usize, Range<usize>); BATCH] = std::array::from_fn(|_| (0, 0..0));
+        let mut n = 0;
+        for (k, (buf, m)) in self.bufs.iter_mut().zip(&self.meta).take(got).enumerate() {
+            match ctx.forwarder.ingress(&peers, m.from, buf.as_mut_slice(), m.len) {
+                Ingress::Deliver(range) => {
+                    delivered[n] = (k, range);
+                    n += 1;
+                }
+                Ingress::Drop(r) => {
+                    c.count_drop(r);
+                    self.log.note(r, m.from);
+                }
             }
         }
+        let mut packets: [&[u8]; BATCH] = [&[]; BATCH];
+        for (slot, (k, range)) in packets.iter_mut().zip(&delivered[..n]) {
+            *slot = &self.bufs[*k].as_slice()[range.clone()];
+        }
+        // recvmmsg returns datagrams one by one, each with or without an outer checksum.
+        self.writer.write(ctx, &packets[..n], Outer::AsTheBackend).map(|()| got)
     }
-    let mut packets: [&[u8]; BATCH] = [&[]; BATCH];
-    for (slot, &(k, start, end)) in packets.iter_mut().zip(&delivered[..n]) {
-        *slot = &bufs[k][start..end];
-    }
-    // recvmmsg returns datagrams one by one, each with or without an outer checksum.
-    writer.write(ctx, &packets[..n], Outer::AsTheBackend)?;
-    Ok(got)
 }

@@ -13,6 +13,7 @@
 use super::{EngineContext, EngineError, per_packet, tun_write, u64_len};
 use crate::dataplane::counters::{Counters, Crossing, DropReason, timed};
 use crate::dataplane::forward::Encap;
+use crate::dataplane::offloads::{Offload, refused};
 use crate::proto::gro::{FlowRun, Rules};
 use crate::proto::virtio;
 use std::io::IoSlice;
@@ -38,15 +39,14 @@ pub enum Outer {
     Verified,
 }
 
-/// The coalescing writer's state: a header scratch area and whether the TUN takes USO.
+/// The coalescing writer's state: a header scratch area.
 pub struct TunWriter {
     merged_hdr: [u8; HDR_ROOM],
-    uso: bool,
 }
 
 impl Default for TunWriter {
     fn default() -> Self {
-        Self { merged_hdr: [0; HDR_ROOM], uso: true }
+        Self { merged_hdr: [0; HDR_ROOM] }
     }
 }
 
@@ -63,11 +63,6 @@ fn count_written(c: &Counters, r: std::io::Result<usize>, ns: u64, packets: usiz
     Ok(())
 }
 
-/// Whether the kernel refused an offload it does not have (rather than the one packet).
-pub(crate) fn offload_refused(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT))
-}
-
 impl TunWriter {
     /// Writes `packets` (inner IPv4 packets, in order) into the TUN, coalescing runs of at most
     /// [`MAX_PACKETS`]. `outer` says what vouched for their bytes on the way here: where it is
@@ -79,26 +74,26 @@ impl TunWriter {
             Outer::Verified => false,
             Outer::AsTheBackend => matches!(ctx.forwarder.encap, Encap::Vxlan { .. }),
         };
-        let rules = Rules { udp: self.uso, verify };
+        let rules = Rules { udp: ctx.offloads.has(Offload::TunUso), verify };
         let mut i = 0;
         while i < packets.len() {
             let first = packets[i];
-            let Some(mut run) = FlowRun::start(first, rules) else {
+            let Ok(mut run) = FlowRun::start(first, rules) else {
                 tun_write(ctx, first)?;
                 i += 1;
                 continue;
             };
             let mut iov = [IoSlice::new(&[]); MAX_PACKETS + 2];
-            iov[2] = IoSlice::new(&first[run.first_payload()]);
+            iov[2] = IoSlice::new(run.first_payload());
             let mut j = i + 1;
             while j < packets.len() && j - i < MAX_PACKETS {
-                match run.push(first, packets[j]) {
-                    Some(p) => iov[j - i + 2] = IoSlice::new(&packets[j][p]),
-                    None => break,
+                match run.push(packets[j]) {
+                    Ok(p) => iov[j - i + 2] = IoSlice::new(&packets[j][p]),
+                    Err(_) => break,
                 }
                 j += 1;
             }
-            let Some((hl, vh)) = run.finish(first, &mut self.merged_hdr) else {
+            let Ok((hl, vh)) = run.finish(&mut self.merged_hdr) else {
                 c.count_drops(DropReason::BadIpHeader, u64_len(run.segments()));
                 i = j;
                 continue;
@@ -109,10 +104,9 @@ impl TunWriter {
             iov[1] = IoSlice::new(&self.merged_hdr[..hl]);
             let (r, ns) = timed(|| ctx.tun.send_vectored(&iov[..j - i + 2]));
             match r {
-                Err(e) if vh.gso_kind() == virtio::GSO_UDP_L4 && offload_refused(&e) => {
+                Err(e) if vh.gso_kind() == virtio::GSO_UDP_L4 && refused(&e) => {
                     c.syscall(Crossing::TunWrite, 0, 0, ns);
-                    tracing::warn!("the TUN refused a UDP GSO write ({e}); writing datagrams one by one from now on");
-                    self.uso = false;
+                    ctx.offloads.refuse(Offload::TunUso, &e);
                     for p in &packets[i..j] {
                         tun_write(ctx, p)?;
                     }

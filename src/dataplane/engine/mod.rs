@@ -10,6 +10,8 @@ pub mod uring;
 
 use super::counters::Counters;
 use super::forward::Forwarder;
+use super::offloads::Offloads;
+use super::packet::{PacketBuf, TunRead};
 use super::peers::PeerTable;
 use super::sys::tun::Tun;
 use arc_swap::ArcSwap;
@@ -70,9 +72,8 @@ pub struct EngineContext {
     pub counters: Arc<Counters>,
     /// Set to ask the engine to stop.
     pub stop: Arc<AtomicBool>,
-    /// Whether UDP sends may carry many datagrams (`UDP_SEGMENT`); engines that use it stop by
-    /// themselves if the kernel refuses it.
-    pub udp_gso: bool,
+    /// The offloads in use, shared by every worker (see [`Offloads`]).
+    pub offloads: Arc<Offloads>,
 }
 
 /// Why an engine stopped other than by request.
@@ -137,13 +138,14 @@ pub fn run(mode: Mode, ctx: EngineContext) -> Result<(), EngineError> {
     }
 }
 
-/// Runs `direction(ctx, true)` (egress) on this thread and `direction(ctx, false)` (ingress) on a
-/// thread named `rx_name`. Each direction keeps its order and neither waits for the other; either
-/// one ending stops both.
+/// Runs `egress` on this thread and `ingress` on a thread named `rx_name`, each with its own
+/// state. Each direction keeps its order and neither waits for the other; either one ending
+/// stops both, and a panic in either is an error.
 pub(crate) fn both_directions(
     ctx: &EngineContext,
     rx_name: &str,
-    direction: impl Fn(&EngineContext, bool) -> Result<(), EngineError> + Sync,
+    egress: impl FnOnce(&EngineContext) -> Result<(), EngineError>,
+    ingress: impl FnOnce(&EngineContext) -> Result<(), EngineError> + Send,
 ) -> Result<(), EngineError> {
     /// Stops the other direction when this one returns or unwinds.
     struct StopOnExit<'a>(&'a AtomicBool);
@@ -152,13 +154,15 @@ pub(crate) fn both_directions(
             self.0.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
-    let one_way = |egress: bool| {
-        let _stop = StopOnExit(&ctx.stop);
-        direction(ctx, egress)
-    };
     std::thread::scope(|s| {
-        let ingress = std::thread::Builder::new().name(rx_name.into()).spawn_scoped(s, || one_way(false));
-        let egress = one_way(true);
+        let ingress = std::thread::Builder::new().name(rx_name.into()).spawn_scoped(s, || {
+            let _stop = StopOnExit(&ctx.stop);
+            ingress(ctx)
+        });
+        let egress = {
+            let _stop = StopOnExit(&ctx.stop);
+            egress(ctx)
+        };
         let ingress = match ingress {
             Ok(h) => join_scoped(h),
             Err(e) => Err(EngineError::Spawn(e)),
@@ -194,14 +198,62 @@ pub(crate) fn empty_read(
     Err(if udp { EngineError::Udp(e) } else { EngineError::Tun(e) })
 }
 
-/// One TUN read into `buf`: the bytes read and the syscall's time, or `None` when nothing was
-/// queued (counted as an empty `tun_read`). The caller counts the packet.
-pub(crate) fn read_tun(ctx: &EngineContext, buf: &mut [u8]) -> Result<Option<(usize, u64)>, EngineError> {
-    let (r, ns) = super::counters::timed(|| ctx.tun.recv(buf));
+/// Polls `input` and, while it is readable, calls `step` up to [`ROUNDS`] times in a row (it
+/// returns whether more may be queued), until `ctx.stop`: one direction's loop.
+pub(crate) fn drain(
+    ctx: &EngineContext,
+    input: &dyn std::os::fd::AsFd,
+    mut step: impl FnMut() -> Result<bool, EngineError>,
+) -> Result<(), EngineError> {
+    while !ctx.stop.load(std::sync::atomic::Ordering::Relaxed) {
+        ctx.counters.polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let [ready] = super::sys::poll::wait_readable([input], STOP_CHECK).map_err(EngineError::Poll)?;
+        if !ready {
+            continue;
+        }
+        for _ in 0..ROUNDS {
+            if !step()? {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Batches (or GRO receives) one direction takes in a row before it polls again.
+const ROUNDS: usize = 8;
+
+/// What one TUN read got: the packet and its `virtio_net_hdr` (see [`PacketBuf::tun_read`]), and
+/// the syscall's time.
+pub(crate) struct Read {
+    /// The packet in the buffer, or why what was read is none.
+    pub packet: Result<TunRead, crate::proto::WireError>,
+    /// Bytes the read returned (a `virtio_net_hdr` included).
+    pub bytes: usize,
+    /// The syscall's time.
+    pub ns: u64,
+}
+
+/// One TUN read into `buf`, or `None` when nothing was queued (counted as an empty `tun_read`).
+/// The caller counts the packet.
+pub(crate) fn read_tun(ctx: &EngineContext, buf: &mut PacketBuf) -> Result<Option<Read>, EngineError> {
+    let vnet = ctx.tun.has_vnet_hdr();
+    let (r, ns) = super::counters::timed(|| ctx.tun.recv(buf.tun_read_area(vnet)));
     match r {
-        Ok(n) => Ok(Some((n, ns))),
+        Ok(bytes) => Ok(Some(Read { packet: buf.tun_read(vnet, bytes), bytes, ns })),
         Err(e) => empty_read(&ctx.counters, super::counters::Crossing::TunRead, e, ns).map(|()| None),
     }
+}
+
+/// A packet read from the TUN that is not a super-packet, made ready to forward: its partial
+/// checksum completed where the `virtio_net_hdr` asks (a TUN without offloads hands over nothing
+/// else; anything else is a device someone else set up). Returns the packet's length.
+pub(crate) fn plain_packet(buf: &mut PacketBuf, read: &TunRead) -> Result<usize, super::counters::DropReason> {
+    if read.vnet.gso_kind() != crate::proto::virtio::GSO_NONE {
+        return Err(super::counters::DropReason::BadIpHeader);
+    }
+    read.vnet.complete_checksum(buf.inner_mut(read.len)).map_err(|_| super::counters::DropReason::BadIpHeader)?;
+    Ok(read.len)
 }
 
 /// Writes one inner packet into the TUN (crossing: TUN write), counting it or its drop.

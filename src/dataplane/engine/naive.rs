@@ -7,9 +7,11 @@
 //! and alternates reads instead; that trades polls for EAGAIN reads, about one per packet of the
 //! lighter direction, and makes per-crossing counts depend on the traffic mix.)
 
-use super::{EngineContext, EngineError, STOP_CHECK, empty_read, per_packet, read_tun, reply_icmp, tun_write, u64_len};
+use super::runs::count_sent;
+use super::{EngineContext, EngineError, STOP_CHECK, empty_read, read_tun, reply_icmp, tun_write, u64_len};
 use crate::dataplane::counters::{Counters, Crossing, DropLog, DropReason, timed};
-use crate::dataplane::forward::{BUF_LEN, Egress, HEADROOM, Ingress};
+use crate::dataplane::forward::{Egress, Ingress};
+use crate::dataplane::packet::PacketBuf;
 use crate::dataplane::sys::poll::wait_readable;
 use crate::proto::icmp;
 
@@ -17,8 +19,8 @@ use std::sync::atomic::Ordering;
 
 /// Runs until stopped: poll(), then one packet from each readable side, and poll() again.
 pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
-    let mut tun_buf = vec![0u8; BUF_LEN];
-    let mut udp_buf = vec![0u8; BUF_LEN];
+    let mut tun_buf = PacketBuf::default();
+    let mut udp_buf = PacketBuf::default();
     let mut scratch = [0u8; icmp::MAX_LEN];
     let mut log = DropLog::default();
     let c = &*ctx.counters;
@@ -36,22 +38,19 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
 }
 
 /// One TUN read and, for a packet, one send. Returns whether a packet was read.
-fn tun_to_udp(ctx: &EngineContext, c: &Counters, buf: &mut [u8], scratch: &mut [u8]) -> Result<bool, EngineError> {
-    let Some((n, ns)) = read_tun(ctx, &mut buf[HEADROOM..])? else { return Ok(false) };
-    c.syscall(Crossing::TunRead, 1, u64_len(n), ns);
+fn tun_to_udp(ctx: &EngineContext, c: &Counters, buf: &mut PacketBuf, scratch: &mut [u8]) -> Result<bool, EngineError> {
+    let Some(read) = read_tun(ctx, buf)? else { return Ok(false) };
+    c.syscall(Crossing::TunRead, 1, u64_len(read.bytes), read.ns);
+    let Ok(packet) = read.packet else {
+        c.count_drop(DropReason::TooShort);
+        return Ok(true);
+    };
     let peers = ctx.peers.load();
-    match ctx.forwarder.egress(&peers, buf, n, scratch) {
+    match ctx.forwarder.egress(&peers, buf.as_mut_slice(), packet.len, scratch) {
         Egress::Send { range, to } => {
-            let frame = &buf[range];
+            let frame = &buf.as_slice()[range];
             let (r, ns) = timed(|| ctx.tx.send_to(frame, to));
-            match r {
-                Ok(sent) => c.syscall(Crossing::UdpSend, 1, u64_len(sent), ns),
-                Err(e) if per_packet(&e) => {
-                    c.syscall(Crossing::UdpSend, 0, 0, ns);
-                    c.count_drop(DropReason::SendFailed);
-                }
-                Err(e) => return Err(EngineError::Udp(e)),
-            }
+            count_sent(c, r, ns, 1)?;
         }
         Egress::Reply { len } => reply_icmp(ctx, &scratch[..len]),
         Egress::Drop(r) => c.count_drop(r),
@@ -60,8 +59,8 @@ fn tun_to_udp(ctx: &EngineContext, c: &Counters, buf: &mut [u8], scratch: &mut [
 }
 
 /// One recvfrom and, for a datagram, one TUN write. Returns whether a datagram was received.
-fn udp_to_tun(ctx: &EngineContext, c: &Counters, buf: &mut [u8], log: &mut DropLog) -> Result<bool, EngineError> {
-    let (r, ns) = timed(|| ctx.socket.recv_from(buf));
+fn udp_to_tun(ctx: &EngineContext, c: &Counters, buf: &mut PacketBuf, log: &mut DropLog) -> Result<bool, EngineError> {
+    let (r, ns) = timed(|| ctx.socket.recv_from(buf.as_mut_slice()));
     let (n, from) = match r {
         Ok(r) => r,
         Err(e) => {
@@ -71,8 +70,8 @@ fn udp_to_tun(ctx: &EngineContext, c: &Counters, buf: &mut [u8], log: &mut DropL
     };
     c.syscall(Crossing::UdpRecv, 1, u64_len(n), ns);
     let peers = ctx.peers.load();
-    match ctx.forwarder.ingress(&peers, from, buf, n) {
-        Ingress::Deliver(range) => tun_write(ctx, &buf[range])?,
+    match ctx.forwarder.ingress(&peers, from, buf.as_mut_slice(), n) {
+        Ingress::Deliver(range) => tun_write(ctx, &buf.as_slice()[range])?,
         Ingress::Drop(r) => {
             c.count_drop(r);
             log.note(r, from);

@@ -21,24 +21,21 @@
 //! UDP flow's datagrams as one `GSO_UDP_L4` packet (USO). If the TUN refuses USO (Linux < 6.2:
 //! EINVAL), the run's datagrams are written one by one, and every later one too.
 
-use super::coalesce::{Outer, TunWriter, offload_refused};
-use super::runs::{BATCH, MAX_GSO_BYTES, Pending, RunSender, gso_refused};
-use super::{EngineContext, EngineError, STOP_CHECK, empty_read, per_packet, read_tun, reply_icmp, u64_len};
-use crate::dataplane::counters::{Counters, Crossing, DropLog, DropReason, timed};
-use crate::dataplane::forward::{BUF_LEN, Egress, HEADROOM, Ingress, READ_AT};
-use crate::dataplane::sys::poll::wait_readable;
+use super::coalesce::{Outer, TunWriter};
+use super::runs::{BATCH, MAX_GSO_BYTES, Pending, RunSender, count_sent, gso_refused};
+use super::{EngineContext, EngineError, drain, empty_read, plain_packet, read_tun, reply_icmp, u64_len};
+use crate::dataplane::counters::{Crossing, DropLog, DropReason, timed};
+use crate::dataplane::forward::{Egress, Ingress};
+use crate::dataplane::offloads::Offload;
+use crate::dataplane::packet::{HEADROOM, PacketBuf};
 use crate::dataplane::sys::tun::{Tun, offload};
 use crate::dataplane::sys::udp::{MAX_SEGMENTS, RecvMeta, gro_cmsg_space, recv_gro, send_gso};
 use crate::proto::gso::{Headers, Segmenter};
 use crate::proto::icmp;
-use crate::proto::virtio::{self, VnetHdr};
+use crate::proto::virtio;
 use std::io::IoSlice;
 use std::net::SocketAddrV4;
 use std::ops::Range;
-use std::sync::atomic::Ordering;
-
-/// Batches (or GRO receives) per side before looking at the other side again.
-const ROUNDS: usize = 8;
 
 /// The offloads the TUN must be set up with for this engine.
 pub const TUN_OFFLOADS: u32 = offload::CSUM | offload::TSO4 | offload::TSO_ECN;
@@ -73,17 +70,22 @@ struct Staged {
     len: usize,
 }
 
-struct State {
-    /// Egress: [`BATCH`] read buffers, each with [`HEADROOM`].
-    tun_bufs: Vec<Vec<u8>>,
+/// Egress: read buffers, what is to be sent from them, and the GSO sends being written.
+struct EgressPath {
+    /// [`BATCH`] read buffers.
+    bufs: Vec<PacketBuf>,
     pending: Vec<Pending>,
     sender: RunSender,
-    udp_buf: Vec<u8>,
-    /// Egress: the datagrams of one GSO send, written whole ([`Staged`]).
+    /// The datagrams of one GSO send, written whole ([`Staged`]).
     frames: Vec<u8>,
     staged: Option<Staged>,
-    cmsg: Vec<u8>,
     scratch: [u8; icmp::MAX_LEN],
+}
+
+/// Ingress: one GRO receive's buffer and what of it is delivered.
+struct IngressPath {
+    buf: PacketBuf,
+    cmsg: Vec<u8>,
     delivered: Vec<Range<usize>>,
     writer: TunWriter,
     log: DropLog,
@@ -93,77 +95,45 @@ struct State {
 /// its order; the two directions do not wait for each other). `ctx.tun` must have been opened
 /// with `IFF_VNET_HDR` and [`TUN_OFFLOADS`], and `ctx.socket` must have `UDP_GRO`.
 pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
-    super::both_directions(&ctx, "weft-offload-rx", direction)
-}
-
-fn new_state(egress: bool, gso: bool) -> State {
-    State {
-        tun_bufs: (0..if egress { BATCH } else { 0 }).map(|_| vec![0u8; BUF_LEN]).collect(),
-        pending: Vec::with_capacity(BATCH),
-        sender: RunSender::new(gso),
-        udp_buf: vec![0u8; if egress { 0 } else { BUF_LEN }],
-        frames: vec![0u8; if egress { MAX_GSO_BYTES } else { 0 }],
-        staged: None,
-        cmsg: gro_cmsg_space(),
-        scratch: [0u8; icmp::MAX_LEN],
-        delivered: Vec::with_capacity(MAX_SEGMENTS),
-        writer: TunWriter::default(),
-        log: DropLog::default(),
-    }
-}
-
-/// One direction's loop: poll its input, then up to [`ROUNDS`] batches.
-fn direction(ctx: &EngineContext, egress: bool) -> Result<(), EngineError> {
-    let mut st = new_state(egress, ctx.udp_gso);
-    let c = &*ctx.counters;
-    while !ctx.stop.load(Ordering::Relaxed) {
-        c.polls.fetch_add(1, Ordering::Relaxed);
-        let ready =
-            if egress { wait_readable([&ctx.tun], STOP_CHECK) } else { wait_readable([&ctx.socket], STOP_CHECK) };
-        let [ready] = ready.map_err(EngineError::Poll)?;
-        if !ready {
-            continue;
-        }
-        for _ in 0..ROUNDS {
-            let more = if egress { egress_batch(ctx, &mut st)? } else { ingress_one(ctx, &mut st)? };
-            if !more {
-                break;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn count_sent(c: &Counters, r: std::io::Result<usize>, ns: u64, packets: usize) -> Result<(), EngineError> {
-    match r {
-        Ok(b) => c.syscall(Crossing::UdpSend, u64_len(packets), u64_len(b), ns),
-        Err(e) if per_packet(&e) => {
-            c.syscall(Crossing::UdpSend, 0, 0, ns);
-            c.count_drops(DropReason::SendFailed, u64_len(packets));
-        }
-        Err(e) => return Err(EngineError::Udp(e)),
-    }
-    Ok(())
+    super::both_directions(
+        &ctx,
+        "weft-offload-rx",
+        |ctx| {
+            let mut e = EgressPath {
+                bufs: PacketBuf::many(BATCH),
+                pending: Vec::with_capacity(BATCH),
+                sender: RunSender::default(),
+                frames: vec![0u8; MAX_GSO_BYTES],
+                staged: None,
+                scratch: [0u8; icmp::MAX_LEN],
+            };
+            drain(ctx, &ctx.tun, || e.batch(ctx))
+        },
+        |ctx| {
+            let mut i = IngressPath {
+                buf: PacketBuf::default(),
+                cmsg: gro_cmsg_space(),
+                delivered: Vec::with_capacity(MAX_SEGMENTS),
+                writer: TunWriter::default(),
+                log: DropLog::default(),
+            };
+            drain(ctx, &ctx.socket, || i.receive(ctx))
+        },
+    )
 }
 
 /// Sends the datagrams laid out one after another in `frames`, `size` bytes each but the last,
 /// to `to`: one `UDP_SEGMENT` send, or one send per datagram once the kernel has refused GSO
-/// (then for good; the datagrams of the refused send go one by one).
-fn send_datagrams(
-    ctx: &EngineContext,
-    gso: &mut bool,
-    frames: &[u8],
-    size: usize,
-    to: SocketAddrV4,
-) -> Result<(), EngineError> {
+/// (the datagrams of the refused send then go one by one).
+fn send_datagrams(ctx: &EngineContext, frames: &[u8], size: usize, to: SocketAddrV4) -> Result<(), EngineError> {
     let c = &*ctx.counters;
     let size = size.max(1);
     let count = frames.len().div_ceil(size);
-    if *gso && count > 1 {
+    if count > 1 && ctx.offloads.has(Offload::UdpGso) {
         let seg = u16::try_from(size).unwrap_or(u16::MAX);
         let (r, ns) = timed(|| send_gso(&ctx.tx, &[IoSlice::new(frames)], Some(seg), to));
         match r {
-            Err(e) if offload_refused(&e) => gso_refused(c, &e, ns, gso),
+            Err(e) if gso_refused(ctx, &e, ns) => {}
             r => return count_sent(c, r, ns, count),
         }
     }
@@ -174,104 +144,10 @@ fn send_datagrams(
     Ok(())
 }
 
-/// Reads the TUN until EAGAIN or [`BATCH`] packets. A super-packet leaves at once (after what
-/// was read before it, to keep the order), as GSO sends of its segments; other packets leave in
-/// runs when the batch ends. Returns whether the batch was full (more may be queued).
-fn egress_batch(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError> {
-    let c = &*ctx.counters;
-    let peers = ctx.peers.load();
-    st.pending.clear();
-    let mut reads = 0;
-    while reads < BATCH {
-        // A super-packet's segments are written out (or sent) before the next read.
-        let slot = st.pending.len();
-        let buf = &mut st.tun_bufs[slot];
-        let Some((n, ns)) = read_tun(ctx, &mut buf[READ_AT..])? else { break };
-        reads += 1;
-        let Ok(vh) = VnetHdr::parse(&buf[READ_AT..READ_AT + n]) else {
-            c.syscall(Crossing::TunRead, 1, u64_len(n), ns);
-            c.count_drop(DropReason::TooShort);
-            continue;
-        };
-        let len = n - virtio::LEN;
-        let (inner, size) = (&buf[HEADROOM..HEADROOM + len], usize::from(vh.gso_size));
-        let seg = match vh.gso_kind() {
-            virtio::GSO_TCPV4 => Segmenter::new(inner, size).ok(),
-            virtio::GSO_UDP_L4 => Segmenter::new_udp(inner, size).ok(),
-            _ => None,
-        };
-        // Every packet read is accounted for: a super-packet counts as its segments, sent or dropped.
-        let pkts = u64_len(seg.map_or(1, |s| s.count()));
-        c.syscall(Crossing::TunRead, pkts, u64_len(len), ns);
-        match vh.gso_kind() {
-            virtio::GSO_NONE => {
-                if vh.complete_checksum(&mut buf[HEADROOM..HEADROOM + len]).is_err() {
-                    c.count_drop(DropReason::BadIpHeader);
-                    continue;
-                }
-            }
-            virtio::GSO_TCPV4 | virtio::GSO_UDP_L4 if seg.is_some() => {}
-            // USO comes for both IP versions at once: an IPv6 UDP super-packet is IPv6 too.
-            _ if vh.gso_kind() == virtio::GSO_TCPV6 || buf.get(HEADROOM).is_some_and(|b| b >> 4 == 6) => {
-                c.count_drop(DropReason::Ipv6);
-                continue;
-            }
-            _ => {
-                c.count_drop(DropReason::BadIpHeader);
-                continue;
-            }
-        }
-        let (range, to) = match ctx.forwarder.egress(&peers, buf, len, &mut st.scratch) {
-            Egress::Send { range, to } => (range, to),
-            Egress::Reply { len } => {
-                c.count_drops(DropReason::NoRoute, pkts.saturating_sub(1));
-                reply_icmp(ctx, &st.scratch[..len]);
-                continue;
-            }
-            Egress::Drop(r) => {
-                c.count_drops(r, pkts);
-                continue;
-            }
-        };
-        match seg {
-            None => {
-                // Whatever was read before this packet leaves before it.
-                flush_staged(ctx, st)?;
-                st.pending.push(Pending { buf: slot, range, to });
-            }
-            Some(seg) => {
-                send_runs(ctx, st)?;
-                send_super_packet(ctx, st, slot, &seg, range, to)?;
-            }
-        }
-    }
-    flush_staged(ctx, st)?;
-    send_runs(ctx, st)?;
-    Ok(reads == BATCH)
-}
-
-/// Sends the pending packets in runs (see [`RunSender`]).
-fn send_runs(ctx: &EngineContext, st: &mut State) -> Result<(), EngineError> {
-    st.sender.send(ctx, &st.tun_bufs, &st.pending)?;
-    st.pending.clear();
-    Ok(())
-}
-
 /// Sends the staged datagrams, if any.
-fn flush_staged(ctx: &EngineContext, st: &mut State) -> Result<(), EngineError> {
-    send_staged(ctx, &mut st.sender.gso, &st.frames, &mut st.staged)
-}
-
-/// [`flush_staged`] on the parts of a `State` it needs, for a caller that holds other parts of
-/// it (the read buffer a super-packet is being cut from).
-fn send_staged(
-    ctx: &EngineContext,
-    gso: &mut bool,
-    frames: &[u8],
-    staged: &mut Option<Staged>,
-) -> Result<(), EngineError> {
+fn send_staged(ctx: &EngineContext, frames: &[u8], staged: &mut Option<Staged>) -> Result<(), EngineError> {
     let Some(k) = staged.take() else { return Ok(()) };
-    send_datagrams(ctx, gso, &frames[..k.len], k.size, k.to)
+    send_datagrams(ctx, &frames[..k.len], k.size, k.to)
 }
 
 /// Writes `outer` and then segment `i` of `sup` whole at `at` in `frames`; returns the
@@ -282,90 +158,186 @@ fn write_datagram(frames: &mut [u8], at: usize, outer: &[u8], h: &Headers, sup: 
     Some(outer.len() + h.write_segment(sup, i, segment).ok()?)
 }
 
-/// Cuts the TCP or UDP super-packet in `tun_bufs[slot]` (inner packet at [`HEADROOM`], its
-/// outer header in front at `range.start`) and sends its segments with GSO sends, each written
-/// whole into `frames` behind what is staged there if it is to the same peer with segments of
-/// the same size (see [`Staged`]). A tail that a further super-packet could fill stays staged.
-fn send_super_packet(
-    ctx: &EngineContext,
-    st: &mut State,
-    slot: usize,
-    seg: &Segmenter,
-    range: Range<usize>,
-    to: SocketAddrV4,
-) -> Result<(), EngineError> {
-    let c = &*ctx.counters;
-    let size = (HEADROOM - range.start) + seg.segment_len(0);
-    if size > MAX_GSO_BYTES {
-        // No datagram this large can be sent (the TUN's MTU keeps gso_size far below it).
-        c.count_drops(DropReason::Oversize, u64_len(seg.count()));
-        return Ok(());
-    }
-    let per_send = (MAX_GSO_BYTES / size).clamp(1, MAX_SEGMENTS);
-    if st.staged.is_some_and(|k| k.to != to || k.size != size) {
-        flush_staged(ctx, st)?;
-    }
-    let State { tun_bufs, frames, staged, sender, .. } = st;
-    // The outer header (VXLAN + Ethernet, or nothing for the udp backend) is the same for every
-    // segment; the egress decision wrote it (and decremented the TTL) in front of the packet.
-    let (outer, sup) = tun_bufs[slot].split_at(HEADROOM);
-    let outer = &outer[range.start..];
-    let headers = seg.headers(sup);
-    for i in 0..seg.count() {
-        let at = staged.map_or(0, |k| k.len);
-        let Some(n) = headers.as_ref().ok().and_then(|h| write_datagram(frames, at, outer, h, sup, i)) else {
-            c.count_drops(DropReason::BadIpHeader, u64_len(seg.count() - i));
-            return send_staged(ctx, &mut sender.gso, frames, staged);
-        };
-        let k = staged.get_or_insert(Staged { to, size, len: 0 });
-        k.len += n;
-        // A GSO send's datagrams are all `size` bytes but its last.
-        if k.len == per_send * size || n < size {
-            send_staged(ctx, &mut sender.gso, frames, staged)?;
-        }
-    }
-    Ok(())
+/// What a packet read from the TUN is: plain, or a super-packet to cut.
+enum Kind {
+    Plain,
+    Super(Segmenter),
 }
 
-/// One GRO receive; its datagrams are checked, decapsulated, coalesced and written.
-/// Returns whether anything arrived.
-fn ingress_one(ctx: &EngineContext, st: &mut State) -> Result<bool, EngineError> {
-    let c = &*ctx.counters;
-    let (r, ns) = timed(|| recv_gro(&ctx.socket, &mut st.udp_buf, &mut st.cmsg));
-    let meta = match r {
-        Ok(v) => v,
-        Err(e) => {
-            empty_read(c, Crossing::UdpRecv, e, ns)?;
-            return Ok(false);
-        }
-    };
-    let RecvMeta { len: n, from, stride: seg } = meta;
-    let count = meta.datagrams();
-    c.syscall(Crossing::UdpRecv, u64_len(count), u64_len(n), ns);
-    let peers = ctx.peers.load();
-    st.delivered.clear();
-    for k in 0..count {
-        let (start, end) = (k * seg, ((k + 1) * seg).min(n));
-        match ctx.forwarder.ingress(&peers, from, &mut st.udp_buf[start..end], end - start) {
-            Ingress::Deliver(r) => st.delivered.push(start + r.start..start + r.end),
-            Ingress::Drop(r) => {
-                c.count_drop(r);
-                st.log.note(r, from);
+impl EgressPath {
+    /// Reads the TUN until EAGAIN or [`BATCH`] packets. A super-packet leaves at once (after what
+    /// was read before it, to keep the order), as GSO sends of its segments; other packets leave
+    /// in runs when the batch ends. Returns whether the batch was full (more may be queued).
+    fn batch(&mut self, ctx: &EngineContext) -> Result<bool, EngineError> {
+        let c = &*ctx.counters;
+        let peers = ctx.peers.load();
+        self.pending.clear();
+        let mut reads = 0;
+        while reads < BATCH {
+            // A super-packet's segments are written out (or sent) before the next read.
+            let slot = self.pending.len();
+            let buf = &mut self.bufs[slot];
+            let Some(r) = read_tun(ctx, buf)? else { break };
+            reads += 1;
+            let Ok(packet) = r.packet else {
+                c.syscall(Crossing::TunRead, 1, u64_len(r.bytes), r.ns);
+                c.count_drop(DropReason::TooShort);
+                continue;
+            };
+            let (len, size) = (packet.len, usize::from(packet.vnet.gso_size));
+            let inner = buf.inner(len);
+            let seg = match packet.vnet.gso_kind() {
+                virtio::GSO_TCPV4 => Segmenter::new(inner, size).ok(),
+                virtio::GSO_UDP_L4 => Segmenter::new_udp(inner, size).ok(),
+                _ => None,
+            };
+            // Every packet read is accounted for: a super-packet counts as its segments, sent or
+            // dropped.
+            let pkts = u64_len(seg.map_or(1, |s| s.count()));
+            c.syscall(Crossing::TunRead, pkts, u64_len(len), r.ns);
+            let kind = match (packet.vnet.gso_kind(), seg) {
+                (virtio::GSO_TCPV4 | virtio::GSO_UDP_L4, Some(seg)) => Kind::Super(seg),
+                (virtio::GSO_NONE, _) => match plain_packet(buf, &packet) {
+                    Ok(_) => Kind::Plain,
+                    Err(reason) => {
+                        c.count_drop(reason);
+                        continue;
+                    }
+                },
+                // USO comes for both IP versions at once: an IPv6 UDP super-packet is IPv6 too.
+                (kind, _) if kind == virtio::GSO_TCPV6 || crate::proto::ip_version(inner) == Some(6) => {
+                    c.count_drop(DropReason::Ipv6);
+                    continue;
+                }
+                _ => {
+                    c.count_drop(DropReason::BadIpHeader);
+                    continue;
+                }
+            };
+            let (range, to) = match ctx.forwarder.egress(&peers, buf.as_mut_slice(), len, &mut self.scratch) {
+                Egress::Send { range, to } => (range, to),
+                Egress::Reply { len } => {
+                    c.count_drops(DropReason::NoRoute, pkts.saturating_sub(1));
+                    reply_icmp(ctx, &self.scratch[..len]);
+                    continue;
+                }
+                Egress::Drop(r) => {
+                    c.count_drops(r, pkts);
+                    continue;
+                }
+            };
+            match kind {
+                Kind::Plain => {
+                    // Whatever was read before this packet leaves before it.
+                    send_staged(ctx, &self.frames, &mut self.staged)?;
+                    self.pending.push(Pending { buf: slot, range, to });
+                }
+                Kind::Super(seg) => {
+                    self.send_runs(ctx)?;
+                    self.send_super_packet(ctx, slot, &seg, range, to)?;
+                }
             }
         }
+        send_staged(ctx, &self.frames, &mut self.staged)?;
+        self.send_runs(ctx)?;
+        Ok(reads == BATCH)
     }
-    // A bundle of two or more datagrams had verified outer checksums (see Outer::Verified); a
-    // lone datagram may have had none, but alone it merges with nothing: written as it came,
-    // the receiving stack checks it.
-    let outer = if count > 1 { Outer::Verified } else { Outer::AsTheBackend };
-    // A GRO receive holds at most 64 datagrams on today's kernels; more (a larger GSO send
-    // from a local sender) are written in further calls, none left behind.
-    for chunk in st.delivered.chunks(MAX_SEGMENTS) {
-        let mut packets: [&[u8]; MAX_SEGMENTS] = [&[]; MAX_SEGMENTS];
-        for (slot, r) in packets.iter_mut().zip(chunk) {
-            *slot = &st.udp_buf[r.clone()];
+
+    /// Sends the pending packets in runs (see [`RunSender`]).
+    fn send_runs(&mut self, ctx: &EngineContext) -> Result<(), EngineError> {
+        self.sender.send(ctx, &self.bufs, &self.pending)?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Cuts the TCP or UDP super-packet in `bufs[slot]` (its outer header in front of it from
+    /// `range.start`) and sends its segments with GSO sends, each written whole into `frames`
+    /// behind what is staged there if it is to the same peer with segments of the same size (see
+    /// [`Staged`]). A tail that a further super-packet could fill stays staged.
+    fn send_super_packet(
+        &mut self,
+        ctx: &EngineContext,
+        slot: usize,
+        seg: &Segmenter,
+        range: Range<usize>,
+        to: SocketAddrV4,
+    ) -> Result<(), EngineError> {
+        let c = &*ctx.counters;
+        let size = (HEADROOM - range.start) + seg.segment_len(0);
+        if size > MAX_GSO_BYTES {
+            // No datagram this large can be sent (the TUN's MTU keeps gso_size far below it).
+            c.count_drops(DropReason::Oversize, u64_len(seg.count()));
+            return Ok(());
         }
-        st.writer.write(ctx, &packets[..chunk.len()], outer)?;
+        let per_send = (MAX_GSO_BYTES / size).clamp(1, MAX_SEGMENTS);
+        if self.staged.is_some_and(|k| k.to != to || k.size != size) {
+            send_staged(ctx, &self.frames, &mut self.staged)?;
+        }
+        let Self { bufs, frames, staged, .. } = self;
+        // The outer header (VXLAN + Ethernet, or nothing for the udp backend) is the same for
+        // every segment; the egress decision wrote it (and decremented the TTL) in front of the
+        // packet.
+        let (outer, sup) = bufs[slot].outer_and_inner(range.start);
+        let headers = seg.headers(sup);
+        for i in 0..seg.count() {
+            let at = staged.map_or(0, |k| k.len);
+            let Some(n) = headers.as_ref().ok().and_then(|h| write_datagram(frames, at, outer, h, sup, i)) else {
+                c.count_drops(DropReason::BadIpHeader, u64_len(seg.count() - i));
+                return send_staged(ctx, frames, staged);
+            };
+            let k = staged.get_or_insert(Staged { to, size, len: 0 });
+            k.len += n;
+            // A GSO send's datagrams are all `size` bytes but its last.
+            if k.len == per_send * size || n < size {
+                send_staged(ctx, frames, staged)?;
+            }
+        }
+        Ok(())
     }
-    Ok(true)
+}
+
+impl IngressPath {
+    /// One GRO receive; its datagrams are checked, decapsulated, coalesced and written.
+    /// Returns whether anything arrived.
+    fn receive(&mut self, ctx: &EngineContext) -> Result<bool, EngineError> {
+        let c = &*ctx.counters;
+        let (r, ns) = timed(|| recv_gro(&ctx.socket, self.buf.as_mut_slice(), &mut self.cmsg));
+        let meta = match r {
+            Ok(v) => v,
+            Err(e) => {
+                empty_read(c, Crossing::UdpRecv, e, ns)?;
+                return Ok(false);
+            }
+        };
+        let RecvMeta { len: n, from, stride } = meta;
+        let count = meta.datagrams();
+        c.syscall(Crossing::UdpRecv, u64_len(count), u64_len(n), ns);
+        let peers = ctx.peers.load();
+        self.delivered.clear();
+        let buf = self.buf.as_mut_slice();
+        for k in 0..count {
+            let (start, end) = (k * stride, ((k + 1) * stride).min(n));
+            match ctx.forwarder.ingress(&peers, from, &mut buf[start..end], end - start) {
+                Ingress::Deliver(r) => self.delivered.push(start + r.start..start + r.end),
+                Ingress::Drop(r) => {
+                    c.count_drop(r);
+                    self.log.note(r, from);
+                }
+            }
+        }
+        // A bundle of two or more datagrams had verified outer checksums (see Outer::Verified);
+        // a lone datagram may have had none, but alone it merges with nothing: written as it
+        // came, the receiving stack checks it.
+        let outer = if count > 1 { Outer::Verified } else { Outer::AsTheBackend };
+        // A GRO receive holds at most 64 datagrams on today's kernels; more (a larger GSO send
+        // from a local sender) are written in further calls, none left behind.
+        for chunk in self.delivered.chunks(MAX_SEGMENTS) {
+            let mut packets: [&[u8]; MAX_SEGMENTS] = [&[]; MAX_SEGMENTS];
+            for (slot, r) in packets.iter_mut().zip(chunk) {
+                *slot = &self.buf.as_slice()[r.clone()];
+            }
+            self.writer.write(ctx, &packets[..chunk.len()], outer)?;
+        }
+        Ok(true)
+    }
 }

@@ -5,9 +5,10 @@
 //! datagram costs. If the kernel refuses GSO (EIO/EINVAL), every message is one datagram from
 //! then on, and nothing is lost.
 
-use super::coalesce::offload_refused;
 use super::{EngineContext, EngineError, per_packet, u64_len};
-use crate::dataplane::counters::{Crossing, DropReason, timed};
+use crate::dataplane::counters::{Counters, Crossing, DropReason, timed};
+use crate::dataplane::offloads::{Offload, refused};
+use crate::dataplane::packet::PacketBuf;
 use crate::dataplane::sys::mmsg::{Gathered, MmsgBatch};
 use std::io::IoSlice;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -18,13 +19,31 @@ pub const BATCH: usize = crate::dataplane::sys::udp::MAX_SEGMENTS;
 /// Most bytes one UDP send may carry in all (65 535 − IPv4 − UDP headers).
 pub const MAX_GSO_BYTES: usize = 65_507;
 
-/// The kernel refused a GSO send (EIO, EINVAL: a route or device that cannot take it): the
-/// refused call is counted as an empty send, and this sender sends one datagram per message
-/// from now on, which loses nothing.
-pub(crate) fn gso_refused(c: &crate::dataplane::counters::Counters, e: &std::io::Error, ns: u64, gso: &mut bool) {
-    c.syscall(Crossing::UdpSend, 0, 0, ns);
-    tracing::warn!("UDP GSO refused by the kernel ({e}); sending datagrams one by one from now on");
-    *gso = false;
+/// Whether a GSO send that failed with `e` was refused for the offload itself (EIO, EINVAL: a
+/// route or device that cannot take it). Then the call is counted as an empty send and GSO is
+/// off for every worker (see [`Offloads`](crate::dataplane::offloads::Offloads)); the caller
+/// sends the same datagrams again one per message, which loses nothing.
+pub(crate) fn gso_refused(ctx: &EngineContext, e: &std::io::Error, ns: u64) -> bool {
+    if !refused(e) {
+        return false;
+    }
+    ctx.counters.syscall(Crossing::UdpSend, 0, 0, ns);
+    ctx.offloads.refuse(Offload::UdpGso, e);
+    true
+}
+
+/// Counts a UDP send of `packets` datagrams that returned `r`, or their drop; an error about
+/// the socket itself stops the engine.
+pub(crate) fn count_sent(c: &Counters, r: std::io::Result<usize>, ns: u64, packets: usize) -> Result<(), EngineError> {
+    match r {
+        Ok(b) => c.syscall(Crossing::UdpSend, u64_len(packets), u64_len(b), ns),
+        Err(e) if per_packet(&e) => {
+            c.syscall(Crossing::UdpSend, 0, 0, ns);
+            c.count_drops(DropReason::SendFailed, u64_len(packets));
+        }
+        Err(e) => return Err(EngineError::Udp(e)),
+    }
+    Ok(())
 }
 
 /// A datagram waiting in a read buffer: `bufs[buf][range]`, for `to`.
@@ -38,39 +57,39 @@ pub struct Pending {
     pub to: SocketAddrV4,
 }
 
-/// The sending side of a batch: reusable headers and whether GSO works.
+/// The sending side of a batch: reusable message headers.
 pub struct RunSender {
     batch: MmsgBatch,
-    /// The kernel takes `UDP_SEGMENT` sends (cleared for good when it refuses one).
-    pub gso: bool,
+}
+
+impl Default for RunSender {
+    fn default() -> Self {
+        Self { batch: MmsgBatch::new(BATCH) }
+    }
 }
 
 impl RunSender {
-    /// A sender that tries `UDP_SEGMENT` sends if `gso` (see `EngineContext::udp_gso`).
-    pub fn new(gso: bool) -> Self {
-        Self { batch: MmsgBatch::new(BATCH), gso }
-    }
-
     /// Sends `pending` (at most [`BATCH`], datagrams in `bufs`), in order, counting each send and
     /// each drop.
-    pub fn send(&mut self, ctx: &EngineContext, bufs: &[Vec<u8>], pending: &[Pending]) -> Result<(), EngineError> {
+    pub fn send(&mut self, ctx: &EngineContext, bufs: &[PacketBuf], pending: &[Pending]) -> Result<(), EngineError> {
         let c = &*ctx.counters;
         let pending = &pending[..pending.len().min(BATCH)];
         let mut iov = [IoSlice::new(&[]); BATCH];
         for (slot, p) in iov.iter_mut().zip(pending) {
-            *slot = IoSlice::new(&bufs[p.buf][p.range.clone()]);
+            *slot = IoSlice::new(&bufs[p.buf].as_slice()[p.range.clone()]);
         }
         let nowhere = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
         let mut msgs = [Gathered { parts: &[], to: nowhere, segment: None }; BATCH];
         // Where each message's datagrams start in `pending`.
         let mut starts = [0usize; BATCH + 1];
+        let gso = ctx.offloads.has(Offload::UdpGso);
         let mut m = 0;
         let mut i = 0;
         while i < pending.len() {
             let first = &pending[i];
             let size = first.range.len();
             let (mut j, mut bytes) = (i + 1, size);
-            while self.gso && j < pending.len() {
+            while gso && j < pending.len() {
                 let len = pending[j].range.len();
                 if pending[j].to != first.to || len > size || bytes + len > MAX_GSO_BYTES {
                     break;
@@ -98,8 +117,7 @@ impl RunSender {
                     c.syscall(Crossing::UdpSend, u64_len(b - a), u64_len(bytes), ns);
                     sent += k;
                 }
-                Err(e) if msgs[sent].segment.is_some() && offload_refused(&e) => {
-                    gso_refused(c, &e, ns, &mut self.gso);
+                Err(e) if msgs[sent].segment.is_some() && gso_refused(ctx, &e, ns) => {
                     return self.send(ctx, bufs, &pending[starts[sent]..]);
                 }
                 Err(e) if !per_packet(&e) => return Err(EngineError::Udp(e)),

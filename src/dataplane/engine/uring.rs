@@ -17,7 +17,8 @@
 
 use super::{EngineContext, EngineError, STOP_CHECK, per_packet, reply_icmp, u64_len};
 use crate::dataplane::counters::{Counters, Crossing, DropLog, DropReason, timed};
-use crate::dataplane::forward::{Egress, HEADROOM, Ingress};
+use crate::dataplane::forward::{Egress, Ingress};
+use crate::dataplane::packet::HEADROOM;
 use crate::dataplane::sys::uring::{Completion, Op, PacketRing, RECVMSG_PREFIX, parse_received};
 use crate::proto::icmp;
 use std::io;
@@ -42,11 +43,7 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
     ctx.tun.set_nonblocking(false).map_err(EngineError::Tun)?;
     ctx.socket.set_nonblocking(false).map_err(EngineError::Udp)?;
     ctx.tx.set_nonblocking(false).map_err(EngineError::Udp)?;
-    super::both_directions(
-        &ctx,
-        "weft-uring-rx",
-        |ctx, egress| if egress { egress_loop(ctx) } else { ingress_loop(ctx) },
-    )
+    super::both_directions(&ctx, "weft-uring-rx", egress_loop, ingress_loop)
 }
 
 fn ring(ctx: &EngineContext, provide_at: usize) -> Result<PacketRing, EngineError> {

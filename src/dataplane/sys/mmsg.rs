@@ -1,6 +1,7 @@
 //! Batched datagram syscalls: `sendmmsg` and `recvmmsg` on a UDP socket, with header arrays owned
 //! by the caller and reused across calls (no allocation per batch).
 
+use super::udp::RecvMeta;
 use std::io::{self, IoSlice};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd};
@@ -109,12 +110,13 @@ impl MmsgBatch {
     }
 
     /// Receives up to `bufs.len()` datagrams with one non-blocking `recvmmsg`. Writes each
-    /// datagram's length and source into `meta`. Returns how many arrived (`WouldBlock` if none).
+    /// datagram's length and source into `meta` (one datagram each: `stride` is its length).
+    /// Returns how many arrived (`WouldBlock` if none).
     pub fn recv<B: AsMut<[u8]>>(
         &mut self,
         sock: &impl AsFd,
         bufs: &mut [B],
-        meta: &mut [(usize, SocketAddr)],
+        meta: &mut [RecvMeta],
     ) -> io::Result<usize> {
         let n = bufs.len().min(meta.len()).min(self.capacity());
         for (i, b) in bufs.iter_mut().take(n).enumerate() {
@@ -139,7 +141,8 @@ impl MmsgBatch {
         }
         let got = usize::try_from(rc).unwrap_or(0);
         for ((m, h), a) in meta.iter_mut().zip(&self.hdrs).zip(&self.addrs).take(got) {
-            *m = (usize::try_from(h.msg_len).unwrap_or(0), from_sockaddr_in(a));
+            let len = usize::try_from(h.msg_len).unwrap_or(0);
+            *m = RecvMeta { len, from: from_sockaddr_in(a), stride: len.max(1) };
         }
         Ok(got)
     }
@@ -233,7 +236,7 @@ mod tests {
         assert_eq!(b.send(&tx, &msgs).unwrap(), 10);
         let mut store = vec![vec![0u8; 64]; 16];
         let mut bufs: Vec<&mut [u8]> = store.iter_mut().map(|v| v.as_mut_slice()).collect();
-        let mut meta = vec![(0usize, SocketAddr::from(([0, 0, 0, 0], 0))); 16];
+        let mut meta = vec![RecvMeta::EMPTY; 16];
         let mut got = 0;
         for _ in 0..100 {
             match b.recv(&rx, &mut bufs[got..], &mut meta[got..]) {
@@ -249,9 +252,9 @@ mod tests {
         }
         assert_eq!(got, 10);
         for i in 0..10 {
-            assert_eq!(meta[i].0, 10 + i);
-            assert_eq!(meta[i].1, tx.local_addr().unwrap());
-            assert_eq!(&bufs[i][..meta[i].0], payloads[i].as_slice());
+            assert_eq!(meta[i].len, 10 + i);
+            assert_eq!(meta[i].from, tx.local_addr().unwrap());
+            assert_eq!(&bufs[i][..meta[i].len], payloads[i].as_slice());
         }
     }
 }

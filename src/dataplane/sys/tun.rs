@@ -129,6 +129,11 @@ impl Tun {
         (&self.file).write_vectored(parts)
     }
 
+    /// Whether every read and write carries a `virtio_net_hdr` (`IFF_VNET_HDR`).
+    pub fn has_vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
     /// The device name the kernel gave.
     pub fn name(&self) -> &str {
         &self.name

@@ -39,6 +39,12 @@ pub fn enable_gro(sock: &UdpSocket) -> io::Result<()> {
     setsockopt(sock, sockopt::UdpGroSegment, &true).map_err(io::Error::from)
 }
 
+/// Whether the kernel has UDP GSO (`UDP_SEGMENT`, Linux ≥ 4.18): setting the socket's default
+/// segment size to none succeeds only where it does.
+pub fn has_gso(sock: &UdpSocket) -> bool {
+    setsockopt(sock, sockopt::UdpGsoSegment, &0).is_ok()
+}
+
 /// Sends the datagrams gathered from `iov` to `dst` with one `sendmsg`. With `segment`, the
 /// kernel cuts the gathered bytes into datagrams of that size, the last one shorter
 /// (`UDP_SEGMENT`, ≤ 64 segments); without, it is one datagram.
@@ -77,6 +83,13 @@ pub struct RecvMeta {
 }
 
 impl RecvMeta {
+    /// Nothing received yet: a placeholder for a caller's array.
+    pub const EMPTY: Self = Self {
+        len: 0,
+        from: SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0)),
+        stride: 1,
+    };
+
     /// How many datagrams it holds.
     pub fn datagrams(&self) -> usize {
         self.len.div_ceil(self.stride).max(1)
