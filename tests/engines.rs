@@ -160,6 +160,45 @@ fn with_a_kernel_vxlan_peer(tag: &str, mode: &str) {
     tcp_both_ways(&c, MB200);
 }
 
+/// `--threads 2 --flow-ports 16`: each worker sends from 16 ports, each inner flow from one of
+/// them, so that the peer's SO_REUSEPORT group spreads flows over both of its workers (not only
+/// senders); every flow keeps one path, so none is reordered, and TCP stays byte-exact.
+#[test]
+fn flows_spread_over_workers_and_keep_their_order() {
+    let args = ["--mode", "offload", "--threads", "2", "--flow-ports", "16", "--metrics-addr", "127.0.0.1:9100"];
+    let c = cluster("flows", r#"{"Type":"vxlan"}"#, &args);
+    let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
+    let ss = ns_exec(&h1.ns, &["ss", "-uanH"]).unwrap();
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    let from = h1.underlay_ip.to_string();
+    let ours = ss.lines().filter(|l| l.split_whitespace().nth(3).is_some_and(|a| a.starts_with(&from))).count();
+    assert_eq!(ours, 2 + 2 * 16, "two receiving sockets and 16 sending ones per worker:\n{ss}");
+    let before = scrape(&h2.ns).unwrap();
+    let streams = 16;
+    let r = weft::lab::traffic::tcp_bulk(
+        &h2.container_ns,
+        h2.container_ip,
+        &h1.container_ns,
+        streams,
+        weft::lab::traffic::Amount::Bytes(4 << 20),
+        Duration::from_secs(120),
+    )
+    .unwrap_or_else(|e| panic!("{streams} streams: {e}\n{}", c.logs()));
+    assert_eq!(r.bytes, u64::try_from(streams).unwrap() * (4 << 20), "{r:?}");
+    let after = scrape(&h2.ns).unwrap();
+    let received = |w: usize| {
+        let key = format!("{}{{worker=\"{w}\",crossing=\"udp_recv\"}}", name::WORKER_PACKETS);
+        after.get(&key).copied().unwrap_or(0.0) - before.get(&key).copied().unwrap_or(0.0)
+    };
+    let (w0, w1) = (received(0), received(1));
+    eprintln!("{streams} streams: host 2's workers received {w0} and {w1} datagrams");
+    assert!(w0 > 0.0 && w1 > 0.0, "both of host 2's workers receive: {w0} and {w1} datagrams");
+    // One flow: one sending port, one receiving worker, so it arrives in the order it was sent.
+    let u = udp_flood(&h2.container_ns, h2.container_ip, &h1.container_ns, Duration::from_millis(500)).unwrap();
+    assert!(u.received > 0 && u.bad == 0 && u.reordered == 0, "{u:?}");
+    tcp_both_ways(&c, MB200);
+}
+
 /// `--threads 2`: a TUN with two queues and two SO_REUSEPORT sockets per host (plus one sending
 /// socket per worker), a second weft refused, and the whole suite still byte-exact.
 fn multi_queue(tag: &str, backend: &str, mode: &str, tun: &str, port: &str) {

@@ -22,6 +22,8 @@ pub mod name {
     pub const CROSSING_BYTES: &str = "weft_crossing_bytes_total";
     /// Time inside each crossing's syscalls.
     pub const CROSSING_SECONDS: &str = "weft_crossing_seconds_total";
+    /// Inner packets per worker and crossing (labels `worker`, `crossing`): how flows spread.
+    pub const WORKER_PACKETS: &str = "weft_worker_packets_total";
     /// Packets not forwarded (label `reason`).
     pub const DROPS: &str = "weft_drops_total";
     /// ICMP net-unreachable messages written back.
@@ -80,6 +82,17 @@ fn secs(t: nix::sys::time::TimeVal) -> f64 {
     t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6
 }
 
+/// Each worker's packets per crossing.
+fn worker_metrics(out: &mut String, counters: &CounterSet) {
+    let mut samples = Vec::new();
+    for (i, w) in counters.per_worker().enumerate() {
+        for c in Crossing::ALL {
+            samples.push((format!("worker=\"{i}\",crossing=\"{}\"", c.label()), w.packets(c) as f64));
+        }
+    }
+    metric(out, name::WORKER_PACKETS, "counter", "Inner packets each worker moved on each crossing.", &samples);
+}
+
 /// Renders the Prometheus text.
 pub fn render(state: &MetricsState) -> String {
     let s = state.counters.snapshot();
@@ -115,6 +128,7 @@ pub fn render(state: &MetricsState) -> String {
         "Wall-clock time spent inside the syscalls of each crossing.",
         &per_crossing(&|c| s.nanos(c) as f64 / 1e9),
     );
+    worker_metrics(&mut out, &state.counters);
     let drops: Vec<(String, f64)> =
         DropReason::ALL.iter().map(|r| (format!("reason=\"{}\"", r.label()), s.drops(*r) as f64)).collect();
     metric(&mut out, name::DROPS, "counter", "Packets not forwarded, by reason.", &drops);

@@ -199,6 +199,11 @@ impl CounterSet {
         self.workers[i.min(self.workers.len() - 1)].clone()
     }
 
+    /// Each worker's snapshot, in worker order.
+    pub fn per_worker(&self) -> impl Iterator<Item = Snapshot> + '_ {
+        self.workers.iter().map(|w| w.snapshot())
+    }
+
     /// The sum over workers.
     pub fn snapshot(&self) -> Snapshot {
         let mut s = Snapshot::default();

@@ -55,6 +55,8 @@ pub enum Egress {
         range: Range<usize>,
         /// The peer's endpoint.
         to: SocketAddrV4,
+        /// The inner packet's flow ([`Ipv4Packet::flow_hash`]): what picks its source port.
+        flow: u32,
     },
     /// Write the first `len` bytes of the scratch buffer (an ICMP error) back into the TUN; the
     /// packet itself was dropped as `NoRoute`.
@@ -124,9 +126,9 @@ impl Forwarder {
             return Egress::Drop(DropReason::TtlExpired);
         }
         let total = ip.total_len();
-        let to = peer.endpoint;
+        let (to, flow) = (peer.endpoint, ip.flow_hash());
         match self.encap {
-            Encap::Udp => Egress::Send { range: HEADROOM..HEADROOM + total, to },
+            Encap::Udp => Egress::Send { range: HEADROOM..HEADROOM + total, to, flow },
             Encap::Vxlan { vni, mac } => {
                 let Some(peer_mac) = peer.vtep_mac else {
                     return Egress::Drop(DropReason::PeerUnusable);
@@ -139,7 +141,7 @@ impl Forwarder {
                     mac,
                     ethernet::ETHERTYPE_IPV4,
                 );
-                Egress::Send { range: 0..HEADROOM + total, to }
+                Egress::Send { range: 0..HEADROOM + total, to, flow }
             }
         }
     }
@@ -264,7 +266,7 @@ mod tests {
         let mut b = in_buf(&p);
         let mut s = [0u8; icmp::MAX_LEN];
         let e = fwd(Encap::Udp).egress(&table(8285), &mut b, p.len(), &mut s);
-        let Egress::Send { range, to } = e else { panic!("{e:?}") };
+        let Egress::Send { range, to, .. } = e else { panic!("{e:?}") };
         assert_eq!(to, SocketAddrV4::new(PEER_IP, 8285));
         let out = Ipv4Packet::new_checked(&b[range]).unwrap();
         assert_eq!(out.ttl(), 63);

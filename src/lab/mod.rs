@@ -91,6 +91,13 @@ fn data_paths() -> Vec<DataPath> {
             extra: vec!["--mode".into(), mode.name().into(), "--threads".into(), "2".into()],
         });
     }
+    // Two workers, each flow keeping one of eight source ports per worker: the peer's
+    // SO_REUSEPORT group spreads flows over its workers instead of senders.
+    v.push(DataPath {
+        name: "weft vxlan offload mq2 flows".into(),
+        backend: r#"{"Type":"vxlan"}"#,
+        extra: ["--mode", "offload", "--threads", "2", "--flow-ports", "8"].map(String::from).to_vec(),
+    });
     v
 }
 

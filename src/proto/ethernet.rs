@@ -62,13 +62,13 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     }
 }
 
-/// Writes an Ethernet II header into the first 14 bytes of `out`; `None` when too short.
-pub fn write_header(out: &mut [u8], dst: MacAddr, src: MacAddr, ethertype: u16) -> Option<()> {
-    let h = out.get_mut(..HEADER_LEN)?;
+/// Writes an Ethernet II header into the first 14 bytes of `out`; `Truncated` when too short.
+pub fn write_header(out: &mut [u8], dst: MacAddr, src: MacAddr, ethertype: u16) -> Result<(), WireError> {
+    let h = out.get_mut(..HEADER_LEN).ok_or(WireError::Truncated)?;
     h[field::DST].copy_from_slice(&dst.0);
     h[field::SRC].copy_from_slice(&src.0);
     h[field::ETHERTYPE].copy_from_slice(&ethertype.to_be_bytes());
-    Some(())
+    Ok(())
 }
 
 #[cfg(test)]
@@ -86,6 +86,6 @@ mod tests {
         assert_eq!((f.dst(), f.src(), f.ethertype()), (dst, src, ETHERTYPE_IPV4));
         assert_eq!(f.payload().len(), 6);
         assert!(EthernetFrame::new_checked(&h[..13]).is_err());
-        assert!(write_header(&mut h[..13], dst, src, 1).is_none());
+        assert_eq!(write_header(&mut h[..13], dst, src, 1), Err(WireError::Truncated));
     }
 }

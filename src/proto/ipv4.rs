@@ -171,6 +171,31 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         checksum::checksum(&self.b()[..self.header_len()]) == 0
     }
 
+    /// A hash of the packet's flow: addresses and protocol, and the ports of a TCP or UDP packet
+    /// that is not a fragment. Every packet of one flow gets the same value, which is what picks
+    /// a flow's outer source port (kernel VXLAN does the same with its skb hash). Fragments
+    /// hash by addresses and protocol only, so that all of a datagram's fragments agree.
+    pub fn flow_hash(&self) -> u32 {
+        let b = self.b();
+        let word = |r: std::ops::Range<usize>| b.get(r).map_or(0, |w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+        let proto = self.protocol();
+        let ports = match proto {
+            PROTO_TCP | PROTO_UDP if !self.is_fragment() => {
+                let hl = self.header_len();
+                word(hl..hl + 4)
+            }
+            _ => 0,
+        };
+        // murmur3's finalizer over a fold of the fields: cheap, and every input bit reaches
+        // every output bit, so that ports that differ by one land on different sockets.
+        let mut h = word(field::SRC) ^ word(field::DST).rotate_left(13) ^ ports.rotate_left(7) ^ u32::from(proto);
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^ (h >> 16)
+    }
+
     /// The header bytes including options.
     pub fn header(&self) -> &[u8] {
         &self.b()[..self.header_len()]
@@ -236,6 +261,31 @@ pub fn transport_checksum_ok(ip_hdr: &[u8], proto: u8, segment: &[u8]) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn flows_hash_by_addresses_protocol_and_ports() {
+        let udp = |sport: u16, dport: u16| {
+            let mut v = Vec::new();
+            etherparse::PacketBuilder::ipv4([100, 64, 1, 2], [100, 64, 2, 2], 64)
+                .udp(sport, dport)
+                .write(&mut v, b"x")
+                .unwrap();
+            v
+        };
+        let h = |v: &[u8]| Ipv4Packet::new_checked(v).unwrap().flow_hash();
+        let a = udp(4000, 53);
+        assert_eq!(h(&a), h(&udp(4000, 53)), "one flow, one hash");
+        let buckets: std::collections::BTreeSet<u32> = (0..64).map(|p| h(&udp(4000 + p, 53)) % 8).collect();
+        assert!(buckets.len() >= 6, "flows spread over 8 buckets: {buckets:?}");
+        let mut ttl = a.clone();
+        ttl[8] = 3;
+        assert_eq!(h(&a), h(&ttl), "the TTL is not part of the flow");
+        let mut frag = a.clone();
+        frag[6] |= flag::MF;
+        let mut other_frag = udp(4001, 53);
+        other_frag[6] |= flag::MF;
+        assert_eq!(h(&frag), h(&other_frag), "fragments hash without ports");
+    }
 
     /// An ICMP echo request 100.96.1.2 → 100.96.2.2, TTL 64, as ping sends it (header + 8 bytes).
     pub const ECHO: [u8; 28] = [

@@ -44,16 +44,16 @@ impl VnetHdr {
         Ok(Self { flags: b[0], gso_type: b[1], hdr_len: u(2), gso_size: u(4), csum_start: u(6), csum_offset: u(8) })
     }
 
-    /// Writes the header into the first [`LEN`] bytes of `out`; `None` if too short.
-    pub fn write(&self, out: &mut [u8]) -> Option<()> {
-        let o = out.get_mut(..LEN)?;
+    /// Writes the header into the first [`LEN`] bytes of `out`; `Truncated` if too short.
+    pub fn write(&self, out: &mut [u8]) -> Result<(), WireError> {
+        let o = out.get_mut(..LEN).ok_or(WireError::Truncated)?;
         o[0] = self.flags;
         o[1] = self.gso_type;
         o[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
         o[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
         o[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
         o[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
-        Some(())
+        Ok(())
     }
 
     /// The GSO type without the ECN bit.
@@ -98,7 +98,7 @@ mod tests {
         assert_eq!(VnetHdr::parse(&b).unwrap(), h);
         assert_eq!(h.gso_kind(), GSO_TCPV4);
         assert_eq!(VnetHdr::parse(&b[..9]).unwrap_err(), WireError::Truncated);
-        assert!(h.write(&mut [0u8; 9]).is_none());
+        assert_eq!(h.write(&mut [0u8; 9]), Err(WireError::Truncated));
     }
 
     #[test]

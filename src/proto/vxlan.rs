@@ -45,12 +45,12 @@ impl<T: AsRef<[u8]>> VxlanPacket<T> {
 }
 
 /// Writes a VXLAN header for `vni` (which must fit in 24 bits; higher bits are dropped)
-/// into the first 8 bytes of `out`. Returns `None` when `out` is too short.
-pub fn write_header(out: &mut [u8], vni: u32) -> Option<()> {
-    let h = out.get_mut(..HEADER_LEN)?;
+/// into the first 8 bytes of `out`; `Truncated` when `out` is too short.
+pub fn write_header(out: &mut [u8], vni: u32) -> Result<(), WireError> {
+    let h = out.get_mut(..HEADER_LEN).ok_or(WireError::Truncated)?;
     let v = (vni & 0x00ff_ffff).to_be_bytes();
     h.copy_from_slice(&[FLAG_I, 0, 0, 0, v[1], v[2], v[3], 0]);
-    Some(())
+    Ok(())
 }
 
 #[cfg(test)]
@@ -67,7 +67,7 @@ mod tests {
         let p = VxlanPacket::new_checked(&h[..]).unwrap();
         assert_eq!(p.vni(), 0x123456);
         assert!(p.payload().is_empty());
-        assert!(write_header(&mut h[..7], 1).is_none());
+        assert_eq!(write_header(&mut h[..7], 1), Err(WireError::Truncated));
     }
 
     #[test]

@@ -78,6 +78,13 @@ pub struct RunOptions {
     /// each flow on one queue and each sender on one socket, so no flow is reordered.
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64), env = "FLANNELD_THREADS")]
     pub threads: u16,
+    /// Outer UDP source ports per worker. With more than one, each inner flow keeps one of
+    /// them, picked by a hash of its addresses and ports (kernel VXLAN picks its source port
+    /// the same way), so that a peer's SO_REUSEPORT group and RSS spread flows over its
+    /// workers and cores; each flow stays on one port, so none is reordered. 1 sends everything
+    /// from one port per worker, as flannel's udp backend does.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64), env = "FLANNELD_FLOW_PORTS")]
+    pub flow_ports: u16,
     /// Packets the TUN holds for weft to read: the device's txqueuelen (the kernel's default for
     /// a TUN is 500). The kernel queues here whenever weft is off the CPU and drops what does not
     /// fit (the device's TX dropped count), so on a busy host this queue, not the forwarding

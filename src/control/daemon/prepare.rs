@@ -12,6 +12,7 @@ use crate::dataplane::counters::CounterSet;
 use crate::dataplane::engine::{Mode, offload::set_tun_offloads};
 use crate::dataplane::offloads::Capabilities;
 use crate::dataplane::peers::PeerTable;
+use crate::dataplane::sys::udp::TxPool;
 use crate::dataplane::sys::{tun::Tun, udp};
 use crate::proto::mac::MacAddr;
 use crate::proto::netconfig::{BackendType, NetConfig};
@@ -98,8 +99,9 @@ pub enum HostError {
 pub struct WorkerSockets {
     /// Bound to PublicIP:port.
     pub rx: UdpSocket,
-    /// `rx` itself for a lone worker (as flannel); its own source port with several.
-    pub tx: UdpSocket,
+    /// `rx` itself for a lone worker with one source port (as flannel); otherwise sockets
+    /// of their own (see `--flow-ports`).
+    pub tx: TxPool,
 }
 
 /// The userspace data path's I/O, opened and ready for the engines.
@@ -125,6 +127,8 @@ pub struct UserspaceSpec {
     pub local: SocketAddr,
     /// Workers (TUN queues, socket pairs).
     pub workers: usize,
+    /// Source ports per worker.
+    pub flow_ports: usize,
     /// The engine asked for.
     pub choice: EngineChoice,
 }
@@ -140,6 +144,7 @@ impl UserspaceSpec {
             name,
             local: SocketAddr::new(public_ip.into(), cfg.backend.port),
             workers: usize::from(opts.threads),
+            flow_ports: usize::from(opts.flow_ports),
             choice: opts.mode,
         }
     }
@@ -148,7 +153,7 @@ impl UserspaceSpec {
     pub fn open(&self) -> Result<UserspaceIo, HostError> {
         let (name, local, workers) = (&self.name, self.local, self.workers);
         // The port first: it is what a second weft on this host collides on.
-        let sockets = bind_sockets(local, workers)?;
+        let sockets = bind_sockets(local, workers, self.flow_ports)?;
         let (first, mode, tun_uso) = open_first_queue(self.choice, name, workers > 1)?;
         if mode == Mode::Offload {
             for s in &sockets {
@@ -165,7 +170,7 @@ impl UserspaceSpec {
             queues.push(Tun::open_with(name, vnet_hdr, true).map_err(|e| tun_error("adding a queue to TUN", name, e))?);
         }
         let spec = Self { choice: EngineChoice::from(mode), ..self.clone() };
-        let udp_gso = sockets.first().is_some_and(|s| udp::has_gso(&s.tx));
+        let udp_gso = sockets.first().is_some_and(|s| udp::has_gso(s.tx.get(0)));
         if !udp_gso {
             tracing::info!("this kernel has no UDP GSO (Linux < 4.18): datagrams are sent one per message");
         }
@@ -305,18 +310,25 @@ pub async fn port_free(local: SocketAddr) -> Result<(), HostError> {
     }
 }
 
-/// Binds each worker's sockets, after [`port_free`] has checked the port.
-fn bind_sockets(local: SocketAddr, workers: usize) -> Result<Vec<WorkerSockets>, HostError> {
+/// Binds each worker's sockets, after [`port_free`] has checked the port: the receiving one
+/// (one `SO_REUSEPORT` group with several workers) and the sending pool.
+fn bind_sockets(local: SocketAddr, workers: usize, flow_ports: usize) -> Result<Vec<WorkerSockets>, HostError> {
     let udp_err = |hint, error| HostError::Udp { addr: local, hint, error };
     let multi = workers > 1;
     let mut out = Vec::with_capacity(workers);
     for _ in 0..workers {
         let rx = udp::bind_with(local, multi).map_err(|e| udp_err(" (is another weft running?)", e))?;
-        let tx = if multi {
-            udp::bind(SocketAddr::new(local.ip(), 0)).map_err(|e| udp_err(" (a worker's sending socket)", e))?
+        let pool = if multi || flow_ports > 1 {
+            (0..flow_ports)
+                .map(|_| udp::bind(SocketAddr::new(local.ip(), 0)))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| udp_err(" (a worker's sending socket)", e))?
         } else {
-            rx.try_clone().map_err(|e| udp_err(" (duplicating the socket)", e))?
+            vec![rx.try_clone().map_err(|e| udp_err(" (duplicating the socket)", e))?]
         };
+        let tx = TxPool::new(pool).ok_or_else(|| {
+            udp_err(" (a worker's sending socket)", std::io::Error::other("--flow-ports must be at least 1"))
+        })?;
         out.push(WorkerSockets { rx, tx });
     }
     Ok(out)

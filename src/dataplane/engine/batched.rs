@@ -12,8 +12,8 @@
 
 use super::coalesce::{Outer, TunWriter};
 use super::runs::{BATCH, Pending, RunSender};
-use super::{EngineContext, EngineError, STOP_CHECK, empty_read, plain_packet, read_tun, reply_icmp, u64_len};
-use crate::dataplane::counters::{Crossing, DropLog, DropReason, timed};
+use super::{EngineContext, EngineError, Read, STOP_CHECK, empty_read, plain_packet, read_tun, reply_icmp, u64_len};
+use crate::dataplane::counters::{Crossing, DropLog, timed};
 use crate::dataplane::forward::{Egress, Ingress};
 use crate::dataplane::packet::PacketBuf;
 use crate::dataplane::sys::mmsg::MmsgBatch;
@@ -84,14 +84,13 @@ impl EgressPath {
         while read < self.bufs.len() {
             let slot = self.out.len();
             let buf = &mut self.bufs[slot];
-            let Some(r) = read_tun(ctx, buf)? else { break };
+            let r = read_tun(ctx, buf)?;
+            if matches!(r, Read::Empty) {
+                break;
+            }
             read += 1;
-            let Ok(packet) = r.packet else {
-                c.syscall(Crossing::TunRead, 1, u64_len(r.bytes), r.ns);
-                c.count_drop(DropReason::TooShort);
-                continue;
-            };
-            c.syscall(Crossing::TunRead, 1, u64_len(packet.len), r.ns);
+            let Read::Packet(packet, ns) = r else { continue };
+            c.syscall(Crossing::TunRead, 1, u64_len(packet.len), ns);
             let len = match plain_packet(buf, &packet) {
                 Ok(len) => len,
                 Err(reason) => {
@@ -100,12 +99,14 @@ impl EgressPath {
                 }
             };
             match ctx.forwarder.egress(&peers, buf.as_mut_slice(), len, &mut self.scratch) {
-                Egress::Send { range, to } => self.out.push(Pending { buf: slot, range, to }),
+                Egress::Send { range, to, flow } => {
+                    self.out.push(Pending { buf: slot, range, to, tx: ctx.tx.index(flow) })
+                }
                 Egress::Reply { len } => reply_icmp(ctx, &self.scratch[..len]),
                 Egress::Drop(r) => c.count_drop(r),
             }
         }
-        self.tx.send(ctx, &self.bufs, &self.out)?;
+        self.tx.send(ctx, &self.bufs, &mut self.out)?;
         Ok(read)
     }
 }

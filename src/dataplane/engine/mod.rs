@@ -14,6 +14,7 @@ use super::offloads::Offloads;
 use super::packet::{PacketBuf, TunRead};
 use super::peers::PeerTable;
 use super::sys::tun::Tun;
+use super::sys::udp::TxPool;
 use arc_swap::ArcSwap;
 use std::io;
 use std::net::UdpSocket;
@@ -60,10 +61,11 @@ pub struct EngineContext {
     pub tun: Tun,
     /// The underlay socket datagrams arrive on, bound to PublicIP:port.
     pub socket: UdpSocket,
-    /// The socket datagrams leave from: `socket` itself (a duplicate fd) for a lone worker, as
-    /// flannel does; with several workers, each has its own source port, so that the peer's
-    /// `SO_REUSEPORT` group spreads the workers' traffic over its own workers.
-    pub tx: UdpSocket,
+    /// The sockets datagrams leave from: `socket` itself (a duplicate fd) for a lone worker with
+    /// one source port, as flannel does; with several workers, each has its own source ports,
+    /// and with `--flow-ports N` each inner flow keeps one of N, so that the peer's
+    /// `SO_REUSEPORT` group (or RSS) spreads flows over its own workers.
+    pub tx: TxPool,
     /// The forwarding decision.
     pub forwarder: Forwarder,
     /// The current peer table.
@@ -223,25 +225,32 @@ pub(crate) fn drain(
 /// Batches (or GRO receives) one direction takes in a row before it polls again.
 const ROUNDS: usize = 8;
 
-/// What one TUN read got: the packet and its `virtio_net_hdr` (see [`PacketBuf::tun_read`]), and
-/// the syscall's time.
-pub(crate) struct Read {
-    /// The packet in the buffer, or why what was read is none.
-    pub packet: Result<TunRead, crate::proto::WireError>,
-    /// Bytes the read returned (a `virtio_net_hdr` included).
-    pub bytes: usize,
-    /// The syscall's time.
-    pub ns: u64,
+/// What one TUN read got.
+pub(crate) enum Read {
+    /// Nothing was queued (counted as an empty `tun_read`).
+    Empty,
+    /// Fewer bytes than a `virtio_net_hdr` (counted as a read and a `TooShort` drop).
+    Short,
+    /// A packet (see [`PacketBuf::tun_read`]) and the syscall's time. The caller counts it: a
+    /// super-packet counts as its segments.
+    Packet(TunRead, u64),
 }
 
-/// One TUN read into `buf`, or `None` when nothing was queued (counted as an empty `tun_read`).
-/// The caller counts the packet.
-pub(crate) fn read_tun(ctx: &EngineContext, buf: &mut PacketBuf) -> Result<Option<Read>, EngineError> {
+/// One TUN read into `buf`.
+pub(crate) fn read_tun(ctx: &EngineContext, buf: &mut PacketBuf) -> Result<Read, EngineError> {
     let vnet = ctx.tun.has_vnet_hdr();
     let (r, ns) = super::counters::timed(|| ctx.tun.recv(buf.tun_read_area(vnet)));
-    match r {
-        Ok(bytes) => Ok(Some(Read { packet: buf.tun_read(vnet, bytes), bytes, ns })),
-        Err(e) => empty_read(&ctx.counters, super::counters::Crossing::TunRead, e, ns).map(|()| None),
+    let bytes = match r {
+        Ok(bytes) => bytes,
+        Err(e) => return empty_read(&ctx.counters, super::counters::Crossing::TunRead, e, ns).map(|()| Read::Empty),
+    };
+    match buf.tun_read(vnet, bytes) {
+        Ok(packet) => Ok(Read::Packet(packet, ns)),
+        Err(_) => {
+            ctx.counters.syscall(super::counters::Crossing::TunRead, 1, u64_len(bytes), ns);
+            ctx.counters.count_drop(super::counters::DropReason::TooShort);
+            Ok(Read::Short)
+        }
     }
 }
 

@@ -8,8 +8,8 @@
 //! lighter direction, and makes per-crossing counts depend on the traffic mix.)
 
 use super::runs::count_sent;
-use super::{EngineContext, EngineError, STOP_CHECK, empty_read, read_tun, reply_icmp, tun_write, u64_len};
-use crate::dataplane::counters::{Counters, Crossing, DropLog, DropReason, timed};
+use super::{EngineContext, EngineError, Read, STOP_CHECK, empty_read, read_tun, reply_icmp, tun_write, u64_len};
+use crate::dataplane::counters::{Counters, Crossing, DropLog, timed};
 use crate::dataplane::forward::{Egress, Ingress};
 use crate::dataplane::packet::PacketBuf;
 use crate::dataplane::sys::poll::wait_readable;
@@ -39,17 +39,17 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
 
 /// One TUN read and, for a packet, one send. Returns whether a packet was read.
 fn tun_to_udp(ctx: &EngineContext, c: &Counters, buf: &mut PacketBuf, scratch: &mut [u8]) -> Result<bool, EngineError> {
-    let Some(read) = read_tun(ctx, buf)? else { return Ok(false) };
-    c.syscall(Crossing::TunRead, 1, u64_len(read.bytes), read.ns);
-    let Ok(packet) = read.packet else {
-        c.count_drop(DropReason::TooShort);
-        return Ok(true);
+    let (packet, ns) = match read_tun(ctx, buf)? {
+        Read::Empty => return Ok(false),
+        Read::Short => return Ok(true),
+        Read::Packet(packet, ns) => (packet, ns),
     };
+    c.syscall(Crossing::TunRead, 1, u64_len(packet.len), ns);
     let peers = ctx.peers.load();
     match ctx.forwarder.egress(&peers, buf.as_mut_slice(), packet.len, scratch) {
-        Egress::Send { range, to } => {
+        Egress::Send { range, to, flow } => {
             let frame = &buf.as_slice()[range];
-            let (r, ns) = timed(|| ctx.tx.send_to(frame, to));
+            let (r, ns) = timed(|| ctx.tx.for_flow(flow).send_to(frame, to));
             count_sent(c, r, ns, 1)?;
         }
         Egress::Reply { len } => reply_icmp(ctx, &scratch[..len]),

@@ -23,7 +23,7 @@
 
 use super::coalesce::{Outer, TunWriter};
 use super::runs::{BATCH, MAX_GSO_BYTES, Pending, RunSender, count_sent, gso_refused};
-use super::{EngineContext, EngineError, drain, empty_read, plain_packet, read_tun, reply_icmp, u64_len};
+use super::{EngineContext, EngineError, Read, drain, empty_read, plain_packet, read_tun, reply_icmp, u64_len};
 use crate::dataplane::counters::{Crossing, DropLog, DropReason, timed};
 use crate::dataplane::forward::{Egress, Ingress};
 use crate::dataplane::offloads::Offload;
@@ -63,11 +63,18 @@ pub fn set_tun_offloads(tun: &Tun) -> std::io::Result<bool> {
 /// the batch.
 #[derive(Debug, Clone, Copy)]
 struct Staged {
-    to: SocketAddrV4,
+    dest: Dest,
     /// Bytes of each datagram on the wire (outer header + segment).
     size: usize,
     /// Bytes written: `size` per datagram, but the last may be shorter (and then it is sent).
     len: usize,
+}
+
+/// Where a super-packet's datagrams go: the peer, and the pool's socket they leave from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Dest {
+    to: SocketAddrV4,
+    tx: usize,
 }
 
 /// Egress: read buffers, what is to be sent from them, and the GSO sends being written.
@@ -125,20 +132,21 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
 /// Sends the datagrams laid out one after another in `frames`, `size` bytes each but the last,
 /// to `to`: one `UDP_SEGMENT` send, or one send per datagram once the kernel has refused GSO
 /// (the datagrams of the refused send then go one by one).
-fn send_datagrams(ctx: &EngineContext, frames: &[u8], size: usize, to: SocketAddrV4) -> Result<(), EngineError> {
+fn send_datagrams(ctx: &EngineContext, frames: &[u8], size: usize, dest: Dest) -> Result<(), EngineError> {
+    let (sock, to) = (ctx.tx.get(dest.tx), dest.to);
     let c = &*ctx.counters;
     let size = size.max(1);
     let count = frames.len().div_ceil(size);
     if count > 1 && ctx.offloads.has(Offload::UdpGso) {
         let seg = u16::try_from(size).unwrap_or(u16::MAX);
-        let (r, ns) = timed(|| send_gso(&ctx.tx, &[IoSlice::new(frames)], Some(seg), to));
+        let (r, ns) = timed(|| send_gso(sock, &[IoSlice::new(frames)], Some(seg), to));
         match r {
             Err(e) if gso_refused(ctx, &e, ns) => {}
             r => return count_sent(c, r, ns, count),
         }
     }
     for datagram in frames.chunks(size) {
-        let (r, ns) = timed(|| send_gso(&ctx.tx, &[IoSlice::new(datagram)], None, to));
+        let (r, ns) = timed(|| send_gso(sock, &[IoSlice::new(datagram)], None, to));
         count_sent(c, r, ns, 1)?;
     }
     Ok(())
@@ -147,7 +155,7 @@ fn send_datagrams(ctx: &EngineContext, frames: &[u8], size: usize, to: SocketAdd
 /// Sends the staged datagrams, if any.
 fn send_staged(ctx: &EngineContext, frames: &[u8], staged: &mut Option<Staged>) -> Result<(), EngineError> {
     let Some(k) = staged.take() else { return Ok(()) };
-    send_datagrams(ctx, &frames[..k.len], k.size, k.to)
+    send_datagrams(ctx, &frames[..k.len], k.size, k.dest)
 }
 
 /// Writes `outer` and then segment `i` of `sup` whole at `at` in `frames`; returns the
@@ -177,13 +185,12 @@ impl EgressPath {
             // A super-packet's segments are written out (or sent) before the next read.
             let slot = self.pending.len();
             let buf = &mut self.bufs[slot];
-            let Some(r) = read_tun(ctx, buf)? else { break };
+            let r = read_tun(ctx, buf)?;
+            if matches!(r, Read::Empty) {
+                break;
+            }
             reads += 1;
-            let Ok(packet) = r.packet else {
-                c.syscall(Crossing::TunRead, 1, u64_len(r.bytes), r.ns);
-                c.count_drop(DropReason::TooShort);
-                continue;
-            };
+            let Read::Packet(packet, ns) = r else { continue };
             let (len, size) = (packet.len, usize::from(packet.vnet.gso_size));
             let inner = buf.inner(len);
             let seg = match packet.vnet.gso_kind() {
@@ -194,7 +201,7 @@ impl EgressPath {
             // Every packet read is accounted for: a super-packet counts as its segments, sent or
             // dropped.
             let pkts = u64_len(seg.map_or(1, |s| s.count()));
-            c.syscall(Crossing::TunRead, pkts, u64_len(len), r.ns);
+            c.syscall(Crossing::TunRead, pkts, u64_len(len), ns);
             let kind = match (packet.vnet.gso_kind(), seg) {
                 (virtio::GSO_TCPV4 | virtio::GSO_UDP_L4, Some(seg)) => Kind::Super(seg),
                 (virtio::GSO_NONE, _) => match plain_packet(buf, &packet) {
@@ -214,8 +221,8 @@ impl EgressPath {
                     continue;
                 }
             };
-            let (range, to) = match ctx.forwarder.egress(&peers, buf.as_mut_slice(), len, &mut self.scratch) {
-                Egress::Send { range, to } => (range, to),
+            let (range, to, tx) = match ctx.forwarder.egress(&peers, buf.as_mut_slice(), len, &mut self.scratch) {
+                Egress::Send { range, to, flow } => (range, to, ctx.tx.index(flow)),
                 Egress::Reply { len } => {
                     c.count_drops(DropReason::NoRoute, pkts.saturating_sub(1));
                     reply_icmp(ctx, &self.scratch[..len]);
@@ -230,11 +237,11 @@ impl EgressPath {
                 Kind::Plain => {
                     // Whatever was read before this packet leaves before it.
                     send_staged(ctx, &self.frames, &mut self.staged)?;
-                    self.pending.push(Pending { buf: slot, range, to });
+                    self.pending.push(Pending { buf: slot, range, to, tx });
                 }
                 Kind::Super(seg) => {
                     self.send_runs(ctx)?;
-                    self.send_super_packet(ctx, slot, &seg, range, to)?;
+                    self.send_super_packet(ctx, slot, &seg, range, Dest { to, tx })?;
                 }
             }
         }
@@ -245,14 +252,14 @@ impl EgressPath {
 
     /// Sends the pending packets in runs (see [`RunSender`]).
     fn send_runs(&mut self, ctx: &EngineContext) -> Result<(), EngineError> {
-        self.sender.send(ctx, &self.bufs, &self.pending)?;
+        self.sender.send(ctx, &self.bufs, &mut self.pending)?;
         self.pending.clear();
         Ok(())
     }
 
     /// Cuts the TCP or UDP super-packet in `bufs[slot]` (its outer header in front of it from
     /// `range.start`) and sends its segments with GSO sends, each written whole into `frames`
-    /// behind what is staged there if it is to the same peer with segments of the same size (see
+    /// behind what is staged there if it goes the same way with segments of the same size (see
     /// [`Staged`]). A tail that a further super-packet could fill stays staged.
     fn send_super_packet(
         &mut self,
@@ -260,7 +267,7 @@ impl EgressPath {
         slot: usize,
         seg: &Segmenter,
         range: Range<usize>,
-        to: SocketAddrV4,
+        dest: Dest,
     ) -> Result<(), EngineError> {
         let c = &*ctx.counters;
         let size = (HEADROOM - range.start) + seg.segment_len(0);
@@ -270,7 +277,7 @@ impl EgressPath {
             return Ok(());
         }
         let per_send = (MAX_GSO_BYTES / size).clamp(1, MAX_SEGMENTS);
-        if self.staged.is_some_and(|k| k.to != to || k.size != size) {
+        if self.staged.is_some_and(|k| k.dest != dest || k.size != size) {
             send_staged(ctx, &self.frames, &mut self.staged)?;
         }
         let Self { bufs, frames, staged, .. } = self;
@@ -285,7 +292,7 @@ impl EgressPath {
                 c.count_drops(DropReason::BadIpHeader, u64_len(seg.count() - i));
                 return send_staged(ctx, frames, staged);
             };
-            let k = staged.get_or_insert(Staged { to, size, len: 0 });
+            let k = staged.get_or_insert(Staged { dest, size, len: 0 });
             k.len += n;
             // A GSO send's datagrams are all `size` bytes but its last.
             if k.len == per_send * size || n < size {

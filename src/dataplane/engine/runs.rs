@@ -46,15 +46,18 @@ pub(crate) fn count_sent(c: &Counters, r: std::io::Result<usize>, ns: u64, packe
     Ok(())
 }
 
-/// A datagram waiting in a read buffer: `bufs[buf][range]`, for `to`.
+/// A datagram waiting in a read buffer: `bufs[buf][range]`, for `to`, from socket `tx` of the
+/// worker's pool.
 #[derive(Debug, Clone)]
 pub struct Pending {
-    /// Which buffer of the batch.
+    /// Which buffer of the batch (buffers are filled in the order packets are read).
     pub buf: usize,
     /// The datagram (outer header included) within it.
     pub range: Range<usize>,
     /// The peer.
     pub to: SocketAddrV4,
+    /// The sending socket ([`TxPool::index`](crate::dataplane::sys::udp::TxPool::index)).
+    pub tx: usize,
 }
 
 /// The sending side of a batch: reusable message headers.
@@ -69,9 +72,38 @@ impl Default for RunSender {
 }
 
 impl RunSender {
-    /// Sends `pending` (at most [`BATCH`], datagrams in `bufs`), in order, counting each send and
-    /// each drop.
-    pub fn send(&mut self, ctx: &EngineContext, bufs: &[PacketBuf], pending: &[Pending]) -> Result<(), EngineError> {
+    /// Sends `pending` (at most [`BATCH`], datagrams in `bufs`), counting each send and each
+    /// drop: one `sendmmsg` per sending socket, each flow's datagrams in the order they were
+    /// read.
+    pub fn send(
+        &mut self,
+        ctx: &EngineContext,
+        bufs: &[PacketBuf],
+        pending: &mut [Pending],
+    ) -> Result<(), EngineError> {
+        if ctx.tx.len() > 1 {
+            // A flow keeps its socket and buffers are numbered in read order, so this keeps
+            // every flow's order (and sorts in place: no allocation).
+            pending.sort_unstable_by_key(|p| (p.tx, p.buf));
+        }
+        let mut start = 0;
+        while start < pending.len() {
+            let tx = pending[start].tx;
+            let end = start + pending[start..].iter().take_while(|p| p.tx == tx).count();
+            self.send_from(ctx, tx, bufs, &pending[start..end])?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Sends `pending`, all from socket `tx`, in order.
+    fn send_from(
+        &mut self,
+        ctx: &EngineContext,
+        tx: usize,
+        bufs: &[PacketBuf],
+        pending: &[Pending],
+    ) -> Result<(), EngineError> {
         let c = &*ctx.counters;
         let pending = &pending[..pending.len().min(BATCH)];
         let mut iov = [IoSlice::new(&[]); BATCH];
@@ -109,7 +141,7 @@ impl RunSender {
         starts[m] = pending.len();
         let mut sent = 0;
         while sent < m {
-            let (r, ns) = timed(|| self.batch.send_gathered(&ctx.tx, &msgs[sent..m]));
+            let (r, ns) = timed(|| self.batch.send_gathered(ctx.tx.get(tx), &msgs[sent..m]));
             match r {
                 Ok(k) if k > 0 => {
                     let (a, b) = (starts[sent], starts[sent + k]);
@@ -118,7 +150,7 @@ impl RunSender {
                     sent += k;
                 }
                 Err(e) if msgs[sent].segment.is_some() && gso_refused(ctx, &e, ns) => {
-                    return self.send(ctx, bufs, &pending[starts[sent]..]);
+                    return self.send_from(ctx, tx, bufs, &pending[starts[sent]..]);
                 }
                 Err(e) if !per_packet(&e) => return Err(EngineError::Udp(e)),
                 // The first message failed: count its datagrams and go on with the rest.

@@ -42,12 +42,15 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
     // io_uring waits for readiness itself; a non-blocking fd would turn that into EAGAIN.
     ctx.tun.set_nonblocking(false).map_err(EngineError::Tun)?;
     ctx.socket.set_nonblocking(false).map_err(EngineError::Udp)?;
-    ctx.tx.set_nonblocking(false).map_err(EngineError::Udp)?;
+    for tx in ctx.tx.iter() {
+        tx.set_nonblocking(false).map_err(EngineError::Udp)?;
+    }
     super::both_directions(&ctx, "weft-uring-rx", egress_loop, ingress_loop)
 }
 
 fn ring(ctx: &EngineContext, provide_at: usize) -> Result<PacketRing, EngineError> {
-    let fds = [ctx.tun.as_fd().as_raw_fd(), ctx.socket.as_raw_fd(), ctx.tx.as_raw_fd()];
+    // One registered sending socket: the pool's first (flows are not spread here).
+    let fds = [ctx.tun.as_fd().as_raw_fd(), ctx.socket.as_raw_fd(), ctx.tx.get(0).as_raw_fd()];
     PacketRing::new(fds, SLOTS, slot_len(ctx.forwarder.mtu), provide_at).map_err(EngineError::Ring)
 }
 
@@ -115,7 +118,7 @@ fn egress_loop(ctx: &EngineContext) -> Result<(), EngineError> {
                     let n = usize::try_from(d.result).unwrap_or(0);
                     c.moved(Crossing::TunRead, 1, u64_len(n));
                     match ctx.forwarder.egress(&peers, ring.slot(slot), n, &mut scratch) {
-                        Egress::Send { range, to } => ring.send(slot, range, to).map_err(EngineError::Ring)?,
+                        Egress::Send { range, to, .. } => ring.send(slot, range, to).map_err(EngineError::Ring)?,
                         Egress::Reply { len } => {
                             reply_icmp(ctx, &scratch[..len]);
                             ring.give_back(slot);

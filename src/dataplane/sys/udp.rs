@@ -33,6 +33,48 @@ pub fn bind_with(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     Ok(s.into())
 }
 
+/// The sockets one worker sends from: one (flannel's one source port per worker), or several,
+/// each inner flow keeping one of them (see [`TxPool::for_flow`]).
+#[derive(Debug)]
+pub struct TxPool {
+    sockets: Vec<UdpSocket>,
+}
+
+impl TxPool {
+    /// A pool of `sockets`; `None` if it is empty.
+    pub fn new(sockets: Vec<UdpSocket>) -> Option<Self> {
+        (!sockets.is_empty()).then_some(Self { sockets })
+    }
+
+    /// How many sockets (source ports) the pool has.
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// The index of the socket of the flow whose hash is `flow`: the same for every packet of
+    /// the flow, so that its datagrams leave from one port, in order, and a peer's `SO_REUSEPORT`
+    /// or RSS hash keeps them on one of its workers.
+    pub fn index(&self, flow: u32) -> usize {
+        usize::try_from(flow).unwrap_or(0) % self.sockets.len()
+    }
+
+    /// Socket `i` (as [`TxPool::index`] gives it; the first for any other).
+    pub fn get(&self, i: usize) -> &UdpSocket {
+        self.sockets.get(i).unwrap_or(&self.sockets[0])
+    }
+
+    /// The socket of the flow whose hash is `flow`.
+    pub fn for_flow(&self, flow: u32) -> &UdpSocket {
+        self.get(self.index(flow))
+    }
+
+    /// Every socket.
+    pub fn iter(&self) -> impl Iterator<Item = &UdpSocket> {
+        self.sockets.iter()
+    }
+}
+
 /// Asks the kernel to hand over coalesced datagrams (`UDP_GRO`): one receive then returns many
 /// datagrams of one size back to back, with the size in a control message.
 pub fn enable_gro(sock: &UdpSocket) -> io::Result<()> {
