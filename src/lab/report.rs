@@ -263,11 +263,12 @@ impl Report {
             }
         }
         let ratio_w = if self.rounds > 1 { 19 } else { 7 };
+        let name_w = summaries.iter().map(|s| s.median.data_path.len()).max().unwrap_or(0).max(22);
         for w in workloads {
             let _ = writeln!(out, "\n{w}");
             let _ = writeln!(
                 out,
-                "{:<22} {:>34} {:>ratio_w$} | {:>23} | {:>23} | {:>6} | {:>9} | {:>9} | {:>10} | {:>6}",
+                "{:<name_w$} {:>34} {:>ratio_w$} | {:>23} | {:>23} | {:>6} | {:>9} | {:>9} | {:>10} | {:>6}",
                 "data path",
                 "result",
                 "ratio",
@@ -292,7 +293,7 @@ impl Report {
                 let four = |v: &[f64], p: usize| v.iter().map(|x| format!("{x:.p$}")).collect::<Vec<_>>().join(" ");
                 let _ = writeln!(
                     out,
-                    "{:<22} {:>34} {ratio:>ratio_w$} | {:>23} | {:>23} | {:>6.2} | {:>9.0} | {:>9.0} | {:>10.0} | {:>6.1}",
+                    "{:<name_w$} {:>34} {ratio:>ratio_w$} | {:>23} | {:>23} | {:>6.2} | {:>9.0} | {:>9.0} | {:>10.0} | {:>6.1}",
                     r.data_path,
                     r.headline_text(),
                     four(&sp, 2),
