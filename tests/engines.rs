@@ -165,8 +165,18 @@ fn with_a_kernel_vxlan_peer(tag: &str, mode: &str) {
 /// senders); every flow keeps one path, so none is reordered, and TCP stays byte-exact.
 #[test]
 fn flows_spread_over_workers_and_keep_their_order() {
-    let args = ["--mode", "offload", "--threads", "2", "--flow-ports", "16", "--metrics-addr", "127.0.0.1:9100"];
-    let c = cluster("flows", r#"{"Type":"vxlan"}"#, &args);
+    flows_spread("flowsoff", "offload");
+}
+
+/// The same with the batched engine, whose every datagram goes through the per-socket sends.
+#[test]
+fn flows_spread_with_the_batched_engine() {
+    flows_spread("flowsbat", "batched");
+}
+
+fn flows_spread(tag: &str, mode: &str) {
+    let args = ["--mode", mode, "--threads", "2", "--flow-ports", "16", "--metrics-addr", "127.0.0.1:9100"];
+    let c = cluster(tag, r#"{"Type":"vxlan"}"#, &args);
     let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
     let ss = ns_exec(&h1.ns, &["ss", "-uanH"]).unwrap();
     let ss = String::from_utf8_lossy(&ss.stdout);
@@ -191,11 +201,11 @@ fn flows_spread_over_workers_and_keep_their_order() {
         after.get(&key).copied().unwrap_or(0.0) - before.get(&key).copied().unwrap_or(0.0)
     };
     let (w0, w1) = (received(0), received(1));
-    eprintln!("{streams} streams: host 2's workers received {w0} and {w1} datagrams");
-    assert!(w0 > 0.0 && w1 > 0.0, "both of host 2's workers receive: {w0} and {w1} datagrams");
+    eprintln!("{mode}, {streams} streams: host 2's workers received {w0} and {w1} datagrams");
+    assert!(w0 > 0.0 && w1 > 0.0, "{mode}: both of host 2's workers receive: {w0} and {w1} datagrams");
     // One flow: one sending port, one receiving worker, so it arrives in the order it was sent.
     let u = udp_flood(&h2.container_ns, h2.container_ip, &h1.container_ns, Duration::from_millis(500)).unwrap();
-    assert!(u.received > 0 && u.bad == 0 && u.reordered == 0, "{u:?}");
+    assert!(u.received > 0 && u.bad == 0 && u.reordered == 0, "{mode}: {u:?}");
     tcp_both_ways(&c, MB200);
 }
 
