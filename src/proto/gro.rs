@@ -195,8 +195,7 @@ impl<'a> Run<'a> {
 
     /// The first segment's payload.
     pub fn first_payload(&self) -> &'a [u8] {
-        let ip = self.first.ip;
-        &ip.into_inner()[self.hdr_len()..ip.total_len()]
+        payload_after(self.first.ip, self.hdr_len())
     }
 
     /// Writes the merged packet's headers (the first segment's, adjusted) into `out` and
@@ -205,8 +204,7 @@ impl<'a> Run<'a> {
     /// checksum is left partial (the pseudo-header sum) for the kernel to finish.
     pub fn finish(&self, out: &mut [u8]) -> Result<(usize, VnetHdr), WireError> {
         let (hl, ip_hl) = (self.hdr_len(), self.first.ip_hl());
-        let h = out.get_mut(..hl).ok_or(WireError::Truncated)?;
-        h.copy_from_slice(&self.first.ip.into_inner()[..hl]);
+        let h = copy_headers(self.first.ip, hl, out)?;
         if self.segments == 1 {
             return Ok((hl, VnetHdr::default()));
         }
@@ -214,6 +212,18 @@ impl<'a> Run<'a> {
         let merged = Merged { ip_hl, payload: self.payload, gso_size: self.mss };
         Ok((hl, merged.finish(h, ipv4::PROTO_TCP, tcp::field::CHECKSUM.start, virtio::GSO_TCPV4)?))
     }
+}
+
+/// What follows the first `hl` bytes of headers of `ip`, up to its Total Length.
+fn payload_after(ip: Ipv4Packet<&[u8]>, hl: usize) -> &[u8] {
+    ip.into_inner().get(hl..ip.total_len()).unwrap_or(&[])
+}
+
+/// Copies the first `hl` bytes of headers of `ip` into `out`; the merged header starts as that.
+fn copy_headers<'o>(ip: Ipv4Packet<&[u8]>, hl: usize, out: &'o mut [u8]) -> Result<&'o mut [u8], WireError> {
+    let h = out.get_mut(..hl).ok_or(WireError::Truncated)?;
+    h.copy_from_slice(ip.into_inner().get(..hl).ok_or(WireError::Truncated)?);
+    Ok(h)
 }
 
 /// A merged packet's shape: IPv4 header length, payload merged, payload per segment.
@@ -304,8 +314,7 @@ impl<'a> UdpRun<'a> {
 
     /// The first datagram's payload.
     pub fn first_payload(&self) -> &'a [u8] {
-        let ip = self.first.ip;
-        &ip.into_inner()[self.hdr_len()..ip.total_len()]
+        payload_after(self.first.ip, self.hdr_len())
     }
 
     /// Writes the merged packet's headers (from `first`) into `out` and returns their length
@@ -314,8 +323,7 @@ impl<'a> UdpRun<'a> {
     /// per datagram.
     pub fn finish(&self, out: &mut [u8]) -> Result<(usize, VnetHdr), WireError> {
         let hl = self.hdr_len();
-        let h = out.get_mut(..hl).ok_or(WireError::Truncated)?;
-        h.copy_from_slice(&self.first.ip.into_inner()[..hl]);
+        let h = copy_headers(self.first.ip, hl, out)?;
         if self.segments == 1 {
             return Ok((hl, VnetHdr::default()));
         }
