@@ -318,17 +318,11 @@ fn bind_sockets(local: SocketAddr, workers: usize, flow_ports: usize) -> Result<
     let mut out = Vec::with_capacity(workers);
     for _ in 0..workers {
         let rx = udp::bind_with(local, multi).map_err(|e| udp_err(" (is another weft running?)", e))?;
-        let pool = if multi || flow_ports > 1 {
-            (0..flow_ports)
-                .map(|_| udp::bind(SocketAddr::new(local.ip(), 0)))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| udp_err(" (a worker's sending socket)", e))?
+        let tx = if multi || flow_ports > 1 {
+            TxPool::bind(local.ip(), flow_ports).map_err(|e| udp_err(" (a worker's sending socket)", e))?
         } else {
-            vec![rx.try_clone().map_err(|e| udp_err(" (duplicating the socket)", e))?]
+            TxPool::one(rx.try_clone().map_err(|e| udp_err(" (duplicating the socket)", e))?)
         };
-        let tx = TxPool::new(pool).ok_or_else(|| {
-            udp_err(" (a worker's sending socket)", std::io::Error::other("--flow-ports must be at least 1"))
-        })?;
         out.push(WorkerSockets { rx, tx });
     }
     Ok(out)

@@ -41,9 +41,15 @@ pub struct TxPool {
 }
 
 impl TxPool {
-    /// A pool of `sockets`; `None` if it is empty.
-    pub fn new(sockets: Vec<UdpSocket>) -> Option<Self> {
-        (!sockets.is_empty()).then_some(Self { sockets })
+    /// A pool of one: `sock` itself (flannel's one port).
+    pub fn one(sock: UdpSocket) -> Self {
+        Self { sockets: vec![sock] }
+    }
+
+    /// A pool of `n` (at least one) sockets bound to `ip`, on ports the kernel picks.
+    pub fn bind(ip: std::net::IpAddr, n: usize) -> io::Result<Self> {
+        let sockets = (0..n.max(1)).map(|_| bind(SocketAddr::new(ip, 0))).collect::<io::Result<Vec<_>>>()?;
+        Ok(Self { sockets })
     }
 
     /// How many sockets (source ports) the pool has.
