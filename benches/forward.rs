@@ -22,6 +22,7 @@ fn peers(n: u32) -> PeerTable {
             subnet: ipnet::Ipv4Net::new(net, 24).unwrap(),
             endpoint: SocketAddrV4::new(ip, 8472),
             vtep_mac: Some(PEER_MAC),
+            v6: None,
         }
     }))
 }
@@ -41,7 +42,7 @@ fn packet(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
 
 fn forwarder(encap: Encap, subnet: &str) -> Forwarder {
     let subnet: ipnet::Ipv4Net = subnet.parse().unwrap();
-    Forwarder { encap, subnet, tun_addr: subnet.network(), check_inner_src: true, mtu: 1450 }
+    Forwarder { encap, subnet, tun_addr: subnet.network(), check_inner_src: true, mtu: 1450, v6: None }
 }
 
 fn encap_decap(c: &mut Criterion) {
@@ -102,6 +103,7 @@ fn peers_for_rx(encap: Encap) -> PeerTable {
         subnet: "100.64.0.0/24".parse().unwrap(),
         endpoint: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 8472),
         vtep_mac: mac,
+        v6: None,
     }])
 }
 

@@ -56,12 +56,12 @@ async fn create_reuse_previous_and_flannel_json_with_ttl() {
     let b = acquire(&r, &cfg, Ipv4Addr::new(198, 18, 0, 1), None, udp([198, 18, 0, 1])).await.unwrap().lease;
     assert_eq!(a.key, b.key);
     // Another node asking for a free previous subnet gets it.
-    let prev: ipnet::Ipv4Net = "100.96.77.0/24".parse().unwrap();
+    let prev = SubnetKey::v4("100.96.77.0/24".parse().unwrap());
     let c = acquire(&r, &cfg, Ipv4Addr::new(198, 18, 0, 2), Some(prev), udp([198, 18, 0, 2])).await.unwrap().lease;
-    assert_eq!(c.key.v4, prev);
+    assert_eq!(c.key, prev);
     // ... but not one that is taken.
     let d = acquire(&r, &cfg, Ipv4Addr::new(198, 18, 0, 3), Some(prev), udp([198, 18, 0, 3])).await.unwrap().lease;
-    assert_ne!(d.key.v4, prev);
+    assert_ne!(d.key.v4, prev.v4);
     assert_eq!(r.leases().await.unwrap().len(), 3);
 }
 

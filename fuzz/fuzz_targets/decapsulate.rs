@@ -1,12 +1,14 @@
 //! Decapsulation as a whole, for both backends: arbitrary datagrams from a known or unknown
-//! sender never panic, and whatever is delivered is an IPv4 packet for our subnet.
+//! sender never panic, and whatever is delivered is an IPv4 packet for our subnet, or (on a
+//! dual-stack node) an IPv6 packet for our IPv6 subnet.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use weft::dataplane::forward::{Encap, Forwarder, Ingress};
-use weft::dataplane::peers::{Peer, PeerTable};
+use weft::dataplane::forward::{Encap, Forwarder, ForwarderV6, Ingress};
+use weft::dataplane::peers::{Peer, PeerTable, PeerV6};
 use weft::proto::ipv4::Ipv4Packet;
+use weft::proto::ipv6::Ipv6Packet;
 use weft::proto::mac::MacAddr;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
         subnet: "100.96.2.0/24".parse().unwrap(),
         endpoint: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 8472),
         vtep_mac: Some(MacAddr([2, 0, 0, 0, 0, 2])),
+        v6: Some(PeerV6 { subnet: "2001:db8:1:2::/64".parse().unwrap(), vtep_mac: Some(MacAddr([2, 0, 0, 0, 0, 2])) }),
     }]);
+    let subnet6 = "2001:db8:1:1::/64".parse().unwrap();
+    let v6 = (sel & 8 == 0).then_some(ForwarderV6 { subnet: subnet6, tun_addr: "2001:db8:1:1::".parse().unwrap() });
     let encap = if sel & 1 == 0 { Encap::Udp } else { Encap::Vxlan { vni: 1, mac: MacAddr([2, 0, 0, 0, 0, 1]) } };
     let f = Forwarder {
         encap,
@@ -23,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
         tun_addr: Ipv4Addr::new(100, 96, 1, 0),
         check_inner_src: sel & 2 == 0,
         mtu: 1450,
+        v6,
     };
     let from = if sel & 4 == 0 {
         SocketAddr::from((Ipv4Addr::new(198, 18, 0, 2), 8472))
@@ -32,7 +38,12 @@ fuzz_target!(|data: &[u8]| {
     let mut buf = dgram.to_vec();
     let len = buf.len();
     if let Ingress::Deliver(range) = f.ingress(&peers, from, &mut buf, len) {
-        let p = Ipv4Packet::new_checked(&buf[range]).expect("delivered packets are valid IPv4");
-        assert!(f.subnet.contains(&p.dst()));
+        match Ipv6Packet::new_checked(&buf[range.clone()]) {
+            Ok(p) => assert!(v6.is_some() && subnet6.contains(&p.dst())),
+            Err(_) => {
+                let p = Ipv4Packet::new_checked(&buf[range]).expect("delivered packets are valid IPv4 or IPv6");
+                assert!(f.subnet.contains(&p.dst()));
+            }
+        }
     }
 });

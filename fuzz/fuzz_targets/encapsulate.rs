@@ -1,13 +1,14 @@
 //! Encapsulation of arbitrary TUN reads: never panics, frames stay inside the buffer, and an
-//! ICMP reply is a valid IPv4 packet.
+//! ICMP reply is a valid IPv4 packet, or (IPv6 on a dual-stack node) a valid ICMPv6 one.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use weft::dataplane::forward::{Egress, Encap, Forwarder};
+use weft::dataplane::forward::{Egress, Encap, Forwarder, ForwarderV6, SCRATCH_LEN};
 use weft::dataplane::packet::{BUF_LEN, HEADROOM};
-use weft::dataplane::peers::{Peer, PeerTable};
+use weft::dataplane::peers::{Peer, PeerTable, PeerV6};
 use weft::proto::ipv4::Ipv4Packet;
+use weft::proto::ipv6::Ipv6Packet;
 use weft::proto::mac::MacAddr;
 
 fuzz_target!(|data: &[u8]| {
@@ -19,7 +20,12 @@ fuzz_target!(|data: &[u8]| {
         subnet: "100.96.2.0/24".parse().unwrap(),
         endpoint: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 8472),
         vtep_mac: if sel & 2 == 0 { Some(MacAddr([2, 0, 0, 0, 0, 2])) } else { None },
+        v6: Some(PeerV6 { subnet: "2001:db8:1:2::/64".parse().unwrap(), vtep_mac: Some(MacAddr([2, 0, 0, 0, 0, 2])) }),
     }]);
+    let v6 = (sel & 4 == 0).then_some(ForwarderV6 {
+        subnet: "2001:db8:1:1::/64".parse().unwrap(),
+        tun_addr: "2001:db8:1:1::".parse().unwrap(),
+    });
     let encap = if sel & 1 == 0 { Encap::Udp } else { Encap::Vxlan { vni: 1, mac: MacAddr([2, 0, 0, 0, 0, 1]) } };
     let f = Forwarder {
         encap,
@@ -27,13 +33,17 @@ fuzz_target!(|data: &[u8]| {
         tun_addr: Ipv4Addr::new(100, 96, 1, 0),
         check_inner_src: true,
         mtu: 1450,
+        v6,
     };
     let mut buf = vec![0u8; BUF_LEN];
     buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(pkt);
-    let mut scratch = [0u8; weft::proto::icmp::MAX_LEN];
+    let mut scratch = [0u8; SCRATCH_LEN];
     match f.egress(&peers, &mut buf, pkt.len(), &mut scratch) {
         Egress::Send { range, .. } => assert!(range.end <= HEADROOM + pkt.len()),
-        Egress::Reply { len } => assert!(Ipv4Packet::new_checked(&scratch[..len]).unwrap().verify_checksum()),
+        Egress::Reply { len } => match Ipv6Packet::new_checked(&scratch[..len]) {
+            Ok(p) => assert!(v6.is_some() && p.next_header() == weft::proto::ipv6::NEXT_ICMPV6),
+            Err(_) => assert!(Ipv4Packet::new_checked(&scratch[..len]).unwrap().verify_checksum()),
+        },
         Egress::Drop(_) => {}
     }
 });

@@ -5,12 +5,16 @@
 //! 3. Else the first ≤ 100 free subnets from SubnetMin to SubnetMax, in random order.
 //!
 //! A lost race on one candidate moves on to the next one.
+//!
+//! On a dual-stack network a lease key holds an IPv4 and an IPv6 subnet
+//! (`10.244.1.0-24&fc00:0:0:1::-64`): each candidate pairs a free IPv4 subnet with a free IPv6
+//! one, each picked as above, and our own lease is reused only when both halves fit.
 
 use super::registry::{LEASE_TTL, Lease, Registry, RegistryError};
-use crate::dataplane::peers::Peer;
+use crate::dataplane::peers::{Peer, PeerV6};
 use crate::proto::lease::{LeaseAttrs, SubnetKey};
 use crate::proto::netconfig::{BackendType, NetConfig};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rand::seq::SliceRandom;
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -23,30 +27,55 @@ pub const RANDOM_POOL: usize = 100;
 pub enum Plan {
     /// Our own lease exists; re-put it.
     Reuse(Lease),
-    /// Try to create leases for these subnets, in this order.
-    Create(Vec<Ipv4Net>),
+    /// Try to create leases with these keys, in this order.
+    Create(Vec<SubnetKey>),
+}
+
+/// True when `key` is one `cfg` can hand out: its IPv4 subnet fits, and on a dual-stack
+/// network its IPv6 subnet fits too (an IPv4-only network ignores an IPv6 half).
+pub fn key_fits(cfg: &NetConfig, key: &SubnetKey) -> bool {
+    cfg.fits(&key.v4)
+        && match &cfg.ipv6 {
+            None => true,
+            Some(v6) => key.v6.is_some_and(|n| v6.fits(&n)),
+        }
 }
 
 /// Plans acquisition from the current leases (pure: the randomness comes from `rng`).
+/// `previous` is the lease the subnet file names.
 pub fn plan(
     cfg: &NetConfig,
     leases: &[Lease],
     public_ip: Ipv4Addr,
-    previous: Option<Ipv4Net>,
+    previous: Option<SubnetKey>,
     rng: &mut impl rand::Rng,
 ) -> Plan {
-    if let Some(own) = leases.iter().find(|l| l.attrs.public_ip == public_ip && cfg.fits(&l.key.v4)) {
+    if let Some(own) = leases.iter().find(|l| l.attrs.public_ip == public_ip && key_fits(cfg, &l.key)) {
         return Plan::Reuse(own.clone());
     }
     let taken: HashSet<Ipv4Net> = leases.iter().map(|l| l.key.v4).collect();
+    let taken_v6: HashSet<Ipv6Net> = leases.iter().filter_map(|l| l.key.v6).collect();
+    let free = |k: &SubnetKey| !taken.contains(&k.v4) && k.v6.is_none_or(|n| !taken_v6.contains(&n));
+    let previous = previous.map(|p| SubnetKey { v6: p.v6.filter(|_| cfg.ipv6.is_some()), ..p });
     let mut order = Vec::new();
-    if let Some(prev) = previous.filter(|p| cfg.fits(p) && !taken.contains(p)) {
+    if let Some(prev) = previous.filter(|p| key_fits(cfg, p) && free(p)) {
         order.push(prev);
     }
     let mut pool: Vec<Ipv4Net> =
-        cfg.subnets().filter(|s| !taken.contains(s) && Some(*s) != previous).take(RANDOM_POOL).collect();
+        cfg.subnets().filter(|s| !taken.contains(s) && previous.is_none_or(|p| p.v4 != *s)).take(RANDOM_POOL).collect();
     pool.shuffle(rng);
-    order.extend(pool);
+    match &cfg.ipv6 {
+        None => order.extend(pool.into_iter().map(SubnetKey::v4)),
+        Some(v6) => {
+            let mut pool_v6: Vec<Ipv6Net> = v6
+                .subnets()
+                .filter(|s| !taken_v6.contains(s) && previous.is_none_or(|p| p.v6 != Some(*s)))
+                .take(RANDOM_POOL)
+                .collect();
+            pool_v6.shuffle(rng);
+            order.extend(pool.into_iter().zip(pool_v6).map(|(v4, v6)| SubnetKey { v4, v6: Some(v6) }));
+        }
+    }
     Plan::Create(order)
 }
 
@@ -77,7 +106,7 @@ pub async fn acquire<R: Registry>(
     reg: &R,
     cfg: &NetConfig,
     public_ip: Ipv4Addr,
-    previous: Option<Ipv4Net>,
+    previous: Option<SubnetKey>,
     attrs_for: impl Fn(Option<&LeaseAttrs>) -> LeaseAttrs,
 ) -> Result<Acquired, AcquireError> {
     let leases = reg.leases().await?;
@@ -86,19 +115,18 @@ pub async fn acquire<R: Registry>(
         Plan::Reuse(own) => {
             let attrs = attrs_for(Some(&own.attrs));
             reg.renew_lease(&own.key, &attrs, own.ttl()).await?;
-            tracing::info!(subnet = %own.key.v4, reserved = own.reserved, "reusing our lease");
+            tracing::info!(subnet = %own.key, reserved = own.reserved, "reusing our lease");
             Ok(Acquired { lease: Lease { attrs, ..own }, created: false })
         }
         Plan::Create(order) => {
             let attrs = attrs_for(None);
-            for subnet in order {
-                let key = SubnetKey::v4(subnet);
+            for key in order {
                 if reg.create_lease(&key, &attrs, LEASE_TTL).await? {
-                    tracing::info!(%subnet, "acquired a new lease");
+                    tracing::info!(subnet = %key, "acquired a new lease");
                     let lease = Lease { key, attrs, expires: None, reserved: false };
                     return Ok(Acquired { lease, created: true });
                 }
-                tracing::debug!(%subnet, "lost the race for a subnet, trying the next");
+                tracing::debug!(subnet = %key, "lost the race for a subnet, trying the next");
             }
             Err(AcquireError::Exhausted(cfg.network))
         }
@@ -141,6 +169,16 @@ pub fn check_lease(cfg: &NetConfig, lease: &Lease) -> Option<String> {
     None
 }
 
+/// The IPv6 side of `lease` on a dual-stack network: its IPv6 subnet when that fits the
+/// network (one that does not is left unrouted; its IPv4 side still works), with the VTEP MAC
+/// of its `BackendV6Data` for vxlan, else of its `BackendData`.
+fn peer_v6(cfg: &NetConfig, lease: &Lease) -> Option<PeerV6> {
+    let v6 = cfg.ipv6.as_ref()?;
+    let subnet = lease.key.v6.filter(|n| v6.network.contains(n) && n.prefix_len() == v6.subnet_len)?;
+    let data = lease.attrs.vxlan_v6_data().or_else(|| lease.attrs.vxlan_data());
+    Some(PeerV6 { subnet, vtep_mac: data.map(|d| d.vtep_mac) })
+}
+
 /// The peers a node of backend `cfg.backend` can reach: every lease but its own, of the same
 /// backend (flannel skips the others silently), that fits the config; the rest is refused.
 pub fn peers_from_leases(cfg: &NetConfig, leases: &[Lease], own: &SubnetKey) -> PeerSet {
@@ -149,9 +187,13 @@ pub fn peers_from_leases(cfg: &NetConfig, leases: &[Lease], own: &SubnetKey) -> 
         let subnet = l.key.v4;
         let endpoint = SocketAddrV4::new(l.attrs.public_ip, cfg.backend.port);
         let peer = match (cfg.backend.kind, l.attrs.backend_name()) {
-            (BackendType::Udp, "udp") | (BackendType::HostGw, "host-gw") => Peer { subnet, endpoint, vtep_mac: None },
+            (BackendType::Udp, "udp") | (BackendType::HostGw, "host-gw") => {
+                Peer { subnet, endpoint, vtep_mac: None, v6: peer_v6(cfg, l) }
+            }
             (BackendType::Vxlan, "vxlan") => match l.attrs.vxlan_data() {
-                Some(d) if d.vni == cfg.backend.vni => Peer { subnet, endpoint, vtep_mac: Some(d.vtep_mac) },
+                Some(d) if d.vni == cfg.backend.vni => {
+                    Peer { subnet, endpoint, vtep_mac: Some(d.vtep_mac), v6: peer_v6(cfg, l) }
+                }
                 Some(d) => {
                     set.refused
                         .push(Refusal { key: l.key, why: format!("VNI {} is not ours ({})", d.vni, cfg.backend.vni) });
@@ -208,21 +250,19 @@ mod tests {
     #[test]
     fn previous_subnet_first_when_free() {
         let ls = [lease("100.96.3.0/24", [198, 18, 0, 2])];
-        let Plan::Create(o) =
-            plan(&cfg(), &ls, Ipv4Addr::new(198, 18, 0, 1), Some("100.96.7.0/24".parse().unwrap()), &mut rng())
+        let Plan::Create(o) = plan(&cfg(), &ls, Ipv4Addr::new(198, 18, 0, 1), Some(key("100.96.7.0/24")), &mut rng())
         else {
             panic!()
         };
-        assert_eq!(o[0], "100.96.7.0/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(o[0], SubnetKey::v4("100.96.7.0/24".parse().unwrap()));
         assert_eq!(o.len(), 9);
-        assert!(!o.contains(&"100.96.3.0/24".parse().unwrap()));
-        let Plan::Create(o) =
-            plan(&cfg(), &ls, Ipv4Addr::new(198, 18, 0, 1), Some("100.96.3.0/24".parse().unwrap()), &mut rng())
+        assert!(!o.contains(&SubnetKey::v4("100.96.3.0/24".parse().unwrap())));
+        let Plan::Create(o) = plan(&cfg(), &ls, Ipv4Addr::new(198, 18, 0, 1), Some(key("100.96.3.0/24")), &mut rng())
         else {
             panic!()
         };
         assert_eq!(o.len(), 9);
-        assert!(!o.contains(&"100.96.3.0/24".parse().unwrap()));
+        assert!(!o.contains(&SubnetKey::v4("100.96.3.0/24".parse().unwrap())));
     }
 
     #[test]
@@ -230,7 +270,106 @@ mod tests {
         let c = NetConfig::parse(r#"{"Network":"100.64.0.0/10"}"#).unwrap();
         let Plan::Create(o) = plan(&c, &[], Ipv4Addr::new(198, 18, 0, 1), None, &mut rng()) else { panic!() };
         assert_eq!(o.len(), RANDOM_POOL);
-        assert!(o.iter().all(|s| c.fits(s)));
+        assert!(o.iter().all(|k| key_fits(&c, k) && k.v6.is_none()));
+    }
+
+    fn key(s: &str) -> SubnetKey {
+        match s.split_once('&') {
+            Some((v4, v6)) => SubnetKey { v4: v4.parse().unwrap(), v6: Some(v6.parse().unwrap()) },
+            None => SubnetKey::v4(s.parse().unwrap()),
+        }
+    }
+
+    fn dual_cfg() -> NetConfig {
+        NetConfig::parse(
+            r#"{"Network":"100.96.0.0/16","SubnetMin":"100.96.1.0","SubnetMax":"100.96.10.0",
+                "EnableIPv6":true,"IPv6Network":"2001:db8:1::/48","IPv6SubnetMax":"2001:db8:1:a::"}"#,
+        )
+        .unwrap()
+    }
+
+    fn dual_lease(k: &str, ip: [u8; 4]) -> Lease {
+        Lease { key: key(k), ..lease("100.96.99.0/24", ip) }
+    }
+
+    #[test]
+    fn dual_stack_keys_pair_free_subnets_of_both_families() {
+        let c = dual_cfg();
+        let ls = [dual_lease("100.96.3.0/24&2001:db8:1:4::/64", [198, 18, 0, 2])];
+        let Plan::Create(o) = plan(&c, &ls, Ipv4Addr::new(198, 18, 0, 1), None, &mut rng()) else { panic!() };
+        assert_eq!(o.len(), 9, "nine free IPv4 subnets, nine free IPv6 ones: {o:?}");
+        assert!(o.iter().all(|k| key_fits(&c, k)));
+        assert!(o.iter().all(|k| k.v4 != key("100.96.3.0/24").v4 && k.v6 != key("100.96.3.0/24&2001:db8:1:4::/64").v6));
+        let v6s: HashSet<_> = o.iter().map(|k| k.v6).collect();
+        assert_eq!(v6s.len(), 9);
+        // The subnet file's pair comes first when both halves are free, and not otherwise.
+        let prev = key("100.96.7.0/24&2001:db8:1:7::/64");
+        let Plan::Create(o) = plan(&c, &ls, Ipv4Addr::new(198, 18, 0, 1), Some(prev), &mut rng()) else { panic!() };
+        assert_eq!(o[0], prev);
+        let taken = key("100.96.7.0/24&2001:db8:1:4::/64");
+        let Plan::Create(o) = plan(&c, &ls, Ipv4Addr::new(198, 18, 0, 1), Some(taken), &mut rng()) else { panic!() };
+        assert!(!o.contains(&taken));
+        // An IPv4 subnet file on a dual-stack network is not a whole key.
+        let Plan::Create(o) = plan(&c, &ls, Ipv4Addr::new(198, 18, 0, 1), Some(key("100.96.7.0/24")), &mut rng())
+        else {
+            panic!()
+        };
+        assert!(o.iter().all(|k| k.v6.is_some()));
+    }
+
+    #[test]
+    fn dual_stack_reuse_needs_both_halves_to_fit() {
+        let c = dual_cfg();
+        let own = dual_lease("100.96.5.0/24&2001:db8:1:5::/64", [198, 18, 0, 1]);
+        assert_eq!(
+            plan(&c, std::slice::from_ref(&own), Ipv4Addr::new(198, 18, 0, 1), None, &mut rng()),
+            Plan::Reuse(own.clone())
+        );
+        // An IPv4-only lease of ours does not fit a dual-stack network; on an IPv4 network a
+        // dual-stack one does.
+        let v4_only = lease("100.96.5.0/24", [198, 18, 0, 1]);
+        assert!(matches!(plan(&c, &[v4_only], Ipv4Addr::new(198, 18, 0, 1), None, &mut rng()), Plan::Create(_)));
+        assert_eq!(
+            plan(&cfg(), std::slice::from_ref(&own), Ipv4Addr::new(198, 18, 0, 1), None, &mut rng()),
+            Plan::Reuse(own)
+        );
+        let outside = dual_lease("100.96.5.0/24&2001:db8:1:b::/64", [198, 18, 0, 1]);
+        assert!(matches!(plan(&c, &[outside], Ipv4Addr::new(198, 18, 0, 1), None, &mut rng()), Plan::Create(_)));
+    }
+
+    #[test]
+    fn dual_stack_peers_carry_their_ipv6_subnet_and_mac() {
+        let c = NetConfig::parse(
+            r#"{"Network":"100.96.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8:1::/48","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        let (mac, mac6) = (MacAddr([2, 0, 0, 0, 0, 9]), MacAddr([2, 0, 0, 0, 0, 6]));
+        let attrs = LeaseAttrs::vxlan(Ipv4Addr::new(198, 18, 0, 9), VxlanData { vni: 1, vtep_mac: mac });
+        let with_v6 = attrs.clone().dual_stack(None, Some(VxlanData { vni: 1, vtep_mac: mac6 }));
+        let ls = [
+            Lease { key: key("100.96.2.0/24&2001:db8:1:2::/64"), attrs: with_v6, expires: None, reserved: false },
+            Lease { key: key("100.96.3.0/24&2001:db8:1:3::/64"), attrs: attrs.clone(), expires: None, reserved: false },
+            Lease { key: key("100.96.4.0/24&2001:db8:9:4::/64"), attrs: attrs.clone(), expires: None, reserved: false },
+            Lease { key: key("100.96.5.0/24"), attrs, expires: None, reserved: false },
+        ];
+        let set = peers_from_leases(&c, &ls, &key("100.96.1.0/24&2001:db8:1:1::/64"));
+        let v6: Vec<_> = set.peers.iter().map(|p| p.v6.map(|v| (v.subnet.to_string(), v.vtep_mac))).collect();
+        assert_eq!(
+            v6,
+            [
+                Some(("2001:db8:1:2::/64".to_string(), Some(mac6))),
+                Some(("2001:db8:1:3::/64".to_string(), Some(mac))),
+                None,
+                None
+            ]
+        );
+        // On an IPv4-only network the IPv6 halves are not routed.
+        let set = peers_from_leases(
+            &NetConfig::parse(r#"{"Network":"100.96.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap(),
+            &ls,
+            &key("100.96.1.0/24"),
+        );
+        assert!(set.peers.iter().all(|p| p.v6.is_none()));
     }
 
     #[test]

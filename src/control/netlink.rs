@@ -2,7 +2,7 @@
 
 use crate::proto::mac::MacAddr;
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;
@@ -12,7 +12,7 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope};
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// A netlink failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -272,9 +272,10 @@ impl Netlink {
         })
     }
 
-    /// Adds `addr/prefix` to a link; an address already there is fine.
-    pub async fn add_address(&self, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<(), NetlinkError> {
-        match self.handle.address().add(index, IpAddr::V4(addr), prefix).execute().await {
+    /// Adds `addr/prefix` (IPv4 or IPv6) to a link; an address already there is fine.
+    pub async fn add_address(&self, index: u32, addr: impl Into<IpAddr>, prefix: u8) -> Result<(), NetlinkError> {
+        let addr = addr.into();
+        match self.handle.address().add(index, addr, prefix).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno_of(&e) == Some(libc::EEXIST) => Ok(()),
             Err(error) => Err(NetlinkError::Request { what: format!("adding {addr}/{prefix} to link {index}"), error }),
@@ -364,6 +365,17 @@ impl Netlink {
     /// Adds a route for `dst` out of link `index`; an existing one is fine.
     pub async fn add_dev_route(&self, dst: Ipv4Net, index: u32) -> Result<(), NetlinkError> {
         self.add(Self::dev_route(dst, index), format!("adding route {dst} dev {index}")).await
+    }
+
+    /// Adds an IPv6 route for `dst` out of link `index` (a dual-stack TUN's); an existing one is
+    /// fine. It goes with the link, so weft never deletes it by itself.
+    pub async fn add_dev_route_v6(&self, dst: Ipv6Net, index: u32) -> Result<(), NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTO))
+            .output_interface(index)
+            .build();
+        self.add(msg, format!("adding route {dst} dev {index}")).await
     }
 
     /// Removes the route for `dst` out of link `index`; a missing one is fine.

@@ -8,13 +8,18 @@ use super::packet::HEADROOM;
 use super::peers::PeerTable;
 use crate::proto::WireError;
 use crate::proto::ethernet::{self, EthernetFrame};
-use crate::proto::icmp;
 use crate::proto::ipv4::{self, Ipv4Packet};
+use crate::proto::ipv6::Ipv6Packet;
 use crate::proto::mac::MacAddr;
 use crate::proto::vxlan::{self, VxlanPacket};
-use ipnet::Ipv4Net;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use crate::proto::{icmp, icmpv6, ip_version};
+use ipnet::{Ipv4Net, Ipv6Net};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::ops::Range;
+
+/// Bytes the scratch buffer of [`Forwarder::egress`] must hold: the larger of the ICMP and
+/// ICMPv6 errors it may write there.
+pub const SCRATCH_LEN: usize = if icmp::MAX_LEN > icmpv6::MAX_LEN { icmp::MAX_LEN } else { icmpv6::MAX_LEN };
 
 /// How inner packets travel between hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +49,17 @@ pub struct Forwarder {
     /// The overlay MTU: no peer sends a larger inner packet in one datagram (GSO segments
     /// included), so a larger one is dropped as `Oversize`.
     pub mtu: usize,
+    /// The IPv6 side of a dual-stack node (None: IPv6 packets are dropped as `Ipv6`).
+    pub v6: Option<ForwarderV6>,
+}
+
+/// What the forwarding decision knows of a dual-stack node's IPv6 side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwarderV6 {
+    /// Our leased IPv6 subnet.
+    pub subnet: Ipv6Net,
+    /// The TUN's IPv6 address (source of the ICMPv6 errors we generate).
+    pub tun_addr: Ipv6Addr,
 }
 
 /// What to do with a packet read from the TUN.
@@ -77,13 +93,9 @@ pub enum Ingress {
     Drop(DropReason),
 }
 
-/// Why `pkt` is dropped before the IPv4 view looks at it: too short for any IPv4 header, or
-/// IPv6 (the overlay is IPv4).
-fn not_ipv4(pkt: &[u8]) -> Option<DropReason> {
-    if pkt.len() < ipv4::MIN_HEADER_LEN {
-        return Some(DropReason::TooShort);
-    }
-    (crate::proto::ip_version(pkt) == Some(6)).then_some(DropReason::Ipv6)
+/// Why `pkt` is dropped before the IPv4 view looks at it: too short for any IP header.
+fn too_short(pkt: &[u8]) -> Option<DropReason> {
+    (pkt.len() < ipv4::MIN_HEADER_LEN).then_some(DropReason::TooShort)
 }
 
 fn wire_drop(e: WireError) -> DropReason {
@@ -95,14 +107,20 @@ fn wire_drop(e: WireError) -> DropReason {
 
 impl Forwarder {
     /// Decides the fate of the packet at `buf[HEADROOM..HEADROOM + len]` read from the TUN.
-    /// May rewrite the packet (TTL) and the headroom (outer headers). `scratch` receives an
-    /// ICMP error when one is due; it must hold [`icmp::MAX_LEN`] bytes.
+    /// May rewrite the packet (TTL or hop limit) and the headroom (outer headers). `scratch`
+    /// receives an ICMP error when one is due; it must hold [`SCRATCH_LEN`] bytes.
     pub fn egress(&self, peers: &PeerTable, buf: &mut [u8], len: usize, scratch: &mut [u8]) -> Egress {
         let Some(pkt) = buf.get_mut(HEADROOM..HEADROOM + len) else {
             return Egress::Drop(DropReason::Truncated);
         };
-        if let Some(r) = not_ipv4(pkt) {
+        if let Some(r) = too_short(pkt) {
             return Egress::Drop(r);
+        }
+        if ip_version(pkt) == Some(6) {
+            return match &self.v6 {
+                Some(v6) => self.egress_v6(v6, peers, buf, len, scratch),
+                None => Egress::Drop(DropReason::Ipv6),
+            };
         }
         let mut ip = match Ipv4Packet::new_checked(&mut pkt[..]) {
             Ok(ip) => ip,
@@ -125,22 +143,50 @@ impl Forwarder {
         if !ip.decrement_ttl() {
             return Egress::Drop(DropReason::TtlExpired);
         }
-        let total = ip.total_len();
-        let (to, flow) = (peer.endpoint, ip.flow_hash());
+        let inner = Inner { total: ip.total_len(), flow: ip.flow_hash(), ethertype: ethernet::ETHERTYPE_IPV4 };
+        self.encapsulate(buf, inner, peer.endpoint, peer.vtep_mac)
+    }
+
+    /// [`Forwarder::egress`] for an IPv6 packet of a dual-stack node.
+    fn egress_v6(&self, v6: &ForwarderV6, peers: &PeerTable, buf: &mut [u8], len: usize, scratch: &mut [u8]) -> Egress {
+        let pkt = &mut buf[HEADROOM..HEADROOM + len];
+        let mut ip = match Ipv6Packet::new_checked(&mut pkt[..]) {
+            Ok(ip) => ip,
+            Err(e) => return Egress::Drop(wire_drop(e)),
+        };
+        let dst = ip.dst();
+        let Some((peer, peer_v6)) = peers.lookup_v6(dst) else {
+            if v6.subnet.contains(&dst) {
+                return Egress::Drop(DropReason::OwnSubnet);
+            }
+            let offender = Ipv6Packet::new_unchecked(&buf[HEADROOM..HEADROOM + len]);
+            return match icmpv6::no_route(&offender, v6.tun_addr, scratch) {
+                Some(n) => Egress::Reply { len: n },
+                None => Egress::Drop(DropReason::NoRoute),
+            };
+        };
+        if peer_v6.subnet.trunc() == v6.subnet.trunc() {
+            return Egress::Drop(DropReason::OwnSubnet);
+        }
+        if !ip.decrement_hop_limit() {
+            return Egress::Drop(DropReason::TtlExpired);
+        }
+        let inner = Inner { total: ip.total_len(), flow: ip.flow_hash(), ethertype: ethernet::ETHERTYPE_IPV6 };
+        self.encapsulate(buf, inner, peer.endpoint, peer_v6.vtep_mac)
+    }
+
+    /// Writes the backend's outer headers in front of the inner packet at `buf[HEADROOM..]`.
+    fn encapsulate(&self, buf: &mut [u8], inner: Inner, to: SocketAddrV4, peer_mac: Option<MacAddr>) -> Egress {
+        let Inner { total, flow, ethertype } = inner;
         match self.encap {
             Encap::Udp => Egress::Send { range: HEADROOM..HEADROOM + total, to, flow },
             Encap::Vxlan { vni, mac } => {
-                let Some(peer_mac) = peer.vtep_mac else {
+                let Some(peer_mac) = peer_mac else {
                     return Egress::Drop(DropReason::PeerUnusable);
                 };
                 // HEADROOM == 8 + 14, so both writes fit in the headroom by construction.
                 let _ = vxlan::write_header(&mut buf[..vxlan::HEADER_LEN], vni);
-                let _ = ethernet::write_header(
-                    &mut buf[vxlan::HEADER_LEN..HEADROOM],
-                    peer_mac,
-                    mac,
-                    ethernet::ETHERTYPE_IPV4,
-                );
+                let _ = ethernet::write_header(&mut buf[vxlan::HEADER_LEN..HEADROOM], peer_mac, mac, ethertype);
                 Egress::Send { range: 0..HEADROOM + total, to, flow }
             }
         }
@@ -158,8 +204,8 @@ impl Forwarder {
         let Some(dgram) = buf.get(..len) else {
             return Ingress::Drop(DropReason::Truncated);
         };
-        let start = match self.encap {
-            Encap::Udp => 0,
+        let (start, v6) = match self.encap {
+            Encap::Udp => (0, ip_version(dgram) == Some(6)),
             Encap::Vxlan { vni, mac } => {
                 let vx = match VxlanPacket::new_checked(dgram) {
                     Ok(v) => v,
@@ -175,17 +221,22 @@ impl Forwarder {
                     return Ingress::Drop(DropReason::WrongMac);
                 }
                 match eth.ethertype() {
-                    ethernet::ETHERTYPE_IPV4 => {}
-                    ethernet::ETHERTYPE_IPV6 => return Ingress::Drop(DropReason::Ipv6),
+                    ethernet::ETHERTYPE_IPV4 => (HEADROOM, false),
+                    ethernet::ETHERTYPE_IPV6 => (HEADROOM, true),
                     _ => return Ingress::Drop(DropReason::NotIp),
                 }
-                HEADROOM
             }
         };
-        let inner = &mut buf[start..len];
-        if let Some(r) = not_ipv4(inner) {
+        if let Some(r) = too_short(&buf[start..len]) {
             return Ingress::Drop(r);
         }
+        if v6 {
+            return match &self.v6 {
+                Some(v6) => self.ingress_v6(v6, peers, *from.ip(), &mut buf[..len], start),
+                None => Ingress::Drop(DropReason::Ipv6),
+            };
+        }
+        let inner = &mut buf[start..len];
         let mut ip = match Ipv4Packet::new_checked(&mut inner[..]) {
             Ok(ip) => ip,
             Err(e) => return Ingress::Drop(wire_drop(e)),
@@ -208,6 +259,48 @@ impl Forwarder {
         // Link-layer padding after Total Length is not part of the packet.
         Ingress::Deliver(start..start + ip.total_len())
     }
+
+    /// [`Forwarder::ingress`] for the IPv6 packet at `dgram[start..]` from the peer at `from`.
+    fn ingress_v6(
+        &self,
+        v6: &ForwarderV6,
+        peers: &PeerTable,
+        from: Ipv4Addr,
+        dgram: &mut [u8],
+        start: usize,
+    ) -> Ingress {
+        let mut ip = match Ipv6Packet::new_checked(&mut dgram[start..]) {
+            Ok(ip) => ip,
+            Err(e) => return Ingress::Drop(wire_drop(e)),
+        };
+        if self.check_inner_src {
+            let src = ip.src();
+            if !peers.senders(from).any(|p| p.v6.is_some_and(|p6| p6.subnet.contains(&src))) {
+                return Ingress::Drop(DropReason::ForeignSource);
+            }
+        }
+        if !v6.subnet.contains(&ip.dst()) {
+            return Ingress::Drop(DropReason::NotForUs);
+        }
+        if ip.total_len() > self.mtu {
+            return Ingress::Drop(DropReason::Oversize);
+        }
+        if !ip.decrement_hop_limit() {
+            return Ingress::Drop(DropReason::TtlExpired);
+        }
+        Ingress::Deliver(start..start + ip.total_len())
+    }
+}
+
+/// What encapsulation needs of an inner packet.
+#[derive(Debug, Clone, Copy)]
+struct Inner {
+    /// Its length (IPv4 Total Length, or the IPv6 header plus Payload Length).
+    total: usize,
+    /// Its flow hash, which picks the source port.
+    flow: u32,
+    /// The ethertype a vxlan frame carries it under.
+    ethertype: u16,
 }
 
 #[cfg(test)]
@@ -227,6 +320,7 @@ mod tests {
             tun_addr: Ipv4Addr::new(100, 96, 1, 0),
             check_inner_src: true,
             mtu: 1450,
+            v6: None,
         }
     }
 
@@ -235,6 +329,7 @@ mod tests {
             subnet: "100.96.2.0/24".parse().unwrap(),
             endpoint: SocketAddrV4::new(PEER_IP, port),
             vtep_mac: Some(PEER_MAC),
+            v6: None,
         }])
     }
 
@@ -264,7 +359,7 @@ mod tests {
     fn egress_udp_is_the_bare_packet_with_ttl_decremented() {
         let p = packet([100, 96, 1, 2], [100, 96, 2, 2]);
         let mut b = in_buf(&p);
-        let mut s = [0u8; icmp::MAX_LEN];
+        let mut s = [0u8; SCRATCH_LEN];
         let e = fwd(Encap::Udp).egress(&table(8285), &mut b, p.len(), &mut s);
         let Egress::Send { range, to, .. } = e else { panic!("{e:?}") };
         assert_eq!(to, SocketAddrV4::new(PEER_IP, 8285));
@@ -278,7 +373,7 @@ mod tests {
     fn egress_vxlan_frame_bytes() {
         let p = packet([100, 96, 1, 2], [100, 96, 2, 2]);
         let mut b = in_buf(&p);
-        let mut s = [0u8; icmp::MAX_LEN];
+        let mut s = [0u8; SCRATCH_LEN];
         let e = fwd(Encap::Vxlan { vni: 1, mac: LOCAL_MAC }).egress(&table(8472), &mut b, p.len(), &mut s);
         let Egress::Send { range, .. } = e else { panic!("{e:?}") };
         let f = &b[range];
@@ -295,6 +390,7 @@ mod tests {
             subnet: "100.96.1.0/24".parse().unwrap(),
             endpoint: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 8472),
             vtep_mac: Some(LOCAL_MAC),
+            v6: None,
         }]);
         let mut rx = f.to_vec();
         let n = rx.len();
@@ -307,7 +403,7 @@ mod tests {
     fn egress_no_route_answers_icmp_and_own_subnet_drops() {
         let p = packet([100, 96, 1, 2], [100, 96, 77, 2]);
         let mut b = in_buf(&p);
-        let mut s = [0u8; icmp::MAX_LEN];
+        let mut s = [0u8; SCRATCH_LEN];
         let f = fwd(Encap::Udp);
         let Egress::Reply { len } = f.egress(&table(8285), &mut b, p.len(), &mut s) else { panic!() };
         let r = Ipv4Packet::new_checked(&s[..len]).unwrap();
@@ -321,7 +417,7 @@ mod tests {
     fn egress_drops_are_classified() {
         let f = fwd(Encap::Udp);
         let t = table(8285);
-        let mut s = [0u8; icmp::MAX_LEN];
+        let mut s = [0u8; SCRATCH_LEN];
         let mut ttl1 = packet([100, 96, 1, 2], [100, 96, 2, 2]);
         ttl1[8] = 1;
         Ipv4Packet::new_unchecked(&mut ttl1[..]).fill_checksum();
@@ -343,6 +439,7 @@ mod tests {
             subnet: "100.96.2.0/24".parse().unwrap(),
             endpoint: SocketAddrV4::new(PEER_IP, 8472),
             vtep_mac: None,
+            v6: None,
         }]);
         let p = packet([100, 96, 1, 2], [100, 96, 2, 2]);
         let mut b = in_buf(&p);
@@ -411,19 +508,167 @@ mod tests {
         assert_eq!(run(frame(1, LOCAL_MAC, 0x0800)[..30].to_vec()), Ingress::Drop(DropReason::TooShort));
     }
 
+    const PEER6_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 6]);
+
+    /// A dual-stack node 100.96.1.0/24 & 2001:db8:1:1::/64 with one dual-stack peer.
+    fn dual(encap: Encap) -> (Forwarder, PeerTable) {
+        let f = Forwarder {
+            v6: Some(ForwarderV6 {
+                subnet: "2001:db8:1:1::/64".parse().unwrap(),
+                tun_addr: "2001:db8:1:1::".parse().unwrap(),
+            }),
+            ..fwd(encap)
+        };
+        let t = PeerTable::new([Peer {
+            subnet: "100.96.2.0/24".parse().unwrap(),
+            endpoint: SocketAddrV4::new(PEER_IP, 8472),
+            vtep_mac: Some(PEER_MAC),
+            v6: Some(crate::dataplane::peers::PeerV6 {
+                subnet: "2001:db8:1:2::/64".parse().unwrap(),
+                vtep_mac: Some(PEER6_MAC),
+            }),
+        }]);
+        (f, t)
+    }
+
+    /// A TCP segment src → dst over IPv6 with `len` payload bytes, hop limit 64.
+    fn packet6(src: &str, dst: &str, len: usize) -> Vec<u8> {
+        let (s, d): (Ipv6Addr, Ipv6Addr) = (src.parse().unwrap(), dst.parse().unwrap());
+        let b = etherparse::PacketBuilder::ipv6(s.octets(), d.octets(), 64).tcp(40000, 5201, 7, 1000);
+        let mut v = Vec::new();
+        b.write(&mut v, &vec![5u8; len]).unwrap();
+        v
+    }
+
+    #[test]
+    fn ipv6_goes_out_under_its_own_ethertype_and_mac_and_comes_back() {
+        for encap in [Encap::Udp, Encap::Vxlan { vni: 1, mac: LOCAL_MAC }] {
+            let (f, t) = dual(encap);
+            let p = packet6("2001:db8:1:1::2", "2001:db8:1:2::2", 100);
+            let mut b = in_buf(&p);
+            let mut s = [0u8; SCRATCH_LEN];
+            let Egress::Send { range, to, .. } = f.egress(&t, &mut b, p.len(), &mut s) else { panic!("{encap:?}") };
+            assert_eq!(to, SocketAddrV4::new(PEER_IP, 8472));
+            let start = match encap {
+                Encap::Udp => HEADROOM,
+                Encap::Vxlan { .. } => {
+                    assert_eq!(&b[8..22], &[2, 0, 0, 0, 0, 6, 2, 0, 0, 0, 0, 1, 0x86, 0xdd]);
+                    22
+                }
+            };
+            assert_eq!(range, range.start..start + p.len());
+            let sent = etherparse::SlicedPacket::from_ip(&b[start..range.end]).unwrap();
+            let Some(etherparse::NetSlice::Ipv6(ip)) = &sent.net else { panic!("not IPv6") };
+            assert_eq!(ip.header().hop_limit(), 63);
+            assert_eq!(&b[start + 40..range.end], &p[40..]);
+            // What we send, the peer accepts: the same forwarder mirrored.
+            let peer = Forwarder {
+                subnet: "100.96.2.0/24".parse().unwrap(),
+                encap: match encap {
+                    Encap::Udp => Encap::Udp,
+                    Encap::Vxlan { vni, .. } => Encap::Vxlan { vni, mac: PEER6_MAC },
+                },
+                v6: Some(ForwarderV6 {
+                    subnet: "2001:db8:1:2::/64".parse().unwrap(),
+                    tun_addr: "2001:db8:1:2::".parse().unwrap(),
+                }),
+                ..f.clone()
+            };
+            let back = PeerTable::new([Peer {
+                subnet: "100.96.1.0/24".parse().unwrap(),
+                endpoint: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 8472),
+                vtep_mac: Some(LOCAL_MAC),
+                v6: Some(crate::dataplane::peers::PeerV6 {
+                    subnet: "2001:db8:1:1::/64".parse().unwrap(),
+                    vtep_mac: Some(LOCAL_MAC),
+                }),
+            }]);
+            let mut rx = b[range.clone()].to_vec();
+            let n = rx.len();
+            let got = peer.ingress(&back, "198.18.0.1:8472".parse().unwrap(), &mut rx, n);
+            assert_eq!(got, Ingress::Deliver(start - range.start..n), "{encap:?}");
+            assert_eq!(rx[start - range.start + 7], 62, "hop limit decremented on both hops");
+        }
+    }
+
+    #[test]
+    fn ipv6_no_route_answers_icmpv6_and_other_cases_drop() {
+        let (f, t) = dual(Encap::Udp);
+        let mut s = [0u8; SCRATCH_LEN];
+        let run = |p: &[u8], s: &mut [u8]| {
+            let mut b = in_buf(p);
+            f.egress(&t, &mut b, p.len(), s)
+        };
+        let p = packet6("2001:db8:1:1::2", "2001:db8:1:77::2", 10);
+        let Egress::Reply { len } = run(&p, &mut s) else { panic!() };
+        let r = crate::proto::ipv6::Ipv6Packet::new_checked(&s[..len]).unwrap();
+        assert_eq!((r.src(), r.dst()), ("2001:db8:1:1::".parse().unwrap(), "2001:db8:1:1::2".parse().unwrap()));
+        assert_eq!(
+            run(&packet6("2001:db8:1:1::2", "2001:db8:1:1::9", 10), &mut s),
+            Egress::Drop(DropReason::OwnSubnet)
+        );
+        assert_eq!(run(&packet6("fe80::1", "ff02::2", 10), &mut s), Egress::Drop(DropReason::NoRoute));
+        let mut hop1 = packet6("2001:db8:1:1::2", "2001:db8:1:2::2", 10);
+        hop1[7] = 1;
+        assert_eq!(run(&hop1, &mut s), Egress::Drop(DropReason::TtlExpired));
+        let p = packet6("2001:db8:1:1::2", "2001:db8:1:2::2", 10);
+        assert_eq!(run(&p[..50], &mut s), Egress::Drop(DropReason::Truncated));
+        // An IPv4-only node drops IPv6 as before.
+        let mut b = in_buf(&p);
+        assert_eq!(fwd(Encap::Udp).egress(&t, &mut b, p.len(), &mut s), Egress::Drop(DropReason::Ipv6));
+    }
+
+    #[test]
+    fn ipv6_ingress_checks_source_destination_size_and_hop_limit() {
+        let (f, t) = dual(Encap::Udp);
+        let from: SocketAddr = SocketAddr::V4(SocketAddrV4::new(PEER_IP, 8472));
+        let run = |f: &Forwarder, p: &[u8]| {
+            let mut b = p.to_vec();
+            f.ingress(&t, from, &mut b, p.len())
+        };
+        let good = packet6("2001:db8:1:2::2", "2001:db8:1:1::2", 100);
+        assert_eq!(run(&f, &good), Ingress::Deliver(0..good.len()));
+        let mut padded = good.clone();
+        padded.extend_from_slice(&[0; 6]);
+        assert_eq!(run(&f, &padded), Ingress::Deliver(0..good.len()));
+        assert_eq!(
+            run(&f, &packet6("2001:db8:1:3::2", "2001:db8:1:1::2", 1)),
+            Ingress::Drop(DropReason::ForeignSource)
+        );
+        assert_eq!(run(&f, &packet6("2001:db8:1:2::2", "2001:db8:1:9::2", 1)), Ingress::Drop(DropReason::NotForUs));
+        assert_eq!(run(&f, &packet6("2001:db8:1:2::2", "2001:db8:1:1::2", 1391)), Ingress::Drop(DropReason::Oversize));
+        assert_eq!(run(&f, &packet6("2001:db8:1:2::2", "2001:db8:1:1::2", 1390)), Ingress::Deliver(0..1450));
+        let mut hop1 = good.clone();
+        hop1[7] = 1;
+        assert_eq!(run(&f, &hop1), Ingress::Drop(DropReason::TtlExpired));
+        assert_eq!(run(&f, &good[..60]), Ingress::Drop(DropReason::Truncated));
+        assert_eq!(run(&fwd(Encap::Udp), &good), Ingress::Drop(DropReason::Ipv6));
+        let relaxed = Forwarder { check_inner_src: false, ..f.clone() };
+        assert!(matches!(run(&relaxed, &packet6("2001:db8:1:3::2", "2001:db8:1:1::2", 1)), Ingress::Deliver(_)));
+        // An IPv4-only peer's datagram may not carry IPv6 sources at all.
+        let v4_peer = PeerTable::new([Peer { v6: None, ..t.iter().next().unwrap().clone() }]);
+        let mut b = good.clone();
+        let n = b.len();
+        assert_eq!(f.ingress(&v4_peer, from, &mut b, n), Ingress::Drop(DropReason::ForeignSource));
+    }
+
     #[test]
     fn every_prefix_and_byte_flip_is_handled() {
-        let f = fwd(Encap::Vxlan { vni: 1, mac: LOCAL_MAC });
-        let t = table(8472);
-        let mut frame = vec![0u8; HEADROOM];
-        vxlan::write_header(&mut frame, 1).unwrap();
-        ethernet::write_header(&mut frame[8..], LOCAL_MAC, PEER_MAC, 0x0800).unwrap();
-        frame.extend_from_slice(&packet([100, 96, 2, 2], [100, 96, 1, 2]));
-        for n in 0..=frame.len() {
-            for i in 0..n {
-                let mut v = frame.clone();
-                v[i] ^= 0xff;
-                let _ = f.ingress(&t, "198.18.0.2:8472".parse().unwrap(), &mut v, n);
+        let (f, t) = dual(Encap::Vxlan { vni: 1, mac: LOCAL_MAC });
+        for (et, inner) in [
+            (0x0800, packet([100, 96, 2, 2], [100, 96, 1, 2])),
+            (0x86dd, packet6("2001:db8:1:2::2", "2001:db8:1:1::2", 8)),
+        ] {
+            let mut frame = vec![0u8; HEADROOM];
+            vxlan::write_header(&mut frame, 1).unwrap();
+            ethernet::write_header(&mut frame[8..], LOCAL_MAC, PEER_MAC, et).unwrap();
+            frame.extend_from_slice(&inner);
+            for n in 0..=frame.len() {
+                for i in 0..n {
+                    let mut v = frame.clone();
+                    v[i] ^= 0xff;
+                    let _ = f.ingress(&t, "198.18.0.2:8472".parse().unwrap(), &mut v, n);
+                }
             }
         }
     }

@@ -4,10 +4,10 @@
 //! (`arc-swap`); the data path never locks.
 
 use crate::proto::mac::MacAddr;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
 /// One remote host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +17,18 @@ pub struct Peer {
     /// Where its encapsulated traffic goes (PublicIP and the backend port).
     pub endpoint: SocketAddrV4,
     /// Its VTEP MAC (vxlan peers only).
+    pub vtep_mac: Option<MacAddr>,
+    /// Its IPv6 subnet, when it is a dual-stack peer of a dual-stack network.
+    pub v6: Option<PeerV6>,
+}
+
+/// The IPv6 side of a dual-stack peer. Its IPv6 pods' packets go to the same endpoint as its
+/// IPv4 pods' (the underlay is IPv4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerV6 {
+    /// The IPv6 subnet it leases.
+    pub subnet: Ipv6Net,
+    /// The VTEP MAC its IPv6 frames are addressed to (`BackendV6Data`; vxlan peers only).
     pub vtep_mac: Option<MacAddr>,
 }
 
@@ -28,14 +40,16 @@ pub struct Peer {
 pub struct PeerTable {
     peers: Vec<Peer>,
     /// Prefix lengths present, longest first, each with network address → index into `peers`.
-    by_prefix: Vec<(u8, AddrMap<usize>)>,
+    by_prefix: Vec<(u8, AddrMap<u32, usize>)>,
+    /// The same for the peers' IPv6 subnets.
+    by_prefix_v6: Vec<(u8, AddrMap<u128, usize>)>,
     /// PublicIP → indices of the peers (normally one) that send from it.
-    by_sender: AddrMap<Vec<usize>>,
+    by_sender: AddrMap<u32, Vec<usize>>,
 }
 
-/// A map keyed by an IPv4 address as a `u32`, probed on every packet (every datagram of a GRO
+/// A map keyed by an IP address as an integer, probed on every packet (every datagram of a GRO
 /// receive checks its sender; every egress packet looks up its peer).
-type AddrMap<V> = HashMap<u32, V, BuildHasherDefault<AddrHasher>>;
+type AddrMap<K, V> = HashMap<K, V, BuildHasherDefault<AddrHasher>>;
 
 /// One multiplication per key instead of SipHash: a key of these tables comes from the
 /// control plane (leases), and a datagram's source address only probes them, so there is no
@@ -61,10 +75,33 @@ impl Hasher for AddrHasher {
     fn write_u32(&mut self, n: u32) {
         self.0 = (self.0 ^ u64::from(n)).wrapping_mul(FIBONACCI);
     }
+
+    /// An IPv6 network address: its two halves folded with the high one rotated, so that the
+    /// subnet bits at the end of the high half (a /64 per host) reach the product's upper bits.
+    fn write_u128(&mut self, n: u128) {
+        let [hi, lo] = [n >> 64, n & u128::from(u64::MAX)].map(|h| u64::try_from(h).unwrap_or_default());
+        self.0 = (self.0 ^ hi.rotate_left(32) ^ lo).wrapping_mul(FIBONACCI);
+    }
 }
 
 fn mask(len: u8) -> u32 {
     u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
+}
+
+fn mask_v6(len: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)
+}
+
+/// Adds `key → i` to the map of prefix length `len`, making that map if it is the first.
+fn insert_prefix<K: std::hash::Hash + Eq>(maps: &mut Vec<(u8, AddrMap<K, usize>)>, len: u8, key: K, i: usize) {
+    let pos = match maps.iter().position(|(l, _)| *l == len) {
+        Some(pos) => pos,
+        None => {
+            maps.push((len, AddrMap::default()));
+            maps.len() - 1
+        }
+    };
+    maps[pos].1.insert(key, i);
 }
 
 impl PeerTable {
@@ -83,19 +120,24 @@ impl PeerTable {
             }
         }
         for (i, p) in t.peers.iter().enumerate() {
-            let len = p.subnet.prefix_len();
-            let pos = match t.by_prefix.iter().position(|(l, _)| *l == len) {
-                Some(pos) => pos,
-                None => {
-                    t.by_prefix.push((len, AddrMap::default()));
-                    t.by_prefix.len() - 1
-                }
-            };
-            t.by_prefix[pos].1.insert(u32::from(p.subnet.network()), i);
+            insert_prefix(&mut t.by_prefix, p.subnet.prefix_len(), u32::from(p.subnet.network()), i);
+            if let Some(v6) = &p.v6 {
+                let net = v6.subnet.trunc();
+                insert_prefix(&mut t.by_prefix_v6, net.prefix_len(), u128::from(net.network()), i);
+            }
             t.by_sender.entry(u32::from(*p.endpoint.ip())).or_default().push(i);
         }
         t.by_prefix.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
+        t.by_prefix_v6.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
         t
+    }
+
+    /// The peer whose IPv6 subnet holds `dst`, longest prefix first, with that subnet.
+    pub fn lookup_v6(&self, dst: Ipv6Addr) -> Option<(&Peer, PeerV6)> {
+        let a = u128::from(dst);
+        let i = self.by_prefix_v6.iter().find_map(|(len, m)| m.get(&(a & mask_v6(*len))))?;
+        let p = self.peers.get(*i)?;
+        Some((p, p.v6?))
     }
 
     /// The peer whose subnet holds `dst`, longest prefix first.
@@ -135,7 +177,40 @@ mod tests {
     use super::*;
 
     fn peer(net: &str, ip: [u8; 4]) -> Peer {
-        Peer { subnet: net.parse().unwrap(), endpoint: SocketAddrV4::new(ip.into(), 8285), vtep_mac: None }
+        Peer { subnet: net.parse().unwrap(), endpoint: SocketAddrV4::new(ip.into(), 8285), vtep_mac: None, v6: None }
+    }
+
+    fn dual(net: &str, net6: &str, ip: [u8; 4]) -> Peer {
+        Peer { v6: Some(PeerV6 { subnet: net6.parse().unwrap(), vtep_mac: None }), ..peer(net, ip) }
+    }
+
+    #[test]
+    fn ipv6_longest_prefix_and_spread() {
+        let t = PeerTable::new([
+            dual("100.96.2.0/24", "2001:db8:1:2::/64", [198, 18, 0, 2]),
+            dual("100.96.3.0/24", "2001:db8:1:3::/64", [198, 18, 0, 3]),
+            dual("100.96.4.0/24", "2001:db8:1:3:8000::/65", [198, 18, 0, 4]),
+            peer("100.96.5.0/24", [198, 18, 0, 5]),
+        ]);
+        let at = |a: &str| t.lookup_v6(a.parse().unwrap()).map(|(p, _)| p.endpoint.ip().octets()[3]);
+        assert_eq!(at("2001:db8:1:2::9"), Some(2));
+        assert_eq!(at("2001:db8:1:3::9"), Some(3));
+        assert_eq!(at("2001:db8:1:3:8000::9"), Some(4));
+        assert_eq!(at("2001:db8:1:5::9"), None);
+        assert_eq!(t.lookup(Ipv4Addr::new(100, 96, 5, 1)).map(|p| p.v6), Some(None));
+        let many = PeerTable::new(
+            (0..=255u8).map(|x| dual(&format!("100.64.{x}.0/24"), &format!("2001:db8:0:{x:x}::/64"), [198, 18, 1, x])),
+        );
+        assert!((0..=255u8).all(|x| {
+            many.lookup_v6(format!("2001:db8:0:{x:x}::5").parse().unwrap())
+                .is_some_and(|(p, _)| p.endpoint.ip().octets()[3] == x)
+        }));
+        use std::hash::BuildHasher;
+        let b = BuildHasherDefault::<AddrHasher>::default();
+        let low: std::collections::HashSet<u64> = (0..=255u128)
+            .map(|x| b.hash_one(u128::from("2001:db8::".parse::<Ipv6Addr>().unwrap()) | (x << 64)) & 0xff)
+            .collect();
+        assert!(low.len() > 150, "only {} of 256 buckets", low.len());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! weft processes running on the hosts of a [`Topology`], sharing a directory registry.
 //! Used by `weft lab` and by the integration tests.
 
-use super::topology::{POD_NETWORK, Topology, UNDERLAY_IF};
+use super::topology::{POD_NETWORK, POD_NETWORK_V6, Topology, UNDERLAY_IF};
 use crate::control::registry::dir::write_atomic;
 use crate::proto::lease::{LeaseAttrs, VxlanData};
 use crate::proto::mac::MacAddr;
@@ -95,23 +95,31 @@ pub fn lab_vtep_mac(i: usize) -> MacAddr {
 }
 
 /// The lease every host of `topo` should hold under net-config `config`, in flannel's JSON:
-/// (key under `subnets/`, value). vxlan hosts get [`lab_vtep_mac`]s.
+/// (key under `subnets/`, value). vxlan hosts get [`lab_vtep_mac`]s; on a dual-stack network
+/// the key holds the host's IPv6 subnet too, and a vxlan value `BackendV6Data`.
 pub fn seed_leases(topo: &Topology, config: &str) -> io::Result<Vec<(String, String)>> {
+    use crate::proto::lease::SubnetKey;
     use crate::proto::netconfig::{BackendType, NetConfig};
-    let backend = NetConfig::parse(config).map_err(io::Error::other)?.backend;
+    let cfg = NetConfig::parse(config).map_err(io::Error::other)?;
+    let backend = cfg.backend;
+    let dual = cfg.ipv6.is_some();
     Ok(topo
         .hosts
         .iter()
         .enumerate()
         .map(|(i, h)| {
+            let data = VxlanData { vni: backend.vni, vtep_mac: lab_vtep_mac(i + 1) };
             let attrs = match backend.kind {
                 BackendType::Udp => LeaseAttrs::udp(h.underlay_ip),
                 BackendType::HostGw => LeaseAttrs::host_gw(h.underlay_ip),
-                BackendType::Vxlan => {
-                    LeaseAttrs::vxlan(h.underlay_ip, VxlanData { vni: backend.vni, vtep_mac: lab_vtep_mac(i + 1) })
-                }
+                BackendType::Vxlan => LeaseAttrs::vxlan(h.underlay_ip, data),
             };
-            (format!("{}-{}", h.subnet.network(), h.subnet.prefix_len()), attrs.to_json())
+            let vxlan = (backend.kind == BackendType::Vxlan).then_some(data);
+            let (key, attrs) = match dual {
+                true => (SubnetKey { v4: h.subnet, v6: Some(h.subnet6) }, attrs.dual_stack(None, vxlan)),
+                false => (SubnetKey::v4(h.subnet), attrs),
+            };
+            (key.to_string(), attrs.to_json())
         })
         .collect())
 }
@@ -119,6 +127,11 @@ pub fn seed_leases(topo: &Topology, config: &str) -> io::Result<Vec<(String, Str
 /// The net-config JSON of a lab cluster with `backend` (a `Backend` object).
 pub fn lab_config(backend: &str) -> String {
     format!(r#"{{"Network":"{POD_NETWORK}","Backend":{backend}}}"#)
+}
+
+/// The net-config JSON of a dual-stack lab cluster with `backend`.
+pub fn lab_config_dual(backend: &str) -> String {
+    format!(r#"{{"Network":"{POD_NETWORK}","EnableIPv6":true,"IPv6Network":"{POD_NETWORK_V6}","Backend":{backend}}}"#)
 }
 
 /// Hosts running weft against one registry directory.
@@ -151,6 +164,8 @@ pub struct ClusterSpec {
     /// Use etcd at these client URLs instead of the registry directory (the caller writes the
     /// config and any leases; the directory then only holds logs and subnet files).
     pub etcd_endpoints: Option<String>,
+    /// A dual-stack network: IPv6 pod addresses, and `EnableIPv6` in the config.
+    pub dual_stack: bool,
 }
 
 impl ClusterSpec {
@@ -165,6 +180,7 @@ impl ClusterSpec {
             extra_args: vec![],
             skip_hosts: vec![],
             etcd_endpoints: None,
+            dual_stack: false,
         }
     }
 }
@@ -208,9 +224,12 @@ impl Cluster {
 
     /// Builds the topology and the registry directory; starts nothing.
     pub fn build(spec: &ClusterSpec) -> io::Result<Self> {
-        let topo = Topology::build(&spec.tag, spec.hosts)?;
+        let topo = Topology::build_with(&spec.tag, spec.hosts, spec.dual_stack)?;
         let registry = tempfile::Builder::new().prefix("weft-registry-").tempdir()?;
-        let config = lab_config(&spec.backend);
+        let config = match spec.dual_stack {
+            true => lab_config_dual(&spec.backend),
+            false => lab_config(&spec.backend),
+        };
         write_atomic(&registry.path().join("config"), config.as_bytes())?;
         std::fs::create_dir_all(registry.path().join("subnets"))?;
         if spec.preseed && spec.etcd_endpoints.is_none() {

@@ -6,17 +6,20 @@
 //! ```
 //!
 //! Host i (1-based) has underlay address 198.18.0.i and pod subnet 100.96.i.0/24 (addresses from
-//! 198.18.0.0/15 and 100.64.0.0/10 only). Every namespace is removed when the `Topology` drops,
-//! also on panic.
+//! 198.18.0.0/15 and 100.64.0.0/10 only). A dual-stack topology gives host i the IPv6 pod subnet
+//! 2001:db8:96:i::/64 as well (from the documentation range 2001:db8::/32). Every namespace is
+//! removed when the `Topology` drops, also on panic.
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The pod network the lab and tests configure.
 pub const POD_NETWORK: &str = "100.96.0.0/16";
+/// The IPv6 pod network of a dual-stack lab.
+pub const POD_NETWORK_V6: &str = "2001:db8:96::/48";
 /// Name of the underlay interface in every host namespace.
 pub const UNDERLAY_IF: &str = "eth0";
 
@@ -33,6 +36,10 @@ pub struct Host {
     pub subnet: Ipv4Net,
     /// The container's address.
     pub container_ip: Ipv4Addr,
+    /// The IPv6 pod subnet this host should lease (configured in a dual-stack topology only).
+    pub subnet6: Ipv6Net,
+    /// The container's IPv6 address (configured in a dual-stack topology only).
+    pub container_ip6: Ipv6Addr,
 }
 
 /// A set of namespaces that is torn down on drop.
@@ -83,6 +90,11 @@ impl Topology {
     /// Builds `n` hosts (2 ≤ n ≤ 200) with a container each. With 2 hosts the underlay is one
     /// veth pair; with more, a bridge in a switch namespace.
     pub fn build(tag: &str, n: usize) -> io::Result<Self> {
+        Self::build_with(tag, n, false)
+    }
+
+    /// [`Topology::build`], with IPv6 pod addresses too when `dual_stack`.
+    pub fn build_with(tag: &str, n: usize, dual_stack: bool) -> io::Result<Self> {
         if !(2..=200).contains(&n) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "hosts must be 2..=200"));
         }
@@ -96,6 +108,9 @@ impl Topology {
                 underlay_ip: Ipv4Addr::new(198, 18, 0, i8),
                 subnet: Ipv4Net::new(Ipv4Addr::new(100, 96, i8, 0), 24).map_err(io::Error::other)?,
                 container_ip: Ipv4Addr::new(100, 96, i8, 2),
+                subnet6: Ipv6Net::new(Ipv6Addr::new(0x2001, 0xdb8, 0x96, u16::from(i8), 0, 0, 0, 0), 64)
+                    .map_err(io::Error::other)?,
+                container_ip6: Ipv6Addr::new(0x2001, 0xdb8, 0x96, u16::from(i8), 0, 0, 0, 2),
             });
         }
         // From here on, `t` owns what it creates: an early return tears it down.
@@ -156,6 +171,9 @@ impl Topology {
             ip(&["-n", &h.container_ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", &h.container_ns, "route", "add", "default", "via", &gw.to_string()])?;
             sysctl_in(&h.ns, "net.ipv4.ip_forward", "1")?;
+            if dual_stack {
+                add_ipv6(h)?;
+            }
         }
         Ok(t)
     }
@@ -165,6 +183,17 @@ impl Topology {
         self.namespaces.push(name.to_string());
         Ok(())
     }
+}
+
+/// The IPv6 side of host `h`: the container's address and default route, and the host's
+/// gateway address on the container link, with forwarding on.
+fn add_ipv6(h: &Host) -> io::Result<()> {
+    let gw = Ipv6Addr::from(u128::from(h.subnet6.network()) + 1);
+    let cidr = |a: Ipv6Addr| format!("{a}/{}", h.subnet6.prefix_len());
+    ip(&["-n", &h.ns, "-6", "addr", "add", &cidr(gw), "dev", "veth-c", "nodad"])?;
+    ip(&["-n", &h.container_ns, "-6", "addr", "add", &cidr(h.container_ip6), "dev", "eth0", "nodad"])?;
+    ip(&["-n", &h.container_ns, "-6", "route", "add", "default", "via", &gw.to_string()])?;
+    sysctl_in(&h.ns, "net.ipv6.conf.all.forwarding", "1")
 }
 
 impl Drop for Topology {

@@ -5,7 +5,7 @@ use super::measure;
 use crate::dataplane::sys::mmsg::MmsgBatch;
 use crate::dataplane::sys::netns;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -147,16 +147,21 @@ fn tcp_send(mut s: TcpStream, amount: Amount, timeout: Duration) -> io::Result<(
 /// the pattern; the receiver checks every byte. `timeout` bounds the whole run.
 pub fn tcp_bulk(
     server_ns: &str,
-    server_ip: Ipv4Addr,
+    server_ip: impl Into<IpAddr>,
     client_ns: &str,
     streams: usize,
     amount: Amount,
     timeout: Duration,
 ) -> io::Result<TcpResult> {
+    let server_ip = server_ip.into();
     let streams = streams.clamp(1, 64);
     let (ready_tx, ready_rx) = mpsc::channel();
+    let any: IpAddr = match server_ip {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
     let server = in_ns(server_ns, move || {
-        let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, TCP_PORT))?;
+        let l = TcpListener::bind((any, TCP_PORT))?;
         let _ = ready_tx.send(());
         l.set_nonblocking(true)?;
         let deadline = Instant::now() + timeout;

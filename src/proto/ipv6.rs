@@ -14,6 +14,8 @@ mod field {
 
 /// Length of the fixed IPv6 header.
 pub const HEADER_LEN: usize = 40;
+/// Next Header value of ICMPv6.
+pub const NEXT_ICMPV6: u8 = 58;
 
 /// A view of an IPv6 packet; see `Ipv4Packet` for the contract.
 #[derive(Debug, Clone, Copy)]
@@ -87,6 +89,46 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
         a.copy_from_slice(&self.b()[field::DST]);
         Ipv6Addr::from(a)
     }
+
+    /// The payload (extension headers included), up to Payload Length.
+    pub fn payload(&self) -> &[u8] {
+        &self.b()[HEADER_LEN..self.total_len()]
+    }
+
+    /// A hash of the inner flow, as `Ipv4Packet::flow_hash` for IPv6: addresses, Next Header,
+    /// and the ports when TCP or UDP follows the fixed header directly. The flow label is left
+    /// out: a host may change it mid-connection (RFC 6437 allows it on path changes).
+    pub fn flow_hash(&self) -> u32 {
+        let b = self.b();
+        let word = |at: usize| b.get(at..at + 4).map_or(0, |w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+        let next = self.next_header();
+        let ports = match next {
+            super::ipv4::PROTO_TCP | super::ipv4::PROTO_UDP => word(HEADER_LEN),
+            _ => 0,
+        };
+        let fold =
+            |r: std::ops::Range<usize>| (r.start..r.end).step_by(4).fold(0u32, |h, at| h.rotate_left(5) ^ word(at));
+        let mut h = fold(field::SRC) ^ fold(field::DST).rotate_left(13) ^ ports.rotate_left(7) ^ u32::from(next);
+        // murmur3's finalizer, as for IPv4.
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^ (h >> 16)
+    }
+
+    /// Consumes the view, returning the buffer.
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+}
+
+/// The sum of IPv6's pseudo-header (RFC 8200 §8.1) for an upper-layer packet of `len` bytes
+/// and protocol `next`, between `src` and `dst`.
+pub fn pseudo_sum(src: &Ipv6Addr, dst: &Ipv6Addr, next: u8, len: usize) -> u32 {
+    let len = u32::try_from(len).unwrap_or(u32::MAX);
+    let acc = super::checksum::sum(super::checksum::sum(0, &src.octets()), &dst.octets());
+    super::checksum::add(super::checksum::add(super::checksum::add(acc, len >> 16), len & 0xffff), u32::from(next))
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
@@ -119,6 +161,22 @@ mod tests {
         assert_eq!(p.hop_limit(), 64);
         assert_eq!(p.src(), "fd00::1".parse::<Ipv6Addr>().unwrap());
         assert_eq!(p.dst(), "fd00::2".parse::<Ipv6Addr>().unwrap());
+    }
+
+    #[test]
+    fn flow_hash_follows_addresses_and_ports() {
+        let mut tcp = PKT;
+        tcp[6] = 6;
+        let base = Ipv6Packet::new_checked(&tcp[..]).unwrap().flow_hash();
+        let mut other_port = tcp;
+        other_port[41] ^= 1;
+        assert_ne!(Ipv6Packet::new_checked(&other_port[..]).unwrap().flow_hash(), base);
+        let mut other_src = tcp;
+        other_src[23] ^= 2;
+        assert_ne!(Ipv6Packet::new_checked(&other_src[..]).unwrap().flow_hash(), base);
+        let mut other_label = tcp;
+        other_label[3] = 0x55;
+        assert_eq!(Ipv6Packet::new_checked(&other_label[..]).unwrap().flow_hash(), base);
     }
 
     #[test]

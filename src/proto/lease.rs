@@ -118,6 +118,19 @@ pub struct VxlanData {
     pub vtep_mac: MacAddr,
 }
 
+impl VxlanData {
+    /// `{"VNI":1,"VtepMAC":"…"}`, as flannel writes it.
+    fn raw(self) -> Option<Box<RawValue>> {
+        // Well-formed JSON by construction, so this never gives None.
+        RawValue::from_string(format!(r#"{{"VNI":{},"VtepMAC":"{}"}}"#, self.vni, self.vtep_mac)).ok()
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let o = GoObject::parse(text).ok()?;
+        Some(Self { vni: o.get("VNI").ok()??, vtep_mac: o.get("VtepMAC").ok()?? })
+    }
+}
+
 impl LeaseAttrs {
     /// The attributes of a udp-backend lease.
     pub fn udp(public_ip: Ipv4Addr) -> Self {
@@ -126,16 +139,19 @@ impl LeaseAttrs {
 
     /// The attributes of a vxlan lease.
     pub fn vxlan(public_ip: Ipv4Addr, data: VxlanData) -> Self {
-        let text = format!(r#"{{"VNI":{},"VtepMAC":"{}"}}"#, data.vni, data.vtep_mac);
-        // The text above is well-formed JSON by construction.
-        let raw = RawValue::from_string(text).ok();
         Self {
             public_ip,
             public_ipv6: None,
             backend_type: Some("vxlan".into()),
-            backend_data: raw,
+            backend_data: data.raw(),
             backend_v6_data: None,
         }
+    }
+
+    /// The same lease for a dual-stack node: `PublicIPv6` and, for vxlan, `BackendV6Data`
+    /// (the VNI and VtepMAC the node's IPv6 overlay traffic uses).
+    pub fn dual_stack(self, public_ipv6: Option<Ipv6Addr>, v6_data: Option<VxlanData>) -> Self {
+        Self { public_ipv6, backend_v6_data: v6_data.and_then(|d| d.raw()), ..self }
     }
 
     /// The attributes of a host-gw lease.
@@ -150,11 +166,19 @@ impl LeaseAttrs {
 
     /// The VXLAN data of a vxlan lease.
     pub fn vxlan_data(&self) -> Option<VxlanData> {
+        self.vxlan_part(self.backend_data.as_deref())
+    }
+
+    /// The VXLAN data for IPv6 of a dual-stack vxlan lease (`BackendV6Data`).
+    pub fn vxlan_v6_data(&self) -> Option<VxlanData> {
+        self.vxlan_part(self.backend_v6_data.as_deref())
+    }
+
+    fn vxlan_part(&self, raw: Option<&RawValue>) -> Option<VxlanData> {
         if self.backend_name() != "vxlan" {
             return None;
         }
-        let o = GoObject::parse(self.backend_data.as_ref()?.get()).ok()?;
-        Some(VxlanData { vni: o.get("VNI").ok()??, vtep_mac: o.get("VtepMAC").ok()?? })
+        VxlanData::parse(raw?.get())
     }
 
     /// Parses a lease value (field names matched as Go does).
@@ -247,6 +271,27 @@ mod tests {
         assert_eq!(d.vtep_mac.to_string(), "c6:d2:32:6f:8f:44");
         let built = LeaseAttrs::vxlan(Ipv4Addr::new(192, 168, 64, 3), d);
         assert_eq!(built.to_json(), text);
+    }
+
+    /// A dual-stack vxlan lease as flanneld writes it: `PublicIPv6` set and `BackendV6Data`
+    /// after `BackendData`.
+    #[test]
+    fn dual_stack_value_exact_bytes() {
+        let text = concat!(
+            r#"{"PublicIP":"198.18.0.3","PublicIPv6":"2001:db8::3","BackendType":"vxlan","#,
+            r#""BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"#,
+            r#""BackendV6Data":{"VNI":1,"VtepMAC":"9a:1b:2c:3d:4e:5f"}}"#
+        );
+        let a = LeaseAttrs::parse(text).unwrap();
+        assert_eq!(a.to_json(), text);
+        let v6 = a.vxlan_v6_data().unwrap();
+        assert_eq!(v6.vtep_mac.to_string(), "9a:1b:2c:3d:4e:5f");
+        let built = LeaseAttrs::vxlan(Ipv4Addr::new(198, 18, 0, 3), a.vxlan_data().unwrap())
+            .dual_stack(Some("2001:db8::3".parse().unwrap()), Some(v6));
+        assert_eq!(built.to_json(), text);
+        let udp = LeaseAttrs::udp(Ipv4Addr::new(198, 18, 0, 3)).dual_stack(None, None);
+        assert_eq!(udp.to_json(), r#"{"PublicIP":"198.18.0.3","PublicIPv6":null}"#);
+        assert_eq!(udp.vxlan_v6_data(), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use super::json::GoObject;
 use ipnet::{Ipv4Net, Ipv6Net};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Default UDP port of the UDP backend.
 pub const UDP_DEFAULT_PORT: u16 = 8285;
@@ -19,6 +19,14 @@ const RESERVED: [(Ipv4Net, &str); 4] = [
     (Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8), "loopback"),
     (Ipv4Net::new_assert(Ipv4Addr::new(224, 0, 0, 0), 4), "multicast"),
     (Ipv4Net::new_assert(Ipv4Addr::new(240, 0, 0, 0), 4), "reserved, and broadcast"),
+];
+
+/// IPv6 blocks a pod network must not overlap, for the same reasons.
+const RESERVED_V6: [(Ipv6Net, &str); 4] = [
+    (Ipv6Net::new_assert(Ipv6Addr::UNSPECIFIED, 128), "unspecified"),
+    (Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128), "loopback"),
+    (Ipv6Net::new_assert(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10), "link-local"),
+    (Ipv6Net::new_assert(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8), "multicast"),
 ];
 
 /// The backend types weft knows.
@@ -75,10 +83,23 @@ pub struct NetConfig {
     pub subnet_min: Ipv4Addr,
     /// `SubnetMax` with defaults applied.
     pub subnet_max: Ipv4Addr,
-    /// `IPv6Network`, parsed but not served (see `parse`).
-    pub ipv6_network: Option<Ipv6Net>,
+    /// The IPv6 pod network (`EnableIPv6`), None for an IPv4-only network.
+    pub ipv6: Option<Ipv6Config>,
     /// The backend.
     pub backend: BackendConfig,
+}
+
+/// The IPv6 half of a dual-stack network, with flanneld's defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv6Config {
+    /// `IPv6Network`.
+    pub network: Ipv6Net,
+    /// `IPv6SubnetLen`: 64 for a network of /62 or larger, else the prefix + 2.
+    pub subnet_len: u8,
+    /// `IPv6SubnetMin`: by default the second subnet (the first is skipped, as for IPv4).
+    pub subnet_min: Ipv6Addr,
+    /// `IPv6SubnetMax`: by default the last subnet.
+    pub subnet_max: Ipv6Addr,
 }
 
 /// Why a configuration was refused.
@@ -98,10 +119,7 @@ impl NetConfig {
         let enable_v4: bool = obj.get("EnableIPv4").map_err(get_err)?.unwrap_or(true);
         let enable_v6: bool = obj.get("EnableIPv6").map_err(get_err)?.unwrap_or(false);
         if !enable_v4 {
-            return err("EnableIPv4=false (IPv6-only networks) is not supported by weft yet");
-        }
-        if enable_v6 {
-            return err("EnableIPv6=true (dual-stack) is not supported by weft yet");
+            return err("EnableIPv4=false (an IPv6-only network) is not supported by weft; use a dual-stack network");
         }
         let network: Ipv4Net = match obj.get::<String>("Network").map_err(get_err)? {
             None => return err("Network is missing"),
@@ -154,12 +172,14 @@ impl NetConfig {
         if subnet_min > subnet_max {
             return err(format!("SubnetMin {subnet_min} is above SubnetMax {subnet_max}"));
         }
-        let ipv6_network = match obj.get::<String>("IPv6Network").map_err(get_err)? {
-            None => None,
-            Some(s) => Some(s.parse().map_err(|_| ConfigError(format!("IPv6Network {s:?} is not an IPv6 CIDR")))?),
-        };
+        let ipv6 = if enable_v6 { Some(parse_ipv6(&obj)?) } else { None };
         let backend = parse_backend(&obj)?;
-        Ok(Self { network, subnet_len, subnet_min, subnet_max, ipv6_network, backend })
+        Ok(Self { network, subnet_len, subnet_min, subnet_max, ipv6, backend })
+    }
+
+    /// True when `subnet` is an IPv6 subnet this configuration can hand out.
+    pub fn fits_v6(&self, subnet: &Ipv6Net) -> bool {
+        self.ipv6.as_ref().is_some_and(|c| c.fits(subnet))
     }
 
     /// True when `subnet` is one this configuration can hand out.
@@ -180,6 +200,84 @@ impl NetConfig {
             Ipv4Net::new(addr, self.subnet_len).ok()
         })
     }
+}
+
+impl Ipv6Config {
+    /// True when `subnet` is one this configuration can hand out.
+    pub fn fits(&self, subnet: &Ipv6Net) -> bool {
+        subnet.prefix_len() == self.subnet_len
+            && subnet.network() == subnet.addr()
+            && self.network.contains(subnet)
+            && subnet.addr() >= self.subnet_min
+            && subnet.addr() <= self.subnet_max
+    }
+
+    /// Every subnet from IPv6SubnetMin to IPv6SubnetMax, in order (lazily: a /48 holds 65 536
+    /// /64s, a /32 four billion).
+    pub fn subnets(&self) -> impl Iterator<Item = Ipv6Net> + '_ {
+        let step = subnet_size_v6(self.subnet_len);
+        let (lo, hi) = (u128::from(self.subnet_min), u128::from(self.subnet_max));
+        (0..)
+            .map_while(move |i: u128| i.checked_mul(step).and_then(|o| lo.checked_add(o)))
+            .take_while(move |a| *a <= hi)
+            .filter_map(move |a| Ipv6Net::new(Ipv6Addr::from(a), self.subnet_len).ok())
+    }
+}
+
+/// Addresses in one IPv6 subnet of prefix `len` (≥ 1: a /0 subnet is never valid here).
+fn subnet_size_v6(len: u8) -> u128 {
+    1u128.checked_shl(128 - u32::from(len)).unwrap_or(0)
+}
+
+/// The IPv6 half, checked as flanneld's `CheckNetworkConfig` does, plus the reserved blocks.
+fn parse_ipv6(obj: &GoObject<'_>) -> Result<Ipv6Config, ConfigError> {
+    let network: Ipv6Net = match obj.get::<String>("IPv6Network").map_err(ConfigError)? {
+        None => return err("EnableIPv6 is set but IPv6Network is missing"),
+        Some(s) => s.parse().map_err(|_| ConfigError(format!("IPv6Network {s:?} is not an IPv6 CIDR")))?,
+    };
+    if network.network() != network.addr() {
+        return err(format!("IPv6Network {network} has host bits set"));
+    }
+    if let Some((block, what)) = RESERVED_V6.iter().find(|(b, _)| b.contains(&network.network()) || network.contains(b))
+    {
+        return err(format!("IPv6Network {network} overlaps {block} ({what}): choose a unique local or global range"));
+    }
+    let prefix = network.prefix_len();
+    let subnet_len = match obj.get::<u8>("IPv6SubnetLen").map_err(ConfigError)? {
+        None | Some(0) => match prefix {
+            0..=62 => 64,
+            63..=124 => prefix + 2,
+            _ => return err(format!("IPv6Network {network} is too small (prefix > 124)")),
+        },
+        Some(n) if n > 126 => return err(format!("IPv6SubnetLen {n} is larger than 126")),
+        Some(n) if n < prefix + 2 => {
+            return err(format!("IPv6SubnetLen {n} must be at least the network prefix + 2 ({})", prefix + 2));
+        }
+        Some(n) => n,
+    };
+    let size = subnet_size_v6(subnet_len);
+    let start = u128::from(network.network());
+    // prefix ≤ subnet_len - 2, so the network holds at least four subnets and `last` is exact.
+    let last = u128::from(network.broadcast()) - (size - 1);
+    let bound = |name: &str, default: u128| -> Result<Ipv6Addr, ConfigError> {
+        let Some(s) = obj.get::<String>(name).map_err(ConfigError)? else {
+            return Ok(Ipv6Addr::from(default));
+        };
+        let a: Ipv6Addr = s.parse().map_err(|_| ConfigError(format!("{name} {s:?} is not an IPv6 address")))?;
+        if !network.contains(&a) {
+            return Err(ConfigError(format!("{name} {a} is not inside IPv6Network {network}")));
+        }
+        if u128::from(a) % size != 0 {
+            return Err(ConfigError(format!("{name} {a} is not aligned to IPv6SubnetLen {subnet_len}")));
+        }
+        Ok(a)
+    };
+    let subnet_min = bound("IPv6SubnetMin", start + size)?;
+    let subnet_max = bound("IPv6SubnetMax", last)?;
+    if subnet_min > subnet_max {
+        return err(format!("IPv6SubnetMin {subnet_min} is above IPv6SubnetMax {subnet_max}"));
+    }
+    Ok(Ipv6Config { network, subnet_len, subnet_min, subnet_max })
 }
 
 fn parse_backend(obj: &GoObject<'_>) -> Result<BackendConfig, ConfigError> {
@@ -286,7 +384,7 @@ mod tests {
             r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
             r#"{"Network":"10.0.0.0/16","Backend":{"Type":"udp","Port":"x"}}"#,
             r#"{"Network":"10.0.0.0/16","Backend":[]}"#,
-            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#,
+            r#"{"Network":"10.0.0.0/16","EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}"#,
             r#"{"Network":"0.0.0.0/0"}"#,
             r#"{"Network":"0.0.0.0/1"}"#,
             r#"{"Network":"127.0.0.0/8"}"#,
@@ -297,6 +395,60 @@ mod tests {
             r#"{"Network":"#,
             "",
             "[]",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ipv6_defaults_as_flanneld() {
+        let c = parse(r#"{"Network":"100.96.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8:1::/48"}"#).unwrap();
+        let v6 = c.ipv6.clone().unwrap();
+        assert_eq!(v6.subnet_len, 64);
+        assert_eq!(v6.subnet_min, "2001:db8:1:1::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.subnet_max, "2001:db8:1:ffff::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.subnets().count(), 65_535);
+        assert!(c.fits_v6(&"2001:db8:1:7::/64".parse().unwrap()));
+        assert!(!c.fits_v6(&"2001:db8:1::/64".parse().unwrap()));
+        assert!(!c.fits_v6(&"2001:db8:1:7::/80".parse().unwrap()));
+        assert!(!c.fits_v6(&"2001:db8:2:7::/64".parse().unwrap()));
+        // Without EnableIPv6 the IPv6 fields are ignored, as flanneld ignores them.
+        let c = parse(r#"{"Network":"100.96.0.0/16","IPv6Network":"2001:db8:1::/48"}"#).unwrap();
+        assert_eq!(c.ipv6, None);
+        assert!(!c.fits_v6(&"2001:db8:1:7::/64".parse().unwrap()));
+        // Small networks: prefix + 2, as for IPv4.
+        let c = parse(r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/120"}"#).unwrap();
+        let v6 = c.ipv6.unwrap();
+        assert_eq!(v6.subnet_len, 122);
+        assert_eq!(
+            v6.subnets().map(|n| n.to_string()).collect::<Vec<_>>(),
+            ["2001:db8::40/122", "2001:db8::80/122", "2001:db8::c0/122"]
+        );
+        let c = parse(
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/32","IPv6SubnetLen":56,
+                "IPv6SubnetMin":"2001:db8:0:100::","IPv6SubnetMax":"2001:db8:0:300::"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.ipv6.unwrap().subnets().count(), 3);
+    }
+
+    #[test]
+    fn ipv6_checks() {
+        for bad in [
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true}"#,
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"10.1.0.0/16"}"#,
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::1/64"}"#,
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/125"}"#,
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/48","IPv6SubnetLen":127}"#,
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/48","IPv6SubnetLen":49}"#,
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/48","IPv6SubnetMin":"2001:db9::"}"#,
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/48","IPv6SubnetMin":"2001:db8:0:1::1"}"#,
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/48","IPv6SubnetMin":"2001:db8:0:9::","IPv6SubnetMax":"2001:db8:0:8::"}"#,
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fe80::/16"}"#,
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"ff00::/16"}"#,
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"::/0"}"#,
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"::/64"}"#,
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":"yes","IPv6Network":"2001:db8::/48"}"#,
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }

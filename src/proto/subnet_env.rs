@@ -1,8 +1,8 @@
 //! `subnet.env`, the file flanneld writes for CNI and Docker.
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The contents of `subnet.env`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,10 +11,29 @@ pub struct SubnetEnv {
     pub network: Ipv4Net,
     /// `FLANNEL_SUBNET`: the lease's first host address with the lease's prefix (`10.1.74.1/24`).
     pub subnet: Ipv4Net,
+    /// `FLANNEL_IPV6_NETWORK` and `FLANNEL_IPV6_SUBNET` of a dual-stack node.
+    pub ipv6: Option<SubnetEnvV6>,
     /// `FLANNEL_MTU`.
     pub mtu: u32,
     /// `FLANNEL_IPMASQ`.
     pub ipmasq: bool,
+}
+
+/// The IPv6 lines of `subnet.env`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubnetEnvV6 {
+    /// `FLANNEL_IPV6_NETWORK`.
+    pub network: Ipv6Net,
+    /// `FLANNEL_IPV6_SUBNET`: the lease's first host address with its prefix (`fc00:0:0:1::1/64`).
+    pub subnet: Ipv6Net,
+}
+
+impl SubnetEnvV6 {
+    /// The lines for an IPv6 lease: its `::1` address, as flannel writes it.
+    pub fn for_lease(network: Ipv6Net, lease: Ipv6Net) -> Self {
+        let first = Ipv6Addr::from(u128::from(lease.network()).wrapping_add(1));
+        Self { network, subnet: Ipv6Net::new(first, lease.prefix_len()).unwrap_or(lease) }
+    }
 }
 
 /// A malformed `subnet.env`.
@@ -27,7 +46,7 @@ impl SubnetEnv {
     pub fn for_lease(network: Ipv4Net, lease: Ipv4Net, mtu: u32, ipmasq: bool) -> Self {
         let first = Ipv4Addr::from(u32::from(lease.network()).wrapping_add(1));
         let subnet = Ipv4Net::new(first, lease.prefix_len()).unwrap_or(lease);
-        Self { network, subnet, mtu, ipmasq }
+        Self { network, subnet, ipv6: None, mtu, ipmasq }
     }
 
     /// The leased subnet itself (`10.1.74.1/24` → `10.1.74.0/24`).
@@ -35,11 +54,20 @@ impl SubnetEnv {
         self.subnet.trunc()
     }
 
+    /// The leased IPv6 subnet itself (`fc00:0:0:1::1/64` → `fc00:0:0:1::/64`).
+    pub fn lease_subnet_v6(&self) -> Option<Ipv6Net> {
+        self.ipv6.map(|v6| v6.subnet.trunc())
+    }
+
     /// The file's text.
     pub fn render(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "FLANNEL_NETWORK={}", self.network);
         let _ = writeln!(s, "FLANNEL_SUBNET={}", self.subnet);
+        if let Some(v6) = &self.ipv6 {
+            let _ = writeln!(s, "FLANNEL_IPV6_NETWORK={}", v6.network);
+            let _ = writeln!(s, "FLANNEL_IPV6_SUBNET={}", v6.subnet);
+        }
         let _ = writeln!(s, "FLANNEL_MTU={}", self.mtu);
         let _ = writeln!(s, "FLANNEL_IPMASQ={}", self.ipmasq);
         s
@@ -48,6 +76,7 @@ impl SubnetEnv {
     /// Parses the file; unknown keys and blank or `#` lines are ignored.
     pub fn parse(text: &str) -> Result<Self, EnvError> {
         let (mut network, mut subnet, mut mtu, mut ipmasq) = (None, None, None, false);
+        let (mut network6, mut subnet6) = (None, None);
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -58,6 +87,8 @@ impl SubnetEnv {
             match k.trim() {
                 "FLANNEL_NETWORK" => network = Some(v.trim().parse::<Ipv4Net>().map_err(|_| bad())?),
                 "FLANNEL_SUBNET" => subnet = Some(v.trim().parse::<Ipv4Net>().map_err(|_| bad())?),
+                "FLANNEL_IPV6_NETWORK" => network6 = Some(v.trim().parse::<Ipv6Net>().map_err(|_| bad())?),
+                "FLANNEL_IPV6_SUBNET" => subnet6 = Some(v.trim().parse::<Ipv6Net>().map_err(|_| bad())?),
                 "FLANNEL_MTU" => mtu = Some(v.trim().parse::<u32>().map_err(|_| bad())?),
                 "FLANNEL_IPMASQ" => ipmasq = v.trim().parse::<bool>().map_err(|_| bad())?,
                 _ => {}
@@ -66,6 +97,11 @@ impl SubnetEnv {
         Ok(Self {
             network: network.ok_or_else(|| EnvError("FLANNEL_NETWORK missing".into()))?,
             subnet: subnet.ok_or_else(|| EnvError("FLANNEL_SUBNET missing".into()))?,
+            ipv6: match (network6, subnet6) {
+                (Some(network), Some(subnet)) => Some(SubnetEnvV6 { network, subnet }),
+                (None, None) => None,
+                _ => return Err(EnvError("FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET come together".into())),
+            },
             mtu: mtu.ok_or_else(|| EnvError("FLANNEL_MTU missing".into()))?,
             ipmasq,
         })
@@ -92,7 +128,23 @@ mod tests {
         assert!(SubnetEnv::parse("FLANNEL_SUBNET=10.1.74.1/24\n").is_err());
         assert!(SubnetEnv::parse("garbage").is_err());
         assert!(SubnetEnv::parse(&FILE.replace("1450", "x")).is_err());
-        let extra = format!("# comment\n\nFLANNEL_IPV6_NETWORK=fc00::/48\n{FILE}");
+        let half = format!("# comment\n\nFLANNEL_IPV6_NETWORK=fc00::/48\n{FILE}");
+        assert!(SubnetEnv::parse(&half).is_err());
+        let extra = format!("# comment\n\nFLANNEL_OTHER=1\n{FILE}");
         assert!(SubnetEnv::parse(&extra).is_ok());
+    }
+
+    #[test]
+    fn dual_stack_lines_in_flannels_order() {
+        let mut e =
+            SubnetEnv::for_lease("10.244.0.0/16".parse().unwrap(), "10.244.2.0/24".parse().unwrap(), 1450, true);
+        e.ipv6 = Some(SubnetEnvV6::for_lease("2001:db8:1::/48".parse().unwrap(), "2001:db8:1:2::/64".parse().unwrap()));
+        let text = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.2.1/24\n\
+                    FLANNEL_IPV6_NETWORK=2001:db8:1::/48\nFLANNEL_IPV6_SUBNET=2001:db8:1:2::1/64\n\
+                    FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+        assert_eq!(e.render(), text);
+        let back = SubnetEnv::parse(text).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(back.lease_subnet_v6(), Some("2001:db8:1:2::/64".parse().unwrap()));
     }
 }

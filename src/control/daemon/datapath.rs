@@ -11,11 +11,11 @@ use crate::control::netlink::{Netlink, NetlinkError, OwnedRoute, Underlay, Vxlan
 use crate::control::nft::{Firewall, FirewallSpec, NftError};
 use crate::control::registry::Lease;
 use crate::dataplane::engine::{self, EngineContext, EngineError};
-use crate::dataplane::forward::{Encap, Forwarder};
+use crate::dataplane::forward::{Encap, Forwarder, ForwarderV6};
 use crate::dataplane::offloads::{Capabilities, Offloads};
 use crate::dataplane::peers::{Peer, PeerTable};
 use crate::proto::netconfig::{BackendType, NetConfig};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
@@ -65,12 +65,18 @@ fn engine_params(
         _ => Encap::Udp,
     };
     let subnet = lease.key.v4;
+    // The TUN's addresses are its subnets' network addresses, as flanneld gives its devices.
+    let v6 = match (&cfg.ipv6, lease.key.v6) {
+        (Some(_), Some(subnet)) => Some(ForwarderV6 { subnet, tun_addr: subnet.network() }),
+        _ => None,
+    };
     let forwarder = Forwarder {
         encap,
         subnet,
         tun_addr: subnet.network(),
         check_inner_src: !opts.allow_foreign_src,
         mtu: usize::try_from(mtu).unwrap_or(usize::MAX),
+        v6,
     };
     Ok(EngineParams {
         spec: spec.clone(),
@@ -176,6 +182,8 @@ struct EngineParams {
 pub struct DataPath {
     nl: Netlink,
     network: Ipv4Net,
+    /// `IPv6Network` of a dual-stack network, routed through the TUN.
+    network_v6: Option<Ipv6Net>,
     kernel: KernelPaths,
     params: Option<EngineParams>,
     tun: Option<TunDevice>,
@@ -199,6 +207,7 @@ impl DataPath {
         let mut dp = Self {
             nl,
             network: cfg.network,
+            network_v6: cfg.ipv6.as_ref().map(|v6| v6.network),
             kernel: KernelPaths::default(),
             params: None,
             tun: None,
@@ -294,13 +303,28 @@ impl DataPath {
         if let Some(t) = self.tun.as_mut() {
             t.persist = p.persist;
         }
-        // The overlay is IPv4; router solicitations would only be counted drops.
-        let _ = sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1");
+        match self.network_v6 {
+            // A link-local address would only send router solicitations and MLD reports into
+            // the TUN (counted drops); the subnet's address needs no duplicate detection.
+            Some(_) => {
+                let _ = sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "0");
+                let _ = sysctl(&format!("net/ipv6/conf/{name}/addr_gen_mode"), "1");
+                let _ = sysctl(&format!("net/ipv6/conf/{name}/accept_dad"), "0");
+            }
+            // An IPv4-only overlay: router solicitations would only be counted drops.
+            None => {
+                let _ = sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1");
+            }
+        }
         // Our ICMP errors come from the TUN's own address; let the kernel accept them.
         let _ = sysctl(&format!("net/ipv4/conf/{name}/accept_local"), "1");
         self.nl.set_up(index, p.mtu, p.tun_queue_len).await?;
         self.nl.add_address(index, p.forwarder.tun_addr, 32).await?;
         self.nl.add_dev_route(self.network, index).await?;
+        if let (Some(network), Some(v6)) = (self.network_v6, p.forwarder.v6) {
+            self.nl.add_address(index, v6.tun_addr, 128).await?;
+            self.nl.add_dev_route_v6(network, index).await?;
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let (done_tx, done) = mpsc::unbounded_channel();
         let mut engines = Engines { stop: stop.clone(), threads: Vec::new(), done };

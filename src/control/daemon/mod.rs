@@ -28,17 +28,17 @@ use super::registry::dir::{DirRegistry, write_atomic};
 use super::registry::etcd::{EtcdOptions, EtcdRegistry};
 use super::registry::{Registry, RegistryError};
 use crate::dataplane::counters::{CounterSet, Crossing, DropReason};
-use crate::proto::lease::{LeaseAttrs, VxlanData};
+use crate::proto::lease::{LeaseAttrs, SubnetKey, VxlanData};
 use crate::proto::mac::MacAddr;
 use crate::proto::netconfig::{BackendType, NetConfig};
-use crate::proto::subnet_env::SubnetEnv;
+use crate::proto::subnet_env::{SubnetEnv, SubnetEnvV6};
 use anyhow::{Context, Result};
 use datapath::DataPath;
 use follow::{Ended, Follower};
 pub use options::{DEFAULT_TUN_QUEUE_LEN, Dataplane, EngineChoice, RunOptions};
 use signals::{Interrupted, Shutdown};
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -147,10 +147,11 @@ async fn run_async(opts: RunOptions, shutdown: &mut Shutdown) -> Result<()> {
     serve(reg, opts, shutdown).await
 }
 
-fn read_previous_subnet(path: &std::path::Path) -> Option<ipnet::Ipv4Net> {
+/// The lease the subnet file names (its IPv6 subnet too, on a dual-stack node).
+fn read_previous_subnet(path: &std::path::Path) -> Option<SubnetKey> {
     let text = std::fs::read_to_string(path).ok()?;
     match SubnetEnv::parse(&text) {
-        Ok(e) => Some(e.lease_subnet()),
+        Ok(e) => Some(SubnetKey { v4: e.lease_subnet(), v6: e.lease_subnet_v6() }),
         Err(e) => {
             tracing::warn!(path = %path.display(), "ignoring unreadable subnet file: {e}");
             None
@@ -159,22 +160,29 @@ fn read_previous_subnet(path: &std::path::Path) -> Option<ipnet::Ipv4Net> {
 }
 
 /// The lease value for our backend. A vxlan node's VtepMAC is that of the device it adopts,
-/// else its previous lease's, else a new one.
+/// else its previous lease's, else a new one. A dual-stack node adds `--public-ipv6` and, for
+/// vxlan, `BackendV6Data` with the same VtepMAC: its one TUN takes both families' frames.
 fn attrs_for(
     cfg: &NetConfig,
     public_ip: Ipv4Addr,
+    public_ipv6: Option<Ipv6Addr>,
     device: Option<MacAddr>,
     previous: Option<&LeaseAttrs>,
 ) -> LeaseAttrs {
-    match cfg.backend.kind {
-        BackendType::Udp => LeaseAttrs::udp(public_ip),
-        BackendType::HostGw => LeaseAttrs::host_gw(public_ip),
+    let (attrs, vxlan) = match cfg.backend.kind {
+        BackendType::Udp => (LeaseAttrs::udp(public_ip), None),
+        BackendType::HostGw => (LeaseAttrs::host_gw(public_ip), None),
         BackendType::Vxlan => {
             let vtep_mac = device
                 .or_else(|| previous.and_then(|p| p.vxlan_data()).map(|d| d.vtep_mac))
                 .unwrap_or_else(|| MacAddr::random_local(&mut rand::rng()));
-            LeaseAttrs::vxlan(public_ip, VxlanData { vni: cfg.backend.vni, vtep_mac })
+            let data = VxlanData { vni: cfg.backend.vni, vtep_mac };
+            (LeaseAttrs::vxlan(public_ip, data), Some(data))
         }
+    };
+    match cfg.ipv6 {
+        Some(_) => attrs.dual_stack(public_ipv6, vxlan),
+        None => attrs,
     }
 }
 
@@ -187,7 +195,7 @@ async fn acquire_lease<R: Registry>(
     shutdown: &mut Shutdown,
 ) -> Result<Acquired> {
     let previous = read_previous_subnet(&opts.subnet_file);
-    let attrs = |prev: Option<&LeaseAttrs>| attrs_for(cfg, public_ip, device_mac, prev);
+    let attrs = |prev: Option<&LeaseAttrs>| attrs_for(cfg, public_ip, opts.public_ipv6, device_mac, prev);
     let acquired =
         retrying("acquiring a lease", shutdown, Attempt::RunsToEnd, || acquire(reg, cfg, public_ip, previous, attrs))
             .await?;
@@ -239,7 +247,10 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions, shutdown: &mut Shutdown) -
         }
     };
 
-    let env = SubnetEnv::for_lease(cfg.network, lease.key.v4, mtu, opts.ip_masq);
+    let mut env = SubnetEnv::for_lease(cfg.network, lease.key.v4, mtu, opts.ip_masq);
+    if let (Some(v6), Some(subnet)) = (&cfg.ipv6, lease.key.v6) {
+        env.ipv6 = Some(SubnetEnvV6::for_lease(v6.network, subnet));
+    }
     let written = write_atomic(&opts.subnet_file, env.render().as_bytes())
         .with_context(|| format!("writing {}", opts.subnet_file.display()));
     let ended = match written {

@@ -1,7 +1,7 @@
 //! The flags of `weft run`. Names follow flanneld's where flanneld has one.
 
 use crate::dataplane::engine::Mode;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 /// Options of `weft run`. Every flag can also come from `FLANNELD_<FLAG>` in the environment
@@ -49,6 +49,10 @@ pub struct RunOptions {
     /// IP other hosts send to (default: the chosen interface's first IPv4 address).
     #[arg(long, value_name = "IP", env = "FLANNELD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
+    /// IPv6 address written as the lease's PublicIPv6 on a dual-stack network (flanneld's
+    /// flag). weft carries IPv6 pods' packets over the IPv4 underlay, so it is only announced.
+    #[arg(long, value_name = "IPV6", env = "FLANNELD_PUBLIC_IPV6")]
+    pub public_ipv6: Option<Ipv6Addr>,
     /// Underlay interface, by name or by one of its IPv4 addresses; several (repeated or
     /// comma-separated) are tried in order and the first that exists is taken. Default: the
     /// one holding --public-ip, else the default route's.

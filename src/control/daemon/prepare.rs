@@ -131,6 +131,9 @@ pub struct UserspaceSpec {
     pub flow_ports: usize,
     /// The engine asked for.
     pub choice: EngineChoice,
+    /// IPv6 pods too: the TUN then offers no USO, whose IPv6 super-packets the userspace
+    /// segmentation (IPv4 only) cannot cut; the kernel cuts them before weft reads them.
+    pub dual_stack: bool,
 }
 
 impl UserspaceSpec {
@@ -146,6 +149,7 @@ impl UserspaceSpec {
             workers: usize::from(opts.threads),
             flow_ports: usize::from(opts.flow_ports),
             choice: opts.mode,
+            dual_stack: cfg.ipv6.is_some(),
         }
     }
 
@@ -154,7 +158,7 @@ impl UserspaceSpec {
         let (name, local, workers) = (&self.name, self.local, self.workers);
         // The port first: it is what a second weft on this host collides on.
         let sockets = bind_sockets(local, workers, self.flow_ports)?;
-        let (first, mode, tun_uso) = open_first_queue(self.choice, name, workers > 1)?;
+        let (first, mode, tun_uso) = open_first_queue(self.choice, name, workers > 1, !self.dual_stack)?;
         if mode == Mode::Offload {
             for s in &sockets {
                 udp::enable_gro(&s.rx).map_err(|error| HostError::Udp {
@@ -331,13 +335,18 @@ fn bind_sockets(local: SocketAddr, workers: usize, flow_ports: usize) -> Result<
 /// Opens the TUN's first queue and decides the engine: `auto` takes offload where the device
 /// accepts TSO, else batched. Also says whether the TUN takes USO: known where offloads were
 /// set; elsewhere assumed, and found out at the first coalesced UDP write.
-fn open_first_queue(choice: EngineChoice, name: &str, multi: bool) -> Result<(Tun, Mode, bool), HostError> {
+fn open_first_queue(
+    choice: EngineChoice,
+    name: &str,
+    multi: bool,
+    want_uso: bool,
+) -> Result<(Tun, Mode, bool), HostError> {
     // batched writes coalesced runs, so its TUN carries a virtio_net_hdr too (but no offloads).
     let vnet_hdr = matches!(choice, EngineChoice::Auto | EngineChoice::Batched | EngineChoice::Offload);
     let tun = Tun::open_with(name, vnet_hdr, multi).map_err(|e| tun_error("creating TUN device", name, e))?;
     let (mode, tun_uso) = match choice.fixed() {
         Some(Mode::Offload) => {
-            let uso = set_tun_offloads(&tun).map_err(|e| HostError::Tun {
+            let uso = set_tun_offloads(&tun, want_uso).map_err(|e| HostError::Tun {
                 what: "enabling TSO (TUNSETOFFLOAD) on",
                 name: name.to_string(),
                 hint: " (use --mode batched or auto on this kernel)",
@@ -350,7 +359,7 @@ fn open_first_queue(choice: EngineChoice, name: &str, multi: bool) -> Result<(Tu
             tracing::info!(engine = mode.name(), "engine: {} (--mode)", mode.name());
             (mode, true)
         }
-        None => match set_tun_offloads(&tun) {
+        None => match set_tun_offloads(&tun, want_uso) {
             Ok(uso) => {
                 tracing::info!(engine = "offload", "engine: offload (--mode auto: the TUN device accepts TSO)");
                 log_uso(name, uso);
@@ -394,6 +403,11 @@ pub async fn prepare(opts: &RunOptions, cfg: &NetConfig) -> Result<Prepared, Hos
     let kernel = cfg.backend.kind == BackendType::HostGw || opts.dataplane == Dataplane::Kernel;
     if kernel && cfg.backend.kind == BackendType::Udp {
         return Err(HostError::Unsupported("the udp backend has no kernel data path (use --dataplane userspace)"));
+    }
+    if kernel && cfg.ipv6.is_some() {
+        return Err(HostError::Unsupported(
+            "EnableIPv6 (dual-stack) is carried by the userspace data path only: use the udp or vxlan backend with --dataplane userspace",
+        ));
     }
     let endpoints = bind_endpoints(opts).await?;
     let vtep_mac = match cfg.backend.kind {

@@ -14,12 +14,11 @@ use super::coalesce::{Outer, TunWriter};
 use super::runs::{BATCH, Pending, RunSender};
 use super::{EngineContext, EngineError, Read, STOP_CHECK, empty_read, plain_packet, read_tun, reply_icmp, u64_len};
 use crate::dataplane::counters::{Crossing, DropLog, timed};
-use crate::dataplane::forward::{Egress, Ingress};
+use crate::dataplane::forward::{Egress, Ingress, SCRATCH_LEN};
 use crate::dataplane::packet::PacketBuf;
 use crate::dataplane::sys::mmsg::MmsgBatch;
 use crate::dataplane::sys::poll::wait_readable;
 use crate::dataplane::sys::udp::RecvMeta;
-use crate::proto::icmp;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 
@@ -28,7 +27,7 @@ struct EgressPath {
     bufs: Vec<PacketBuf>,
     out: Vec<Pending>,
     tx: RunSender,
-    scratch: [u8; icmp::MAX_LEN],
+    scratch: [u8; SCRATCH_LEN],
 }
 
 /// Ingress: the batch's receive buffers and the coalescing writer.
@@ -46,7 +45,7 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
         bufs: PacketBuf::many(BATCH),
         out: Vec::with_capacity(BATCH),
         tx: RunSender::default(),
-        scratch: [0u8; icmp::MAX_LEN],
+        scratch: [0u8; SCRATCH_LEN],
     };
     let mut rx = IngressPath {
         bufs: PacketBuf::many(BATCH),

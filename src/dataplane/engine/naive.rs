@@ -10,10 +10,9 @@
 use super::runs::count_sent;
 use super::{EngineContext, EngineError, Read, STOP_CHECK, empty_read, read_tun, reply_icmp, tun_write, u64_len};
 use crate::dataplane::counters::{Counters, Crossing, DropLog, timed};
-use crate::dataplane::forward::{Egress, Ingress};
+use crate::dataplane::forward::{Egress, Ingress, SCRATCH_LEN};
 use crate::dataplane::packet::PacketBuf;
 use crate::dataplane::sys::poll::wait_readable;
-use crate::proto::icmp;
 
 use std::sync::atomic::Ordering;
 
@@ -21,7 +20,7 @@ use std::sync::atomic::Ordering;
 pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
     let mut tun_buf = PacketBuf::default();
     let mut udp_buf = PacketBuf::default();
-    let mut scratch = [0u8; icmp::MAX_LEN];
+    let mut scratch = [0u8; SCRATCH_LEN];
     let mut log = DropLog::default();
     let c = &*ctx.counters;
     while !ctx.stop.load(Ordering::Relaxed) {

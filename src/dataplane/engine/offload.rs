@@ -25,13 +25,12 @@ use super::coalesce::{Outer, TunWriter};
 use super::runs::{BATCH, MAX_GSO_BYTES, Pending, RunSender, count_sent, gso_refused};
 use super::{EngineContext, EngineError, Read, drain, empty_read, plain_packet, read_tun, reply_icmp, u64_len};
 use crate::dataplane::counters::{Crossing, DropLog, DropReason, timed};
-use crate::dataplane::forward::{Egress, Ingress};
+use crate::dataplane::forward::{Egress, Ingress, SCRATCH_LEN};
 use crate::dataplane::offloads::Offload;
 use crate::dataplane::packet::{HEADROOM, PacketBuf};
 use crate::dataplane::sys::tun::{Tun, offload};
 use crate::dataplane::sys::udp::{MAX_SEGMENTS, RecvMeta, gro_cmsg_space, recv_gro, send_gso};
 use crate::proto::gso::{Headers, Segmenter};
-use crate::proto::icmp;
 use crate::proto::virtio;
 use std::io::IoSlice;
 use std::net::SocketAddrV4;
@@ -43,9 +42,13 @@ pub const TUN_OFFLOADS: u32 = offload::CSUM | offload::TSO4 | offload::TSO_ECN;
 /// Sets the TUN's offloads: [`TUN_OFFLOADS`], and USO (UDP super-packets from senders that use
 /// `UDP_SEGMENT`) where the kernel has it; Linux < 6.2 refuses the flag with EINVAL, and then
 /// the kernel cuts such packets before the TUN, as it would for any device. The kernel takes
-/// USO for both IP versions or neither (USO4 alone is EINVAL); the overlay is IPv4, and an IPv6
-/// super-packet is counted as an IPv6 drop like any IPv6 packet. Returns whether USO is on.
-pub fn set_tun_offloads(tun: &Tun) -> std::io::Result<bool> {
+/// USO for both IP versions or neither (USO4 alone is EINVAL), and the segmentation here cuts
+/// IPv4 only: a dual-stack node asks for none (`want_uso` false), and an IPv6 super-packet that
+/// still comes is counted as an IPv6 drop. Returns whether USO is on.
+pub fn set_tun_offloads(tun: &Tun, want_uso: bool) -> std::io::Result<bool> {
+    if !want_uso {
+        return tun.set_offload(TUN_OFFLOADS).map(|()| false);
+    }
     match tun.set_offload(TUN_OFFLOADS | offload::USO4 | offload::USO6) {
         Ok(()) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => tun.set_offload(TUN_OFFLOADS).map(|()| false),
@@ -86,7 +89,7 @@ struct EgressPath {
     /// The datagrams of one GSO send, written whole ([`Staged`]).
     frames: Vec<u8>,
     staged: Option<Staged>,
-    scratch: [u8; icmp::MAX_LEN],
+    scratch: [u8; SCRATCH_LEN],
 }
 
 /// Ingress: one GRO receive's buffer and what of it is delivered.
@@ -112,7 +115,7 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
                 sender: RunSender::default(),
                 frames: vec![0u8; MAX_GSO_BYTES],
                 staged: None,
-                scratch: [0u8; icmp::MAX_LEN],
+                scratch: [0u8; SCRATCH_LEN],
             };
             drain(ctx, &ctx.tun, || e.batch(ctx))
         },

@@ -17,10 +17,9 @@
 
 use super::{EngineContext, EngineError, STOP_CHECK, per_packet, reply_icmp, u64_len};
 use crate::dataplane::counters::{Counters, Crossing, DropLog, DropReason, timed};
-use crate::dataplane::forward::{Egress, Ingress};
+use crate::dataplane::forward::{Egress, Ingress, SCRATCH_LEN};
 use crate::dataplane::packet::HEADROOM;
 use crate::dataplane::sys::uring::{Completion, Op, PacketRing, RECVMSG_PREFIX, parse_received};
-use crate::proto::icmp;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::Ordering;
@@ -103,7 +102,7 @@ fn egress_loop(ctx: &EngineContext) -> Result<(), EngineError> {
     let c = &*ctx.counters;
     let mut ring = ring(ctx, HEADROOM)?;
     let mut done: Vec<Completion> = Vec::with_capacity(usize::from(SLOTS) * 2);
-    let mut scratch = [0u8; icmp::MAX_LEN];
+    let mut scratch = [0u8; SCRATCH_LEN];
     while !ctx.stop.load(Ordering::Relaxed) {
         if !ring.armed() && ring.provided() > 0 {
             ring.arm(Op::TunRead).map_err(EngineError::Ring)?;

@@ -1,0 +1,166 @@
+//! Dual-stack networks (`EnableIPv6`): IPv6 pods reach each other through weft over the IPv4
+//! underlay, for every engine and both backends, while IPv4 keeps working; the leases and
+//! subnet.env carry the IPv6 subnets as flanneld writes them; a packet to an unleased IPv6
+//! subnet is answered with ICMPv6 no-route.
+
+mod common;
+
+use common::*;
+use std::net::Ipv6Addr;
+use std::time::Duration;
+use weft::control::metrics::name;
+use weft::lab::cluster::{Cluster, ClusterSpec};
+use weft::lab::measure::scrape;
+use weft::lab::topology::ns_exec;
+use weft::lab::traffic::{Amount, tcp_bulk};
+use weft::proto::subnet_env::SubnetEnv;
+
+const MB: u64 = 1 << 20;
+
+fn dual_cluster(tag: &str, backend: &str, mode: &str) -> Cluster {
+    require_privileges();
+    let spec = ClusterSpec {
+        dual_stack: true,
+        extra_args: vec!["--mode".into(), mode.into(), "--metrics-addr".into(), "127.0.0.1:9100".into()],
+        ..ClusterSpec::two_hosts(tag, backend)
+    };
+    Cluster::start(bin(), &spec, Duration::from_secs(15)).expect("cluster starts")
+}
+
+/// `ping -6` of `size` bytes; returns ping's output when not every echo came back.
+fn ping6(ns: &str, dst: Ipv6Addr, size: usize) -> Result<(), String> {
+    let out = ns_exec(
+        ns,
+        &["ping", "-6", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "2", "-s", &size.to_string(), &dst.to_string()],
+    )
+    .expect("ping runs (apt-get install iputils-ping)");
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))),
+    }
+}
+
+fn suite(tag: &str, backend: &str, mode: &str) {
+    let c = dual_cluster(tag, backend, mode);
+    let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
+    for (from, to) in [(&h1, &h2), (&h2, &h1)] {
+        // 3000 bytes: the sending container cuts it into IPv6 fragments after the host's
+        // Packet Too Big (the overlay MTU is below the container link's).
+        for size in [56, 1200, 3000] {
+            if let Err(out) = ping6(&from.container_ns, to.container_ip6, size) {
+                panic!("{mode}/{backend}: ping6 -s {size} {} failed:\n{out}\n{}", to.container_ip6, c.logs());
+            }
+        }
+        let r = tcp_bulk(
+            &to.container_ns,
+            to.container_ip6,
+            &from.container_ns,
+            1,
+            Amount::Bytes(20 * MB),
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("{mode}/{backend}: TCP over IPv6 to {}: {e}\n{}", to.container_ip6, c.logs()));
+        assert_eq!(r.bytes, 20 * MB);
+    }
+    // IPv4 still flows on the same network.
+    assert!(ping(&h1.container_ns, h2.container_ip, 2), "{mode}/{backend}: IPv4 broke\n{}", c.logs());
+    tcp_both_ways(&c, 5 * MB);
+    // An unleased IPv6 subnet: the TUN answers with ICMPv6 destination unreachable.
+    let out = ns_exec(&h1.container_ns, &["ping", "-6", "-n", "-c", "1", "-W", "2", "2001:db8:96:77::2"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && text.contains("Destination unreachable"), "{mode}/{backend}: {text}");
+    let m = scrape(&h1.ns).unwrap();
+    let no_route = m.get(&format!("{}{{reason=\"no_route\"}}", name::DROPS)).copied().unwrap_or(0.0);
+    assert!(no_route >= 1.0, "{mode}/{backend}: the unrouted ping6 is not counted: {m:?}");
+    // Nothing was dropped for being IPv6, and nothing damaged or foreign arrived.
+    for h in [&h1, &h2] {
+        let m = scrape(&h.ns).unwrap();
+        for reason in ["ipv6", "bad_ip_header", "truncated", "foreign_source", "not_for_us", "too_short"] {
+            let key = format!("{}{{reason=\"{reason}\"}}", name::DROPS);
+            assert_eq!(m.get(&key).copied().unwrap_or(0.0), 0.0, "{mode}/{backend}: {key} on {}", h.ns);
+        }
+    }
+}
+
+/// With no leases written beforehand, each node leases a pair of subnets as flanneld does
+/// (`v4-len&v6-len`), writes both into subnet.env, and reuses the pair when it restarts.
+#[test]
+fn dual_stack_leases_are_acquired_written_and_reused() {
+    require_privileges();
+    let spec =
+        ClusterSpec { dual_stack: true, preseed: false, ..ClusterSpec::two_hosts("d6lease", r#"{"Type":"vxlan"}"#) };
+    let mut c = Cluster::start(bin(), &spec, Duration::from_secs(15)).expect("cluster starts");
+    let dir = c.registry.path().join("subnets");
+    let keys = || -> Vec<String> {
+        let mut k: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        k.sort();
+        k
+    };
+    let before = keys();
+    assert_eq!(before.len(), 2, "{before:?}");
+    for key in &before {
+        let (v4, v6) = key.split_once('&').unwrap_or_else(|| panic!("{key} is not a dual-stack key"));
+        assert!(v4.starts_with("100.96.") && v4.ends_with("-24"), "{key}");
+        assert!(v6.starts_with("2001:db8:96:") && v6.ends_with("::-64"), "{key}");
+        let value = std::fs::read_to_string(dir.join(key)).unwrap();
+        assert!(
+            value.contains(r#""PublicIPv6":null"#) && value.contains(r#""BackendV6Data":{"VNI":1,"VtepMAC":""#),
+            "{value}"
+        );
+    }
+    let env = |path: std::path::PathBuf| SubnetEnv::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let e = env(c.subnet_file(0));
+    let v6 = e.ipv6.expect("FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET are written");
+    assert_eq!(v6.network.to_string(), "2001:db8:96::/48");
+    assert!(before.iter().any(|k| k.ends_with(&format!("&{}-64", v6.subnet.trunc().network()))), "{before:?} {v6:?}");
+    // The pods of this test have fixed addresses, not the leased ones: only the leases matter.
+    c.procs[0].stop(Duration::from_secs(5)).unwrap();
+    c.start_host(bin(), 0, &[]).unwrap();
+    c.wait_ready(Duration::from_secs(15)).unwrap();
+    assert_eq!(keys(), before, "a restart reuses its pair");
+    assert_eq!(env(c.subnet_file(0)), e);
+}
+
+#[test]
+fn naive_udp() {
+    suite("d6nu", r#"{"Type":"udp"}"#, "naive");
+}
+
+#[test]
+fn batched_udp() {
+    suite("d6bu", r#"{"Type":"udp"}"#, "batched");
+}
+
+#[test]
+fn offload_udp() {
+    suite("d6ou", r#"{"Type":"udp"}"#, "offload");
+}
+
+#[test]
+fn uring_udp() {
+    suite("d6uu", r#"{"Type":"udp"}"#, "uring");
+}
+
+#[test]
+fn naive_vxlan() {
+    suite("d6nv", r#"{"Type":"vxlan"}"#, "naive");
+}
+
+#[test]
+fn batched_vxlan() {
+    suite("d6bv", r#"{"Type":"vxlan"}"#, "batched");
+}
+
+#[test]
+fn offload_vxlan() {
+    suite("d6ov", r#"{"Type":"vxlan"}"#, "offload");
+}
+
+#[test]
+fn uring_vxlan() {
+    suite("d6uv", r#"{"Type":"vxlan"}"#, "uring");
+}
