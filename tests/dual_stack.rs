@@ -17,11 +17,11 @@ use weft::proto::subnet_env::SubnetEnv;
 
 const MB: u64 = 1 << 20;
 
-fn dual_cluster(tag: &str, backend: &str, mode: &str) -> Cluster {
+fn dual_cluster(tag: &str, backend: &str, args: &[&str]) -> Cluster {
     require_privileges();
     let spec = ClusterSpec {
         dual_stack: true,
-        extra_args: vec!["--mode".into(), mode.into(), "--metrics-addr".into(), "127.0.0.1:9100".into()],
+        extra_args: args.iter().map(|a| a.to_string()).collect(),
         ..ClusterSpec::two_hosts(tag, backend)
     };
     Cluster::start(bin(), &spec, Duration::from_secs(15)).expect("cluster starts")
@@ -40,15 +40,15 @@ fn ping6(ns: &str, dst: Ipv6Addr, size: usize) -> Result<(), String> {
     }
 }
 
-fn suite(tag: &str, backend: &str, mode: &str) {
-    let c = dual_cluster(tag, backend, mode);
-    let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
+/// ping6 of several sizes and 20 MB of verified TCP over IPv6 each way, and IPv4 beside it.
+fn both_families(c: &Cluster, what: &str) {
+    let (h1, h2) = (&c.topo.hosts[0], &c.topo.hosts[1]);
     for (from, to) in [(&h1, &h2), (&h2, &h1)] {
         // 3000 bytes: the sending container cuts it into IPv6 fragments after the host's
         // Packet Too Big (the overlay MTU is below the container link's).
         for size in [56, 1200, 3000] {
             if let Err(out) = ping6(&from.container_ns, to.container_ip6, size) {
-                panic!("{mode}/{backend}: ping6 -s {size} {} failed:\n{out}\n{}", to.container_ip6, c.logs());
+                panic!("{what}: ping6 -s {size} {} failed:\n{out}\n{}", to.container_ip6, c.logs());
             }
         }
         let r = tcp_bulk(
@@ -59,12 +59,18 @@ fn suite(tag: &str, backend: &str, mode: &str) {
             Amount::Bytes(20 * MB),
             Duration::from_secs(60),
         )
-        .unwrap_or_else(|e| panic!("{mode}/{backend}: TCP over IPv6 to {}: {e}\n{}", to.container_ip6, c.logs()));
+        .unwrap_or_else(|e| panic!("{what}: TCP over IPv6 to {}: {e}\n{}", to.container_ip6, c.logs()));
         assert_eq!(r.bytes, 20 * MB);
     }
     // IPv4 still flows on the same network.
-    assert!(ping(&h1.container_ns, h2.container_ip, 2), "{mode}/{backend}: IPv4 broke\n{}", c.logs());
-    tcp_both_ways(&c, 5 * MB);
+    assert!(ping(&h1.container_ns, h2.container_ip, 2), "{what}: IPv4 broke\n{}", c.logs());
+    tcp_both_ways(c, 5 * MB);
+}
+
+fn suite(tag: &str, backend: &str, mode: &str) {
+    let c = dual_cluster(tag, backend, &["--mode", mode, "--metrics-addr", "127.0.0.1:9100"]);
+    let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
+    both_families(&c, &format!("{mode}/{backend}"));
     // An unleased IPv6 subnet: the TUN answers with ICMPv6 destination unreachable.
     let out = ns_exec(&h1.container_ns, &["ping", "-6", "-n", "-c", "1", "-W", "2", "2001:db8:96:77::2"]).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -80,6 +86,39 @@ fn suite(tag: &str, backend: &str, mode: &str) {
             assert_eq!(m.get(&key).copied().unwrap_or(0.0), 0.0, "{mode}/{backend}: {key} on {}", h.ns);
         }
     }
+}
+
+/// The kernel paths as flanneld programs them for IPv6: host-gw routes via each peer's
+/// PublicIPv6, and `flannel-v6.<VNI>` over the IPv6 underlay with its neighbour, fdb and route
+/// per peer.
+fn kernel_suite(tag: &str, backend: &str) {
+    let c = dual_cluster(tag, backend, &["--dataplane", "kernel"]);
+    both_families(&c, backend);
+    let (h1, h2) = (&c.topo.hosts[0], &c.topo.hosts[1]);
+    let routes = ns_exec(&h1.ns, &["ip", "-6", "route", "show", &h2.subnet6.to_string()]).unwrap();
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    match backend.contains("vxlan") {
+        true => {
+            assert!(routes.contains(&format!("via {} dev flannel-v6.1 ", h2.subnet6.network())), "{routes}");
+            let d = ns_exec(&h1.ns, &["ip", "-d", "link", "show", "flannel-v6.1"]).unwrap();
+            let d = String::from_utf8_lossy(&d.stdout);
+            assert!(d.contains(&format!("local {}", h1.underlay_ip6)) && d.contains("dstport 8472"), "{d}");
+            let fdb = ns_exec(&h1.ns, &["bridge", "fdb", "show", "dev", "flannel-v6.1"]).unwrap();
+            let fdb = String::from_utf8_lossy(&fdb.stdout);
+            assert!(fdb.contains(&format!("dst {} self permanent", h2.underlay_ip6)), "{fdb}");
+        }
+        false => assert!(routes.contains(&format!("via {} dev eth0", h2.underlay_ip6)), "{routes}"),
+    }
+}
+
+#[test]
+fn kernel_host_gw() {
+    kernel_suite("d6hg", r#"{"Type":"host-gw"}"#);
+}
+
+#[test]
+fn kernel_vxlan() {
+    kernel_suite("d6kv", r#"{"Type":"vxlan"}"#);
 }
 
 /// With no leases written beforehand, each node leases a pair of subnets as flanneld does
@@ -107,10 +146,9 @@ fn dual_stack_leases_are_acquired_written_and_reused() {
         assert!(v4.starts_with("100.96.") && v4.ends_with("-24"), "{key}");
         assert!(v6.starts_with("2001:db8:96:") && v6.ends_with("::-64"), "{key}");
         let value = std::fs::read_to_string(dir.join(key)).unwrap();
-        assert!(
-            value.contains(r#""PublicIPv6":null"#) && value.contains(r#""BackendV6Data":{"VNI":1,"VtepMAC":""#),
-            "{value}"
-        );
+        // PublicIPv6 is the underlay's IPv6 address when no --public-ipv6 is given.
+        assert!(value.contains(r#""PublicIPv6":"2001:db8:18::"#), "{value}");
+        assert!(value.contains(r#""BackendV6Data":{"VNI":1,"VtepMAC":""#), "{value}");
     }
     let env = |path: std::path::PathBuf| SubnetEnv::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
     let e = env(c.subnet_file(0));

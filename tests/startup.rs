@@ -161,11 +161,6 @@ fn nonsense_config_fails_before_anything_is_written() {
         (r#"{"Network":"100.96.0.0/16","EnableIPv6":true}"#, "IPv6Network is missing"),
         (r#"{"Network":"100.96.0.0/16","EnableIPv6":true,"IPv6Network":"ff00::/16"}"#, "multicast"),
         (r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"2001:db8:96::/48"}"#, "IPv6-only"),
-        // Dual-stack is the userspace path's: host-gw and kernel VXLAN refuse it.
-        (
-            r#"{"Network":"100.96.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8:96::/48","Backend":{"Type":"host-gw"}}"#,
-            "userspace data path only",
-        ),
     ] {
         write_config(&c, config);
         let e = run_weft(&c, &[], &[]);

@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
         subnet: "100.96.2.0/24".parse().unwrap(),
         endpoint: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 8472),
         vtep_mac: if sel & 2 == 0 { Some(MacAddr([2, 0, 0, 0, 0, 2])) } else { None },
-        v6: Some(PeerV6 { subnet: "2001:db8:1:2::/64".parse().unwrap(), vtep_mac: Some(MacAddr([2, 0, 0, 0, 0, 2])) }),
+        v6: Some(PeerV6 { subnet: "2001:db8:1:2::/64".parse().unwrap(), vtep_mac: Some(MacAddr([2, 0, 0, 0, 0, 2])), public_ip: None }),
     }]);
     let v6 = (sel & 4 == 0).then_some(ForwarderV6 {
         subnet: "2001:db8:1:1::/64".parse().unwrap(),

@@ -3,8 +3,43 @@
 
 use super::netlink::{Netlink, NetlinkError, OwnedRoute, VxlanDevice};
 use crate::dataplane::peers::Peer;
-use ipnet::Ipv4Net;
-use std::net::Ipv4Addr;
+use crate::proto::mac::MacAddr;
+use ipnet::{IpNet, Ipv4Net};
+use std::net::IpAddr;
+
+/// Which of a peer's subnets a kernel path carries: a dual-stack node runs one path per family
+/// (`flannel.<VNI>` and `flannel-v6.<VNI>`, or host-gw routes of each family).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// The IPv4 subnet, to the peer's PublicIP.
+    V4,
+    /// The IPv6 subnet, to the peer's PublicIPv6.
+    V6,
+}
+
+/// What one kernel path programs for one peer.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// The peer's subnet of the path's family.
+    subnet: IpNet,
+    /// Where its traffic goes: PublicIP or PublicIPv6.
+    public: IpAddr,
+    /// Its VTEP MAC for this family (vxlan).
+    mac: Option<MacAddr>,
+}
+
+impl Family {
+    /// The peer's entry for this family; None when it has no subnet or no public address of it.
+    fn entry(self, p: &Peer) -> Option<Entry> {
+        match self {
+            Self::V4 => Some(Entry { subnet: p.subnet.into(), public: (*p.endpoint.ip()).into(), mac: p.vtep_mac }),
+            Self::V6 => {
+                let v6 = p.v6?;
+                Some(Entry { subnet: v6.subnet.into(), public: v6.public_ip?.into(), mac: v6.vtep_mac })
+            }
+        }
+    }
+}
 
 /// What the kernel is programmed with, per peer.
 #[derive(Debug, Clone)]
@@ -21,8 +56,8 @@ pub enum KernelBackend {
         device: VxlanDevice,
         /// Its index.
         index: u32,
-        /// Its address (lease subnet's network address, /32).
-        addr: Ipv4Addr,
+        /// Its address (lease subnet's network address, /32 or /128).
+        addr: IpAddr,
         /// This weft made it (rather than adopting one that was there): a start that fails
         /// removes only what it made.
         created: bool,
@@ -33,19 +68,25 @@ pub enum KernelBackend {
 pub struct KernelDataplane {
     nl: Netlink,
     backend: KernelBackend,
+    family: Family,
     installed: Vec<Peer>,
 }
 
 impl KernelDataplane {
-    /// Starts with nothing installed.
+    /// Starts with nothing installed; carries the peers' IPv4 subnets.
     pub fn new(nl: Netlink, backend: KernelBackend) -> Self {
-        Self { nl, backend, installed: Vec::new() }
+        Self { nl, backend, family: Family::V4, installed: Vec::new() }
+    }
+
+    /// Starts with nothing installed; carries the peers' IPv6 subnets.
+    pub fn new_v6(nl: Netlink, backend: KernelBackend) -> Self {
+        Self { family: Family::V6, ..Self::new(nl, backend) }
     }
 
     /// The VXLAN device with its address: an existing one of that name with our VNI, port
     /// and local address is adopted as it is (a restarted weft, or flanneld before it, left it
     /// forwarding), any other is replaced, saying why.
-    pub async fn vxlan(nl: &Netlink, device: VxlanDevice, addr: Ipv4Addr) -> Result<KernelBackend, NetlinkError> {
+    pub async fn vxlan(nl: &Netlink, device: VxlanDevice, addr: IpAddr) -> Result<KernelBackend, NetlinkError> {
         let existing = nl.existing_link(&device.name).await?;
         let adopt = match existing.as_ref().map(|l| (l, l.mismatch(&device))) {
             Some((l, None)) => Some((l.index, l.mac)),
@@ -63,7 +104,7 @@ impl KernelDataplane {
             }
             None => (nl.create_vxlan(&device).await?, true),
         };
-        nl.add_address(index, addr, 32).await?;
+        nl.add_address(index, addr, if addr.is_ipv4() { 32 } else { 128 }).await?;
         Ok(KernelBackend::Vxlan { device, index, addr, created })
     }
 
@@ -75,8 +116,11 @@ impl KernelDataplane {
         }
     }
 
-    /// The routes the installed peers should have (to tell stale routes from ours).
+    /// The IPv4 routes the installed peers should have (to tell stale routes from ours).
     pub fn expected_routes(&self) -> Vec<OwnedRoute> {
+        if self.family != Family::V4 {
+            return Vec::new();
+        }
         self.installed
             .iter()
             .map(|p| match &self.backend {
@@ -91,37 +135,52 @@ impl KernelDataplane {
     }
 
     async fn add(&self, p: &Peer) -> Result<(), NetlinkError> {
-        let public = *p.endpoint.ip();
+        let Some(Entry { subnet, public, mac }) = self.family.entry(p) else { return Ok(()) };
         match &self.backend {
             KernelBackend::HostGw { segment } => {
-                if let Some(seg) = segment
-                    && !seg.contains(&public)
+                if let (Some(seg), IpAddr::V4(v4)) = (segment, public)
+                    && !seg.contains(&v4)
                 {
                     return Err(NetlinkError::Refused(format!(
-                        "refusing host-gw peer {}: its PublicIP {public} is not on this host's L2 segment {seg} (host-gw needs all hosts on one segment; use vxlan)",
-                        p.subnet
+                        "refusing host-gw peer {subnet}: its PublicIP {public} is not on this host's L2 segment {seg} (host-gw needs all hosts on one segment; use vxlan)",
                     )));
                 }
-                self.nl.add_via_route(p.subnet, public).await
+                match (subnet, public) {
+                    (IpNet::V4(n), IpAddr::V4(gw)) => self.nl.add_via_route(n, gw).await,
+                    (IpNet::V6(n), IpAddr::V6(gw)) => self.nl.add_via_route_v6(n, gw).await,
+                    _ => Ok(()),
+                }
             }
             KernelBackend::Vxlan { index, .. } => {
-                let Some(mac) = p.vtep_mac else { return Ok(()) };
-                let gw = p.subnet.network();
+                let Some(mac) = mac else { return Ok(()) };
+                let gw = subnet.network();
                 self.nl.set_neighbour(*index, gw, mac).await?;
                 self.nl.set_fdb(*index, mac, public).await?;
-                self.nl.add_onlink_route(p.subnet, gw, *index).await
+                match (subnet, gw) {
+                    (IpNet::V4(n), IpAddr::V4(gw)) => self.nl.add_onlink_route(n, gw, *index).await,
+                    (IpNet::V6(n), IpAddr::V6(gw)) => self.nl.add_onlink_route_v6(n, gw, *index).await,
+                    _ => Ok(()),
+                }
             }
         }
     }
 
     async fn remove(&self, p: &Peer) -> Result<(), NetlinkError> {
-        let public = *p.endpoint.ip();
+        let Some(Entry { subnet, public, mac }) = self.family.entry(p) else { return Ok(()) };
         match &self.backend {
-            KernelBackend::HostGw { .. } => self.nl.del_via_route(p.subnet, public).await,
+            KernelBackend::HostGw { .. } => match (subnet, public) {
+                (IpNet::V4(n), IpAddr::V4(gw)) => self.nl.del_via_route(n, gw).await,
+                (IpNet::V6(n), IpAddr::V6(gw)) => self.nl.del_via_route_v6(n, gw).await,
+                _ => Ok(()),
+            },
             KernelBackend::Vxlan { index, .. } => {
-                let gw = p.subnet.network();
-                self.nl.del_onlink_route(p.subnet, gw, *index).await?;
-                if let Some(mac) = p.vtep_mac {
+                let gw = subnet.network();
+                match (subnet, gw) {
+                    (IpNet::V4(n), IpAddr::V4(gw)) => self.nl.del_onlink_route(n, gw, *index).await?,
+                    (IpNet::V6(n), IpAddr::V6(gw)) => self.nl.del_onlink_route_v6(n, gw, *index).await?,
+                    _ => {}
+                }
+                if let Some(mac) = mac {
                     self.nl.del_fdb(*index, mac, public).await?;
                 }
                 self.nl.del_neighbour(*index, gw).await

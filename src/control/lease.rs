@@ -176,7 +176,7 @@ fn peer_v6(cfg: &NetConfig, lease: &Lease) -> Option<PeerV6> {
     let v6 = cfg.ipv6.as_ref()?;
     let subnet = lease.key.v6.filter(|n| v6.network.contains(n) && n.prefix_len() == v6.subnet_len)?;
     let data = lease.attrs.vxlan_v6_data().or_else(|| lease.attrs.vxlan_data());
-    Some(PeerV6 { subnet, vtep_mac: data.map(|d| d.vtep_mac) })
+    Some(PeerV6 { subnet, vtep_mac: data.map(|d| d.vtep_mac), public_ip: lease.attrs.public_ipv6 })
 }
 
 /// The peers a node of backend `cfg.backend` can reach: every lease but its own, of the same

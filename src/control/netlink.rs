@@ -97,6 +97,8 @@ pub struct Underlay {
     pub addr: Ipv4Addr,
     /// The connected subnet of that address (its L2 segment), when the address is on the link.
     pub subnet: Option<Ipv4Net>,
+    /// Its first global IPv6 address: a dual-stack node's PublicIPv6 unless `--public-ipv6`.
+    pub addr6: Option<Ipv6Addr>,
 }
 
 /// A handle on the kernel's routing netlink. Must be created inside a tokio runtime.
@@ -146,6 +148,28 @@ impl Netlink {
     /// The index of link `name`, if it exists.
     pub async fn link_index(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
         Ok(self.links().await?.into_iter().find(|l| l.name == name).map(|l| l.index))
+    }
+
+    /// The first global-scope IPv6 address of link `index` (not link-local, not temporary).
+    async fn v6_addr(&self, index: u32) -> Result<Option<Ipv6Addr>, NetlinkError> {
+        let mut s = self.handle.address().get().set_link_index_filter(index).execute();
+        loop {
+            match s.try_next().await {
+                Ok(Some(m)) => {
+                    let global = m.header.scope == rtnetlink::packet_route::address::AddressScope::Universe;
+                    for a in m.attributes {
+                        if let AddressAttribute::Address(IpAddr::V6(ip)) = a
+                            && global
+                            && m.header.index == index
+                        {
+                            return Ok(Some(ip));
+                        }
+                    }
+                }
+                Ok(None) => return Ok(None),
+                Err(error) => return Err(NetlinkError::Request { what: "listing IPv6 addresses".into(), error }),
+            }
+        }
     }
 
     async fn v4_addrs(&self) -> Result<Vec<(u32, Ipv4Addr, u8)>, NetlinkError> {
@@ -259,7 +283,8 @@ impl Netlink {
             .find(|(i, a, _)| *i == link.index && *a == addr)
             .and_then(|(_, a, l)| Ipv4Net::new(*a, *l).ok())
             .map(|n| n.trunc());
-        Ok(Underlay { index: link.index, name: link.name.clone(), mtu: link.mtu, addr, subnet })
+        let addr6 = self.v6_addr(link.index).await?;
+        Ok(Underlay { index: link.index, name: link.name.clone(), mtu: link.mtu, addr, subnet, addr6 })
     }
 
     /// Sets a link's MTU and transmit queue length (for a TUN: the packets it holds for its
@@ -367,15 +392,42 @@ impl Netlink {
         self.add(Self::dev_route(dst, index), format!("adding route {dst} dev {index}")).await
     }
 
+    fn route_v6(dst: Ipv6Net) -> RouteMessageBuilder<Ipv6Addr> {
+        RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTO))
+    }
+
     /// Adds an IPv6 route for `dst` out of link `index` (a dual-stack TUN's); an existing one is
     /// fine. It goes with the link, so weft never deletes it by itself.
     pub async fn add_dev_route_v6(&self, dst: Ipv6Net, index: u32) -> Result<(), NetlinkError> {
-        let msg = RouteMessageBuilder::<Ipv6Addr>::new()
-            .destination_prefix(dst.network(), dst.prefix_len())
-            .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTO))
-            .output_interface(index)
-            .build();
+        let msg = Self::route_v6(dst).output_interface(index).build();
         self.add(msg, format!("adding route {dst} dev {index}")).await
+    }
+
+    /// Adds an IPv6 route for `dst` via `gw` (host-gw); an existing one is fine.
+    pub async fn add_via_route_v6(&self, dst: Ipv6Net, gw: Ipv6Addr) -> Result<(), NetlinkError> {
+        self.add(Self::route_v6(dst).gateway(gw).build(), format!("adding route {dst} via {gw}")).await
+    }
+
+    /// Removes the IPv6 route for `dst` via `gw`; a missing one is fine.
+    pub async fn del_via_route_v6(&self, dst: Ipv6Net, gw: Ipv6Addr) -> Result<(), NetlinkError> {
+        self.del(Self::route_v6(dst).gateway(gw).build(), format!("deleting route {dst} via {gw}")).await
+    }
+
+    fn onlink_route_v6(dst: Ipv6Net, gw: Ipv6Addr, index: u32) -> RouteMessage {
+        Self::route_v6(dst).gateway(gw).output_interface(index).onlink().build()
+    }
+
+    /// `ip -6 route add DST via GW dev INDEX onlink` (kernel VXLAN for IPv6); an existing one
+    /// is fine.
+    pub async fn add_onlink_route_v6(&self, dst: Ipv6Net, gw: Ipv6Addr, index: u32) -> Result<(), NetlinkError> {
+        self.add(Self::onlink_route_v6(dst, gw, index), format!("adding route {dst} via {gw} dev {index} onlink")).await
+    }
+
+    /// Removes an IPv6 onlink route; a missing one is fine.
+    pub async fn del_onlink_route_v6(&self, dst: Ipv6Net, gw: Ipv6Addr, index: u32) -> Result<(), NetlinkError> {
+        self.del(Self::onlink_route_v6(dst, gw, index), format!("deleting route {dst} via {gw} dev {index}")).await
     }
 
     /// Removes the route for `dst` out of link `index`; a missing one is fine.
@@ -412,8 +464,8 @@ pub struct VxlanDevice {
     pub vni: u32,
     /// Destination UDP port.
     pub port: u16,
-    /// Local (PublicIP) address.
-    pub local: Ipv4Addr,
+    /// Local address: PublicIP, or PublicIPv6 for `flannel-v6.<VNI>`.
+    pub local: IpAddr,
     /// Underlay device index.
     pub underlay: u32,
     /// MAC (published as VtepMAC).
@@ -430,7 +482,7 @@ pub struct ExistingLink {
     /// Its MAC.
     pub mac: Option<MacAddr>,
     /// VNI, destination port, local address and underlay index, if it is a VXLAN device.
-    pub vxlan: Option<(u32, u16, Option<Ipv4Addr>, Option<u32>)>,
+    pub vxlan: Option<(u32, u16, Option<IpAddr>, Option<u32>)>,
 }
 
 impl ExistingLink {
@@ -462,10 +514,26 @@ impl VxlanDevice {
             name: format!("flannel.{}", cfg.backend.vni),
             vni: cfg.backend.vni,
             port: cfg.backend.port,
-            local: underlay.addr,
+            local: underlay.addr.into(),
             underlay: underlay.index,
             mac,
             mtu,
+        }
+    }
+
+    /// `flannel-v6.<VNI>` as flanneld makes it for a dual-stack `cfg`: the same VNI and port over
+    /// the IPv6 underlay from `local` (PublicIPv6).
+    pub fn flannel_v6(
+        cfg: &crate::proto::netconfig::NetConfig,
+        underlay: &Underlay,
+        local: Ipv6Addr,
+        mtu: u32,
+        mac: MacAddr,
+    ) -> Self {
+        Self {
+            name: format!("flannel-v6.{}", cfg.backend.vni),
+            local: local.into(),
+            ..Self::flannel(cfg, underlay, mtu, mac)
         }
     }
 }
@@ -502,7 +570,8 @@ impl Netlink {
                                 match x {
                                     InfoVxlan::Id(i) => vni = i,
                                     InfoVxlan::Port(p) => port = p,
-                                    InfoVxlan::Local(a) => local = Some(a),
+                                    InfoVxlan::Local(a) => local = Some(IpAddr::V4(a)),
+                                    InfoVxlan::Local6(a) => local = Some(IpAddr::V6(a)),
                                     InfoVxlan::Link(l) => link = Some(l),
                                     _ => {}
                                 }
@@ -523,15 +592,12 @@ impl Netlink {
         if let Some(old) = self.link_index(&d.name).await? {
             self.delete_link(old).await?;
         }
-        let msg = LinkVxlan::new(&d.name, d.vni)
-            .dev(d.underlay)
-            .local(d.local)
-            .port(d.port)
-            .learning(false)
-            .mtu(d.mtu)
-            .address(d.mac.0.to_vec())
-            .up()
-            .build();
+        let b = LinkVxlan::new(&d.name, d.vni).dev(d.underlay);
+        let b = match d.local {
+            IpAddr::V4(a) => b.local(a),
+            IpAddr::V6(a) => b.local6(a),
+        };
+        let msg = b.port(d.port).learning(false).mtu(d.mtu).address(d.mac.0.to_vec()).up().build();
         self.handle
             .link()
             .add(msg)
@@ -560,10 +626,10 @@ impl Netlink {
     }
 
     /// `ip neigh replace IP lladdr MAC dev INDEX nud permanent`.
-    pub async fn set_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> Result<(), NetlinkError> {
+    pub async fn set_neighbour(&self, index: u32, ip: IpAddr, mac: MacAddr) -> Result<(), NetlinkError> {
         self.handle
             .neighbours()
-            .add(index, IpAddr::V4(ip))
+            .add(index, ip)
             .link_layer_address(&mac.0)
             .replace()
             .execute()
@@ -572,9 +638,13 @@ impl Netlink {
     }
 
     /// Removes a neighbour entry; a missing one is fine.
-    pub async fn del_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetlinkError> {
-        let mut m = neigh_msg(AddressFamily::Inet, index);
-        m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    pub async fn del_neighbour(&self, index: u32, ip: IpAddr) -> Result<(), NetlinkError> {
+        let (family, dst) = match ip {
+            IpAddr::V4(a) => (AddressFamily::Inet, NeighbourAddress::Inet(a)),
+            IpAddr::V6(a) => (AddressFamily::Inet6, NeighbourAddress::Inet6(a)),
+        };
+        let mut m = neigh_msg(family, index);
+        m.attributes.push(NeighbourAttribute::Destination(dst));
         match self.handle.neighbours().del(m).execute().await {
             Ok(()) => Ok(()),
             Err(e) if matches!(errno_of(&e), Some(libc::ENOENT | libc::ESRCH)) => Ok(()),
@@ -583,12 +653,12 @@ impl Netlink {
     }
 
     /// `bridge fdb replace MAC dev INDEX dst IP self permanent`.
-    pub async fn set_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> Result<(), NetlinkError> {
+    pub async fn set_fdb(&self, index: u32, mac: MacAddr, dst: IpAddr) -> Result<(), NetlinkError> {
         self.handle
             .neighbours()
             .add_bridge(index, &mac.0)
             .flags(NeighbourFlags::Own)
-            .destination(IpAddr::V4(dst))
+            .destination(dst)
             .replace()
             .execute()
             .await
@@ -596,11 +666,14 @@ impl Netlink {
     }
 
     /// Removes an fdb entry; a missing one is fine.
-    pub async fn del_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> Result<(), NetlinkError> {
+    pub async fn del_fdb(&self, index: u32, mac: MacAddr, dst: IpAddr) -> Result<(), NetlinkError> {
         let mut m = neigh_msg(AddressFamily::Bridge, index);
         m.header.flags = NeighbourFlags::Own;
         m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
-        m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        m.attributes.push(NeighbourAttribute::Destination(match dst {
+            IpAddr::V4(a) => NeighbourAddress::Inet(a),
+            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+        }));
         match self.handle.neighbours().del(m).execute().await {
             Ok(()) => Ok(()),
             Err(e) if matches!(errno_of(&e), Some(libc::ENOENT | libc::ESRCH)) => Ok(()),

@@ -526,6 +526,7 @@ mod tests {
             v6: Some(crate::dataplane::peers::PeerV6 {
                 subnet: "2001:db8:1:2::/64".parse().unwrap(),
                 vtep_mac: Some(PEER6_MAC),
+                public_ip: None,
             }),
         }]);
         (f, t)
@@ -581,6 +582,7 @@ mod tests {
                 v6: Some(crate::dataplane::peers::PeerV6 {
                     subnet: "2001:db8:1:1::/64".parse().unwrap(),
                     vtep_mac: Some(LOCAL_MAC),
+                    public_ip: None,
                 }),
             }]);
             let mut rx = b[range.clone()].to_vec();

@@ -22,14 +22,17 @@ pub struct Peer {
     pub v6: Option<PeerV6>,
 }
 
-/// The IPv6 side of a dual-stack peer. Its IPv6 pods' packets go to the same endpoint as its
-/// IPv4 pods' (the underlay is IPv4).
+/// The IPv6 side of a dual-stack peer. The userspace path sends its IPv6 pods' packets to the
+/// same endpoint as its IPv4 pods' (over the IPv4 underlay); the kernel paths send them to its
+/// PublicIPv6.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerV6 {
     /// The IPv6 subnet it leases.
     pub subnet: Ipv6Net,
     /// The VTEP MAC its IPv6 frames are addressed to (`BackendV6Data`; vxlan peers only).
     pub vtep_mac: Option<MacAddr>,
+    /// Its `PublicIPv6`, if it has one.
+    pub public_ip: Option<Ipv6Addr>,
 }
 
 /// Longest-prefix match over peers' subnets, plus lookup by sender address.
@@ -181,7 +184,7 @@ mod tests {
     }
 
     fn dual(net: &str, net6: &str, ip: [u8; 4]) -> Peer {
-        Peer { v6: Some(PeerV6 { subnet: net6.parse().unwrap(), vtep_mac: None }), ..peer(net, ip) }
+        Peer { v6: Some(PeerV6 { subnet: net6.parse().unwrap(), vtep_mac: None, public_ip: None }), ..peer(net, ip) }
     }
 
     #[test]

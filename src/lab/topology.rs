@@ -7,8 +7,8 @@
 //!
 //! Host i (1-based) has underlay address 198.18.0.i and pod subnet 100.96.i.0/24 (addresses from
 //! 198.18.0.0/15 and 100.64.0.0/10 only). A dual-stack topology gives host i the IPv6 pod subnet
-//! 2001:db8:96:i::/64 as well (from the documentation range 2001:db8::/32). Every namespace is
-//! removed when the `Topology` drops, also on panic.
+//! 2001:db8:96:i::/64 and the underlay address 2001:db8:18::i as well (from the documentation
+//! range 2001:db8::/32). Every namespace is removed when the `Topology` drops, also on panic.
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use std::io;
@@ -40,6 +40,8 @@ pub struct Host {
     pub subnet6: Ipv6Net,
     /// The container's IPv6 address (configured in a dual-stack topology only).
     pub container_ip6: Ipv6Addr,
+    /// Underlay IPv6 address, 2001:db8:18::i (PublicIPv6; dual-stack topology only).
+    pub underlay_ip6: Ipv6Addr,
 }
 
 /// A set of namespaces that is torn down on drop.
@@ -111,6 +113,7 @@ impl Topology {
                 subnet6: Ipv6Net::new(Ipv6Addr::new(0x2001, 0xdb8, 0x96, u16::from(i8), 0, 0, 0, 0), 64)
                     .map_err(io::Error::other)?,
                 container_ip6: Ipv6Addr::new(0x2001, 0xdb8, 0x96, u16::from(i8), 0, 0, 0, 2),
+                underlay_ip6: Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, u16::from(i8)),
             });
         }
         // From here on, `t` owns what it creates: an early return tears it down.
@@ -185,11 +188,12 @@ impl Topology {
     }
 }
 
-/// The IPv6 side of host `h`: the container's address and default route, and the host's
-/// gateway address on the container link, with forwarding on.
+/// The IPv6 side of host `h`: its underlay address, the container's address and default
+/// route, and the host's gateway address on the container link, with forwarding on.
 fn add_ipv6(h: &Host) -> io::Result<()> {
     let gw = Ipv6Addr::from(u128::from(h.subnet6.network()) + 1);
     let cidr = |a: Ipv6Addr| format!("{a}/{}", h.subnet6.prefix_len());
+    ip(&["-n", &h.ns, "-6", "addr", "add", &format!("{}/64", h.underlay_ip6), "dev", UNDERLAY_IF, "nodad"])?;
     ip(&["-n", &h.ns, "-6", "addr", "add", &cidr(gw), "dev", "veth-c", "nodad"])?;
     ip(&["-n", &h.container_ns, "-6", "addr", "add", &cidr(h.container_ip6), "dev", "eth0", "nodad"])?;
     ip(&["-n", &h.container_ns, "-6", "route", "add", "default", "via", &gw.to_string()])?;

@@ -38,6 +38,9 @@ pub enum SetupError {
     /// Our own vxlan lease has no VtepMAC (it was written by weft a moment ago).
     #[error("our vxlan lease has no VtepMAC")]
     NoVtepMac,
+    /// A dual-stack kernel VXLAN path has no IPv6 underlay address to send from.
+    #[error("a dual-stack vxlan kernel path needs an IPv6 address on the underlay interface, or --public-ipv6")]
+    NoPublicIpv6,
     /// An engine could not be started.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -88,12 +91,21 @@ fn engine_params(
     })
 }
 
+/// The MTU of `flannel-v6.<VNI>`: VXLAN over IPv6 costs 20 bytes more than over IPv4 (the
+/// outer IPv6 header is 40 bytes, not 20), as flanneld counts it.
+fn mtu_v6(mtu_v4: u32) -> u32 {
+    mtu_v4.saturating_sub(20)
+}
+
 /// The kernel-side state kept in step with the peers: the main kernel path (host-gw or kernel
 /// VXLAN), and DirectRouting's routes for peers on our segment.
 #[derive(Default)]
 struct KernelPaths {
     main: Option<KernelDataplane>,
     direct: Option<(KernelDataplane, Ipv4Net)>,
+    /// The IPv6 side of a dual-stack network's kernel path (`flannel-v6.<VNI>`, or host-gw's
+    /// IPv6 routes). DirectRouting applies to IPv4 only, as in flanneld.
+    main_v6: Option<KernelDataplane>,
 }
 
 impl KernelPaths {
@@ -116,6 +128,9 @@ impl KernelPaths {
         if let Some(k) = self.main.as_mut() {
             k.sync(&rest).await;
         }
+        if let Some(k) = self.main_v6.as_mut() {
+            k.sync(peers).await;
+        }
         rest
     }
 
@@ -125,6 +140,11 @@ impl KernelPaths {
             && let Err(e) = k.heal(&rest).await
         {
             tracing::warn!("checking the kernel data path: {e}");
+        }
+        if let Some(k) = self.main_v6.as_mut()
+            && let Err(e) = k.heal(peers).await
+        {
+            tracing::warn!("checking the kernel data path for IPv6: {e}");
         }
     }
 
@@ -139,6 +159,9 @@ impl KernelPaths {
             d.teardown().await;
         }
         if let Some(k) = self.main.as_mut() {
+            k.teardown().await;
+        }
+        if let Some(k) = self.main_v6.as_mut() {
             k.teardown().await;
         }
     }
@@ -276,11 +299,22 @@ impl DataPath {
             BackendType::Vxlan => {
                 let mac = lease.attrs.vxlan_data().map(|d| d.vtep_mac).ok_or(SetupError::NoVtepMac)?;
                 let dev = VxlanDevice::flannel(cfg, underlay, mtu, mac);
-                KernelDataplane::vxlan(&self.nl, dev, lease.key.v4.network()).await?
+                KernelDataplane::vxlan(&self.nl, dev, lease.key.v4.network().into()).await?
             }
             _ => KernelBackend::HostGw { segment: underlay.subnet },
         };
         self.kernel.main = Some(KernelDataplane::new(self.nl.clone(), backend));
+        let (Some(_), Some(subnet6)) = (&cfg.ipv6, lease.key.v6) else { return Ok(()) };
+        let backend = match cfg.backend.kind {
+            BackendType::Vxlan => {
+                let mac = lease.attrs.vxlan_v6_data().map(|d| d.vtep_mac).ok_or(SetupError::NoVtepMac)?;
+                let local = lease.attrs.public_ipv6.ok_or(SetupError::NoPublicIpv6)?;
+                let dev = VxlanDevice::flannel_v6(cfg, underlay, local, mtu_v6(mtu), mac);
+                KernelDataplane::vxlan(&self.nl, dev, subnet6.network().into()).await?
+            }
+            _ => KernelBackend::HostGw { segment: None },
+        };
+        self.kernel.main_v6 = Some(KernelDataplane::new_v6(self.nl.clone(), backend));
         Ok(())
     }
 

@@ -190,12 +190,12 @@ fn attrs_for(
 async fn acquire_lease<R: Registry>(
     reg: &R,
     cfg: &NetConfig,
-    (public_ip, device_mac): (Ipv4Addr, Option<MacAddr>),
+    (public_ip, public_ipv6, device_mac): (Ipv4Addr, Option<Ipv6Addr>, Option<MacAddr>),
     opts: &RunOptions,
     shutdown: &mut Shutdown,
 ) -> Result<Acquired> {
     let previous = read_previous_subnet(&opts.subnet_file);
-    let attrs = |prev: Option<&LeaseAttrs>| attrs_for(cfg, public_ip, opts.public_ipv6, device_mac, prev);
+    let attrs = |prev: Option<&LeaseAttrs>| attrs_for(cfg, public_ip, public_ipv6, device_mac, prev);
     let acquired =
         retrying("acquiring a lease", shutdown, Attempt::RunsToEnd, || acquire(reg, cfg, public_ip, previous, attrs))
             .await?;
@@ -228,7 +228,9 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions, shutdown: &mut Shutdown) -
     tracing::info!(network = %cfg.network, backend = %cfg.backend.kind, iface = %prepared.underlay.name, %public_ip, registry = %reg.describe(), dataplane = %prepared.metrics.dataplane, "starting");
     let metrics = prepared.metrics.clone();
 
-    let acquired = acquire_lease(&reg, &cfg, (public_ip, prepared.vtep_mac), &opts, shutdown).await?;
+    // flanneld's PublicIPv6: the flag, else the underlay's first global IPv6 address.
+    let public_ipv6 = opts.public_ipv6.or(prepared.underlay.addr6).filter(|_| cfg.ipv6.is_some());
+    let acquired = acquire_lease(&reg, &cfg, (public_ip, public_ipv6, prepared.vtep_mac), &opts, shutdown).await?;
     let lease = acquired.lease.clone();
     let started = async {
         let known = retrying("listing leases", shutdown, Attempt::Cancellable, || reg.leases()).await?;

@@ -404,11 +404,6 @@ pub async fn prepare(opts: &RunOptions, cfg: &NetConfig) -> Result<Prepared, Hos
     if kernel && cfg.backend.kind == BackendType::Udp {
         return Err(HostError::Unsupported("the udp backend has no kernel data path (use --dataplane userspace)"));
     }
-    if kernel && cfg.ipv6.is_some() {
-        return Err(HostError::Unsupported(
-            "EnableIPv6 (dual-stack) is carried by the userspace data path only: use the udp or vxlan backend with --dataplane userspace",
-        ));
-    }
     let endpoints = bind_endpoints(opts).await?;
     let vtep_mac = match cfg.backend.kind {
         BackendType::Vxlan => vxlan_leftover(&nl, cfg, &underlay, mtu, kernel).await?,
@@ -478,8 +473,14 @@ mod tests {
 
     #[test]
     fn backend_mtu_is_the_underlay_mtu_as_in_flanneld() {
-        let underlay =
-            Underlay { index: 2, name: "eth0".into(), mtu: 9000, addr: Ipv4Addr::new(198, 18, 0, 1), subnet: None };
+        let underlay = Underlay {
+            index: 2,
+            name: "eth0".into(),
+            mtu: 9000,
+            addr: Ipv4Addr::new(198, 18, 0, 1),
+            subnet: None,
+            addr6: None,
+        };
         let cfg = |b: &str| NetConfig::parse(&format!(r#"{{"Network":"100.96.0.0/16","Backend":{b}}}"#)).unwrap();
         assert_eq!(mtu_for(&cfg(r#"{"Type":"vxlan","MTU":1400}"#), &underlay).unwrap(), 1350);
         assert_eq!(mtu_for(&cfg(r#"{"Type":"udp","MTU":1400}"#), &underlay).unwrap(), 1372);
