@@ -6,7 +6,7 @@
 use std::net::{Ipv4Addr, TcpListener};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use weft::control::lease::peers_from_leases;
+use weft::control::lease::{Ipv6Carrier, peers_from_leases};
 use weft::control::registry::Registry;
 use weft::control::registry::etcd::{EtcdOptions, EtcdRegistry};
 use weft::dataplane::peers::PeerTable;
@@ -83,7 +83,7 @@ fn main() {
         for _ in 0..5 {
             let t = Instant::now();
             let leases = reg.leases().await.unwrap();
-            let table = PeerTable::new(peers_from_leases(&cfg, &leases, &own).peers);
+            let table = PeerTable::new(peers_from_leases(&cfg, &leases, &own, Ipv6Carrier::Ipv4Underlay).peers);
             assert_eq!(table.len(), LEASES as usize);
             starts.push(t.elapsed());
         }
@@ -105,7 +105,7 @@ fn main() {
                     .unwrap()
             });
             let now = reg.watch_leases(&known).await.unwrap();
-            let table = PeerTable::new(peers_from_leases(&cfg, &now, &own).peers);
+            let table = PeerTable::new(peers_from_leases(&cfg, &now, &own, Ipv6Carrier::Ipv4Underlay).peers);
             let took = t.elapsed();
             put.await.unwrap();
             assert!(

@@ -121,6 +121,48 @@ fn kernel_vxlan() {
     kernel_suite("d6kv", r#"{"Type":"vxlan"}"#);
 }
 
+/// A kernel-path node announces the PublicIPv6 it takes IPv6 on; a userspace node announces
+/// none (it carries IPv6 over the IPv4 underlay). Side by side, each routes the other's IPv4
+/// subnet, says why it does not route the IPv6 one, and a ping6 gets "unreachable" at once
+/// instead of vanishing.
+#[test]
+fn kernel_and_userspace_nodes_share_ipv4_and_refuse_each_others_ipv6_aloud() {
+    require_privileges();
+    let spec = ClusterSpec {
+        dual_stack: true,
+        skip_hosts: vec![0, 1],
+        ..ClusterSpec::two_hosts("d6mix", r#"{"Type":"vxlan"}"#)
+    };
+    let mut c = Cluster::start(bin(), &spec, Duration::from_secs(15)).expect("cluster builds");
+    c.start_host(bin(), 0, &["--dataplane".into(), "kernel".into()]).unwrap();
+    c.start_host(bin(), 1, &["--mode".into(), "offload".into()]).unwrap();
+    c.wait_ready(Duration::from_secs(15)).unwrap();
+    let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
+    let lease = |h: &weft::lab::topology::Host| {
+        let key = format!("{}-24&{}-64", h.subnet.network(), h.subnet6.network());
+        std::fs::read_to_string(c.registry.path().join("subnets").join(key)).unwrap()
+    };
+    assert!(lease(&h1).contains(&format!(r#""PublicIPv6":"{}""#, h1.underlay_ip6)), "{}", lease(&h1));
+    assert!(lease(&h2).contains(r#""PublicIPv6":null"#), "{}", lease(&h2));
+    // A real NIC completes the kernel sender's partial inner checksums (see vxlan_backend.rs).
+    assert!(ns_exec(&h1.ns, &["ethtool", "-K", "eth0", "tx", "off"]).unwrap().status.success());
+    assert!(ping(&h1.container_ns, h2.container_ip, 2), "IPv4 kernel → userspace\n{}", c.logs());
+    assert!(ping(&h2.container_ns, h1.container_ip, 2), "IPv4 userspace → kernel\n{}", c.logs());
+    tcp_both_ways(&c, 5 * MB);
+    for (from, to) in [(&h1, &h2), (&h2, &h1)] {
+        let out =
+            ns_exec(&from.container_ns, &["ping", "-6", "-n", "-c", "1", "-W", "2", &to.container_ip6.to_string()])
+                .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success() && text.contains("nreachable"), "{} → {}: {text}", from.ns, to.ns);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || c.logs().matches("routing its IPv4 subnet only").count() == 2),
+        "{}",
+        c.logs()
+    );
+}
+
 /// With no leases written beforehand, each node leases a pair of subnets as flanneld does
 /// (`v4-len&v6-len`), writes both into subnet.env, and reuses the pair when it restarts.
 #[test]
@@ -146,8 +188,8 @@ fn dual_stack_leases_are_acquired_written_and_reused() {
         assert!(v4.starts_with("100.96.") && v4.ends_with("-24"), "{key}");
         assert!(v6.starts_with("2001:db8:96:") && v6.ends_with("::-64"), "{key}");
         let value = std::fs::read_to_string(dir.join(key)).unwrap();
-        // PublicIPv6 is the underlay's IPv6 address when no --public-ipv6 is given.
-        assert!(value.contains(r#""PublicIPv6":"2001:db8:18::"#), "{value}");
+        // The userspace path carries IPv6 over the IPv4 underlay and announces no PublicIPv6.
+        assert!(value.contains(r#""PublicIPv6":null"#), "{value}");
         assert!(value.contains(r#""BackendV6Data":{"VNI":1,"VtepMAC":""#), "{value}");
     }
     let env = |path: std::path::PathBuf| SubnetEnv::parse(&std::fs::read_to_string(path).unwrap()).unwrap();

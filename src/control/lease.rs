@@ -149,6 +149,8 @@ pub struct PeerSet {
     pub peers: Vec<Peer>,
     /// Leases refused, with the reason.
     pub refused: Vec<Refusal>,
+    /// Peers whose IPv4 subnet is routed but whose IPv6 subnet is not, with the reason.
+    pub v6_unrouted: Vec<Refusal>,
 }
 
 /// Why `lease` cannot be a peer under `cfg` (None: it can). flanneld validates leases against
@@ -169,31 +171,70 @@ pub fn check_lease(cfg: &NetConfig, lease: &Lease) -> Option<String> {
     None
 }
 
-/// The IPv6 side of `lease` on a dual-stack network: its IPv6 subnet when that fits the
-/// network (one that does not is left unrouted; its IPv4 side still works), with the VTEP MAC
-/// of its `BackendV6Data` for vxlan, else of its `BackendData`.
-fn peer_v6(cfg: &NetConfig, lease: &Lease) -> Option<PeerV6> {
-    let v6 = cfg.ipv6.as_ref()?;
-    let subnet = lease.key.v6.filter(|n| v6.network.contains(n) && n.prefix_len() == v6.subnet_len)?;
+/// How a node's IPv6 pods' packets travel between hosts. A node says which in its lease: a
+/// kernel path (flanneld's, or weft's) announces the PublicIPv6 it receives them on; weft's
+/// userspace path carries them over the IPv4 underlay and announces none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ipv6Carrier {
+    /// Over the IPv4 underlay, to PublicIP (weft's userspace path).
+    Ipv4Underlay,
+    /// Over the IPv6 underlay, to PublicIPv6 (`flannel-v6.<VNI>`, host-gw's IPv6 routes).
+    Ipv6Underlay,
+}
+
+impl Ipv6Carrier {
+    /// The carrier a lease announces.
+    pub fn of(attrs: &LeaseAttrs) -> Self {
+        match attrs.public_ipv6 {
+            Some(_) => Self::Ipv6Underlay,
+            None => Self::Ipv4Underlay,
+        }
+    }
+}
+
+/// The IPv6 side of `lease` on a dual-stack network: its IPv6 subnet, with the VTEP MAC of its
+/// `BackendV6Data` for vxlan (else of its `BackendData`). `Ok(None)`: it has none, or the
+/// network is IPv4-only; `Err`: why its IPv6 subnet cannot be routed (its IPv4 side still is).
+fn peer_v6(cfg: &NetConfig, lease: &Lease, ours: Ipv6Carrier) -> Result<Option<PeerV6>, String> {
+    let (Some(v6), Some(subnet)) = (cfg.ipv6.as_ref(), lease.key.v6) else { return Ok(None) };
+    if !v6.network.contains(&subnet) || subnet.prefix_len() != v6.subnet_len {
+        return Err(format!("IPv6 subnet {subnet} is not a /{} of IPv6Network {}", v6.subnet_len, v6.network));
+    }
+    let theirs = Ipv6Carrier::of(&lease.attrs);
+    if theirs != ours {
+        let why = match theirs {
+            Ipv6Carrier::Ipv6Underlay => {
+                "it carries IPv6 over the IPv6 underlay (a kernel path), this node over the IPv4 underlay (the userspace path)"
+            }
+            Ipv6Carrier::Ipv4Underlay => {
+                "it carries IPv6 over the IPv4 underlay (weft's userspace path), this node over the IPv6 underlay (a kernel path)"
+            }
+        };
+        return Err(format!("IPv6 subnet {subnet} is not routed: {why}"));
+    }
     let data = lease.attrs.vxlan_v6_data().or_else(|| lease.attrs.vxlan_data());
-    Some(PeerV6 { subnet, vtep_mac: data.map(|d| d.vtep_mac), public_ip: lease.attrs.public_ipv6 })
+    Ok(Some(PeerV6 { subnet, vtep_mac: data.map(|d| d.vtep_mac), public_ip: lease.attrs.public_ipv6 }))
 }
 
 /// The peers a node of backend `cfg.backend` can reach: every lease but its own, of the same
 /// backend (flannel skips the others silently), that fits the config; the rest is refused.
-pub fn peers_from_leases(cfg: &NetConfig, leases: &[Lease], own: &SubnetKey) -> PeerSet {
+/// On a dual-stack network a peer's IPv6 subnet is routed when it carries IPv6 as this node
+/// does (`ours`).
+pub fn peers_from_leases(cfg: &NetConfig, leases: &[Lease], own: &SubnetKey, ours: Ipv6Carrier) -> PeerSet {
     let mut set = PeerSet::default();
     for l in leases.iter().filter(|l| l.key.v4 != own.v4) {
+        let v6 = peer_v6(cfg, l, ours).unwrap_or_else(|why| {
+            set.v6_unrouted.push(Refusal { key: l.key, why });
+            None
+        });
         let subnet = l.key.v4;
         let endpoint = SocketAddrV4::new(l.attrs.public_ip, cfg.backend.port);
         let peer = match (cfg.backend.kind, l.attrs.backend_name()) {
             (BackendType::Udp, "udp") | (BackendType::HostGw, "host-gw") => {
-                Peer { subnet, endpoint, vtep_mac: None, v6: peer_v6(cfg, l) }
+                Peer { subnet, endpoint, vtep_mac: None, v6 }
             }
             (BackendType::Vxlan, "vxlan") => match l.attrs.vxlan_data() {
-                Some(d) if d.vni == cfg.backend.vni => {
-                    Peer { subnet, endpoint, vtep_mac: Some(d.vtep_mac), v6: peer_v6(cfg, l) }
-                }
+                Some(d) if d.vni == cfg.backend.vni => Peer { subnet, endpoint, vtep_mac: Some(d.vtep_mac), v6 },
                 Some(d) => {
                     set.refused
                         .push(Refusal { key: l.key, why: format!("VNI {} is not ours ({})", d.vni, cfg.backend.vni) });
@@ -352,7 +393,7 @@ mod tests {
             Lease { key: key("100.96.4.0/24&2001:db8:9:4::/64"), attrs: attrs.clone(), expires: None, reserved: false },
             Lease { key: key("100.96.5.0/24"), attrs, expires: None, reserved: false },
         ];
-        let set = peers_from_leases(&c, &ls, &key("100.96.1.0/24&2001:db8:1:1::/64"));
+        let set = peers_from_leases(&c, &ls, &key("100.96.1.0/24&2001:db8:1:1::/64"), Ipv6Carrier::Ipv4Underlay);
         let v6: Vec<_> = set.peers.iter().map(|p| p.v6.map(|v| (v.subnet.to_string(), v.vtep_mac))).collect();
         assert_eq!(
             v6,
@@ -363,13 +404,47 @@ mod tests {
                 None
             ]
         );
+        assert_eq!(set.v6_unrouted.len(), 1, "the IPv6 subnet outside IPv6Network is said");
+        assert!(set.v6_unrouted[0].why.contains("2001:db8:9:4::/64"), "{:?}", set.v6_unrouted);
         // On an IPv4-only network the IPv6 halves are not routed.
         let set = peers_from_leases(
             &NetConfig::parse(r#"{"Network":"100.96.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap(),
             &ls,
             &key("100.96.1.0/24"),
+            Ipv6Carrier::Ipv4Underlay,
         );
-        assert!(set.peers.iter().all(|p| p.v6.is_none()));
+        assert!(set.peers.iter().all(|p| p.v6.is_none()) && set.v6_unrouted.is_empty());
+    }
+
+    /// A kernel-path node (PublicIPv6 set) and a userspace node (none) carry IPv6 on different
+    /// underlays: each routes the other's IPv4 subnet only, and says why.
+    #[test]
+    fn ipv6_goes_only_to_peers_that_carry_it_the_same_way() {
+        let c = dual_cfg();
+        let user = Lease {
+            key: key("100.96.2.0/24&2001:db8:1:2::/64"),
+            attrs: LeaseAttrs::udp(Ipv4Addr::new(198, 18, 0, 2)).dual_stack(None, None),
+            expires: None,
+            reserved: false,
+        };
+        let kernel = Lease {
+            key: key("100.96.3.0/24&2001:db8:1:3::/64"),
+            attrs: LeaseAttrs::udp(Ipv4Addr::new(198, 18, 0, 3))
+                .dual_stack(Some("2001:db8:18::3".parse().unwrap()), None),
+            ..user.clone()
+        };
+        let own = key("100.96.1.0/24&2001:db8:1:1::/64");
+        let leases = [user, kernel];
+        for (ours, routed, unrouted) in [
+            (Ipv6Carrier::Ipv4Underlay, "2001:db8:1:2::/64", "IPv6 underlay"),
+            (Ipv6Carrier::Ipv6Underlay, "2001:db8:1:3::/64", "IPv4 underlay"),
+        ] {
+            let set = peers_from_leases(&c, &leases, &own, ours);
+            assert_eq!(set.peers.len(), 2, "both IPv4 subnets are routed");
+            let v6: Vec<String> = set.peers.iter().filter_map(|p| p.v6.map(|v| v.subnet.to_string())).collect();
+            assert_eq!(v6, [routed]);
+            assert!(set.v6_unrouted.len() == 1 && set.v6_unrouted[0].why.contains(unrouted), "{:?}", set.v6_unrouted);
+        }
     }
 
     #[test]
@@ -388,7 +463,8 @@ mod tests {
             vx("100.96.3.0/24", 2),
             lease("100.96.4.0/24", [198, 18, 0, 4]),
         ];
-        let set = peers_from_leases(&c, &ls, &SubnetKey::v4("100.96.1.0/24".parse().unwrap()));
+        let set =
+            peers_from_leases(&c, &ls, &SubnetKey::v4("100.96.1.0/24".parse().unwrap()), Ipv6Carrier::Ipv4Underlay);
         let p = set.peers;
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].vtep_mac, Some(mac));
@@ -410,11 +486,11 @@ mod tests {
             ("100.96.2.0/24", [239, 1, 1, 1], "PublicIP 239.1.1.1"),
             ("100.96.2.0/24", [255, 255, 255, 255], "PublicIP 255.255.255.255"),
         ] {
-            let set = peers_from_leases(&c, &[lease(net, ip)], &own);
+            let set = peers_from_leases(&c, &[lease(net, ip)], &own, Ipv6Carrier::Ipv4Underlay);
             assert!(set.peers.is_empty(), "{net} via {ip:?} was routed");
             assert!(set.refused[0].why.contains(want), "{net}: {:?}", set.refused);
         }
-        let ok = peers_from_leases(&c, &[lease("100.96.2.0/24", [198, 18, 0, 2])], &own);
+        let ok = peers_from_leases(&c, &[lease("100.96.2.0/24", [198, 18, 0, 2])], &own, Ipv6Carrier::Ipv4Underlay);
         assert_eq!((ok.peers.len(), ok.refused.len()), (1, 0));
     }
 }

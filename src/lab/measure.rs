@@ -105,6 +105,23 @@ pub fn snmp(proto: &str, field: &str) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other(format!("no {proto} {field} in snmp")))
 }
 
+/// `field` of the calling thread's namespace's IPv6 counters (`/proc/net/snmp6`, one
+/// `Name value` pair per line), e.g. `Udp6OutDatagrams`.
+pub fn snmp6(field: &str) -> io::Result<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/snmp6")?;
+    text.lines()
+        .filter_map(|l| l.split_once(char::is_whitespace))
+        .find(|(n, _)| *n == field)
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::other(format!("no {field} in snmp6")))
+}
+
+/// UDP datagrams the calling thread's namespace has sent, over IPv4 and IPv6 (TCP's
+/// segment counter already counts both).
+pub fn udp_out_datagrams() -> io::Result<u64> {
+    Ok(snmp("Udp", "OutDatagrams")? + snmp6("Udp6OutDatagrams")?)
+}
+
 /// The calling thread's CPU time so far: (user ns, system ns).
 pub fn thread_cpu() -> (u64, u64) {
     match nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD) {
@@ -138,6 +155,9 @@ mod tests {
     fn reads_own_namespace_counters() {
         assert!(snmp("Udp", "OutDatagrams").is_ok());
         assert!(snmp("Udp", "NoSuchField").is_err());
+        assert!(snmp6("Udp6OutDatagrams").is_ok());
+        assert!(snmp6("Udp6NoSuchField").is_err());
+        assert!(udp_out_datagrams().is_ok());
         let (u, s) = thread_cpu();
         assert!(u + s < 3_600_000_000_000);
     }

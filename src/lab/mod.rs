@@ -46,6 +46,11 @@ pub struct LabOptions {
     /// directory.
     #[arg(long)]
     pub etcd: bool,
+    /// Run every workload over the IPv6 overlay of a dual-stack network: the kernel paths
+    /// carry it over the IPv6 underlay (flannel-v6.<VNI>, host-gw's IPv6 routes), the userspace
+    /// paths over the IPv4 underlay.
+    #[arg(long)]
+    pub ipv6: bool,
     /// Write every figure as JSON (schema `weft-lab/1`, in docs/lab-json.md).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -219,7 +224,10 @@ fn start_cluster(bin: &std::path::Path, spec: &ClusterSpec, name: &str) -> Resul
         Some(_) => {
             let e = etcd::Etcd::in_netns(&cluster.topo.hosts[0].ns, LAB_ETCD_IP).context("starting etcd")?;
             e.try_wait_healthy(&[], Duration::from_secs(20))?;
-            let config = cluster::lab_config(&spec.backend);
+            let config = match spec.dual_stack {
+                true => cluster::lab_config_dual(&spec.backend),
+                false => cluster::lab_config(&spec.backend),
+            };
             e.try_put("/coreos.com/network/config", &config)?;
             for (key, value) in cluster::seed_leases(&cluster.topo, &config)? {
                 e.try_put(&format!("/coreos.com/network/subnets/{key}"), &value)?;
@@ -234,6 +242,8 @@ fn start_cluster(bin: &std::path::Path, spec: &ClusterSpec, name: &str) -> Resul
 /// What one workload on one data path runs with.
 struct Trial<'a> {
     cluster: &'a Cluster,
+    /// Run over IPv6 (the containers' IPv6 addresses).
+    ipv6: bool,
     path: &'a DataPath,
     round: u32,
     secs: u64,
@@ -244,6 +254,7 @@ impl Trial<'_> {
     /// Runs workload `w` between containers 1 and 2 and reads the figures around it.
     fn measure(&self, w: Workload) -> Result<Record> {
         let (h1, h2) = (&self.cluster.topo.hosts[0], &self.cluster.topo.hosts[1]);
+        let dst: std::net::IpAddr = if self.ipv6 { h2.container_ip6.into() } else { h2.container_ip.into() };
         let (dur, bound, name) = (Duration::from_secs(self.secs), Duration::from_secs(self.secs + 30), &self.path.name);
         let scrape_all = || -> Result<Vec<Samples>> {
             self.cluster
@@ -259,21 +270,14 @@ impl Trial<'_> {
         let mut rec = Record::new(name, &w.name(), self.round);
         let (sender, packets, ceiling) = match w {
             Workload::Tcp { streams } => {
-                let r = tcp_bulk(
-                    &h2.container_ns,
-                    h2.container_ip,
-                    &h1.container_ns,
-                    streams,
-                    Amount::Duration(dur),
-                    bound,
-                )
-                .with_context(|| format!("{} over {name}\n{}", w.name(), self.cluster.logs()))?;
+                let r = tcp_bulk(&h2.container_ns, dst, &h1.container_ns, streams, Amount::Duration(dur), bound)
+                    .with_context(|| format!("{} over {name}\n{}", w.name(), self.cluster.logs()))?;
                 rec.duration_s = r.seconds;
                 rec.throughput_gbit_s = Some(r.gbit_per_s());
                 (r.sender, r.sender.wire_packets, None)
             }
             Workload::UdpSmall => {
-                let r = udp_flood(&h2.container_ns, h2.container_ip, &h1.container_ns, dur)
+                let r = udp_flood(&h2.container_ns, dst, &h1.container_ns, dur)
                     .with_context(|| format!("udp over {name}"))?;
                 rec.duration_s = r.seconds;
                 rec.offered_pps = Some(r.offered_pps());
@@ -283,7 +287,7 @@ impl Trial<'_> {
                 (r.sender, r.sent, Some(r.offered_pps()))
             }
             Workload::RequestResponse => {
-                let r = udp_ping_pong(&h2.container_ns, h2.container_ip, &h1.container_ns, dur)
+                let r = udp_ping_pong(&h2.container_ns, dst, &h1.container_ns, dur)
                     .with_context(|| format!("request/response over {name}"))?;
                 rec.duration_s = self.secs as f64;
                 rec.latency_p50_us = Some(r.p50_us);
@@ -312,16 +316,9 @@ impl Trial<'_> {
             // After the figures above: the rate it carries with < 1 % loss, bisected below the
             // unpaced offer.
             let trial = if self.quick { Duration::from_millis(300) } else { Duration::from_secs(1) };
-            let best = udp_lossless_rate(
-                &h2.container_ns,
-                h2.container_ip,
-                &h1.container_ns,
-                ceiling,
-                0.01,
-                trial,
-                LOSSLESS_TRIALS,
-            )
-            .with_context(|| format!("paced udp over {name}"))?;
+            let best =
+                udp_lossless_rate(&h2.container_ns, dst, &h1.container_ns, ceiling, 0.01, trial, LOSSLESS_TRIALS)
+                    .with_context(|| format!("paced udp over {name}"))?;
             rec.lossless_pps = best.map(|b| b.delivered_pps());
         }
         Ok(rec)
@@ -350,7 +347,7 @@ pub fn run(opts: LabOptions) -> Result<()> {
     if paths.is_empty() {
         bail!("--only {:?} matches no data path", opts.only.unwrap_or_default());
     }
-    let mut report = Report::new(secs, opts.rounds);
+    let mut report = Report::new(secs, opts.rounds, if opts.ipv6 { "ipv6" } else { "ipv4" });
     eprintln!("lab: {}", report.machine());
     let rounds = (1..=opts.rounds).flat_map(|round| paths.iter().map(move |dp| (round, dp)));
     for (round, dp) in rounds {
@@ -363,10 +360,11 @@ pub fn run(opts: LabOptions) -> Result<()> {
             hosts: opts.hosts,
             extra_args: extra,
             etcd_endpoints: opts.etcd.then(|| format!("http://{LAB_ETCD_IP}:2379")),
+            dual_stack: opts.ipv6,
             ..ClusterSpec::two_hosts("lab", dp.backend)
         };
         let (cluster, _etcd) = start_cluster(&bin, &spec, &dp.name)?;
-        let trial = Trial { cluster: &cluster, path: dp, round, secs, quick: opts.quick };
+        let trial = Trial { cluster: &cluster, ipv6: opts.ipv6, path: dp, round, secs, quick: opts.quick };
         for w in &workloads {
             if interrupted.load(Ordering::Relaxed) {
                 bail!("interrupted; everything the lab created has been removed");

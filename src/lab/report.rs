@@ -163,6 +163,8 @@ pub struct Report {
     /// Rounds: every data path ran every workload once per round, the paths in turn, so that
     /// a slow drift of the machine touches every path alike.
     pub rounds: u32,
+    /// The overlay's address family every workload ran over: `ipv4`, or `ipv6` (`--ipv6`).
+    pub family: &'static str,
     /// The records, every round's.
     pub records: Vec<Record>,
 }
@@ -178,7 +180,7 @@ pub struct Summary<'a> {
 
 impl Report {
     /// An empty report for this machine.
-    pub fn new(seconds: u64, rounds: u32) -> Self {
+    pub fn new(seconds: u64, rounds: u32, family: &'static str) -> Self {
         let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
@@ -187,7 +189,12 @@ impl Report {
                 t.lines().find_map(|l| Some(l.strip_prefix("model name")?.split_once(':')?.1.trim().to_string()))
             })
             .unwrap_or_else(|| "unknown CPU".into());
-        Self { schema: "weft-lab/1", kernel, cpus, cpu_model, seconds, rounds, records: Vec::new() }
+        Self { schema: "weft-lab/1", kernel, cpus, cpu_model, seconds, rounds, family, records: Vec::new() }
+    }
+
+    /// `IPv4` or `IPv6`, as the table's first line names the family.
+    fn family_name(&self) -> &'static str {
+        if self.family == "ipv6" { "IPv6" } else { "IPv4" }
     }
 
     /// The machine, as the table's first line names it.
@@ -241,17 +248,19 @@ impl Report {
         let _ = if self.rounds > 1 {
             writeln!(
                 out,
-                "weft lab: {}, {} s per workload, {} rounds (every data path in turn in each round)\n\
+                "weft lab: {}, {} overlay, {} s per workload, {} rounds (every data path in turn in each round)\n\
                  each row: the round with the median ratio to {BASELINE} of the same round; (lowest-highest) ratio over the rounds",
                 self.machine(),
+                self.family_name(),
                 self.seconds,
                 self.rounds
             )
         } else {
             writeln!(
                 out,
-                "weft lab: {}, {} s per workload; ratios are to {BASELINE} in this run",
+                "weft lab: {}, {} overlay, {} s per workload; ratios are to {BASELINE} in this run",
                 self.machine(),
+                self.family_name(),
                 self.seconds
             )
         };
@@ -396,7 +405,7 @@ mod tests {
 
     #[test]
     fn ratios_are_per_round_and_the_table_shows_the_median_round() {
-        let mut rep = Report::new(5, 3);
+        let mut rep = Report::new(5, 3, "ipv4");
         // The machine is faster in round 1: a ratio must use its own round's baseline.
         for (round, kernel, weft) in [(1, 20.0, 10.0), (2, 10.0, 6.0), (3, 10.0, 4.0)] {
             rep.records.push(tcp(BASELINE, round, kernel));
@@ -420,20 +429,23 @@ mod tests {
 
     #[test]
     fn even_rounds_show_a_measured_round_and_one_round_shows_no_range() {
-        let mut rep = Report::new(5, 2);
+        let mut rep = Report::new(5, 2, "ipv6");
         for (round, weft) in [(1, 3.0), (2, 7.0)] {
             rep.records.push(tcp(BASELINE, round, 10.0));
             rep.records.push(tcp("weft udp offload", round, weft));
         }
         rep.compute_ratios();
         assert_eq!(rep.summaries()[1].median.throughput_gbit_s, Some(3.0));
+        assert!(rep.table().lines().next().unwrap().contains("IPv6 overlay"), "{}", rep.table());
+        assert!(rep.json().unwrap().contains(r#""family": "ipv6""#), "{}", rep.json().unwrap());
 
-        let mut one = Report::new(5, 1);
+        let mut one = Report::new(5, 1, "ipv4");
         one.records.push(tcp(BASELINE, 1, 10.0));
         one.records.push(tcp("weft udp naive", 1, 1.0));
         one.compute_ratios();
         let table = one.table();
         assert!(table.contains("ratios are to vxlan (kernel) in this run"), "{table}");
+        assert!(table.contains("IPv4 overlay"), "{table}");
         let row = table.lines().find(|l| l.starts_with("weft udp naive")).unwrap();
         assert!(row.contains(" 0.100 |") && !row.contains('('), "{row}");
     }

@@ -156,10 +156,7 @@ pub fn tcp_bulk(
     let server_ip = server_ip.into();
     let streams = streams.clamp(1, 64);
     let (ready_tx, ready_rx) = mpsc::channel();
-    let any: IpAddr = match server_ip {
-        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
-        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
-    };
+    let any = unspecified(server_ip);
     let server = in_ns(server_ns, move || {
         let l = TcpListener::bind((any, TCP_PORT))?;
         let _ = ready_tx.send(());
@@ -212,6 +209,14 @@ pub fn tcp_bulk(
     Ok(TcpResult { bytes: got, seconds: elapsed.as_secs_f64(), sender })
 }
 
+/// The wildcard address of `ip`'s family.
+fn unspecified(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    }
+}
+
 /// The UDP port of the small-datagram workload.
 pub const UDP_PORT: u16 = 5202;
 /// The UDP port of the request/response workload.
@@ -244,7 +249,7 @@ pub fn small_payload_ok(d: &[u8]) -> Option<u64> {
 /// (None if none passed).
 pub fn udp_lossless_rate(
     server_ns: &str,
-    server_ip: Ipv4Addr,
+    server_ip: IpAddr,
     client_ns: &str,
     ceiling: f64,
     max_loss: f64,
@@ -340,8 +345,13 @@ impl UdpResult {
 
 /// 64-byte UDP datagrams from `client_ns` to `server_ip` as fast as `sendmmsg` (batches of 64)
 /// takes them, for `duration`; the receiver checks each and counts distinct sequence numbers.
-pub fn udp_flood(server_ns: &str, server_ip: Ipv4Addr, client_ns: &str, duration: Duration) -> io::Result<UdpResult> {
-    udp_flood_at(server_ns, server_ip, client_ns, duration, None)
+pub fn udp_flood(
+    server_ns: &str,
+    server_ip: impl Into<IpAddr>,
+    client_ns: &str,
+    duration: Duration,
+) -> io::Result<UdpResult> {
+    udp_flood_at(server_ns, server_ip.into(), client_ns, duration, None)
 }
 
 /// Datagrams per paced batch: small, so that pacing adds no burst a queue would notice.
@@ -351,7 +361,7 @@ const PACED_BATCH: usize = 16;
 /// possible with `None`.
 pub fn udp_flood_at(
     server_ns: &str,
-    server_ip: Ipv4Addr,
+    server_ip: IpAddr,
     client_ns: &str,
     duration: Duration,
     rate: Option<f64>,
@@ -359,7 +369,7 @@ pub fn udp_flood_at(
     let (ready_tx, ready_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let server = in_ns(server_ns, move || {
-        let sock = crate::dataplane::sys::udp::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, UDP_PORT)))?;
+        let sock = crate::dataplane::sys::udp::bind(SocketAddr::from((unspecified(server_ip), UDP_PORT)))?;
         let _ = ready_tx.send(());
         let mut batch = MmsgBatch::new(FLOOD_BATCH);
         let mut store = vec![[0u8; 128]; FLOOD_BATCH];
@@ -390,9 +400,9 @@ pub fn udp_flood_at(
     });
     ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("UDP server did not start"))?;
     let client = in_ns(client_ns, move || {
-        let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        let sock = UdpSocket::bind((unspecified(server_ip), 0))?;
         sock.connect((server_ip, UDP_PORT))?;
-        let out0 = measure::snmp("Udp", "OutDatagrams")?;
+        let out0 = measure::udp_out_datagrams()?;
         let mut batch = MmsgBatch::new(FLOOD_BATCH);
         let mut payloads = vec![[0u8; SMALL_PAYLOAD]; FLOOD_BATCH];
         let (u0, s0) = measure::thread_cpu();
@@ -421,7 +431,7 @@ pub fn udp_flood_at(
         }
         let seconds = start.elapsed().as_secs_f64();
         let (u1, s1) = measure::thread_cpu();
-        let wire = measure::snmp("Udp", "OutDatagrams")?.saturating_sub(out0);
+        let wire = measure::udp_out_datagrams()?.saturating_sub(out0);
         Ok((seq, seconds, SenderStats { syscalls: calls, user_ns: u1 - u0, system_ns: s1 - s0, wire_packets: wire }))
     });
     let sent = join(client);
@@ -448,11 +458,12 @@ pub struct LatencyResult {
 }
 
 /// Starts a UDP echo server on [`ECHO_PORT`] in `server_ns` that runs until `stop_at`, and waits
-/// until it listens. Send errors (the path may be down during a restart) are ignored.
+/// until it listens. It binds the IPv6 wildcard, which (Linux's default, `bindv6only` 0) takes
+/// IPv4 requests too. Send errors (the path may be down during a restart) are ignored.
 pub fn echo_server(server_ns: &str, stop_at: Instant) -> io::Result<thread::JoinHandle<io::Result<()>>> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let server = in_ns(server_ns, move || {
-        let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, ECHO_PORT))?;
+        let sock = UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, ECHO_PORT))?;
         sock.set_read_timeout(Some(Duration::from_millis(50)))?;
         let _ = ready_tx.send(());
         let mut buf = [0u8; 256];
@@ -475,13 +486,14 @@ pub fn echo_server(server_ns: &str, stop_at: Instant) -> io::Result<thread::Join
 /// round trips). The echo must match the request.
 pub fn udp_ping_pong(
     server_ns: &str,
-    server_ip: Ipv4Addr,
+    server_ip: impl Into<IpAddr>,
     client_ns: &str,
     duration: Duration,
 ) -> io::Result<LatencyResult> {
+    let server_ip = server_ip.into();
     let server = echo_server(server_ns, Instant::now() + duration + Duration::from_secs(2))?;
     let client = in_ns(client_ns, move || {
-        let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        let sock = UdpSocket::bind((unspecified(server_ip), 0))?;
         sock.connect((server_ip, ECHO_PORT))?;
         sock.set_read_timeout(Some(Duration::from_millis(200)))?;
         let mut rtts = Vec::with_capacity(50_000);

@@ -5,7 +5,7 @@
 use super::datapath::DataPath;
 use super::signals::Shutdown;
 use crate::control::backoff::Backoff;
-use crate::control::lease::peers_from_leases;
+use crate::control::lease::{Ipv6Carrier, peers_from_leases};
 use crate::control::metrics::MetricsState;
 use crate::control::registry::{LEASE_TTL, Lease, Registry};
 use crate::control::said::SaidOnce;
@@ -95,10 +95,15 @@ impl<'a, R: Registry> Follower<'a, R> {
 
     /// The peers in `leases`; a refused lease is said once.
     fn peers_of(&self, leases: &[Lease]) -> Vec<Peer> {
-        let set = peers_from_leases(self.cfg, leases, &self.own.key);
+        let set = peers_from_leases(self.cfg, leases, &self.own.key, Ipv6Carrier::of(&self.own.attrs));
         for r in &set.refused {
             if self.said.first(&format!("{} {}", r.key, r.why)) {
                 tracing::warn!(lease = %r.key, "ignoring lease: {}", r.why);
+            }
+        }
+        for r in &set.v6_unrouted {
+            if self.said.first(&format!("{} {}", r.key, r.why)) {
+                tracing::warn!(lease = %r.key, "routing its IPv4 subnet only: {}", r.why);
             }
         }
         set.peers

@@ -186,6 +186,29 @@ fn attrs_for(
     }
 }
 
+/// The PublicIPv6 a dual-stack node announces. A kernel path receives IPv6 pods' traffic on
+/// the IPv6 underlay, as flanneld's: `--public-ipv6`, else the underlay's first global IPv6
+/// address, and it cannot do without one. The userspace path carries it over the IPv4
+/// underlay and announces none, which tells kernel-path peers not to send it IPv6.
+fn public_ipv6(opts: &RunOptions, cfg: &NetConfig, prepared: &prepare::Prepared) -> Result<Option<Ipv6Addr>> {
+    if cfg.ipv6.is_none() {
+        return Ok(None);
+    }
+    if !prepared.kernel_path() {
+        if let Some(ip) = opts.public_ipv6 {
+            tracing::warn!(%ip, "--public-ipv6 is not announced: the userspace data path carries IPv6 pods' packets over the IPv4 underlay");
+        }
+        return Ok(None);
+    }
+    match opts.public_ipv6.or(prepared.underlay.addr6) {
+        Some(ip) => Ok(Some(ip)),
+        None => anyhow::bail!(
+            "a dual-stack kernel data path sends IPv6 pods' packets over the IPv6 underlay, and {} has no global IPv6 address: add one, or pass --public-ipv6",
+            prepared.underlay.name
+        ),
+    }
+}
+
 /// Stage 3: a lease, retried while the registry is unreachable.
 async fn acquire_lease<R: Registry>(
     reg: &R,
@@ -228,8 +251,7 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions, shutdown: &mut Shutdown) -
     tracing::info!(network = %cfg.network, backend = %cfg.backend.kind, iface = %prepared.underlay.name, %public_ip, registry = %reg.describe(), dataplane = %prepared.metrics.dataplane, "starting");
     let metrics = prepared.metrics.clone();
 
-    // flanneld's PublicIPv6: the flag, else the underlay's first global IPv6 address.
-    let public_ipv6 = opts.public_ipv6.or(prepared.underlay.addr6).filter(|_| cfg.ipv6.is_some());
+    let public_ipv6 = public_ipv6(&opts, &cfg, &prepared)?;
     let acquired = acquire_lease(&reg, &cfg, (public_ip, public_ipv6, prepared.vtep_mac), &opts, shutdown).await?;
     let lease = acquired.lease.clone();
     let started = async {

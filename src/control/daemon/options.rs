@@ -49,9 +49,9 @@ pub struct RunOptions {
     /// IP other hosts send to (default: the chosen interface's first IPv4 address).
     #[arg(long, value_name = "IP", env = "FLANNELD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
-    /// IPv6 address other hosts send IPv6 pods' traffic to on a dual-stack network, written as
-    /// the lease's PublicIPv6 (default: the interface's first global IPv6 address). The kernel
-    /// paths use it; the userspace path carries IPv6 over the IPv4 underlay and only announces it.
+    /// IPv6 address other hosts send IPv6 pods' traffic to on a dual-stack network with a kernel
+    /// data path, written as the lease's PublicIPv6 (default: the interface's first global IPv6
+    /// address). The userspace path carries IPv6 over the IPv4 underlay and announces none.
     #[arg(long, value_name = "IPV6", env = "FLANNELD_PUBLIC_IPV6")]
     pub public_ipv6: Option<Ipv6Addr>,
     /// Underlay interface, by name or by one of its IPv4 addresses; several (repeated or

@@ -352,7 +352,7 @@ fn open_first_queue(
                 hint: " (use --mode batched or auto on this kernel)",
                 error: e,
             })?;
-            log_uso(name, uso);
+            log_uso(name, uso, want_uso);
             (Mode::Offload, uso)
         }
         Some(mode) => {
@@ -362,7 +362,7 @@ fn open_first_queue(
         None => match set_tun_offloads(&tun, want_uso) {
             Ok(uso) => {
                 tracing::info!(engine = "offload", "engine: offload (--mode auto: the TUN device accepts TSO)");
-                log_uso(name, uso);
+                log_uso(name, uso, want_uso);
                 (Mode::Offload, uso)
             }
             Err(e) => {
@@ -374,8 +374,12 @@ fn open_first_queue(
     Ok((tun, mode, tun_uso))
 }
 
-fn log_uso(name: &str, uso: bool) {
-    if !uso {
+fn log_uso(name: &str, uso: bool, wanted: bool) {
+    if !wanted {
+        tracing::info!(
+            "{name}: no USO on a dual-stack node (weft cuts IPv4 UDP super-packets only); the kernel cuts them before weft reads them"
+        );
+    } else if !uso {
         tracing::info!(
             "{name}: this kernel has no USO on TUN devices (Linux < 6.2); it cuts UDP GSO packets before weft reads them"
         );
