@@ -71,6 +71,27 @@ fn suite(tag: &str, backend: &str, mode: &str) {
     let c = dual_cluster(tag, backend, &["--mode", mode, "--metrics-addr", "127.0.0.1:9100"]);
     let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
     both_families(&c, &format!("{mode}/{backend}"));
+    if mode == "offload" {
+        // TSO6: the TUN hands IPv6 TCP over as super-packets, many segments per read.
+        let before = scrape(&h1.ns).unwrap();
+        let r = tcp_bulk(
+            &h2.container_ns,
+            h2.container_ip6,
+            &h1.container_ns,
+            1,
+            Amount::Bytes(20 * MB),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!(r.bytes, 20 * MB);
+        let after = scrape(&h1.ns).unwrap();
+        let delta = |m: &str| {
+            let key = format!("{m}{{crossing=\"tun_read\"}}");
+            after.get(&key).copied().unwrap_or(0.0) - before.get(&key).copied().unwrap_or(0.0)
+        };
+        let per_read = delta(name::CROSSING_PACKETS) / delta(name::CROSSING_SYSCALLS).max(1.0);
+        assert!(per_read > 4.0, "{backend}: {per_read:.1} IPv6 segments per TUN read: no TSO6 super-packets");
+    }
     // An unleased IPv6 subnet: the TUN answers with ICMPv6 destination unreachable.
     let out = ns_exec(&h1.container_ns, &["ping", "-6", "-n", "-c", "1", "-W", "2", "2001:db8:96:77::2"]).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

@@ -1,13 +1,16 @@
-//! Segmentation done in user space: an IPv4 super-packet (as a TUN with TSO or USO hands it
-//! over) cut into segments of `gso_size` payload bytes. TCP (TSO): each segment gets its own
-//! header — IP Total Length, IP ID, TCP sequence number, flags, both checksums. UDP (USO,
-//! `GSO_UDP_L4`): each datagram gets its own IP Total Length, IP ID, UDP length and both
-//! checksums. A segment is written into a caller's buffer, headers alone ([`Headers::write`],
+//! Segmentation done in user space: an IPv4 or IPv6 super-packet (as a TUN with TSO or USO
+//! hands it over) cut into segments of `gso_size` payload bytes. TCP (TSO): each segment gets
+//! its own header — IPv4 Total Length, IP ID and header checksum (IPv6: Payload Length), TCP
+//! sequence number, flags and checksum. UDP (USO, `GSO_UDP_L4`): each datagram gets its own IP
+//! length (and IPv4 ID and header checksum), UDP length and checksum. IPv6 super-packets carry
+//! the transport header right after the fixed header (the kernel's TSO6 takes no extension
+//! headers from a TUN either). A segment is written into a caller's buffer, headers alone ([`Headers::write`],
 //! the payload left where it is for a sender that gathers) or whole ([`Headers::write_segment`]).
 
 use super::WireError;
 use super::checksum;
 use super::ipv4::{self, Ipv4Packet};
+use super::ipv6::{self, Ipv6Packet};
 use super::tcp::{self, TcpV4, flags};
 use super::udp::{self, HDR_LEN as UDP_HDR};
 use std::ops::Range;
@@ -19,14 +22,22 @@ enum Transport {
     Udp,
 }
 
+/// The IP version of a super-packet: which header fields each segment gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ip {
+    V4,
+    V6,
+}
+
 /// Cuts one super-packet.
 #[derive(Debug, Clone, Copy)]
 pub struct Segmenter {
     transport: Transport,
+    ip: Ip,
     ip_hl: usize,
-    /// IPv4 + transport header length (with TCP options).
+    /// IP + transport header length (with TCP options).
     hdr_len: usize,
-    /// The super-packet's IPv4 Total Length.
+    /// The super-packet's length (IPv4 Total Length, or 40 + IPv6 Payload Length).
     total: usize,
     mss: usize,
     count: usize,
@@ -38,7 +49,7 @@ pub struct Segmenter {
 pub struct Headers {
     seg: Segmenter,
     /// The IPv4 header's sum with Total Length, ID and the checksum taken as zero: a segment's
-    /// header checksum adds only its own two fields to it.
+    /// header checksum adds only its own two fields to it (unused for IPv6, which has none).
     ip_base: u32,
     /// The transport checksum's sum over what every segment shares: the pseudo-header's
     /// addresses and protocol, and the transport header with the fields that differ per segment
@@ -50,7 +61,35 @@ impl Segmenter {
     /// Plans the segments of the TCP super-packet `pkt` for payloads of `mss` bytes (`gso_size`).
     pub fn new(pkt: &[u8], mss: usize) -> Result<Self, WireError> {
         let t = TcpV4::parse(pkt)?;
-        Self::plan(Transport::Tcp, t.ip_hl(), t.hdr_len(), t.total(), mss)
+        Self::plan(Transport::Tcp, Ip::V4, t.ip_hl(), t.hdr_len(), t.total(), mss)
+    }
+
+    /// Plans the segments of the IPv6 TCP super-packet `pkt` (`GSO_TCPV6`).
+    pub fn new_v6(pkt: &[u8], mss: usize) -> Result<Self, WireError> {
+        let (ip, l4) = v6_transport(pkt, ipv4::PROTO_TCP)?;
+        let t = tcp::TcpPacket::new_checked(l4).map_err(|_| WireError::BadHeaderLen)?;
+        let hl = ipv6::HEADER_LEN;
+        Self::plan(Transport::Tcp, Ip::V6, hl, hl + t.header_len(), ip.total_len(), mss)
+    }
+
+    /// Plans the datagrams of the IPv6 UDP super-packet `pkt` (`GSO_UDP_L4`).
+    pub fn new_udp_v6(pkt: &[u8], size: usize) -> Result<Self, WireError> {
+        let (ip, l4) = v6_transport(pkt, ipv4::PROTO_UDP)?;
+        if l4.len() < UDP_HDR {
+            return Err(WireError::BadHeaderLen);
+        }
+        let hl = ipv6::HEADER_LEN;
+        Self::plan(Transport::Udp, Ip::V6, hl, hl + UDP_HDR, ip.total_len(), size)
+    }
+
+    /// Plans a super-packet of either IP version as its `gso_type` says: TCP (`tcp`) or UDP.
+    pub fn for_packet(pkt: &[u8], tcp: bool, size: usize) -> Result<Self, WireError> {
+        match (super::ip_version(pkt), tcp) {
+            (Some(6), true) => Self::new_v6(pkt, size),
+            (Some(6), false) => Self::new_udp_v6(pkt, size),
+            (_, true) => Self::new(pkt, size),
+            (_, false) => Self::new_udp(pkt, size),
+        }
     }
 
     /// Plans the datagrams of the UDP super-packet `pkt` (`GSO_UDP_L4`) for payloads of `size`
@@ -65,15 +104,22 @@ impl Segmenter {
         if ip_hl + UDP_HDR > total {
             return Err(WireError::BadHeaderLen);
         }
-        Self::plan(Transport::Udp, ip_hl, ip_hl + UDP_HDR, total, size)
+        Self::plan(Transport::Udp, Ip::V4, ip_hl, ip_hl + UDP_HDR, total, size)
     }
 
-    fn plan(transport: Transport, ip_hl: usize, hdr_len: usize, total: usize, mss: usize) -> Result<Self, WireError> {
-        if mss == 0 {
+    fn plan(
+        transport: Transport,
+        ip: Ip,
+        ip_hl: usize,
+        hdr_len: usize,
+        total: usize,
+        mss: usize,
+    ) -> Result<Self, WireError> {
+        if mss == 0 || hdr_len > total || hdr_len > MAX_HDR_LEN {
             return Err(WireError::Malformed);
         }
         let count = (total - hdr_len).div_ceil(mss).max(1);
-        Ok(Self { transport, ip_hl, hdr_len, total, mss, count })
+        Ok(Self { transport, ip, ip_hl, hdr_len, total, mss, count })
     }
 
     /// Takes the header sums every segment of `pkt` shares from its headers as they are now.
@@ -85,8 +131,10 @@ impl Segmenter {
         let mut hdr = [0u8; MAX_HDR_LEN];
         hdr.get_mut(..hl).ok_or(WireError::BadHeaderLen)?.copy_from_slice(pkt.get(..hl).ok_or(WireError::Truncated)?);
         let (ip, l4) = hdr[..hl].split_at_mut(ip_hl);
-        for f in [ipv4::field::LENGTH, ipv4::field::IDENT, ipv4::field::CHECKSUM] {
-            ip[f].fill(0);
+        if self.ip == Ip::V4 {
+            for f in [ipv4::field::LENGTH, ipv4::field::IDENT, ipv4::field::CHECKSUM] {
+                ip[f].fill(0);
+            }
         }
         let zeroed: &[Range<usize>] = match self.transport {
             Transport::Tcp => &[tcp::field::SEQ, tcp::field::OFFSET_FLAGS, tcp::field::CHECKSUM],
@@ -95,8 +143,14 @@ impl Segmenter {
         for f in zeroed {
             l4[f.clone()].fill(0);
         }
-        let ip_base = checksum::sum(0, ip);
-        let l4_base = checksum::sum(ipv4::pseudo_sum(ip, proto(self.transport), 0), l4);
+        let (ip_base, pseudo) = match self.ip {
+            Ip::V4 => (checksum::sum(0, ip), ipv4::pseudo_sum(ip, proto(self.transport), 0)),
+            Ip::V6 => {
+                let v6 = Ipv6Packet::new_unchecked(&*ip);
+                (0, ipv6::pseudo_sum(&v6.src(), &v6.dst(), proto(self.transport), 0))
+            }
+        };
+        let l4_base = checksum::sum(pseudo, l4);
         Ok(Headers { seg: *self, ip_base, l4_base })
     }
 
@@ -141,14 +195,20 @@ impl Headers {
         let h = &mut out[..hl];
         h.copy_from_slice(&pkt[..hl]);
         let total = u16::try_from(hl + payload.len()).map_err(|_| WireError::Malformed)?;
-        let ip_id = Ipv4Packet::new_unchecked(&h[..ip_hl]).ident();
-        let id = ip_id.wrapping_add(u16::try_from(i).map_err(|_| WireError::Malformed)?);
-        h[ipv4::field::LENGTH].copy_from_slice(&total.to_be_bytes());
-        h[ipv4::field::IDENT].copy_from_slice(&id.to_be_bytes());
-        let ip_sum = checksum::add(checksum::add(self.ip_base, total.into()), id.into());
-        h[ipv4::field::CHECKSUM].copy_from_slice(&checksum::finish(ip_sum).to_be_bytes());
-        // `total` fits in 16 bits and exceeds the IPv4 header, so this cannot wrap.
+        // `total` fits in 16 bits and exceeds the IP header, so this cannot wrap.
         let l4_len = total - u16::try_from(ip_hl).map_err(|_| WireError::Malformed)?;
+        match s.ip {
+            Ip::V4 => {
+                let ip_id = Ipv4Packet::new_unchecked(&h[..ip_hl]).ident();
+                let id = ip_id.wrapping_add(u16::try_from(i).map_err(|_| WireError::Malformed)?);
+                h[ipv4::field::LENGTH].copy_from_slice(&total.to_be_bytes());
+                h[ipv4::field::IDENT].copy_from_slice(&id.to_be_bytes());
+                let ip_sum = checksum::add(checksum::add(self.ip_base, total.into()), id.into());
+                h[ipv4::field::CHECKSUM].copy_from_slice(&checksum::finish(ip_sum).to_be_bytes());
+            }
+            // Payload Length is what follows the fixed header: the transport's length.
+            Ip::V6 => h[ipv6::field::PAYLOAD_LEN].copy_from_slice(&l4_len.to_be_bytes()),
+        }
         let l4 = &mut h[ip_hl..];
         let mut acc = checksum::add(self.l4_base, l4_len.into());
         let c = match s.transport {
@@ -204,8 +264,18 @@ fn proto(t: Transport) -> u8 {
     }
 }
 
-/// Most bytes of IPv4 + transport headers (60 + 60).
+/// Most bytes of IP + transport headers (IPv4's 60 + TCP's 60; IPv6's 40 + 60 is less).
 pub const MAX_HDR_LEN: usize = 120;
+
+/// The fixed IPv6 header of `pkt` and the transport segment right behind it, when that is
+/// protocol `next` (a super-packet with extension headers is not cut).
+fn v6_transport(pkt: &[u8], next: u8) -> Result<(Ipv6Packet<&[u8]>, &[u8]), WireError> {
+    let ip = Ipv6Packet::new_checked(pkt)?;
+    if ip.next_header() != next {
+        return Err(WireError::Malformed);
+    }
+    Ok((ip, &pkt[ipv6::HEADER_LEN..ip.total_len()]))
+}
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -392,5 +462,93 @@ pub(crate) mod tests {
         assert!(h.write_segment(&sup, 0, &mut vec![0u8; s.segment_len(0) - 1]).is_err());
         assert!(h.write_segment(&sup, 3, &mut vec![0u8; 4096]).is_err());
         assert!(h.write_segment(&sup[..sup.len() - 1], 0, &mut vec![0u8; 4096]).is_err());
+    }
+
+    /// An IPv6 TCP super-packet with `payload`, as a TUN with TSO6 hands it over (Payload
+    /// Length covering the whole, TCP timestamps, FIN|PSH|ACK|CWR on the super-packet).
+    pub fn tcp6_packet(seq: u32, payload: &[u8]) -> Vec<u8> {
+        let b = etherparse::PacketBuilder::ipv6(
+            "2001:db8:96:1::2".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            "2001:db8:96:2::2".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            64,
+        )
+        .tcp(40000, 5201, seq, 64240)
+        .ack(777)
+        .psh()
+        .fin()
+        .cwr()
+        .options(&[
+            etherparse::TcpOptionElement::Noop,
+            etherparse::TcpOptionElement::Noop,
+            etherparse::TcpOptionElement::Timestamp(1, 2),
+        ])
+        .unwrap();
+        let mut v = Vec::new();
+        b.write(&mut v, payload).unwrap();
+        v
+    }
+
+    /// Cuts `sup` with `s` and checks every segment as etherparse reads it: the IPv6 Payload
+    /// Length, the transport checksum over the IPv6 pseudo-header, and (TCP) the sequence
+    /// numbers and flags; returns the payloads joined.
+    fn cut_v6(s: &Segmenter, sup: &[u8], tcp: bool) -> Vec<u8> {
+        let h = s.headers(sup).unwrap();
+        let mut joined = Vec::new();
+        for i in 0..s.count() {
+            let mut seg = vec![0u8; s.segment_len(i)];
+            assert_eq!(h.write_segment(sup, i, &mut seg).unwrap(), seg.len());
+            let p = etherparse::SlicedPacket::from_ip(&seg).unwrap();
+            let Some(etherparse::NetSlice::Ipv6(ip)) = &p.net else { panic!("segment {i} is not IPv6") };
+            assert_eq!(usize::from(ip.header().payload_length()), seg.len() - 40, "segment {i}");
+            let (src, dst) = (ip.header().source(), ip.header().destination());
+            match &p.transport {
+                Some(etherparse::TransportSlice::Tcp(t)) if tcp => {
+                    let want = t.to_header().calc_checksum_ipv6_raw(src, dst, t.payload()).unwrap();
+                    assert_eq!(t.checksum(), want, "TCP checksum of segment {i}");
+                    assert_eq!(t.sequence_number(), 1000 + u32::try_from(i * s.payload(0).len()).unwrap());
+                    let last = i + 1 == s.count();
+                    assert_eq!((t.fin(), t.psh(), t.cwr()), (last, last, i == 0), "flags of segment {i}");
+                    joined.extend_from_slice(t.payload());
+                }
+                Some(etherparse::TransportSlice::Udp(u)) if !tcp => {
+                    let want = u.to_header().calc_checksum_ipv6_raw(src, dst, u.payload()).unwrap();
+                    assert_eq!(u.checksum(), want, "UDP checksum of segment {i}");
+                    assert_eq!(usize::from(u.length()), seg.len() - 40);
+                    joined.extend_from_slice(u.payload());
+                }
+                other => panic!("segment {i}: {other:?}"),
+            }
+        }
+        joined
+    }
+
+    #[test]
+    fn splits_ipv6_tcp_and_udp_into_segments_etherparse_accepts() {
+        for (len, mss) in [(5000usize, 1378usize), (1378, 1378), (1379, 1378), (1, 1378), (63000, 1390)] {
+            let data = payload(len);
+            let sup = tcp6_packet(1000, &data);
+            let s = Segmenter::for_packet(&sup, true, mss).unwrap();
+            assert_eq!(s.count(), len.div_ceil(mss).max(1));
+            assert_eq!(cut_v6(&s, &sup, true), data, "TCP {len}/{mss}");
+            let mut udp = Vec::new();
+            etherparse::PacketBuilder::ipv6(
+                [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+                64,
+            )
+            .udp(4433, 443)
+            .write(&mut udp, &data)
+            .unwrap();
+            let s = Segmenter::for_packet(&udp, false, mss).unwrap();
+            assert_eq!(cut_v6(&s, &udp, false), data, "UDP {len}/{mss}");
+        }
+        // IPv6 with an extension header, the wrong transport, or a short header is not cut.
+        let sup = tcp6_packet(1, &payload(100));
+        let mut ext = sup.clone();
+        ext[6] = 0; // Hop-by-Hop
+        assert!(Segmenter::new_v6(&ext, 10).is_err());
+        assert!(Segmenter::new_udp_v6(&sup, 10).is_err());
+        assert!(Segmenter::new_v6(&sup[..50], 10).is_err());
+        assert!(Segmenter::new_v6(&sup, 0).is_err());
     }
 }

@@ -3,12 +3,18 @@
 use super::WireError;
 use std::net::Ipv6Addr;
 
-mod field {
+/// Byte ranges of the fixed header's fields.
+pub mod field {
     use std::ops::Range;
+    /// Payload Length.
     pub const PAYLOAD_LEN: Range<usize> = 4..6;
+    /// Next Header.
     pub const NEXT_HEADER: usize = 6;
+    /// Hop Limit.
     pub const HOP_LIMIT: usize = 7;
+    /// Source address.
     pub const SRC: Range<usize> = 8..24;
+    /// Destination address.
     pub const DST: Range<usize> = 24..40;
 }
 

@@ -131,8 +131,7 @@ pub struct UserspaceSpec {
     pub flow_ports: usize,
     /// The engine asked for.
     pub choice: EngineChoice,
-    /// IPv6 pods too: the TUN then offers no USO, whose IPv6 super-packets the userspace
-    /// segmentation (IPv4 only) cannot cut; the kernel cuts them before weft reads them.
+    /// IPv6 pods too: the TUN then hands over IPv6 TCP super-packets as well (TSO6).
     pub dual_stack: bool,
 }
 
@@ -158,7 +157,7 @@ impl UserspaceSpec {
         let (name, local, workers) = (&self.name, self.local, self.workers);
         // The port first: it is what a second weft on this host collides on.
         let sockets = bind_sockets(local, workers, self.flow_ports)?;
-        let (first, mode, tun_uso) = open_first_queue(self.choice, name, workers > 1, !self.dual_stack)?;
+        let (first, mode, tun_uso) = open_first_queue(self.choice, name, workers > 1, self.dual_stack)?;
         if mode == Mode::Offload {
             for s in &sockets {
                 udp::enable_gro(&s.rx).map_err(|error| HostError::Udp {
@@ -335,34 +334,29 @@ fn bind_sockets(local: SocketAddr, workers: usize, flow_ports: usize) -> Result<
 /// Opens the TUN's first queue and decides the engine: `auto` takes offload where the device
 /// accepts TSO, else batched. Also says whether the TUN takes USO: known where offloads were
 /// set; elsewhere assumed, and found out at the first coalesced UDP write.
-fn open_first_queue(
-    choice: EngineChoice,
-    name: &str,
-    multi: bool,
-    want_uso: bool,
-) -> Result<(Tun, Mode, bool), HostError> {
+fn open_first_queue(choice: EngineChoice, name: &str, multi: bool, ipv6: bool) -> Result<(Tun, Mode, bool), HostError> {
     // batched writes coalesced runs, so its TUN carries a virtio_net_hdr too (but no offloads).
     let vnet_hdr = matches!(choice, EngineChoice::Auto | EngineChoice::Batched | EngineChoice::Offload);
     let tun = Tun::open_with(name, vnet_hdr, multi).map_err(|e| tun_error("creating TUN device", name, e))?;
     let (mode, tun_uso) = match choice.fixed() {
         Some(Mode::Offload) => {
-            let uso = set_tun_offloads(&tun, want_uso).map_err(|e| HostError::Tun {
+            let uso = set_tun_offloads(&tun, ipv6).map_err(|e| HostError::Tun {
                 what: "enabling TSO (TUNSETOFFLOAD) on",
                 name: name.to_string(),
                 hint: " (use --mode batched or auto on this kernel)",
                 error: e,
             })?;
-            log_uso(name, uso, want_uso);
+            log_uso(name, uso);
             (Mode::Offload, uso)
         }
         Some(mode) => {
             tracing::info!(engine = mode.name(), "engine: {} (--mode)", mode.name());
             (mode, true)
         }
-        None => match set_tun_offloads(&tun, want_uso) {
+        None => match set_tun_offloads(&tun, ipv6) {
             Ok(uso) => {
                 tracing::info!(engine = "offload", "engine: offload (--mode auto: the TUN device accepts TSO)");
-                log_uso(name, uso, want_uso);
+                log_uso(name, uso);
                 (Mode::Offload, uso)
             }
             Err(e) => {
@@ -374,12 +368,8 @@ fn open_first_queue(
     Ok((tun, mode, tun_uso))
 }
 
-fn log_uso(name: &str, uso: bool, wanted: bool) {
-    if !wanted {
-        tracing::info!(
-            "{name}: no USO on a dual-stack node (weft cuts IPv4 UDP super-packets only); the kernel cuts them before weft reads them"
-        );
-    } else if !uso {
+fn log_uso(name: &str, uso: bool) {
+    if !uso {
         tracing::info!(
             "{name}: this kernel has no USO on TUN devices (Linux < 6.2); it cuts UDP GSO packets before weft reads them"
         );

@@ -39,19 +39,17 @@ use std::ops::Range;
 /// The offloads the TUN must be set up with for this engine.
 pub const TUN_OFFLOADS: u32 = offload::CSUM | offload::TSO4 | offload::TSO_ECN;
 
-/// Sets the TUN's offloads: [`TUN_OFFLOADS`], and USO (UDP super-packets from senders that use
-/// `UDP_SEGMENT`) where the kernel has it; Linux < 6.2 refuses the flag with EINVAL, and then
-/// the kernel cuts such packets before the TUN, as it would for any device. The kernel takes
-/// USO for both IP versions or neither (USO4 alone is EINVAL), and the segmentation here cuts
-/// IPv4 only: a dual-stack node asks for none (`want_uso` false), and an IPv6 super-packet that
-/// still comes is counted as an IPv6 drop. Returns whether USO is on.
-pub fn set_tun_offloads(tun: &Tun, want_uso: bool) -> std::io::Result<bool> {
-    if !want_uso {
-        return tun.set_offload(TUN_OFFLOADS).map(|()| false);
-    }
-    match tun.set_offload(TUN_OFFLOADS | offload::USO4 | offload::USO6) {
+/// Sets the TUN's offloads: [`TUN_OFFLOADS`], TSO6 too on a dual-stack node (`ipv6`), and USO
+/// (UDP super-packets from senders that use `UDP_SEGMENT`) where the kernel has it; Linux < 6.2
+/// refuses the flag with EINVAL, and then the kernel cuts such packets before the TUN, as it
+/// would for any device. The kernel takes USO for both IP versions or neither (USO4 alone is
+/// EINVAL); on an IPv4-only node an IPv6 super-packet is counted as an IPv6 drop like any IPv6
+/// packet. Returns whether USO is on.
+pub fn set_tun_offloads(tun: &Tun, ipv6: bool) -> std::io::Result<bool> {
+    let base = if ipv6 { TUN_OFFLOADS | offload::TSO6 } else { TUN_OFFLOADS };
+    match tun.set_offload(base | offload::USO4 | offload::USO6) {
         Ok(()) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => tun.set_offload(TUN_OFFLOADS).map(|()| false),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => tun.set_offload(base).map(|()| false),
         Err(e) => Err(e),
     }
 }
@@ -198,7 +196,9 @@ impl EgressPath {
             let inner = buf.inner(len);
             let seg = match packet.vnet.gso_kind() {
                 virtio::GSO_TCPV4 => Segmenter::new(inner, size).ok(),
-                virtio::GSO_UDP_L4 => Segmenter::new_udp(inner, size).ok(),
+                virtio::GSO_TCPV6 => Segmenter::new_v6(inner, size).ok(),
+                // USO comes for both IP versions under one type.
+                virtio::GSO_UDP_L4 => Segmenter::for_packet(inner, false, size).ok(),
                 _ => None,
             };
             // Every packet read is accounted for: a super-packet counts as its segments, sent or
@@ -206,7 +206,7 @@ impl EgressPath {
             let pkts = u64_len(seg.map_or(1, |s| s.count()));
             c.syscall(Crossing::TunRead, pkts, u64_len(len), ns);
             let kind = match (packet.vnet.gso_kind(), seg) {
-                (virtio::GSO_TCPV4 | virtio::GSO_UDP_L4, Some(seg)) => Kind::Super(seg),
+                (virtio::GSO_TCPV4 | virtio::GSO_TCPV6 | virtio::GSO_UDP_L4, Some(seg)) => Kind::Super(seg),
                 (virtio::GSO_NONE, _) => match plain_packet(buf, &packet) {
                     Ok(_) => Kind::Plain,
                     Err(reason) => {
@@ -214,8 +214,9 @@ impl EgressPath {
                         continue;
                     }
                 },
-                // USO comes for both IP versions at once: an IPv6 UDP super-packet is IPv6 too.
-                (kind, _) if kind == virtio::GSO_TCPV6 || crate::proto::ip_version(inner) == Some(6) => {
+                // An IPv6 super-packet on a node without IPv6 (the TUN offers TSO6 only to a
+                // dual-stack node, but USO covers both versions): an IPv6 drop like any other.
+                (_, None) if ctx.forwarder.v6.is_none() && crate::proto::ip_version(inner) == Some(6) => {
                     c.count_drop(DropReason::Ipv6);
                     continue;
                 }
