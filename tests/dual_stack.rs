@@ -72,8 +72,9 @@ fn suite(tag: &str, backend: &str, mode: &str) {
     let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
     both_families(&c, &format!("{mode}/{backend}"));
     if mode == "offload" {
-        // TSO6: the TUN hands IPv6 TCP over as super-packets, many segments per read.
-        let before = scrape(&h1.ns).unwrap();
+        // TSO6 on host 1: the TUN hands IPv6 TCP over as super-packets, many segments per
+        // read; GRO on host 2: the segments go into its TUN merged, many per write.
+        let before = [scrape(&h1.ns).unwrap(), scrape(&h2.ns).unwrap()];
         let r = tcp_bulk(
             &h2.container_ns,
             h2.container_ip6,
@@ -84,13 +85,21 @@ fn suite(tag: &str, backend: &str, mode: &str) {
         )
         .unwrap();
         assert_eq!(r.bytes, 20 * MB);
-        let after = scrape(&h1.ns).unwrap();
-        let delta = |m: &str| {
-            let key = format!("{m}{{crossing=\"tun_read\"}}");
-            after.get(&key).copied().unwrap_or(0.0) - before.get(&key).copied().unwrap_or(0.0)
+        let after = [scrape(&h1.ns).unwrap(), scrape(&h2.ns).unwrap()];
+        let per_call = |host: usize, crossing: &str| {
+            let delta = |m: &str| {
+                let key = format!("{m}{{crossing=\"{crossing}\"}}");
+                after[host].get(&key).copied().unwrap_or(0.0) - before[host].get(&key).copied().unwrap_or(0.0)
+            };
+            delta(name::CROSSING_PACKETS) / delta(name::CROSSING_SYSCALLS).max(1.0)
         };
-        let per_read = delta(name::CROSSING_PACKETS) / delta(name::CROSSING_SYSCALLS).max(1.0);
-        assert!(per_read > 4.0, "{backend}: {per_read:.1} IPv6 segments per TUN read: no TSO6 super-packets");
+        let (read, written) = (per_call(0, "tun_read"), per_call(1, "tun_write"));
+        assert!(read > 4.0, "{backend}: {read:.1} IPv6 segments per TUN read: no TSO6 super-packets");
+        assert!(written > 4.0, "{backend}: {written:.1} IPv6 segments per TUN write: no GSO_TCPV6 writes");
+        // USO6: a UDP_SEGMENT sender's IPv6 super-packets are cut into the same datagrams.
+        let g =
+            common::traffic::udp_gso_burst(&h2.container_ns, h2.container_ip6, &h1.container_ns, 20, 40, 1200).unwrap();
+        assert!(g.received == 800 && g.bad == 0 && g.reordered == 0, "{backend}: IPv6 UDP GSO: {g:?}");
     }
     // An unleased IPv6 subnet: the TUN answers with ICMPv6 destination unreachable.
     let out = ns_exec(&h1.container_ns, &["ping", "-6", "-n", "-c", "1", "-W", "2", "2001:db8:96:77::2"]).unwrap();

@@ -22,13 +22,128 @@
 use super::WireError;
 use super::checksum;
 use super::ipv4::{self, Ipv4Packet};
-use super::tcp::{self, TcpV4, flags};
-use super::udp::{self, UdpV4};
+use super::ipv6::{self, Ipv6Packet};
+use super::tcp::{self, TcpPacket, TcpV4, TcpV6, flags};
+use super::udp::{self, UdpPacket, UdpV4, UdpV6};
 use super::virtio::{self, VnetHdr};
 use std::ops::Range;
 
-/// Most bytes a merged packet may have (IPv4 Total Length).
+/// Most bytes a merged packet may have (IPv4 Total Length; IPv6's Payload Length would allow
+/// 40 more, which the kernel's GRO does not use either).
 pub const MAX_MERGED: usize = 65_535;
+
+/// The IP header of a packet a run merges: IPv4, or IPv6 with the transport header right
+/// after the fixed one.
+#[derive(Debug, Clone, Copy)]
+enum Ip<'a> {
+    V4(Ipv4Packet<&'a [u8]>),
+    V6(Ipv6Packet<&'a [u8]>),
+}
+
+impl<'a> Ip<'a> {
+    fn header_len(&self) -> usize {
+        match self {
+            Self::V4(ip) => ip.header_len(),
+            Self::V6(_) => ipv6::HEADER_LEN,
+        }
+    }
+
+    fn total_len(&self) -> usize {
+        match self {
+            Self::V4(ip) => ip.total_len(),
+            Self::V6(ip) => ip.total_len(),
+        }
+    }
+
+    /// The whole packet the view was made of.
+    fn bytes(&self) -> &'a [u8] {
+        match self {
+            Self::V4(ip) => ip.into_inner(),
+            Self::V6(ip) => ip.into_inner(),
+        }
+    }
+
+    /// Source and destination addresses, as they lie in the header.
+    fn addrs(&self) -> &'a [u8] {
+        let r = match self {
+            Self::V4(_) => ipv4::field::SRC.start..ipv4::field::DST.end,
+            Self::V6(_) => ipv6::field::SRC.start..ipv6::field::DST.end,
+        };
+        self.bytes().get(r).unwrap_or(&[])
+    }
+
+    /// The transport segment: from the end of the IP header to the IP length.
+    fn payload(&self) -> &'a [u8] {
+        self.bytes().get(self.header_len()..self.total_len()).unwrap_or(&[])
+    }
+}
+
+/// A packet of one transport located behind its IP header: `l4` is a TCP or UDP view.
+#[derive(Debug, Clone, Copy)]
+struct Located<'a, L> {
+    ip: Ip<'a>,
+    l4: L,
+}
+
+impl<'a> Located<'a, TcpPacket<&'a [u8]>> {
+    fn tcp(pkt: &'a [u8]) -> Result<Self, WireError> {
+        match super::ip_version(pkt) {
+            Some(6) => {
+                let t = TcpV6::parse(pkt)?;
+                Ok(Self { ip: Ip::V6(t.ip), l4: t.tcp })
+            }
+            _ => {
+                let t = TcpV4::parse(pkt)?;
+                Ok(Self { ip: Ip::V4(t.ip), l4: t.tcp })
+            }
+        }
+    }
+
+    fn hdr_len(&self) -> usize {
+        self.ip.header_len() + self.l4.header_len()
+    }
+
+    /// Whether its checksums are right (IPv4 header and TCP; IPv6 has only TCP's).
+    fn checksums_ok(&self) -> bool {
+        match self.ip {
+            Ip::V4(ip) => TcpV4 { ip, tcp: self.l4 }.checksums_ok(),
+            Ip::V6(ip) => TcpV6 { ip, tcp: self.l4 }.checksum_ok(),
+        }
+    }
+}
+
+impl<'a> Located<'a, UdpPacket<&'a [u8]>> {
+    fn udp(pkt: &'a [u8]) -> Result<Self, WireError> {
+        match super::ip_version(pkt) {
+            Some(6) => {
+                let u = UdpV6::parse(pkt)?;
+                Ok(Self { ip: Ip::V6(u.ip), l4: u.udp })
+            }
+            _ => {
+                let u = UdpV4::parse(pkt)?;
+                Ok(Self { ip: Ip::V4(u.ip), l4: u.udp })
+            }
+        }
+    }
+
+    fn hdr_len(&self) -> usize {
+        self.ip.header_len() + udp::HDR_LEN
+    }
+
+    /// Whether its checksums are right (IPv4 header and UDP where it has one; IPv6 UDP's).
+    fn checksums_ok(&self) -> bool {
+        match self.ip {
+            Ip::V4(ip) => UdpV4 { ip, udp: self.l4 }.checksums_ok(),
+            Ip::V6(ip) => UdpV6 { ip, udp: self.l4 }.checksum_ok(),
+        }
+    }
+}
+
+impl<L> Located<'_, L> {
+    fn total(&self) -> usize {
+        self.ip.total_len()
+    }
+}
 
 /// What a run may merge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +163,8 @@ impl Rules {
 /// Why a packet neither starts nor joins a run: each is one of the kernel's GRO rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// Not an unfragmented IPv4 packet of the run's transport with sound lengths.
+    /// Not an unfragmented IPv4 packet (or an IPv6 one without extension headers) of the
+    /// run's transport with sound lengths.
     NotMergeable(WireError),
     /// A checksum is wrong: merging would launder it (only with [`Rules::verify`]).
     Damaged,
@@ -58,9 +174,10 @@ pub enum Refusal {
     Flags,
     /// The run already ended (PSH, FIN, or a shorter segment or datagram), or is full.
     Closed,
-    /// Other addresses or ports.
+    /// Another IP version, other addresses or ports.
     OtherFlow,
-    /// Another TOS, TTL, DF or IP options: the merged packet carries the first one's.
+    /// Another TOS, TTL, DF or IP options (IPv6: traffic class, flow label or hop limit): the
+    /// merged packet carries the first one's.
     IpFields,
     /// Another TCP header length, ACK, window, options or flags (beyond PSH and FIN).
     TcpFields,
@@ -76,13 +193,13 @@ impl Refusal {
     /// One line for a log or a test failure.
     pub fn reason(self) -> &'static str {
         match self {
-            Self::NotMergeable(_) => "not an unfragmented IPv4 packet of the run's transport",
+            Self::NotMergeable(_) => "not an unfragmented IP packet of the run's transport",
             Self::Damaged => "a checksum is wrong",
             Self::Empty => "no payload",
             Self::Flags => "SYN, RST, URG or CWR set",
             Self::Closed => "the run has ended (PSH, FIN, a shorter packet) or is full",
-            Self::OtherFlow => "another flow (addresses, ports)",
-            Self::IpFields => "another TOS, TTL, DF or IP options",
+            Self::OtherFlow => "another flow (IP version, addresses, ports)",
+            Self::IpFields => "another TOS, TTL, DF or IP options (IPv6: traffic class, flow label, hop limit)",
             Self::TcpFields => "another TCP header length, ACK, window, options or flags",
             Self::NotNext => "the sequence number does not continue the run",
             Self::Longer => "a longer payload than the run's first packet",
@@ -95,15 +212,24 @@ fn check(ok: bool, refusal: Refusal) -> Result<(), Refusal> {
     if ok { Ok(()) } else { Err(refusal) }
 }
 
-/// Same addresses and ports (TCP and UDP headers both start with the two ports).
-fn same_flow(a: &Ipv4Packet<&[u8]>, b: &Ipv4Packet<&[u8]>) -> Result<(), Refusal> {
+/// Same IP version, addresses and ports (TCP and UDP headers both start with the two ports).
+fn same_flow(a: &Ip<'_>, b: &Ip<'_>) -> Result<(), Refusal> {
+    let same_version = matches!((a, b), (Ip::V4(_), Ip::V4(_)) | (Ip::V6(_), Ip::V6(_)));
     let same_ports = a.payload().get(tcp::field::PORTS) == b.payload().get(tcp::field::PORTS);
-    check(a.src() == b.src() && a.dst() == b.dst() && same_ports, Refusal::OtherFlow)
+    check(same_version && a.addrs() == b.addrs() && same_ports, Refusal::OtherFlow)
 }
 
-/// Same TOS, TTL, DF and IP options: the merged packet carries the first packet's.
-fn same_ip_fields(a: &Ipv4Packet<&[u8]>, b: &Ipv4Packet<&[u8]>) -> Result<(), Refusal> {
-    let same = a.tos() == b.tos() && a.ttl() == b.ttl() && a.dont_frag() == b.dont_frag() && a.options() == b.options();
+/// Same TOS, TTL, DF and IP options; for IPv6 the same first word (traffic class, flow label)
+/// and hop limit, as the kernel's `ipv6_gro_receive` asks: the merged packet carries the first
+/// packet's.
+fn same_ip_fields(a: &Ip<'_>, b: &Ip<'_>) -> Result<(), Refusal> {
+    let same = match (a, b) {
+        (Ip::V4(a), Ip::V4(b)) => {
+            a.tos() == b.tos() && a.ttl() == b.ttl() && a.dont_frag() == b.dont_frag() && a.options() == b.options()
+        }
+        (Ip::V6(a), Ip::V6(b)) => a.into_inner().get(..4) == b.into_inner().get(..4) && a.hop_limit() == b.hop_limit(),
+        _ => false,
+    };
     check(same, Refusal::IpFields)
 }
 
@@ -130,7 +256,7 @@ fn sound(verify: bool, ok: impl FnOnce() -> bool) -> Result<(), Refusal> {
 /// The first segment of a run and what has been merged so far.
 #[derive(Debug, Clone, Copy)]
 pub struct Run<'a> {
-    first: TcpV4<'a>,
+    first: Located<'a, TcpPacket<&'a [u8]>>,
     /// Payload bytes per segment (the first segment's).
     pub mss: usize,
     /// Total payload merged.
@@ -147,10 +273,10 @@ impl<'a> Run<'a> {
     /// Starts a run with `pkt`, if it is a TCP segment that can start one (and, with `verify`,
     /// whose checksums are right).
     pub fn start(pkt: &'a [u8], verify: bool) -> Result<Self, Refusal> {
-        let t = TcpV4::parse(pkt).map_err(Refusal::NotMergeable)?;
-        let len = t.payload_len();
+        let t = Located::tcp(pkt).map_err(Refusal::NotMergeable)?;
+        let len = t.total() - t.hdr_len();
         check(len > 0, Refusal::Empty)?;
-        plain_flags(&t.tcp, true)?;
+        plain_flags(&t.l4, true)?;
         sound(verify, || t.checksums_ok())?;
         let seq_len = u32::try_from(len).map_err(|_| Refusal::TooBig)?;
         Ok(Self {
@@ -158,9 +284,9 @@ impl<'a> Run<'a> {
             mss: len,
             payload: len,
             segments: 1,
-            next_seq: t.tcp.seq().wrapping_add(seq_len),
-            last_flags: t.tcp.flags(),
-            open: !(t.tcp.psh() || t.tcp.fin()),
+            next_seq: t.l4.seq().wrapping_add(seq_len),
+            last_flags: t.l4.flags(),
+            open: !(t.l4.psh() || t.l4.fin()),
             verify,
         })
     }
@@ -169,22 +295,22 @@ impl<'a> Run<'a> {
     pub fn push(&mut self, next: &[u8]) -> Result<Range<usize>, Refusal> {
         check(self.open && self.payload == self.mss * self.segments, Refusal::Closed)?;
         let a = &self.first;
-        let n = TcpV4::parse(next).map_err(Refusal::NotMergeable)?;
+        let n = Located::tcp(next).map_err(Refusal::NotMergeable)?;
         same_flow(&a.ip, &n.ip)?;
         same_ip_fields(&a.ip, &n.ip)?;
-        plain_flags(&n.tcp, false)?;
-        same_tcp_fields(&a.tcp, &n.tcp, self.last_flags)?;
-        let len = n.payload_len();
+        plain_flags(&n.l4, false)?;
+        same_tcp_fields(&a.l4, &n.l4, self.last_flags)?;
+        let len = n.total() - n.hdr_len();
         check(len > 0, Refusal::Empty)?;
         check(len <= self.mss, Refusal::Longer)?;
-        check(n.tcp.seq() == self.next_seq, Refusal::NotNext)?;
+        check(n.l4.seq() == self.next_seq, Refusal::NotNext)?;
         check(self.hdr_len() + self.payload + len <= MAX_MERGED, Refusal::TooBig)?;
         sound(self.verify, || n.checksums_ok())?;
         self.payload += len;
         self.segments += 1;
         self.next_seq = self.next_seq.wrapping_add(u32::try_from(len).map_err(|_| Refusal::TooBig)?);
-        self.last_flags = n.tcp.flags();
-        self.open = !(n.tcp.psh() || n.tcp.fin()) && len == self.mss;
+        self.last_flags = n.l4.flags();
+        self.open = !(n.l4.psh() || n.l4.fin()) && len == self.mss;
         Ok(n.hdr_len()..n.total())
     }
 
@@ -200,51 +326,67 @@ impl<'a> Run<'a> {
 
     /// Writes the merged packet's headers (the first segment's, adjusted) into `out` and
     /// returns their length and the `virtio_net_hdr` to write with them. With one segment, the
-    /// packet is passed on as it came (no offload); with more, as a TCPv4 GSO packet whose TCP
-    /// checksum is left partial (the pseudo-header sum) for the kernel to finish.
+    /// packet is passed on as it came (no offload); with more, as a TCPv4 or TCPv6 GSO packet
+    /// whose TCP checksum is left partial (the pseudo-header sum) for the kernel to finish.
     pub fn finish(&self, out: &mut [u8]) -> Result<(usize, VnetHdr), WireError> {
-        let (hl, ip_hl) = (self.hdr_len(), self.first.ip_hl());
+        let (hl, ip_hl) = (self.hdr_len(), self.first.ip.header_len());
         let h = copy_headers(self.first.ip, hl, out)?;
         if self.segments == 1 {
             return Ok((hl, VnetHdr::default()));
         }
         h[ip_hl + tcp::field::FLAGS] |= self.last_flags & (flags::PSH | flags::FIN);
-        let merged = Merged { ip_hl, payload: self.payload, gso_size: self.mss };
-        Ok((hl, merged.finish(h, ipv4::PROTO_TCP, tcp::field::CHECKSUM.start, virtio::GSO_TCPV4)?))
+        let merged = Merged { ip: self.first.ip, payload: self.payload, gso_size: self.mss };
+        let gso_type = match self.first.ip {
+            Ip::V4(_) => virtio::GSO_TCPV4,
+            Ip::V6(_) => virtio::GSO_TCPV6,
+        };
+        Ok((hl, merged.finish(h, ipv4::PROTO_TCP, tcp::field::CHECKSUM.start, gso_type)?))
     }
 }
 
-/// What follows the first `hl` bytes of headers of `ip`, up to its Total Length.
-fn payload_after(ip: Ipv4Packet<&[u8]>, hl: usize) -> &[u8] {
-    ip.into_inner().get(hl..ip.total_len()).unwrap_or(&[])
+/// What follows the first `hl` bytes of headers of `ip`, up to its IP length.
+fn payload_after<'a>(ip: Ip<'a>, hl: usize) -> &'a [u8] {
+    ip.bytes().get(hl..ip.total_len()).unwrap_or(&[])
 }
 
 /// Copies the first `hl` bytes of headers of `ip` into `out`; the merged header starts as that.
-fn copy_headers<'o>(ip: Ipv4Packet<&[u8]>, hl: usize, out: &'o mut [u8]) -> Result<&'o mut [u8], WireError> {
+fn copy_headers<'o>(ip: Ip<'_>, hl: usize, out: &'o mut [u8]) -> Result<&'o mut [u8], WireError> {
     let h = out.get_mut(..hl).ok_or(WireError::Truncated)?;
-    h.copy_from_slice(ip.into_inner().get(..hl).ok_or(WireError::Truncated)?);
+    h.copy_from_slice(ip.bytes().get(..hl).ok_or(WireError::Truncated)?);
     Ok(h)
 }
 
-/// A merged packet's shape: IPv4 header length, payload merged, payload per segment.
-struct Merged {
-    ip_hl: usize,
+/// A merged packet's shape: the first packet's IP header, payload merged, payload per segment.
+struct Merged<'a> {
+    ip: Ip<'a>,
     payload: usize,
     gso_size: usize,
 }
 
-impl Merged {
-    /// Finishes the merged header `h` (IPv4 header, then the transport header, copied from the
-    /// first packet): IP Total Length and header checksum, the transport checksum at
+impl Merged<'_> {
+    /// Finishes the merged header `h` (IP header, then the transport header, copied from the
+    /// first packet): the IP length (and IPv4 header checksum), the transport checksum at
     /// `csum_offset` left partial (the pseudo-header sum for `proto`) for the kernel to finish per
     /// segment. Returns the `virtio_net_hdr` of a `gso_type` packet.
     fn finish(&self, h: &mut [u8], proto: u8, csum_offset: usize, gso_type: u8) -> Result<VnetHdr, WireError> {
-        let (hl, ip) = (h.len(), self.ip_hl);
+        let (hl, ip) = (h.len(), self.ip.header_len());
         let too_big = |_| WireError::Malformed;
         let total = u16::try_from(hl + self.payload).map_err(too_big)?;
-        h.get_mut(ipv4::field::LENGTH).ok_or(WireError::Truncated)?.copy_from_slice(&total.to_be_bytes());
-        Ipv4Packet::new_unchecked(h.get_mut(..ip).ok_or(WireError::Truncated)?).fill_checksum();
-        let partial = !checksum::finish(ipv4::pseudo_sum(&h[..ip], proto, hl - ip + self.payload));
+        let l4_len = hl - ip + self.payload;
+        let pseudo = match self.ip {
+            Ip::V4(_) => {
+                h.get_mut(ipv4::field::LENGTH).ok_or(WireError::Truncated)?.copy_from_slice(&total.to_be_bytes());
+                Ipv4Packet::new_unchecked(h.get_mut(..ip).ok_or(WireError::Truncated)?).fill_checksum();
+                ipv4::pseudo_sum(&h[..ip], proto, l4_len)
+            }
+            Ip::V6(first) => {
+                let payload_len = u16::try_from(l4_len).map_err(too_big)?;
+                let f = h.get_mut(ipv6::field::PAYLOAD_LEN).ok_or(WireError::Truncated)?;
+                f.copy_from_slice(&payload_len.to_be_bytes());
+                ipv6::pseudo_sum(&first.src(), &first.dst(), proto, l4_len)
+            }
+        };
+        let partial = !checksum::finish(pseudo);
         let at = ip + csum_offset;
         h.get_mut(at..at + 2).ok_or(WireError::Truncated)?.copy_from_slice(&partial.to_be_bytes());
         Ok(VnetHdr {
@@ -264,7 +406,7 @@ pub const MAX_UDP_SEGMENTS: usize = 64;
 /// The first datagram of a UDP run and what has been merged so far.
 #[derive(Debug, Clone, Copy)]
 pub struct UdpRun<'a> {
-    first: UdpV4<'a>,
+    first: Located<'a, UdpPacket<&'a [u8]>>,
     /// Payload bytes per datagram (the first datagram's): the `gso_size`.
     pub size: usize,
     /// Total payload merged.
@@ -280,8 +422,8 @@ impl<'a> UdpRun<'a> {
     /// `verify`, a right checksum or none: merging discards each datagram's own checksum, so a
     /// damaged one must not be laundered into a good one).
     pub fn start(pkt: &'a [u8], verify: bool) -> Result<Self, Refusal> {
-        let u = UdpV4::parse(pkt).map_err(Refusal::NotMergeable)?;
-        let size = u.payload_len();
+        let u = Located::udp(pkt).map_err(Refusal::NotMergeable)?;
+        let size = u.total() - u.hdr_len();
         check(size > 0, Refusal::Empty)?;
         sound(verify, || u.checksums_ok())?;
         Ok(Self { first: u, size, payload: size, segments: 1, open: true, verify })
@@ -293,10 +435,10 @@ impl<'a> UdpRun<'a> {
     pub fn push(&mut self, next: &[u8]) -> Result<Range<usize>, Refusal> {
         check(self.open && self.segments < MAX_UDP_SEGMENTS, Refusal::Closed)?;
         let a = &self.first;
-        let n = UdpV4::parse(next).map_err(Refusal::NotMergeable)?;
+        let n = Located::udp(next).map_err(Refusal::NotMergeable)?;
         same_flow(&a.ip, &n.ip)?;
         same_ip_fields(&a.ip, &n.ip)?;
-        let len = n.payload_len();
+        let len = n.total() - n.hdr_len();
         check(len > 0, Refusal::Empty)?;
         check(len <= self.size, Refusal::Longer)?;
         check(self.hdr_len() + self.payload + len <= MAX_MERGED, Refusal::TooBig)?;
@@ -307,7 +449,7 @@ impl<'a> UdpRun<'a> {
         Ok(n.hdr_len()..n.total())
     }
 
-    /// Header length of the merged packet (IPv4 + UDP).
+    /// Header length of the merged packet (IP + UDP).
     pub fn hdr_len(&self) -> usize {
         self.first.hdr_len()
     }
@@ -327,11 +469,11 @@ impl<'a> UdpRun<'a> {
         if self.segments == 1 {
             return Ok((hl, VnetHdr::default()));
         }
-        let ip = self.first.ip_hl();
+        let ip = self.first.ip.header_len();
         let udp_len = u16::try_from(udp::HDR_LEN + self.payload).map_err(|_| WireError::Malformed)?;
         let at = ip + udp::field::LENGTH.start;
         h[at..at + 2].copy_from_slice(&udp_len.to_be_bytes());
-        let merged = Merged { ip_hl: ip, payload: self.payload, gso_size: self.size };
+        let merged = Merged { ip: self.first.ip, payload: self.payload, gso_size: self.size };
         Ok((hl, merged.finish(h, ipv4::PROTO_UDP, udp::field::CHECKSUM.start, virtio::GSO_UDP_L4)?))
     }
 }
@@ -680,5 +822,106 @@ mod tests {
         // A lone datagram passes through without a GSO header.
         let lone = coalesce_udp(&[d(1, 64)]);
         assert_eq!((lone[0].1, lone[0].0.clone()), (VnetHdr::default(), d(1, 64)));
+    }
+
+    fn segments_v6(sup: &[u8], mss: usize, tcp: bool) -> Vec<Vec<u8>> {
+        let s = Segmenter::for_packet(sup, tcp, mss).unwrap();
+        let h = s.headers(sup).unwrap();
+        (0..s.count())
+            .map(|i| {
+                let mut v = vec![0u8; s.segment_len(i)];
+                h.write_segment(sup, i, &mut v).unwrap();
+                v
+            })
+            .collect()
+    }
+
+    /// TSO6's way back: IPv6 TCP segments merge into the super-packet they were cut from, as a
+    /// GSO_TCPV6 packet whose partial checksum the kernel finishes over the IPv6 pseudo-header.
+    #[test]
+    fn ipv6_tcp_split_then_coalesce_gives_back_the_super_packet() {
+        use crate::proto::gso::tests::tcp6_packet;
+        for (len, mss) in [(5000usize, 1378usize), (63000, 1390), (1378, 1378), (10, 1378)] {
+            let mut sup = tcp6_packet(42, &payload(len));
+            // FIN and CWR make the flags of the first and last segments differ; this test is
+            // about the IPv6 header, so keep the flags every segment shares.
+            let f = 40 + tcp::field::FLAGS;
+            sup[f] &= !(flags::FIN | flags::CWR);
+            let c = 40 + tcp::field::CHECKSUM.start;
+            sup[c..c + 2].fill(0);
+            let sum = checksum::finish(checksum::sum(
+                ipv6::pseudo_sum(
+                    &"2001:db8:96:1::2".parse().unwrap(),
+                    &"2001:db8:96:2::2".parse().unwrap(),
+                    ipv4::PROTO_TCP,
+                    sup.len() - 40,
+                ),
+                &sup[40..],
+            ));
+            sup[c..c + 2].copy_from_slice(&sum.to_be_bytes());
+            let merged = coalesce_runs(&segments_v6(&sup, mss, true), false);
+            assert_eq!(merged.len(), 1, "{len}/{mss}");
+            let (pkt, vh, n) = &merged[0];
+            assert_eq!(*n, len.div_ceil(mss));
+            if *n > 1 {
+                assert_eq!(vh.gso_kind(), virtio::GSO_TCPV6);
+                assert_eq!((usize::from(vh.gso_size), vh.csum_start), (mss, 40));
+            }
+            assert_eq!(pkt, &sup, "{len}/{mss}: merged packet differs from the original");
+        }
+    }
+
+    #[test]
+    fn ipv6_udp_runs_merge_and_ipv6_rules_hold() {
+        let (a, b) = (
+            [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+        );
+        let mut sup = Vec::new();
+        etherparse::PacketBuilder::ipv6(a, b, 64).udp(4433, 443).write(&mut sup, &payload(10 * 64 + 20)).unwrap();
+        let dgrams = segments_v6(&sup, 64, false);
+        let merged = coalesce_runs(&dgrams, true);
+        assert_eq!(merged.len(), 1);
+        let (pkt, vh, n) = &merged[0];
+        assert_eq!((*n, vh.gso_kind(), vh.csum_start), (11, virtio::GSO_UDP_L4, 40));
+        let p = etherparse::SlicedPacket::from_ip(pkt).unwrap();
+        let Some(etherparse::NetSlice::Ipv6(ip)) = &p.net else { panic!("not IPv6") };
+        let Some(etherparse::TransportSlice::Udp(u)) = &p.transport else { panic!("not UDP") };
+        let (src, dst) = (ip.header().source(), ip.header().destination());
+        assert_eq!(u.checksum(), u.to_header().calc_checksum_ipv6_raw(src, dst, u.payload()).unwrap());
+        assert_eq!(u.payload(), &payload(10 * 64 + 20)[..]);
+        // Another flow label, hop limit or IP version, or a damaged datagram, breaks the run.
+        let segs = segments_v6(&tcp6_plain(3000), 1000, true);
+        let mut run = Run::start(&segs[0], true).unwrap();
+        let mut label = segs[1].clone();
+        label[3] ^= 1;
+        assert_eq!(run.push(&label), Err(Refusal::IpFields));
+        let mut hop = segs[1].clone();
+        hop[7] -= 1;
+        assert_eq!(run.push(&hop), Err(Refusal::IpFields));
+        let mut bad = segs[1].clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert_eq!(run.push(&bad), Err(Refusal::Damaged));
+        let v4 = segments(&tcp_packet(1000, &payload(3000)), 1000);
+        assert_eq!(run.push(&v4[1]), Err(Refusal::OtherFlow));
+        assert!(run.push(&segs[1]).is_ok());
+        let mut ext = segs[2].clone();
+        ext[6] = 0;
+        assert!(matches!(run.push(&ext), Err(Refusal::NotMergeable(_))));
+    }
+
+    /// An IPv6 TCP super-packet with only PSH|ACK on it.
+    fn tcp6_plain(len: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        etherparse::PacketBuilder::ipv6(
+            [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            64,
+        )
+        .tcp(1, 2, 1000, 500)
+        .ack(1)
+        .write(&mut v, &payload(len))
+        .unwrap();
+        v
     }
 }

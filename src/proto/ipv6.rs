@@ -129,6 +129,13 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     }
 }
 
+/// True when the transport checksum of `segment` (protocol `next`) right after the fixed
+/// header of `ip` is right.
+pub fn transport_checksum_ok(ip: &Ipv6Packet<&[u8]>, next: u8, segment: &[u8]) -> bool {
+    let sum = super::checksum::sum(pseudo_sum(&ip.src(), &ip.dst(), next, segment.len()), segment);
+    super::checksum::finish(sum) == 0
+}
+
 /// The sum of IPv6's pseudo-header (RFC 8200 §8.1) for an upper-layer packet of `len` bytes
 /// and protocol `next`, between `src` and `dst`.
 pub fn pseudo_sum(src: &Ipv6Addr, dst: &Ipv6Addr, next: u8, len: usize) -> u32 {

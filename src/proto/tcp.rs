@@ -5,6 +5,7 @@
 
 use super::WireError;
 use super::ipv4::{self, Ipv4Packet};
+use super::ipv6::{self, Ipv6Packet};
 
 /// Byte ranges of the fixed header.
 pub(crate) mod field {
@@ -225,6 +226,36 @@ impl<'a> TcpV4<'a> {
     /// pseudo-header, header and payload.
     pub fn checksums_ok(&self) -> bool {
         self.ip.verify_checksum() && ipv4::transport_checksum_ok(self.ip.header(), ipv4::PROTO_TCP, self.ip.payload())
+    }
+}
+
+/// An IPv6 packet carrying TCP right after its fixed header (no extension headers), located.
+/// Both views are checked.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpV6<'a> {
+    /// The IPv6 header (and the whole packet up to Payload Length).
+    pub ip: Ipv6Packet<&'a [u8]>,
+    /// The TCP segment (header and payload).
+    pub tcp: TcpPacket<&'a [u8]>,
+}
+
+impl<'a> TcpV6<'a> {
+    /// Locates the headers of `pkt`, an IPv6 packet whose Next Header is TCP.
+    pub fn parse(pkt: &'a [u8]) -> Result<Self, WireError> {
+        let ip = Ipv6Packet::new_checked(pkt)?;
+        if ip.next_header() != ipv4::PROTO_TCP {
+            return Err(WireError::Malformed);
+        }
+        let tcp = TcpPacket::new_checked(&pkt[ipv6::HEADER_LEN..ip.total_len()]).map_err(|e| match e {
+            WireError::Truncated => WireError::BadHeaderLen,
+            e => e,
+        })?;
+        Ok(Self { ip, tcp })
+    }
+
+    /// Whether the TCP checksum over the IPv6 pseudo-header, header and payload is right.
+    pub fn checksum_ok(&self) -> bool {
+        ipv6::transport_checksum_ok(&self.ip, ipv4::PROTO_TCP, self.ip.payload())
     }
 }
 

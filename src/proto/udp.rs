@@ -5,6 +5,7 @@
 
 use super::WireError;
 use super::ipv4::{self, Ipv4Packet};
+use super::ipv6::{self, Ipv6Packet};
 
 /// Byte ranges of the header.
 pub(crate) mod field {
@@ -146,6 +147,38 @@ impl<'a> UdpV4<'a> {
         self.ip.verify_checksum()
             && (!self.udp.has_checksum()
                 || ipv4::transport_checksum_ok(self.ip.header(), ipv4::PROTO_UDP, self.ip.payload()))
+    }
+}
+
+/// An IPv6 packet carrying UDP right after its fixed header, whose UDP Length agrees with the
+/// Payload Length, located. Both views are checked.
+#[derive(Debug, Clone, Copy)]
+pub struct UdpV6<'a> {
+    /// The IPv6 header (and the whole packet up to Payload Length).
+    pub ip: Ipv6Packet<&'a [u8]>,
+    /// The UDP datagram.
+    pub udp: UdpPacket<&'a [u8]>,
+}
+
+impl<'a> UdpV6<'a> {
+    /// Locates the headers of `pkt`, an IPv6 packet whose Next Header is UDP; a UDP Length
+    /// other than what the packet holds is `Malformed`, as for [`UdpV4::parse`].
+    pub fn parse(pkt: &'a [u8]) -> Result<Self, WireError> {
+        let ip = Ipv6Packet::new_checked(pkt)?;
+        if ip.next_header() != ipv4::PROTO_UDP {
+            return Err(WireError::Malformed);
+        }
+        let segment = &pkt[ipv6::HEADER_LEN..ip.total_len()];
+        let udp = UdpPacket::new_checked(segment).map_err(|_| WireError::BadHeaderLen)?;
+        if udp.len() != segment.len() {
+            return Err(WireError::Malformed);
+        }
+        Ok(Self { ip, udp })
+    }
+
+    /// Whether the UDP checksum is right (IPv6 UDP always carries one; zero is wrong).
+    pub fn checksum_ok(&self) -> bool {
+        self.udp.has_checksum() && ipv6::transport_checksum_ok(&self.ip, ipv4::PROTO_UDP, self.ip.payload())
     }
 }
 

@@ -122,17 +122,20 @@ fn gso_payload(seq: u64, out: &mut [u8]) {
 /// stacks send; with USO the TUN hands such a send to the forwarder as one super-packet.
 pub fn udp_gso_burst(
     server_ns: &str,
-    server_ip: Ipv4Addr,
+    server_ip: impl Into<std::net::IpAddr>,
     client_ns: &str,
     sends: usize,
     per_send: usize,
     size: usize,
 ) -> io::Result<UdpResult> {
+    let server_ip = server_ip.into();
+    let any: std::net::IpAddr =
+        if server_ip.is_ipv6() { std::net::Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
     let total = u64::try_from(sends * per_send).map_err(io::Error::other)?;
     let (ready_tx, ready_rx) = mpsc::channel();
     let server = in_ns(server_ns, move || {
         // Large buffers: a burst of five sends is 240 KB.
-        let sock = weft::dataplane::sys::udp::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, GSO_PORT)))?;
+        let sock = weft::dataplane::sys::udp::bind(SocketAddr::from((any, GSO_PORT)))?;
         sock.set_nonblocking(false)?;
         sock.set_read_timeout(Some(Duration::from_millis(100)))?;
         let _ = ready_tx.send(());
@@ -159,16 +162,18 @@ pub fn udp_gso_burst(
     });
     ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("UDP GSO receiver did not start"))?;
     let client = in_ns(client_ns, move || {
-        let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-        let to = std::net::SocketAddrV4::new(server_ip, GSO_PORT);
-        let seg = u16::try_from(size).map_err(io::Error::other)?;
+        let sock = UdpSocket::bind((any, 0))?;
+        let to = SocketAddr::new(server_ip, GSO_PORT);
+        // UDP_SEGMENT on the socket: every send of it is cut into `size`-byte datagrams.
+        let seg = i32::try_from(size).map_err(io::Error::other)?;
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::UdpGsoSegment, &seg)?;
         let mut data = vec![0u8; per_send * size];
         let start = Instant::now();
         for k in 0..sends {
             for (i, d) in data.chunks_mut(size).enumerate() {
                 gso_payload(u64::try_from(k * per_send + i).unwrap_or(u64::MAX), d);
             }
-            weft::dataplane::sys::udp::send_gso(&sock, &[io::IoSlice::new(&data)], Some(seg), to)?;
+            sock.send_to(&data, to)?;
             if k % 5 == 4 {
                 thread::sleep(Duration::from_millis(5));
             }
