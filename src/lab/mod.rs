@@ -39,17 +39,22 @@ pub struct LabOptions {
     /// Hosts in the topology (the workloads run between hosts 1 and 2).
     #[arg(long, default_value_t = 2)]
     pub hosts: usize,
-    /// Only data paths whose name contains this text (e.g. `naive`, `kernel`).
+    /// Only data paths whose name contains this text (e.g. `naive`, `kernel`), chosen from
+    /// every data path weft has: the io_uring engine's, which the default set leaves out, too.
     #[arg(long, value_name = "TEXT")]
     pub only: Option<String>,
     /// Run the hosts against a real etcd (spawned in host 1's namespace) instead of a registry
     /// directory.
     #[arg(long)]
     pub etcd: bool,
-    /// Run every workload over the IPv6 overlay of a dual-stack network: the kernel paths
-    /// carry it over the IPv6 underlay (flannel-v6.<VNI>, host-gw's IPv6 routes), the userspace
-    /// paths over the IPv4 underlay.
-    #[arg(long)]
+    /// The overlay families every workload runs over. With IPv6 the network is dual-stack: the
+    /// kernel paths carry IPv6 over the IPv6 underlay (flannel-v6.<VNI>, host-gw's IPv6 routes),
+    /// the userspace paths over the IPv4 underlay. `both` runs IPv4 and IPv6 on the same hosts,
+    /// one after the other, so that their ratios come from one run.
+    #[arg(long, value_enum, default_value_t = Families::Ipv4)]
+    pub family: Families,
+    /// Short for `--family ipv6`.
+    #[arg(long, conflicts_with = "family")]
     pub ipv6: bool,
     /// Write every figure as JSON (schema `weft-lab/1`, in docs/lab-json.md).
     #[arg(long, value_name = "FILE")]
@@ -59,23 +64,65 @@ pub struct LabOptions {
     pub svg: Option<PathBuf>,
 }
 
+/// Which overlay families `weft lab` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Families {
+    /// IPv4 pods (an IPv4-only network).
+    Ipv4,
+    /// IPv6 pods of a dual-stack network.
+    Ipv6,
+    /// Both, on one dual-stack network.
+    Both,
+}
+
+impl Families {
+    /// The families, in the order their workloads run.
+    fn list(self) -> &'static [Family] {
+        match self {
+            Self::Ipv4 => &[Family::Ipv4],
+            Self::Ipv6 => &[Family::Ipv6],
+            Self::Both => &[Family::Ipv4, Family::Ipv6],
+        }
+    }
+
+    /// The report's `family`.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "ipv4",
+            Self::Ipv6 => "ipv6",
+            Self::Both => "both",
+        }
+    }
+}
+
+/// The family one workload runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Ipv4,
+    Ipv6,
+}
+
 /// One data path the lab measures.
 #[derive(Debug, Clone)]
 struct DataPath {
     name: String,
     backend: &'static str,
     extra: Vec<String>,
+    /// In the set a plain `weft lab` runs (io_uring's paths lose to offload everywhere and run
+    /// only when `--only` picks them; see docs/performance.md).
+    default: bool,
 }
 
 /// Every data path weft has: the kernel baselines through weft's control plane, and every
 /// userspace engine × backend.
 fn data_paths() -> Vec<DataPath> {
     let mut v = vec![
-        DataPath { name: "host-gw (kernel)".into(), backend: r#"{"Type":"host-gw"}"#, extra: vec![] },
+        DataPath { name: "host-gw (kernel)".into(), backend: r#"{"Type":"host-gw"}"#, extra: vec![], default: true },
         DataPath {
             name: "vxlan (kernel)".into(),
             backend: r#"{"Type":"vxlan"}"#,
             extra: vec!["--dataplane".into(), "kernel".into()],
+            default: true,
         },
     ];
     use crate::dataplane::engine::Mode;
@@ -85,6 +132,7 @@ fn data_paths() -> Vec<DataPath> {
                 name: format!("weft {backend} {}", mode.name()),
                 backend: json,
                 extra: vec!["--mode".into(), mode.name().into()],
+                default: *mode != Mode::Uring,
             });
         }
     }
@@ -94,6 +142,7 @@ fn data_paths() -> Vec<DataPath> {
             name: format!("weft vxlan {} mq2", mode.name()),
             backend: r#"{"Type":"vxlan"}"#,
             extra: vec!["--mode".into(), mode.name().into(), "--threads".into(), "2".into()],
+            default: mode != Mode::Uring,
         });
     }
     // Two workers, each flow keeping one of eight source ports per worker: the peer's
@@ -102,6 +151,7 @@ fn data_paths() -> Vec<DataPath> {
         name: "weft vxlan offload mq2 flows".into(),
         backend: r#"{"Type":"vxlan"}"#,
         extra: ["--mode", "offload", "--threads", "2", "--flow-ports", "8"].map(String::from).to_vec(),
+        default: true,
     });
     v
 }
@@ -115,12 +165,17 @@ enum Workload {
 }
 
 impl Workload {
-    fn name(self) -> String {
-        match self {
+    /// `tcp-1`, `udp-64B`, …; over IPv6 with `/ipv6` after it.
+    fn name(self, family: Family) -> String {
+        let base = match self {
             Self::Tcp { streams: 1 } => "tcp-1".into(),
             Self::Tcp { streams } => format!("tcp-{streams}"),
             Self::UdpSmall => "udp-64B".into(),
             Self::RequestResponse => "rr-64B".into(),
+        };
+        match family {
+            Family::Ipv4 => base,
+            Family::Ipv6 => format!("{base}/ipv6"),
         }
     }
 }
@@ -242,8 +297,6 @@ fn start_cluster(bin: &std::path::Path, spec: &ClusterSpec, name: &str) -> Resul
 /// What one workload on one data path runs with.
 struct Trial<'a> {
     cluster: &'a Cluster,
-    /// Run over IPv6 (the containers' IPv6 addresses).
-    ipv6: bool,
     path: &'a DataPath,
     round: u32,
     secs: u64,
@@ -251,10 +304,13 @@ struct Trial<'a> {
 }
 
 impl Trial<'_> {
-    /// Runs workload `w` between containers 1 and 2 and reads the figures around it.
-    fn measure(&self, w: Workload) -> Result<Record> {
+    /// Runs workload `w` over `family` between containers 1 and 2 and reads the figures around it.
+    fn measure(&self, w: Workload, family: Family) -> Result<Record> {
         let (h1, h2) = (&self.cluster.topo.hosts[0], &self.cluster.topo.hosts[1]);
-        let dst: std::net::IpAddr = if self.ipv6 { h2.container_ip6.into() } else { h2.container_ip.into() };
+        let dst: std::net::IpAddr = match family {
+            Family::Ipv4 => h2.container_ip.into(),
+            Family::Ipv6 => h2.container_ip6.into(),
+        };
         let (dur, bound, name) = (Duration::from_secs(self.secs), Duration::from_secs(self.secs + 30), &self.path.name);
         let scrape_all = || -> Result<Vec<Samples>> {
             self.cluster
@@ -267,11 +323,12 @@ impl Trial<'_> {
         };
         let before = scrape_all()?;
         let cpu0 = CpuTimes::now()?;
-        let mut rec = Record::new(name, &w.name(), self.round);
+        let mut rec = Record::new(name, &w.name(family), self.round);
+        rec.family = if family == Family::Ipv6 { "ipv6" } else { "ipv4" };
         let (sender, packets, ceiling) = match w {
             Workload::Tcp { streams } => {
                 let r = tcp_bulk(&h2.container_ns, dst, &h1.container_ns, streams, Amount::Duration(dur), bound)
-                    .with_context(|| format!("{} over {name}\n{}", w.name(), self.cluster.logs()))?;
+                    .with_context(|| format!("{} over {name}\n{}", w.name(family), self.cluster.logs()))?;
                 rec.duration_s = r.seconds;
                 rec.throughput_gbit_s = Some(r.gbit_per_s());
                 (r.sender, r.sender.wire_packets, None)
@@ -342,12 +399,18 @@ pub fn run(opts: LabOptions) -> Result<()> {
         workloads.push(Workload::Tcp { streams: opts.streams });
     }
     workloads.extend([Workload::UdpSmall, Workload::RequestResponse]);
-    let paths: Vec<DataPath> =
-        data_paths().into_iter().filter(|d| opts.only.as_deref().is_none_or(|o| d.name.contains(o))).collect();
+    let paths: Vec<DataPath> = data_paths()
+        .into_iter()
+        .filter(|d| match opts.only.as_deref() {
+            Some(o) => d.name.contains(o),
+            None => d.default,
+        })
+        .collect();
+    let families = if opts.ipv6 { Families::Ipv6 } else { opts.family };
     if paths.is_empty() {
         bail!("--only {:?} matches no data path", opts.only.unwrap_or_default());
     }
-    let mut report = Report::new(secs, opts.rounds, if opts.ipv6 { "ipv6" } else { "ipv4" });
+    let mut report = Report::new(secs, opts.rounds, families.label());
     eprintln!("lab: {}", report.machine());
     let rounds = (1..=opts.rounds).flat_map(|round| paths.iter().map(move |dp| (round, dp)));
     for (round, dp) in rounds {
@@ -360,18 +423,18 @@ pub fn run(opts: LabOptions) -> Result<()> {
             hosts: opts.hosts,
             extra_args: extra,
             etcd_endpoints: opts.etcd.then(|| format!("http://{LAB_ETCD_IP}:2379")),
-            dual_stack: opts.ipv6,
+            dual_stack: families != Families::Ipv4,
             ..ClusterSpec::two_hosts("lab", dp.backend)
         };
         let (cluster, _etcd) = start_cluster(&bin, &spec, &dp.name)?;
-        let trial = Trial { cluster: &cluster, ipv6: opts.ipv6, path: dp, round, secs, quick: opts.quick };
-        for w in &workloads {
+        let trial = Trial { cluster: &cluster, path: dp, round, secs, quick: opts.quick };
+        for (family, w) in families.list().iter().flat_map(|f| workloads.iter().map(move |w| (*f, *w))) {
             if interrupted.load(Ordering::Relaxed) {
                 bail!("interrupted; everything the lab created has been removed");
             }
             let of = if opts.rounds > 1 { format!("round {round}/{}: ", opts.rounds) } else { String::new() };
-            eprintln!("lab: {of}{:<18} {:<8} {secs} s ...", dp.name, w.name());
-            report.records.push(trial.measure(*w)?);
+            eprintln!("lab: {of}{:<18} {:<13} {secs} s ...", dp.name, w.name(family));
+            report.records.push(trial.measure(w, family)?);
         }
     }
     report.compute_ratios();

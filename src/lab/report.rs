@@ -68,8 +68,10 @@ pub struct Record {
     pub data_path: String,
     /// Which round of the run measured it (1-based; see `weft lab --rounds`).
     pub round: u32,
-    /// `tcp-1`, `tcp-N`, `udp-64B`, `rr-64B`.
+    /// `tcp-1`, `tcp-N`, `udp-64B`, `rr-64B`; over IPv6 with `/ipv6` after it.
     pub workload: String,
+    /// The overlay family the workload ran over: `ipv4` or `ipv6`.
+    pub family: &'static str,
     /// Seconds measured.
     pub duration_s: f64,
     /// TCP: verified goodput.
@@ -117,7 +119,7 @@ pub struct Record {
 impl Record {
     /// An empty record.
     pub fn new(data_path: &str, workload: &str, round: u32) -> Self {
-        Self { data_path: data_path.into(), workload: workload.into(), round, ..Default::default() }
+        Self { data_path: data_path.into(), workload: workload.into(), round, family: "ipv4", ..Default::default() }
     }
 
     /// What the median is taken of: the ratio where the baseline ran, else (and for the
@@ -163,7 +165,7 @@ pub struct Report {
     /// Rounds: every data path ran every workload once per round, the paths in turn, so that
     /// a slow drift of the machine touches every path alike.
     pub rounds: u32,
-    /// The overlay's address family every workload ran over: `ipv4`, or `ipv6` (`--ipv6`).
+    /// The overlay families the run measured: `ipv4`, `ipv6` or `both` (`--family`).
     pub family: &'static str,
     /// The records, every round's.
     pub records: Vec<Record>,
@@ -192,9 +194,13 @@ impl Report {
         Self { schema: "weft-lab/1", kernel, cpus, cpu_model, seconds, rounds, family, records: Vec::new() }
     }
 
-    /// `IPv4` or `IPv6`, as the table's first line names the family.
+    /// `IPv4`, `IPv6` or `IPv4 and IPv6`, as the table's first line names the families.
     fn family_name(&self) -> &'static str {
-        if self.family == "ipv6" { "IPv6" } else { "IPv4" }
+        match self.family {
+            "ipv6" => "IPv6",
+            "both" => "IPv4 and IPv6",
+            _ => "IPv4",
+        }
     }
 
     /// The machine, as the table's first line names it.
@@ -327,11 +333,16 @@ impl Report {
         Ok(serde_json::to_string_pretty(self)?)
     }
 
+    /// The workload the chart draws: `tcp-1`, or `tcp-1/ipv6` in an IPv6-only run.
+    fn chart_workload(&self) -> &'static str {
+        if self.family == "ipv6" { "tcp-1/ipv6" } else { "tcp-1" }
+    }
+
     /// Draws throughput (tcp-1) and forwarder syscalls per packet (sum of the four crossings,
     /// tcp-1) per data path, side by side (each path's median round).
     pub fn svg(&self, path: &Path) -> Result<()> {
         let rows: Vec<&Record> =
-            self.summaries().into_iter().map(|s| s.median).filter(|r| r.workload == "tcp-1").collect();
+            self.summaries().into_iter().map(|s| s.median).filter(|r| r.workload == self.chart_workload()).collect();
         // Short labels so that a dozen bars fit: "weft vxlan offload" → "vxlan offload".
         let names: Vec<String> =
             rows.iter().map(|r| r.data_path.trim_start_matches("weft ").replace(" (kernel)", " (k)")).collect();
