@@ -1,5 +1,6 @@
 //! Coalescing arbitrary packets into TCP and UDP runs, as the TUN writer does: no panic; a run
-//! merges at most its limit; its merged header fits and says how long the merged packet is.
+//! merges at most its limit; its merged header fits and says how long the merged packet is,
+//! for IPv4 and IPv6 alike.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -40,11 +41,15 @@ fuzz_target!(|data: &[u8]| {
         }
         let mut hdr = [0u8; 128];
         let (hl, vh) = run.finish(&mut hdr).expect("a run's header fits");
-        let total = usize::from(u16::from_be_bytes([hdr[2], hdr[3]]));
+        // IPv4 Total Length, or the IPv6 fixed header plus Payload Length.
+        let total = match hdr[0] >> 4 {
+            6 => 40 + usize::from(u16::from_be_bytes([hdr[4], hdr[5]])),
+            _ => usize::from(u16::from_be_bytes([hdr[2], hdr[3]])),
+        };
         if run.segments() > 1 {
             assert_eq!(total, hl + payload);
             assert_eq!(usize::from(vh.hdr_len), hl);
-            assert!(matches!(vh.gso_kind(), virtio::GSO_TCPV4 | virtio::GSO_UDP_L4));
+            assert!(matches!(vh.gso_kind(), virtio::GSO_TCPV4 | virtio::GSO_TCPV6 | virtio::GSO_UDP_L4));
         }
         i = j;
     }

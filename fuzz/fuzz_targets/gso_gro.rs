@@ -1,6 +1,6 @@
-//! GSO split and GRO coalesce on arbitrary packets, TCP (TSO) and UDP (USO): no panic; every
-//! segment is a valid IPv4 packet with a correct header checksum and the transport checksum
-//! the coalescer verifies; coalescing the segments gives back the payload, in order. Checksums
+//! GSO split and GRO coalesce on arbitrary packets, IPv4 and IPv6, TCP (TSO) and UDP (USO): no
+//! panic; every segment is a valid IP packet (IPv4 with a correct header checksum) whose
+//! transport checksum the coalescer verifies; coalescing the segments gives back the payload, in order. Checksums
 //! run as the engines run them (the widest word sum the CPU has), and the checksum of the input
 //! agrees with RFC 1071's 16-bit definition.
 #![no_main]
@@ -9,6 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use weft::proto::gro::{FlowRun, Rules};
 use weft::proto::gso::Segmenter;
 use weft::proto::ipv4::Ipv4Packet;
+use weft::proto::ipv6::Ipv6Packet;
 
 /// RFC 1071 by its definition: 16-bit big-endian words, odd byte padded, end-around carry.
 fn reference_checksum(data: &[u8]) -> u16 {
@@ -27,7 +28,8 @@ fuzz_target!(|data: &[u8]| {
     // The top bit picks the transport; the rest is the gso_size.
     let udp = head & 0x8000 != 0;
     let mss = usize::from(head % 2048);
-    let planned = if udp { Segmenter::new_udp(pkt, mss) } else { Segmenter::new(pkt, mss) };
+    // The packet's version nibble picks IPv4 or IPv6.
+    let planned = Segmenter::for_packet(pkt, !udp, mss);
     let Ok(seg) = planned else { return };
     let headers = seg.headers(pkt).expect("a planned super-packet's header sums can be taken");
     let mut segments = Vec::new();
@@ -35,9 +37,14 @@ fuzz_target!(|data: &[u8]| {
         // Whole, as the offload engine writes it for its GSO send.
         let mut s = vec![0u8; seg.segment_len(i)];
         assert_eq!(headers.write_segment(pkt, i, &mut s).unwrap(), s.len());
-        let ip = Ipv4Packet::new_checked(&s[..]).expect("segment is valid IPv4");
-        assert!(ip.verify_checksum());
-        assert_eq!(ip.total_len(), s.len());
+        match Ipv6Packet::new_checked(&s[..]) {
+            Ok(ip) => assert_eq!(ip.total_len(), s.len()),
+            Err(_) => {
+                let ip = Ipv4Packet::new_checked(&s[..]).expect("segment is valid IPv4 or IPv6");
+                assert!(ip.verify_checksum());
+                assert_eq!(ip.total_len(), s.len());
+            }
+        }
         segments.push(s);
     }
     if segments.len() != seg.count() {

@@ -19,7 +19,12 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if let Ok(p) = ipv6::Ipv6Packet::new_checked(data) {
-        let _ = (p.src(), p.dst(), p.hop_limit(), p.next_header(), p.total_len());
+        let _ = (p.src(), p.dst(), p.hop_limit(), p.next_header(), p.total_len(), p.flow_hash());
+        let mut out = [0u8; weft::proto::icmpv6::MAX_LEN];
+        if let Some(n) = weft::proto::icmpv6::no_route(&p, std::net::Ipv6Addr::LOCALHOST, &mut out) {
+            let reply = ipv6::Ipv6Packet::new_checked(&out[..n]).unwrap();
+            assert!(ipv6::transport_checksum_ok(&reply, ipv6::NEXT_ICMPV6, reply.payload()));
+        }
     }
     if let Ok(v) = vxlan::VxlanPacket::new_checked(data) {
         let _ = (v.vni(), v.payload().len());
@@ -40,11 +45,15 @@ fuzz_target!(|data: &[u8]| {
         }
         if let Ok(a) = lease::LeaseAttrs::parse(text) {
             assert_eq!(lease::LeaseAttrs::parse(&a.to_json()).unwrap(), a);
-            let _ = a.vxlan_data();
+            let _ = (a.vxlan_data(), a.vxlan_v6_data());
         }
         if let Ok(c) = netconfig::NetConfig::parse(text) {
             assert!(c.subnet_min <= c.subnet_max);
             let _ = c.subnets().take(3).count();
+            if let Some(v6) = &c.ipv6 {
+                assert!(v6.subnet_min <= v6.subnet_max);
+                assert!(v6.subnets().take(3).all(|n| c.fits_v6(&n)));
+            }
         }
         if let Ok(e) = subnet_env::SubnetEnv::parse(text) {
             assert_eq!(subnet_env::SubnetEnv::parse(&e.render()).unwrap(), e);
