@@ -20,9 +20,16 @@ fn help_lists_commands_and_flags() {
     assert!(out.contains("run") && out.contains("lab"), "{out}");
     let (code, out, _) = weft(&["run", "--help"]);
     assert_eq!(code, 0);
-    for flag in
-        ["--registry-dir", "--public-ip", "--iface", "--subnet-file", "--etcd-prefix", "--mode", "--tun-queue-len"]
-    {
+    for flag in [
+        "--registry-dir",
+        "--public-ip",
+        "--public-ipv6",
+        "--iface",
+        "--subnet-file",
+        "--etcd-prefix",
+        "--mode",
+        "--tun-queue-len",
+    ] {
         assert!(out.contains(flag), "{flag} missing from:\n{out}");
     }
     // The best engine the kernel supports is the default.
@@ -38,6 +45,7 @@ fn bad_flags_are_one_line_errors() {
         &["run", "--bogus"][..],
         &["run"][..],
         &["run", "--registry-dir", "/tmp", "--public-ip", "300.1.1.1"][..],
+        &["run", "--registry-dir", "/tmp", "--public-ipv6", "198.18.0.1"][..],
         &["run", "--registry-dir", "/tmp", "--mode", "warp"][..],
         &["run", "--registry-dir", "/tmp", "--tun-queue-len", "0"][..],
         &["run", "--registry-dir", "/tmp", "--tun-queue-len", "100000"][..],
