@@ -300,6 +300,57 @@ fn cni_suite(tag: &str, extra: &[&str]) {
     }
 }
 
+/// On a dual-stack network the plugin hands host-local both leased ranges: each pod gets an
+/// IPv4 and an IPv6 address from its host's lease and reaches the other host's pod over both.
+#[test]
+fn cni_plugin_gives_pods_both_families_on_a_dual_stack_network() {
+    require_privileges();
+    let spec = ClusterSpec { dual_stack: true, ..ClusterSpec::two_hosts("cnidual", r#"{"Type":"vxlan"}"#) };
+    let c = Cluster::start(bin(), &spec, Duration::from_secs(15)).expect("cluster starts");
+    let work = tempfile::tempdir().unwrap();
+    let bins = plugin_dir(work.path());
+    let prefix = Topology::unique_prefix("cnidual");
+    let mut pods = Vec::new();
+    for (i, h) in c.topo.hosts.iter().enumerate() {
+        run_ok(&h.ns, &["ip", "link", "del", "veth-c"]);
+        let list = conflist(&c.subnet_file(i), &work.path().join(format!("h{i}")));
+        let ns = Netns::new(format!("{prefix}-p{i}"));
+        let id = format!("cnidual-{i}");
+        let mut prev: Option<Value> = None;
+        for conf in &list {
+            let mut conf = conf.clone();
+            if let Some(p) = &prev {
+                conf["prevResult"] = p.clone();
+            }
+            let plugin = bins.join(conf["type"].as_str().unwrap());
+            let (ok, stdout) = cni_call(&h.ns, &plugin, "ADD", &id, &ns.0, &bins, &conf);
+            assert!(ok, "ADD {id} through {}: {stdout}", conf["type"]);
+            prev = Some(serde_json::from_str(&stdout).unwrap());
+        }
+        let ips: Vec<std::net::IpAddr> = prev.unwrap()["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|ip| ip["address"].as_str().unwrap().split('/').next().unwrap().parse().unwrap())
+            .collect();
+        let v4 = ips.iter().find_map(|a| match a {
+            std::net::IpAddr::V4(a) => Some(*a),
+            _ => None,
+        });
+        let v6 = ips.iter().find_map(|a| match a {
+            std::net::IpAddr::V6(a) => Some(*a),
+            _ => None,
+        });
+        let (Some(v4), Some(v6)) = (v4, v6) else { panic!("host {}: pod addresses {ips:?}", i + 1) };
+        assert!(h.subnet.contains(&v4) && h.subnet6.contains(&v6), "{v4} {v6} outside host {}'s lease", i + 1);
+        pods.push((ns, v4, v6));
+    }
+    assert!(ping(&pods[0].0.0, pods[1].1, 2), "IPv4 pod → pod\n{}", c.logs());
+    let out6 = ns_exec(&pods[0].0.0, &["ping", "-6", "-n", "-c", "2", "-i", "0.2", "-W", "2", &pods[1].2.to_string()])
+        .unwrap();
+    assert!(out6.status.success(), "IPv6 pod → pod: {}\n{}", String::from_utf8_lossy(&out6.stdout), c.logs());
+}
+
 #[test]
 fn cni_plugin_with_debians_plugins_over_userspace_vxlan() {
     cni_suite("cniuser", &[]);
