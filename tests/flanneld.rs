@@ -124,6 +124,38 @@ fn masquerade_and_forward_rules_as_flanneld() {
     assert!(nft_rules(&h2.ns).contains("policy drop"));
 }
 
+/// A dual-stack network through hosts whose IPv6 forward policy is drop (ufw's `ip6 filter
+/// FORWARD`): weft accepts the IPv6 network's traffic in its own `ip6` table and at the head of
+/// the dropping chain, as for IPv4, and leaves nothing behind on exit.
+#[test]
+fn ipv6_forward_rules_on_a_dual_stack_network() {
+    require_privileges();
+    let spec = ClusterSpec { dual_stack: true, ..ClusterSpec::two_hosts("fwd6", r#"{"Type":"vxlan"}"#) };
+    let mut c = Cluster::build(&spec).unwrap();
+    for h in &c.topo.hosts {
+        let o = ns_exec(&h.ns, &["nft", "add table ip6 filter; add chain ip6 filter FORWARD { type filter hook forward priority 0; policy drop; }"])
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    c.start_all(bin(), &spec, Duration::from_secs(15)).unwrap();
+    let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
+    let o = ns_exec(
+        &h1.container_ns,
+        &["ping", "-6", "-n", "-c", "2", "-i", "0.2", "-W", "2", &h2.container_ip6.to_string()],
+    )
+    .unwrap();
+    assert!(o.status.success(), "the ip6 FORWARD drop policy stopped the overlay\n{}", c.logs());
+    let chain = out(&h1.ns, &["nft", "list", "chain", "ip6", "filter", "FORWARD"]);
+    assert!(chain.contains("ip6 saddr 2001:db8:96::/48 accept comment \"weft 100.96.0.0/16\""), "{chain}");
+    assert!(out(&h1.ns, &["nft", "list", "table", "ip6", "weft_100_96_0_0_16"]).contains("ip6 daddr 2001:db8:96::/48"));
+    for i in 0..2 {
+        c.procs[i].stop(Duration::from_secs(5)).unwrap().expect("clean exit");
+        let left = nft_rules(&c.topo.hosts[i].ns);
+        assert!(!left.contains("weft"), "host {}: weft's rules left:\n{left}", i + 1);
+        assert!(left.contains("policy drop"), "host {}: the other table's chain changed:\n{left}", i + 1);
+    }
+}
+
 /// A container namespace made for the CNI test, removed by its guard.
 struct Netns(String);
 

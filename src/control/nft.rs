@@ -10,15 +10,23 @@
 //! mode inserts its jump into FORWARD. Every rule carries the comment `weft <network>`, which
 //! is how the checks, the restore and the clean-up find them.
 //!
+//! A dual-stack network's IPv6 traffic gets the same forward accepts: a table `ip6
+//! weft_<network>` with its own `forward` chain, and accepts of `IPv6Network` at the head of
+//! every `ip6` or `inet` forward chain with a drop policy (ufw's `ip6 filter FORWARD`). The
+//! masquerade rules are IPv4's only.
+//!
 //! Why the `nft` tool and not a netlink crate: its script language and `-j` listing are the
 //! stable interface of nftables (the netlink messages are an implementation detail that the
 //! kernel's and libnftnl's versions move together), the transaction of one `nft -f` makes the
 //! table appear whole or not at all, and operators read the same rules with `nft list ruleset`.
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::Value;
 use std::io::Write;
 use std::process::{Command, Stdio};
+
+/// The head of weft's own forward chains.
+const FORWARD_HEAD: &str = "type filter hook forward priority filter; policy accept;";
 
 /// kube-proxy marks the packets it masquerades itself; flanneld leaves them alone.
 const KUBE_PROXY_MARK: u32 = 0x4000;
@@ -51,6 +59,8 @@ pub struct FirewallSpec {
     pub masquerade: bool,
     /// `--iptables-forward-rules`.
     pub forward: bool,
+    /// `IPv6Network` of a dual-stack network, whose traffic the forward rules accept too.
+    pub network6: Option<Ipv6Net>,
 }
 
 /// A forward base chain of another table, with a drop policy.
@@ -137,18 +147,34 @@ impl Firewall {
             ));
         }
         if self.spec.forward {
-            out.push(("forward", "type filter hook forward priority filter; policy accept;", self.accepts()));
+            out.push(("forward", FORWARD_HEAD, self.accepts("ip")));
         }
         out
     }
 
-    /// The two accepts of the network's traffic.
-    fn accepts(&self) -> Vec<String> {
-        let (n, tag) = (self.spec.network, &self.tag);
-        vec![format!("ip saddr {n} accept comment \"{tag}\""), format!("ip daddr {n} accept comment \"{tag}\"")]
+    /// The accepts of the network's traffic for a forward chain of `family`: IPv4's two in
+    /// `ip`, IPv6's two in `ip6` (a dual-stack network only), both in `inet`.
+    fn accepts(&self, family: &str) -> Vec<String> {
+        let tag = &self.tag;
+        let mut v = Vec::new();
+        if matches!(family, "ip" | "inet") {
+            let n = self.spec.network;
+            v.push(format!("ip saddr {n} accept comment \"{tag}\""));
+            v.push(format!("ip daddr {n} accept comment \"{tag}\""));
+        }
+        if let (Some(n), "ip6" | "inet") = (self.spec.network6, family) {
+            v.push(format!("ip6 saddr {n} accept comment \"{tag}\""));
+            v.push(format!("ip6 daddr {n} accept comment \"{tag}\""));
+        }
+        v
     }
 
-    /// The `nft -f` script that makes weft's table anew, whole, in one transaction.
+    /// The IPv6 table's forward chain, when the network is dual-stack and forwarding is asked for.
+    fn ip6_forward(&self) -> Option<Vec<String>> {
+        (self.spec.forward && self.spec.network6.is_some()).then(|| self.accepts("ip6"))
+    }
+
+    /// The `nft -f` script that makes weft's tables anew, whole, in one transaction.
     pub fn table_script(&self) -> String {
         let t = &self.table;
         // Declaring the table first makes the delete valid when it does not exist yet.
@@ -161,6 +187,16 @@ impl Firewall {
             s.push_str("  }\n");
         }
         s.push_str("}\n");
+        if self.spec.network6.is_some() {
+            s.push_str(&format!("table ip6 {t} {{\n}}\ndelete table ip6 {t}\n"));
+        }
+        if let Some(rules) = self.ip6_forward() {
+            s.push_str(&format!("table ip6 {t} {{\n  chain forward {{\n    {FORWARD_HEAD}\n"));
+            for r in rules {
+                s.push_str(&format!("    {r}\n"));
+            }
+            s.push_str("  }\n}\n");
+        }
         s
     }
 
@@ -183,7 +219,7 @@ impl Firewall {
             .iter()
             .filter_map(|o| o.get("chain"))
             .filter(|c| str_of(c, "hook") == "forward" && str_of(c, "policy") == "drop")
-            .filter(|c| matches!(str_of(c, "family"), "ip" | "inet") && str_of(c, "table") != self.table)
+            .filter(|c| !self.accepts(str_of(c, "family")).is_empty() && str_of(c, "table") != self.table)
             .map(|c| DropChain {
                 family: str_of(c, "family").into(),
                 table: str_of(c, "table").into(),
@@ -219,11 +255,12 @@ impl Firewall {
         let mut mended = 0;
         for c in self.drop_chains()? {
             let have = self.tagged(&c)?;
-            if have.len() == 2 {
+            let want = self.accepts(&c.family);
+            if have.len() == want.len() {
                 continue;
             }
             self.untag(&c, &have)?;
-            for rule in self.accepts().iter().rev() {
+            for rule in want.iter().rev() {
                 nft(&["insert", "rule", &c.family, &c.table, &c.name, rule], None)?;
             }
             tracing::info!(chain = %format!("{} {} {}", c.family, c.table, c.name), "accepting the overlay's traffic in a forward chain with a drop policy");
@@ -243,14 +280,21 @@ impl Firewall {
         self.mend_drop_chains().map(drop)
     }
 
-    /// True when weft's table holds every rule it should.
+    /// True when weft's tables hold every rule they should.
     fn table_intact(&self) -> bool {
-        let Ok(listing) = nft(&["-j", "list", "table", "ip", &self.table], None) else { return false };
-        let rules: Vec<Value> = objects(&listing).iter().filter_map(|o| o.get("rule").cloned()).collect();
-        self.chains().iter().all(|(name, _, want)| {
-            rules.iter().filter(|r| str_of(r, "chain") == *name && str_of(r, "comment") == self.tag).count()
-                == want.len()
-        })
+        let tagged_in = |family: &str, chain: &str| -> Option<usize> {
+            let listing = nft(&["-j", "list", "table", family, &self.table], None).ok()?;
+            Some(
+                objects(&listing)
+                    .iter()
+                    .filter_map(|o| o.get("rule"))
+                    .filter(|r| str_of(r, "chain") == chain && str_of(r, "comment") == self.tag)
+                    .count(),
+            )
+        };
+        let v4 = self.chains().iter().all(|(name, _, want)| tagged_in("ip", name) == Some(want.len()));
+        let v6 = self.ip6_forward().is_none_or(|want| tagged_in("ip6", "forward") == Some(want.len()));
+        v4 && v6
     }
 
     /// Puts back what was removed from outside (`nft flush ruleset`, a firewall reload);
@@ -281,12 +325,15 @@ impl Firewall {
         tracing::info!(table = %self.table, "leaving the forward rules for the kernel path, which goes on forwarding");
     }
 
-    /// Removes weft's table and its rules in other tables' chains.
+    /// Removes weft's tables and its rules in other tables' chains.
     pub fn remove(&self) {
-        if let Err(e) = nft(&["delete", "table", "ip", &self.table], None)
-            && !e.detail.contains("No such file")
-        {
-            tracing::warn!("removing weft's nftables table: {e}");
+        let families: &[&str] = if self.ip6_forward().is_some() { &["ip", "ip6"] } else { &["ip"] };
+        for family in families {
+            if let Err(e) = nft(&["delete", "table", family, &self.table], None)
+                && !e.detail.contains("No such file")
+            {
+                tracing::warn!("removing weft's nftables table: {e}");
+            }
         }
         let chains = if self.spec.forward { self.drop_chains().unwrap_or_default() } else { Vec::new() };
         for c in chains {
@@ -307,6 +354,7 @@ mod tests {
             lease: "100.96.1.0/24".parse().unwrap(),
             masquerade,
             forward,
+            network6: None,
         })
     }
 
@@ -334,5 +382,21 @@ mod tests {
         assert!(post[..4].iter().all(|r| r.contains("return")) && post[4..].iter().all(|r| r.contains("masquerade")));
         let only_forward = fw(false, true).unwrap().table_script();
         assert!(!only_forward.contains("postrouting") && only_forward.contains("chain forward"));
+        assert!(!only_forward.contains("ip6"), "an IPv4 network makes no IPv6 table: {only_forward}");
+    }
+
+    #[test]
+    fn a_dual_stack_network_gets_ipv6_forward_accepts() {
+        let mut f = fw(true, true).unwrap();
+        f.spec.network6 = Some("2001:db8:96::/48".parse().unwrap());
+        let s = f.table_script();
+        assert!(s.contains("table ip6 weft_100_96_0_0_16 {\n}\ndelete table ip6 weft_100_96_0_0_16\n"), "{s}");
+        assert!(s.contains("ip6 saddr 2001:db8:96::/48 accept comment \"weft 100.96.0.0/16\""), "{s}");
+        assert!(s.contains("ip6 daddr 2001:db8:96::/48 accept"), "{s}");
+        assert_eq!(f.accepts("ip").len(), 2);
+        assert_eq!(f.accepts("ip6").len(), 2);
+        assert_eq!(f.accepts("inet").len(), 4);
+        assert!(f.accepts("bridge").is_empty());
+        assert!(fw(false, true).unwrap().accepts("ip6").is_empty());
     }
 }
