@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,25 +28,23 @@ fn run_ok(ns: &str, cmd: &[&str]) {
 
 /// The source address of one UDP datagram sent from namespace `from` to `to`, as a listener in
 /// namespace `at` sees it.
-fn seen_source(at: &str, to: SocketAddr, from: &str) -> Option<Ipv4Addr> {
+fn seen_source(at: &str, to: SocketAddr, from: &str) -> Option<IpAddr> {
+    let any: IpAddr = if to.is_ipv6() { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
     let (tx, rx) = std::sync::mpsc::channel();
     let at = at.to_string();
     let listener = std::thread::spawn(move || {
         netns::enter(&at).unwrap();
-        let s = UdpSocket::bind(("0.0.0.0", to.port())).unwrap();
+        let s = UdpSocket::bind((any, to.port())).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         tx.send(()).unwrap();
         let mut buf = [0u8; 64];
-        s.recv_from(&mut buf).ok().and_then(|(_, src)| match src.ip() {
-            std::net::IpAddr::V4(a) => Some(a),
-            std::net::IpAddr::V6(_) => None,
-        })
+        s.recv_from(&mut buf).ok().map(|(_, src)| src.ip())
     });
     rx.recv().unwrap();
     let from = from.to_string();
     std::thread::spawn(move || {
         netns::enter(&from).unwrap();
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let s = UdpSocket::bind((any, 0)).unwrap();
         for _ in 0..3 {
             let _ = s.send_to(b"who am i", to);
             std::thread::sleep(Duration::from_millis(100));
@@ -98,9 +96,9 @@ fn masquerade_and_forward_rules_as_flanneld() {
     assert!(std::fs::read_to_string(c.subnet_file(0)).unwrap().contains("FLANNEL_IPMASQ=true"));
     // pod → outside: from its host's address; pod → remote pod: from the pod's own.
     let outside = SocketAddr::new(h3.underlay_ip.into(), 7001);
-    assert_eq!(seen_source(&h3.ns, outside, &h1.container_ns), Some(h1.underlay_ip), "{}", c.logs());
+    assert_eq!(seen_source(&h3.ns, outside, &h1.container_ns), Some(h1.underlay_ip.into()), "{}", c.logs());
     let pod = SocketAddr::new(h2.container_ip.into(), 7002);
-    assert_eq!(seen_source(&h2.container_ns, pod, &h1.container_ns), Some(h1.container_ip), "{}", c.logs());
+    assert_eq!(seen_source(&h2.container_ns, pod, &h1.container_ns), Some(h1.container_ip.into()), "{}", c.logs());
     assert!(ping(&h2.container_ns, h1.container_ip, 1), "host 2's FORWARD drop policy stopped the overlay");
     // A DROP policy that appears later (Docker started after weft) is met within the resync.
     add_forward_drop(&h1.ns);
@@ -113,7 +111,7 @@ fn masquerade_and_forward_rules_as_flanneld() {
         "rules not restored\n{}",
         c.logs()
     );
-    assert_eq!(seen_source(&h3.ns, outside, &h1.container_ns), Some(h1.underlay_ip));
+    assert_eq!(seen_source(&h3.ns, outside, &h1.container_ns), Some(h1.underlay_ip.into()));
     assert!(c.procs[0].log_text().contains("removed from outside; restoring them"), "{}", c.logs());
     // On exit, none of weft's rules remain, and the other table's chain is as it was.
     for i in 0..2 {
@@ -124,27 +122,41 @@ fn masquerade_and_forward_rules_as_flanneld() {
     assert!(nft_rules(&h2.ns).contains("policy drop"));
 }
 
-/// A dual-stack network through hosts whose IPv6 forward policy is drop (ufw's `ip6 filter
-/// FORWARD`): weft accepts the IPv6 network's traffic in its own `ip6` table and at the head of
-/// the dropping chain, as for IPv4, and leaves nothing behind on exit.
+/// A dual-stack network with `--ip-masq` through hosts whose IPv6 forward policy is drop (ufw's
+/// `ip6 filter FORWARD`): weft masquerades IPv6 pods leaving the network and accepts the IPv6
+/// network's traffic, in its own `ip6` table and at the head of the dropping chain, as for
+/// IPv4, and leaves nothing behind on exit.
 #[test]
-fn ipv6_forward_rules_on_a_dual_stack_network() {
+fn ipv6_masquerade_and_forward_rules_on_a_dual_stack_network() {
     require_privileges();
-    let spec = ClusterSpec { dual_stack: true, ..ClusterSpec::two_hosts("fwd6", r#"{"Type":"vxlan"}"#) };
+    // Host 3 is outside the overlay: on the underlay, with no weft and no lease.
+    let spec = ClusterSpec {
+        dual_stack: true,
+        hosts: 3,
+        skip_hosts: vec![2],
+        extra_args: vec!["--ip-masq".into()],
+        ..ClusterSpec::two_hosts("fwd6", r#"{"Type":"vxlan"}"#)
+    };
     let mut c = Cluster::build(&spec).unwrap();
-    for h in &c.topo.hosts {
+    std::fs::remove_file(c.registry.path().join("subnets/100.96.3.0-24&2001:db8:96:3::-64")).unwrap();
+    for h in &c.topo.hosts[..2] {
         let o = ns_exec(&h.ns, &["nft", "add table ip6 filter; add chain ip6 filter FORWARD { type filter hook forward priority 0; policy drop; }"])
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     c.start_all(bin(), &spec, Duration::from_secs(15)).unwrap();
-    let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
+    let (h1, h2, h3) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone(), c.topo.hosts[2].clone());
     let o = ns_exec(
         &h1.container_ns,
         &["ping", "-6", "-n", "-c", "2", "-i", "0.2", "-W", "2", &h2.container_ip6.to_string()],
     )
     .unwrap();
     assert!(o.status.success(), "the ip6 FORWARD drop policy stopped the overlay\n{}", c.logs());
+    // IPv6 pod → outside: from its host's IPv6 address; pod → remote pod: from the pod's own.
+    let outside = SocketAddr::new(h3.underlay_ip6.into(), 7003);
+    assert_eq!(seen_source(&h3.ns, outside, &h1.container_ns), Some(h1.underlay_ip6.into()), "{}", c.logs());
+    let pod = SocketAddr::new(h2.container_ip6.into(), 7004);
+    assert_eq!(seen_source(&h2.container_ns, pod, &h1.container_ns), Some(h1.container_ip6.into()), "{}", c.logs());
     let chain = out(&h1.ns, &["nft", "list", "chain", "ip6", "filter", "FORWARD"]);
     assert!(chain.contains("ip6 saddr 2001:db8:96::/48 accept comment \"weft 100.96.0.0/16\""), "{chain}");
     assert!(out(&h1.ns, &["nft", "list", "table", "ip6", "weft_100_96_0_0_16"]).contains("ip6 daddr 2001:db8:96::/48"));

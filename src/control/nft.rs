@@ -10,10 +10,10 @@
 //! mode inserts its jump into FORWARD. Every rule carries the comment `weft <network>`, which
 //! is how the checks, the restore and the clean-up find them.
 //!
-//! A dual-stack network's IPv6 traffic gets the same forward accepts: a table `ip6
-//! weft_<network>` with its own `forward` chain, and accepts of `IPv6Network` at the head of
-//! every `ip6` or `inet` forward chain with a drop policy (ufw's `ip6 filter FORWARD`). The
-//! masquerade rules are IPv4's only.
+//! A dual-stack network's IPv6 traffic gets the same rules in a table `ip6 weft_<network>`: the
+//! masquerade rules over `IPv6Network` and the IPv6 lease (multicast is ff00::/8), and a
+//! `forward` chain; and accepts of `IPv6Network` at the head of every `ip6` or `inet` forward
+//! chain with a drop policy (ufw's `ip6 filter FORWARD`).
 //!
 //! Why the `nft` tool and not a netlink crate: its script language and `-j` listing are the
 //! stable interface of nftables (the netlink messages are an implementation detail that the
@@ -59,8 +59,9 @@ pub struct FirewallSpec {
     pub masquerade: bool,
     /// `--iptables-forward-rules`.
     pub forward: bool,
-    /// `IPv6Network` of a dual-stack network, whose traffic the forward rules accept too.
-    pub network6: Option<Ipv6Net>,
+    /// `IPv6Network` of a dual-stack network and this node's IPv6 lease: its traffic gets the
+    /// same masquerade and forward rules.
+    pub network6: Option<(Ipv6Net, Ipv6Net)>,
 }
 
 /// A forward base chain of another table, with a drop policy.
@@ -127,9 +128,19 @@ impl Firewall {
         Some(Self { spec, table, tag, fully_random: true })
     }
 
-    /// The rules of weft's table, chain by chain (pure: the tests read it).
+    /// The rules of weft's `ip` table, chain by chain (pure: the tests read it).
     pub fn chains(&self) -> Vec<(&'static str, &'static str, Vec<String>)> {
-        let (n, l, tag) = (self.spec.network, self.spec.lease, &self.tag);
+        self.family_chains("ip")
+    }
+
+    /// The rules of weft's table of `family` (`ip`, or `ip6` on a dual-stack network).
+    fn family_chains(&self, family: &str) -> Vec<(&'static str, &'static str, Vec<String>)> {
+        let (n, l, multicast): (String, String, &str) = match (family, self.spec.network6) {
+            ("ip6", Some((n, l))) => (n.to_string(), l.to_string(), "ff00::/8"),
+            ("ip6", None) => return Vec::new(),
+            _ => (self.spec.network.to_string(), self.spec.lease.to_string(), "224.0.0.0/4"),
+        };
+        let tag = &self.tag;
         let masq = if self.fully_random { "masquerade fully-random" } else { "masquerade" };
         let mut out = Vec::new();
         if self.spec.masquerade {
@@ -138,16 +149,16 @@ impl Firewall {
                 "type nat hook postrouting priority srcnat; policy accept;",
                 vec![
                     format!("meta mark & {KUBE_PROXY_MARK:#x} == {KUBE_PROXY_MARK:#x} return comment \"{tag}\""),
-                    format!("ip saddr {l} ip daddr {n} return comment \"{tag}\""),
-                    format!("ip saddr {n} ip daddr {l} return comment \"{tag}\""),
-                    format!("ip saddr != {n} ip daddr {l} return comment \"{tag}\""),
-                    format!("ip saddr {n} ip daddr != 224.0.0.0/4 {masq} comment \"{tag}\""),
-                    format!("ip saddr != {n} ip daddr {n} {masq} comment \"{tag}\""),
+                    format!("{family} saddr {l} {family} daddr {n} return comment \"{tag}\""),
+                    format!("{family} saddr {n} {family} daddr {l} return comment \"{tag}\""),
+                    format!("{family} saddr != {n} {family} daddr {l} return comment \"{tag}\""),
+                    format!("{family} saddr {n} {family} daddr != {multicast} {masq} comment \"{tag}\""),
+                    format!("{family} saddr != {n} {family} daddr {n} {masq} comment \"{tag}\""),
                 ],
             ));
         }
         if self.spec.forward {
-            out.push(("forward", FORWARD_HEAD, self.accepts("ip")));
+            out.push(("forward", FORWARD_HEAD, self.accepts(family)));
         }
         out
     }
@@ -162,40 +173,33 @@ impl Firewall {
             v.push(format!("ip saddr {n} accept comment \"{tag}\""));
             v.push(format!("ip daddr {n} accept comment \"{tag}\""));
         }
-        if let (Some(n), "ip6" | "inet") = (self.spec.network6, family) {
+        if let (Some((n, _)), "ip6" | "inet") = (self.spec.network6, family) {
             v.push(format!("ip6 saddr {n} accept comment \"{tag}\""));
             v.push(format!("ip6 daddr {n} accept comment \"{tag}\""));
         }
         v
     }
 
-    /// The IPv6 table's forward chain, when the network is dual-stack and forwarding is asked for.
-    fn ip6_forward(&self) -> Option<Vec<String>> {
-        (self.spec.forward && self.spec.network6.is_some()).then(|| self.accepts("ip6"))
+    /// The table families weft keeps: `ip`, and `ip6` on a dual-stack network.
+    fn families(&self) -> &'static [&'static str] {
+        if self.spec.network6.is_some() { &["ip", "ip6"] } else { &["ip"] }
     }
 
     /// The `nft -f` script that makes weft's tables anew, whole, in one transaction.
     pub fn table_script(&self) -> String {
         let t = &self.table;
-        // Declaring the table first makes the delete valid when it does not exist yet.
-        let mut s = format!("table ip {t} {{\n}}\ndelete table ip {t}\ntable ip {t} {{\n");
-        for (name, head, rules) in self.chains() {
-            s.push_str(&format!("  chain {name} {{\n    {head}\n"));
-            for r in rules {
-                s.push_str(&format!("    {r}\n"));
+        let mut s = String::new();
+        for family in self.families() {
+            // Declaring the table first makes the delete valid when it does not exist yet.
+            s.push_str(&format!("table {family} {t} {{\n}}\ndelete table {family} {t}\ntable {family} {t} {{\n"));
+            for (name, head, rules) in self.family_chains(family) {
+                s.push_str(&format!("  chain {name} {{\n    {head}\n"));
+                for r in rules {
+                    s.push_str(&format!("    {r}\n"));
+                }
+                s.push_str("  }\n");
             }
-            s.push_str("  }\n");
-        }
-        s.push_str("}\n");
-        if self.spec.network6.is_some() {
-            s.push_str(&format!("table ip6 {t} {{\n}}\ndelete table ip6 {t}\n"));
-        }
-        if let Some(rules) = self.ip6_forward() {
-            s.push_str(&format!("table ip6 {t} {{\n  chain forward {{\n    {FORWARD_HEAD}\n"));
-            for r in rules {
-                s.push_str(&format!("    {r}\n"));
-            }
-            s.push_str("  }\n}\n");
+            s.push_str("}\n");
         }
         s
     }
@@ -292,9 +296,9 @@ impl Firewall {
                     .count(),
             )
         };
-        let v4 = self.chains().iter().all(|(name, _, want)| tagged_in("ip", name) == Some(want.len()));
-        let v6 = self.ip6_forward().is_none_or(|want| tagged_in("ip6", "forward") == Some(want.len()));
-        v4 && v6
+        self.families().iter().all(|family| {
+            self.family_chains(family).iter().all(|(name, _, want)| tagged_in(family, name) == Some(want.len()))
+        })
     }
 
     /// Puts back what was removed from outside (`nft flush ruleset`, a firewall reload);
@@ -327,8 +331,7 @@ impl Firewall {
 
     /// Removes weft's tables and its rules in other tables' chains.
     pub fn remove(&self) {
-        let families: &[&str] = if self.ip6_forward().is_some() { &["ip", "ip6"] } else { &["ip"] };
-        for family in families {
+        for family in self.families() {
             if let Err(e) = nft(&["delete", "table", family, &self.table], None)
                 && !e.detail.contains("No such file")
             {
@@ -386,10 +389,18 @@ mod tests {
     }
 
     #[test]
-    fn a_dual_stack_network_gets_ipv6_forward_accepts() {
+    fn a_dual_stack_network_gets_ipv6_masquerade_and_forward_rules() {
         let mut f = fw(true, true).unwrap();
-        f.spec.network6 = Some("2001:db8:96::/48".parse().unwrap());
+        f.spec.network6 = Some(("2001:db8:96::/48".parse().unwrap(), "2001:db8:96:1::/64".parse().unwrap()));
         let s = f.table_script();
+        for want in [
+            "ip6 saddr 2001:db8:96:1::/64 ip6 daddr 2001:db8:96::/48 return",
+            "ip6 saddr != 2001:db8:96::/48 ip6 daddr 2001:db8:96:1::/64 return",
+            "ip6 saddr 2001:db8:96::/48 ip6 daddr != ff00::/8 masquerade fully-random",
+            "ip6 saddr != 2001:db8:96::/48 ip6 daddr 2001:db8:96::/48 masquerade fully-random",
+        ] {
+            assert!(s.contains(want), "{want} missing:\n{s}");
+        }
         assert!(s.contains("table ip6 weft_100_96_0_0_16 {\n}\ndelete table ip6 weft_100_96_0_0_16\n"), "{s}");
         assert!(s.contains("ip6 saddr 2001:db8:96::/48 accept comment \"weft 100.96.0.0/16\""), "{s}");
         assert!(s.contains("ip6 daddr 2001:db8:96::/48 accept"), "{s}");

@@ -241,7 +241,7 @@ impl DataPath {
                 lease: lease.key.v4,
                 masquerade: opts.ip_masq,
                 forward: opts.iptables_forward_rules,
-                network6: cfg.ipv6.as_ref().map(|v6| v6.network),
+                network6: cfg.ipv6.as_ref().zip(lease.key.v6).map(|(v6, lease6)| (v6.network, lease6)),
             }),
         };
         let set_up = match userspace {
