@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,7 +29,7 @@ fn run_ok(ns: &str, cmd: &[&str]) {
 /// The source address of one UDP datagram sent from namespace `from` to `to`, as a listener in
 /// namespace `at` sees it.
 fn seen_source(at: &str, to: SocketAddr, from: &str) -> Option<IpAddr> {
-    let any: IpAddr = if to.is_ipv6() { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
+    let any = weft::lab::traffic::unspecified(to.ip());
     let (tx, rx) = std::sync::mpsc::channel();
     let at = at.to_string();
     let listener = std::thread::spawn(move || {

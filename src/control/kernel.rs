@@ -4,8 +4,8 @@
 use super::netlink::{Netlink, NetlinkError, OwnedRoute, VxlanDevice};
 use crate::dataplane::peers::Peer;
 use crate::proto::mac::MacAddr;
-use ipnet::{IpNet, Ipv4Net};
-use std::net::IpAddr;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Which of a peer's subnets a kernel path carries: a dual-stack node runs one path per family
 /// (`flannel.<VNI>` and `flannel-v6.<VNI>`, or host-gw routes of each family).
@@ -17,13 +17,34 @@ pub enum Family {
     V6,
 }
 
+/// A peer's subnet of one family and the public address of that family its traffic goes to.
+#[derive(Debug, Clone, Copy)]
+enum Dest {
+    V4 { subnet: Ipv4Net, public: Ipv4Addr },
+    V6 { subnet: Ipv6Net, public: Ipv6Addr },
+}
+
+impl Dest {
+    fn subnet(self) -> IpNet {
+        match self {
+            Self::V4 { subnet, .. } => subnet.into(),
+            Self::V6 { subnet, .. } => subnet.into(),
+        }
+    }
+
+    fn public(self) -> IpAddr {
+        match self {
+            Self::V4 { public, .. } => public.into(),
+            Self::V6 { public, .. } => public.into(),
+        }
+    }
+}
+
 /// What one kernel path programs for one peer.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    /// The peer's subnet of the path's family.
-    subnet: IpNet,
-    /// Where its traffic goes: PublicIP or PublicIPv6.
-    public: IpAddr,
+    /// The peer's subnet of the path's family and where its traffic goes.
+    dest: Dest,
     /// Its VTEP MAC for this family (vxlan).
     mac: Option<MacAddr>,
 }
@@ -32,10 +53,10 @@ impl Family {
     /// The peer's entry for this family; None when it has no subnet or no public address of it.
     fn entry(self, p: &Peer) -> Option<Entry> {
         match self {
-            Self::V4 => Some(Entry { subnet: p.subnet.into(), public: (*p.endpoint.ip()).into(), mac: p.vtep_mac }),
+            Self::V4 => Some(Entry { dest: Dest::V4 { subnet: p.subnet, public: *p.endpoint.ip() }, mac: p.vtep_mac }),
             Self::V6 => {
                 let v6 = p.v6?;
-                Some(Entry { subnet: v6.subnet.into(), public: v6.public_ip?.into(), mac: v6.vtep_mac })
+                Some(Entry { dest: Dest::V6 { subnet: v6.subnet, public: v6.public_ip? }, mac: v6.vtep_mac })
             }
         }
     }
@@ -135,55 +156,49 @@ impl KernelDataplane {
     }
 
     async fn add(&self, p: &Peer) -> Result<(), NetlinkError> {
-        let Some(Entry { subnet, public, mac }) = self.family.entry(p) else { return Ok(()) };
+        let Some(Entry { dest, mac }) = self.family.entry(p) else { return Ok(()) };
         match &self.backend {
             KernelBackend::HostGw { segment } => {
-                if let (Some(seg), IpAddr::V4(v4)) = (segment, public)
-                    && !seg.contains(&v4)
+                if let (Some(seg), Dest::V4 { subnet, public }) = (segment, dest)
+                    && !seg.contains(&public)
                 {
                     return Err(NetlinkError::Refused(format!(
                         "refusing host-gw peer {subnet}: its PublicIP {public} is not on this host's L2 segment {seg} (host-gw needs all hosts on one segment; use vxlan)",
                     )));
                 }
-                match (subnet, public) {
-                    (IpNet::V4(n), IpAddr::V4(gw)) => self.nl.add_via_route(n, gw).await,
-                    (IpNet::V6(n), IpAddr::V6(gw)) => self.nl.add_via_route_v6(n, gw).await,
-                    _ => Ok(()),
+                match dest {
+                    Dest::V4 { subnet, public } => self.nl.add_via_route(subnet, public).await,
+                    Dest::V6 { subnet, public } => self.nl.add_via_route_v6(subnet, public).await,
                 }
             }
             KernelBackend::Vxlan { index, .. } => {
                 let Some(mac) = mac else { return Ok(()) };
-                let gw = subnet.network();
-                self.nl.set_neighbour(*index, gw, mac).await?;
-                self.nl.set_fdb(*index, mac, public).await?;
-                match (subnet, gw) {
-                    (IpNet::V4(n), IpAddr::V4(gw)) => self.nl.add_onlink_route(n, gw, *index).await,
-                    (IpNet::V6(n), IpAddr::V6(gw)) => self.nl.add_onlink_route_v6(n, gw, *index).await,
-                    _ => Ok(()),
+                self.nl.set_neighbour(*index, dest.subnet().network(), mac).await?;
+                self.nl.set_fdb(*index, mac, dest.public()).await?;
+                match dest {
+                    Dest::V4 { subnet, .. } => self.nl.add_onlink_route(subnet, subnet.network(), *index).await,
+                    Dest::V6 { subnet, .. } => self.nl.add_onlink_route_v6(subnet, subnet.network(), *index).await,
                 }
             }
         }
     }
 
     async fn remove(&self, p: &Peer) -> Result<(), NetlinkError> {
-        let Some(Entry { subnet, public, mac }) = self.family.entry(p) else { return Ok(()) };
+        let Some(Entry { dest, mac }) = self.family.entry(p) else { return Ok(()) };
         match &self.backend {
-            KernelBackend::HostGw { .. } => match (subnet, public) {
-                (IpNet::V4(n), IpAddr::V4(gw)) => self.nl.del_via_route(n, gw).await,
-                (IpNet::V6(n), IpAddr::V6(gw)) => self.nl.del_via_route_v6(n, gw).await,
-                _ => Ok(()),
+            KernelBackend::HostGw { .. } => match dest {
+                Dest::V4 { subnet, public } => self.nl.del_via_route(subnet, public).await,
+                Dest::V6 { subnet, public } => self.nl.del_via_route_v6(subnet, public).await,
             },
             KernelBackend::Vxlan { index, .. } => {
-                let gw = subnet.network();
-                match (subnet, gw) {
-                    (IpNet::V4(n), IpAddr::V4(gw)) => self.nl.del_onlink_route(n, gw, *index).await?,
-                    (IpNet::V6(n), IpAddr::V6(gw)) => self.nl.del_onlink_route_v6(n, gw, *index).await?,
-                    _ => {}
+                match dest {
+                    Dest::V4 { subnet, .. } => self.nl.del_onlink_route(subnet, subnet.network(), *index).await?,
+                    Dest::V6 { subnet, .. } => self.nl.del_onlink_route_v6(subnet, subnet.network(), *index).await?,
                 }
                 if let Some(mac) = mac {
-                    self.nl.del_fdb(*index, mac, public).await?;
+                    self.nl.del_fdb(*index, mac, dest.public()).await?;
                 }
-                self.nl.del_neighbour(*index, gw).await
+                self.nl.del_neighbour(*index, dest.subnet().network()).await
             }
         }
     }

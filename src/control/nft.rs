@@ -286,18 +286,14 @@ impl Firewall {
 
     /// True when weft's tables hold every rule they should.
     fn table_intact(&self) -> bool {
-        let tagged_in = |family: &str, chain: &str| -> Option<usize> {
-            let listing = nft(&["-j", "list", "table", family, &self.table], None).ok()?;
-            Some(
-                objects(&listing)
-                    .iter()
-                    .filter_map(|o| o.get("rule"))
-                    .filter(|r| str_of(r, "chain") == chain && str_of(r, "comment") == self.tag)
-                    .count(),
-            )
-        };
         self.families().iter().all(|family| {
-            self.family_chains(family).iter().all(|(name, _, want)| tagged_in(family, name) == Some(want.len()))
+            // One listing per table, counted chain by chain.
+            let Ok(listing) = nft(&["-j", "list", "table", family, &self.table], None) else { return false };
+            let rules: Vec<Value> = objects(&listing).iter().filter_map(|o| o.get("rule").cloned()).collect();
+            self.family_chains(family).iter().all(|(name, _, want)| {
+                rules.iter().filter(|r| str_of(r, "chain") == *name && str_of(r, "comment") == self.tag).count()
+                    == want.len()
+            })
         })
     }
 

@@ -102,6 +102,16 @@ enum Family {
     Ipv6,
 }
 
+impl Family {
+    /// The record's `family`.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "ipv4",
+            Self::Ipv6 => "ipv6",
+        }
+    }
+}
+
 /// One data path the lab measures.
 #[derive(Debug, Clone)]
 struct DataPath {
@@ -175,7 +185,7 @@ impl Workload {
         };
         match family {
             Family::Ipv4 => base,
-            Family::Ipv6 => format!("{base}/ipv6"),
+            Family::Ipv6 => format!("{base}/{}", family.label()),
         }
     }
 }
@@ -324,7 +334,7 @@ impl Trial<'_> {
         let before = scrape_all()?;
         let cpu0 = CpuTimes::now()?;
         let mut rec = Record::new(name, &w.name(family), self.round);
-        rec.family = if family == Family::Ipv6 { "ipv6" } else { "ipv4" };
+        rec.family = family.label();
         let (sender, packets, ceiling) = match w {
             Workload::Tcp { streams } => {
                 let r = tcp_bulk(&h2.container_ns, dst, &h1.container_ns, streams, Amount::Duration(dur), bound)

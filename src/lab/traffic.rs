@@ -209,8 +209,8 @@ pub fn tcp_bulk(
     Ok(TcpResult { bytes: got, seconds: elapsed.as_secs_f64(), sender })
 }
 
-/// The wildcard address of `ip`'s family.
-fn unspecified(ip: IpAddr) -> IpAddr {
+/// The wildcard address of `ip`'s family (what a socket that talks to `ip` binds).
+pub fn unspecified(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
         IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),

@@ -129,8 +129,7 @@ pub fn udp_gso_burst(
     size: usize,
 ) -> io::Result<UdpResult> {
     let server_ip = server_ip.into();
-    let any: std::net::IpAddr =
-        if server_ip.is_ipv6() { std::net::Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
+    let any = weft::lab::traffic::unspecified(server_ip);
     let total = u64::try_from(sends * per_send).map_err(io::Error::other)?;
     let (ready_tx, ready_rx) = mpsc::channel();
     let server = in_ns(server_ns, move || {
