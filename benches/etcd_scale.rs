@@ -109,7 +109,7 @@ fn main() {
             let took = t.elapsed();
             put.await.unwrap();
             assert!(
-                table.lookup(key(i).v4.network()).is_some(),
+                key(i).v4.is_some_and(|n| table.lookup(n.network()).is_some()),
                 "change {n}: {} leases, key present: {}",
                 now.len(),
                 now.iter().any(|l| l.key == key(i))

@@ -3,8 +3,8 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use weft::dataplane::forward::{Egress, Encap, Forwarder, Ingress};
+use std::net::{Ipv4Addr, SocketAddr};
+use weft::dataplane::forward::{Egress, Encap, Forwarder, ForwarderV4, Ingress};
 use weft::dataplane::packet::{BUF_LEN, HEADROOM};
 use weft::dataplane::peers::{Peer, PeerTable};
 use weft::proto::ipv4::Ipv4Packet;
@@ -19,8 +19,8 @@ fn peers(n: u32) -> PeerTable {
         let net = Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + (i << 8));
         let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i + 1);
         Peer {
-            subnet: ipnet::Ipv4Net::new(net, 24).unwrap(),
-            endpoint: SocketAddrV4::new(ip, 8472),
+            subnet: ipnet::Ipv4Net::new(net, 24).ok(),
+            endpoint: SocketAddr::new(ip.into(), 8472),
             vtep_mac: Some(PEER_MAC),
             v6: None,
         }
@@ -42,7 +42,8 @@ fn packet(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
 
 fn forwarder(encap: Encap, subnet: &str) -> Forwarder {
     let subnet: ipnet::Ipv4Net = subnet.parse().unwrap();
-    Forwarder { encap, subnet, tun_addr: subnet.network(), check_inner_src: true, mtu: 1450, v6: None }
+    let v4 = Some(ForwarderV4 { subnet, tun_addr: subnet.network() });
+    Forwarder { encap, v4, check_inner_src: true, mtu: 1450, v6: None }
 }
 
 fn encap_decap(c: &mut Criterion) {
@@ -100,8 +101,8 @@ fn peers_for_rx(encap: Encap) -> PeerTable {
         Encap::Vxlan { .. } => Some(LOCAL_MAC),
     };
     PeerTable::new([Peer {
-        subnet: "100.64.0.0/24".parse().unwrap(),
-        endpoint: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 8472),
+        subnet: "100.64.0.0/24".parse().ok(),
+        endpoint: SocketAddr::new(Ipv4Addr::new(198, 18, 0, 1).into(), 8472),
         vtep_mac: mac,
         v6: None,
     }])

@@ -14,7 +14,7 @@ use criterion::{Criterion, Throughput};
 use std::array;
 use std::hint::black_box;
 use std::io::IoSlice;
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,11 +72,8 @@ fn main() {
     let rx = udp::bind(SocketAddr::from(([198, 18, 0, 1], 0))).unwrap();
     udp::enable_gro(&rx).unwrap();
     rx.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-    let to = match rx.local_addr().unwrap() {
-        SocketAddr::V4(a) => a,
-        SocketAddr::V6(_) => unreachable!("bound to an IPv4 address"),
-    };
-    let tx = UdpSocket::bind(SocketAddrV4::new(*to.ip(), 0)).unwrap();
+    let to = rx.local_addr().unwrap();
+    let tx = UdpSocket::bind(SocketAddr::new(to.ip(), 0)).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let drain = {
         let stop = stop.clone();

@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use std::net::Ipv6Addr;
 use std::time::Duration;
 use weft::control::metrics::name;
 use weft::lab::cluster::{Cluster, ClusterSpec};
@@ -25,19 +24,6 @@ fn dual_cluster(tag: &str, backend: &str, args: &[&str]) -> Cluster {
         ..ClusterSpec::two_hosts(tag, backend)
     };
     Cluster::start(bin(), &spec, Duration::from_secs(15)).expect("cluster starts")
-}
-
-/// `ping -6` of `size` bytes; returns ping's output when not every echo came back.
-fn ping6(ns: &str, dst: Ipv6Addr, size: usize) -> Result<(), String> {
-    let out = ns_exec(
-        ns,
-        &["ping", "-6", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "2", "-s", &size.to_string(), &dst.to_string()],
-    )
-    .expect("ping runs (apt-get install iputils-ping)");
-    match out.status.success() {
-        true => Ok(()),
-        false => Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))),
-    }
 }
 
 /// ping6 of several sizes and 20 MB of verified TCP over IPv6 each way, and IPv4 beside it.

@@ -160,7 +160,12 @@ fn nonsense_config_fails_before_anything_is_written() {
         (r#"{"Network":"100.96.0.0/16","Backend":{"Type":"vxlan","MTU":70000}}"#, "MTU"),
         (r#"{"Network":"100.96.0.0/16","EnableIPv6":true}"#, "IPv6Network is missing"),
         (r#"{"Network":"100.96.0.0/16","EnableIPv6":true,"IPv6Network":"ff00::/16"}"#, "multicast"),
-        (r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"2001:db8:96::/48"}"#, "IPv6-only"),
+        (r#"{"EnableIPv4":false}"#, "both false"),
+        // An IPv6-only network sends over the IPv6 underlay, which has no address here.
+        (
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"2001:db8:96::/48"}"#,
+            "an IPv6-only network sends its packets over the IPv6 underlay",
+        ),
         // A dual-stack kernel path sends IPv6 over the IPv6 underlay, which has no address here.
         (
             r#"{"Network":"100.96.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8:96::/48","Backend":{"Type":"host-gw"}}"#,

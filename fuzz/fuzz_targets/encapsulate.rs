@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use std::net::{Ipv4Addr, SocketAddrV4};
-use weft::dataplane::forward::{Egress, Encap, Forwarder, ForwarderV6, SCRATCH_LEN};
+use std::net::{Ipv4Addr, SocketAddr};
+use weft::dataplane::forward::{Egress, Encap, Forwarder, ForwarderV4, ForwarderV6, SCRATCH_LEN};
 use weft::dataplane::packet::{BUF_LEN, HEADROOM};
 use weft::dataplane::peers::{Peer, PeerTable, PeerV6};
 use weft::proto::ipv4::Ipv4Packet;
@@ -16,21 +16,26 @@ fuzz_target!(|data: &[u8]| {
     if pkt.len() > BUF_LEN - HEADROOM {
         return;
     }
+    // An IPv6-only node: no IPv4 side, the peer at its PublicIPv6.
+    let v6_only = sel & 8 != 0;
     let peers = PeerTable::new([Peer {
-        subnet: "100.96.2.0/24".parse().unwrap(),
-        endpoint: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 8472),
+        subnet: (!v6_only).then(|| "100.96.2.0/24".parse().unwrap()),
+        endpoint: match v6_only {
+            false => SocketAddr::new(Ipv4Addr::new(198, 18, 0, 2).into(), 8472),
+            true => "[2001:db8::2]:8472".parse().unwrap(),
+        },
         vtep_mac: if sel & 2 == 0 { Some(MacAddr([2, 0, 0, 0, 0, 2])) } else { None },
         v6: Some(PeerV6 { subnet: "2001:db8:1:2::/64".parse().unwrap(), vtep_mac: Some(MacAddr([2, 0, 0, 0, 0, 2])), public_ip: None }),
     }]);
-    let v6 = (sel & 4 == 0).then_some(ForwarderV6 {
+    let v6 = (sel & 4 == 0 || v6_only).then_some(ForwarderV6 {
         subnet: "2001:db8:1:1::/64".parse().unwrap(),
         tun_addr: "2001:db8:1:1::".parse().unwrap(),
     });
     let encap = if sel & 1 == 0 { Encap::Udp } else { Encap::Vxlan { vni: 1, mac: MacAddr([2, 0, 0, 0, 0, 1]) } };
     let f = Forwarder {
         encap,
-        subnet: "100.96.1.0/24".parse().unwrap(),
-        tun_addr: Ipv4Addr::new(100, 96, 1, 0),
+        v4: (!v6_only)
+            .then_some(ForwarderV4 { subnet: "100.96.1.0/24".parse().unwrap(), tun_addr: Ipv4Addr::new(100, 96, 1, 0) }),
         check_inner_src: true,
         mtu: 1450,
         v6,

@@ -53,7 +53,10 @@ impl Family {
     /// The peer's entry for this family; None when it has no subnet or no public address of it.
     fn entry(self, p: &Peer) -> Option<Entry> {
         match self {
-            Self::V4 => Some(Entry { dest: Dest::V4 { subnet: p.subnet, public: *p.endpoint.ip() }, mac: p.vtep_mac }),
+            Self::V4 => {
+                let IpAddr::V4(public) = p.endpoint.ip() else { return None };
+                Some(Entry { dest: Dest::V4 { subnet: p.subnet?, public }, mac: p.vtep_mac })
+            }
             Self::V6 => {
                 let v6 = p.v6?;
                 Some(Entry { dest: Dest::V6 { subnet: v6.subnet, public: v6.public_ip? }, mac: v6.vtep_mac })
@@ -144,12 +147,15 @@ impl KernelDataplane {
         }
         self.installed
             .iter()
-            .map(|p| match &self.backend {
-                KernelBackend::HostGw { .. } => {
-                    OwnedRoute { dst: p.subnet, gateway: Some(*p.endpoint.ip()), oif: None }
-                }
+            .filter_map(|p| Family::V4.entry(p))
+            .filter_map(|e| match e.dest {
+                Dest::V4 { subnet, public } => Some((subnet, public)),
+                Dest::V6 { .. } => None,
+            })
+            .map(|(dst, public)| match &self.backend {
+                KernelBackend::HostGw { .. } => OwnedRoute { dst, gateway: Some(public), oif: None },
                 KernelBackend::Vxlan { index, .. } => {
-                    OwnedRoute { dst: p.subnet, gateway: Some(p.subnet.network()), oif: Some(*index) }
+                    OwnedRoute { dst, gateway: Some(dst.network()), oif: Some(*index) }
                 }
             })
             .collect()

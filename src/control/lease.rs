@@ -8,16 +8,19 @@
 //!
 //! On a dual-stack network a lease key holds an IPv4 and an IPv6 subnet
 //! (`10.244.1.0-24&fc00:0:0:1::-64`): each candidate pairs a free IPv4 subnet with a free IPv6
-//! one, each picked as above, and our own lease is reused only when both halves fit.
+//! one, each picked as above, and our own lease is reused only when both halves fit. On an
+//! IPv6-only network the key holds the IPv6 subnet alone (`0.0.0.0-0&fc00:0:0:1::-64`) and a
+//! node knows its lease by its PublicIPv6.
 
 use super::registry::{LEASE_TTL, Lease, Registry, RegistryError};
 use crate::dataplane::peers::{Peer, PeerV6};
 use crate::proto::lease::{LeaseAttrs, SubnetKey};
+use crate::proto::mac::MacAddr;
 use crate::proto::netconfig::{BackendType, NetConfig};
 use ipnet::{Ipv4Net, Ipv6Net};
 use rand::seq::SliceRandom;
 use std::collections::HashSet;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 /// How many free subnets flannel collects before picking one at random.
 pub const RANDOM_POOL: usize = 100;
@@ -31,50 +34,73 @@ pub enum Plan {
     Create(Vec<SubnetKey>),
 }
 
-/// True when `key` is one `cfg` can hand out: its IPv4 subnet fits, and on a dual-stack
-/// network its IPv6 subnet fits too (an IPv4-only network ignores an IPv6 half).
+/// True when `key` is one `cfg` can hand out: each family of the network has a subnet in the
+/// key that fits (an IPv4-only network ignores an IPv6 half; an IPv6-only network takes no
+/// IPv4 half).
 pub fn key_fits(cfg: &NetConfig, key: &SubnetKey) -> bool {
-    cfg.fits(&key.v4)
-        && match &cfg.ipv6 {
-            None => true,
-            Some(v6) => key.v6.is_some_and(|n| v6.fits(&n)),
-        }
+    let v4 = match &cfg.ipv4 {
+        None => key.v4.is_none(),
+        Some(c) => key.v4.is_some_and(|n| c.fits(&n)),
+    };
+    let v6 = match &cfg.ipv6 {
+        None => true,
+        Some(c) => key.v6.is_some_and(|n| c.fits(&n)),
+    };
+    v4 && v6
+}
+
+/// The address a node's lease is known by: its PublicIP, or on an IPv6-only network (whose
+/// leases all have the empty PublicIP) its PublicIPv6.
+pub fn identity(cfg: &NetConfig, attrs: &LeaseAttrs) -> Option<IpAddr> {
+    match cfg.ipv4 {
+        Some(_) => Some(attrs.public_ip.into()),
+        None => attrs.public_ipv6.map(IpAddr::from),
+    }
+}
+
+/// Up to [`RANDOM_POOL`] of `subnets` that are neither taken nor `previous`, in random order.
+fn pool<N: Copy + Eq + std::hash::Hash>(
+    subnets: impl Iterator<Item = N>,
+    taken: &HashSet<N>,
+    previous: Option<N>,
+    rng: &mut impl rand::Rng,
+) -> Vec<N> {
+    let mut pool: Vec<N> = subnets.filter(|s| !taken.contains(s) && previous != Some(*s)).take(RANDOM_POOL).collect();
+    pool.shuffle(rng);
+    pool
 }
 
 /// Plans acquisition from the current leases (pure: the randomness comes from `rng`).
-/// `previous` is the lease the subnet file names.
+/// `ours` is the address our lease is known by ([`identity`]); `previous` is the lease the
+/// subnet file names.
 pub fn plan(
     cfg: &NetConfig,
     leases: &[Lease],
-    public_ip: Ipv4Addr,
+    ours: IpAddr,
     previous: Option<SubnetKey>,
     rng: &mut impl rand::Rng,
 ) -> Plan {
-    if let Some(own) = leases.iter().find(|l| l.attrs.public_ip == public_ip && key_fits(cfg, &l.key)) {
+    if let Some(own) = leases.iter().find(|l| identity(cfg, &l.attrs) == Some(ours) && key_fits(cfg, &l.key)) {
         return Plan::Reuse(own.clone());
     }
-    let taken: HashSet<Ipv4Net> = leases.iter().map(|l| l.key.v4).collect();
+    let taken: HashSet<Ipv4Net> = leases.iter().filter_map(|l| l.key.v4).collect();
     let taken_v6: HashSet<Ipv6Net> = leases.iter().filter_map(|l| l.key.v6).collect();
-    let free = |k: &SubnetKey| !taken.contains(&k.v4) && k.v6.is_none_or(|n| !taken_v6.contains(&n));
-    let previous = previous.map(|p| SubnetKey { v6: p.v6.filter(|_| cfg.ipv6.is_some()), ..p });
+    let free = |k: &SubnetKey| k.v4.is_none_or(|n| !taken.contains(&n)) && k.v6.is_none_or(|n| !taken_v6.contains(&n));
+    let previous = previous
+        .map(|p| SubnetKey { v4: p.v4.filter(|_| cfg.ipv4.is_some()), v6: p.v6.filter(|_| cfg.ipv6.is_some()) });
     let mut order = Vec::new();
     if let Some(prev) = previous.filter(|p| key_fits(cfg, p) && free(p)) {
         order.push(prev);
     }
-    let mut pool: Vec<Ipv4Net> =
-        cfg.subnets().filter(|s| !taken.contains(s) && previous.is_none_or(|p| p.v4 != *s)).take(RANDOM_POOL).collect();
-    pool.shuffle(rng);
-    match &cfg.ipv6 {
-        None => order.extend(pool.into_iter().map(SubnetKey::v4)),
-        Some(v6) => {
-            let mut pool_v6: Vec<Ipv6Net> = v6
-                .subnets()
-                .filter(|s| !taken_v6.contains(s) && previous.is_none_or(|p| p.v6 != Some(*s)))
-                .take(RANDOM_POOL)
-                .collect();
-            pool_v6.shuffle(rng);
-            order.extend(pool.into_iter().zip(pool_v6).map(|(v4, v6)| SubnetKey { v4, v6: Some(v6) }));
-        }
+    let prev_v4 = previous.and_then(|p| p.v4);
+    let prev_v6 = previous.and_then(|p| p.v6);
+    let v4 = cfg.ipv4.as_ref().map(|c| pool(c.subnets(), &taken, prev_v4, rng));
+    let v6 = cfg.ipv6.as_ref().map(|c| pool(c.subnets(), &taken_v6, prev_v6, rng));
+    match (v4, v6) {
+        (Some(v4), None) => order.extend(v4.into_iter().map(SubnetKey::v4)),
+        (Some(v4), Some(v6)) => order.extend(v4.into_iter().zip(v6).map(|(a, b)| SubnetKey::dual(a, b))),
+        (None, Some(v6)) => order.extend(v6.into_iter().map(SubnetKey::v6_only)),
+        (None, None) => {}
     }
     Plan::Create(order)
 }
@@ -87,7 +113,7 @@ pub enum AcquireError {
     Registry(#[from] RegistryError),
     /// Every subnet is taken.
     #[error("no free subnet in {0} (SubnetMin..SubnetMax all leased)")]
-    Exhausted(Ipv4Net),
+    Exhausted(String),
 }
 
 /// A lease this node holds, and whether this start created it (a start that fails after
@@ -105,12 +131,12 @@ pub struct Acquired {
 pub async fn acquire<R: Registry>(
     reg: &R,
     cfg: &NetConfig,
-    public_ip: Ipv4Addr,
+    ours: IpAddr,
     previous: Option<SubnetKey>,
     attrs_for: impl Fn(Option<&LeaseAttrs>) -> LeaseAttrs,
 ) -> Result<Acquired, AcquireError> {
     let leases = reg.leases().await?;
-    let p = plan(cfg, &leases, public_ip, previous, &mut rand::rng());
+    let p = plan(cfg, &leases, ours, previous, &mut rand::rng());
     match p {
         Plan::Reuse(own) => {
             let attrs = attrs_for(Some(&own.attrs));
@@ -128,7 +154,7 @@ pub async fn acquire<R: Registry>(
                 }
                 tracing::debug!(subnet = %key, "lost the race for a subnet, trying the next");
             }
-            Err(AcquireError::Exhausted(cfg.network))
+            Err(AcquireError::Exhausted(cfg.networks()))
         }
     }
 }
@@ -157,12 +183,15 @@ pub struct PeerSet {
 /// the config in the same way: a subnet of another size, or outside the network, would take
 /// traffic that belongs to another host.
 pub fn check_lease(cfg: &NetConfig, lease: &Lease) -> Option<String> {
-    let subnet = lease.key.v4;
-    if !cfg.network.contains(&subnet) {
-        return Some(format!("subnet {subnet} is outside Network {}", cfg.network));
+    let Some(c) = &cfg.ipv4 else { return check_ipv6_only(cfg, lease) };
+    let Some(subnet) = lease.key.v4 else {
+        return Some("it has no IPv4 subnet (an IPv6-only lease on a network with IPv4)".into());
+    };
+    if !c.network.contains(&subnet) {
+        return Some(format!("subnet {subnet} is outside Network {}", c.network));
     }
-    if subnet.prefix_len() != cfg.subnet_len {
-        return Some(format!("subnet {subnet} is not a /{} (SubnetLen)", cfg.subnet_len));
+    if subnet.prefix_len() != c.subnet_len {
+        return Some(format!("subnet {subnet} is not a /{} (SubnetLen)", c.subnet_len));
     }
     let ip = lease.attrs.public_ip;
     if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
@@ -171,9 +200,33 @@ pub fn check_lease(cfg: &NetConfig, lease: &Lease) -> Option<String> {
     None
 }
 
+/// [`check_lease`] on an IPv6-only network: an IPv6 subnet alone, and a PublicIPv6 to send to.
+fn check_ipv6_only(cfg: &NetConfig, lease: &Lease) -> Option<String> {
+    if let Some(v4) = lease.key.v4 {
+        return Some(format!("it has an IPv4 subnet ({v4}) on an IPv6-only network"));
+    }
+    let (Some(c), Some(subnet)) = (&cfg.ipv6, lease.key.v6) else {
+        return Some("it has no IPv6 subnet".into());
+    };
+    if !c.network.contains(&subnet) || subnet.prefix_len() != c.subnet_len {
+        return Some(format!("IPv6 subnet {subnet} is not a /{} of IPv6Network {}", c.subnet_len, c.network));
+    }
+    match lease.attrs.public_ipv6 {
+        None => Some("it has no PublicIPv6 to send its IPv6 pods' packets to".into()),
+        Some(ip) if unreachable_v6(ip) => Some(format!("PublicIPv6 {ip} is not an address a host can be reached at")),
+        Some(_) => None,
+    }
+}
+
+/// True for an IPv6 address no peer can send to (unspecified, loopback, multicast).
+pub fn unreachable_v6(ip: Ipv6Addr) -> bool {
+    ip.is_unspecified() || ip.is_loopback() || ip.is_multicast()
+}
+
 /// How a node's IPv6 pods' packets travel between hosts. A node says which in its lease: a
 /// kernel path (flanneld's, or weft's) announces the PublicIPv6 it receives them on; weft's
-/// userspace path carries them over the IPv4 underlay and announces none.
+/// userspace path on a dual-stack network carries them over the IPv4 underlay and announces
+/// none. On an IPv6-only network every node carries them over the IPv6 underlay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ipv6Carrier {
     /// Over the IPv4 underlay, to PublicIP (weft's userspace path).
@@ -222,37 +275,69 @@ fn peer_v6(cfg: &NetConfig, lease: &Lease, ours: Ipv6Carrier) -> Result<Option<P
 /// does (`ours`).
 pub fn peers_from_leases(cfg: &NetConfig, leases: &[Lease], own: &SubnetKey, ours: Ipv6Carrier) -> PeerSet {
     let mut set = PeerSet::default();
-    for l in leases.iter().filter(|l| l.key.v4 != own.v4) {
-        let v6 = peer_v6(cfg, l, ours).unwrap_or_else(|why| {
-            set.v6_unrouted.push(Refusal { key: l.key, why });
-            None
-        });
-        let subnet = l.key.v4;
-        let endpoint = SocketAddrV4::new(l.attrs.public_ip, cfg.backend.port);
-        let peer = match (cfg.backend.kind, l.attrs.backend_name()) {
-            (BackendType::Udp, "udp") | (BackendType::HostGw, "host-gw") => {
-                Peer { subnet, endpoint, vtep_mac: None, v6 }
+    for l in leases.iter().filter(|l| !l.key.overlaps(own)) {
+        let vtep_mac = match vtep_mac_for(cfg, l) {
+            Mac::Of(mac) => mac,
+            Mac::OtherBackend => continue,
+            Mac::Refused(why) => {
+                set.refused.push(Refusal { key: l.key, why });
+                continue;
             }
-            (BackendType::Vxlan, "vxlan") => match l.attrs.vxlan_data() {
-                Some(d) if d.vni == cfg.backend.vni => Peer { subnet, endpoint, vtep_mac: Some(d.vtep_mac), v6 },
-                Some(d) => {
-                    set.refused
-                        .push(Refusal { key: l.key, why: format!("VNI {} is not ours ({})", d.vni, cfg.backend.vni) });
-                    continue;
-                }
-                None => {
-                    set.refused.push(Refusal { key: l.key, why: "its BackendData has no VNI and VtepMAC".into() });
-                    continue;
-                }
-            },
-            _ => continue,
         };
-        match check_lease(cfg, l) {
-            None => set.peers.push(peer),
-            Some(why) => set.refused.push(Refusal { key: l.key, why }),
+        if let Some(why) = check_lease(cfg, l) {
+            set.refused.push(Refusal { key: l.key, why });
+            continue;
         }
+        let v6 = match peer_v6(cfg, l, ours) {
+            Ok(v6) => v6,
+            // On an IPv6-only network the IPv6 subnet is the whole lease.
+            Err(why) if cfg.ipv4.is_none() => {
+                set.refused.push(Refusal { key: l.key, why });
+                continue;
+            }
+            Err(why) => {
+                set.v6_unrouted.push(Refusal { key: l.key, why });
+                None
+            }
+        };
+        // check_lease has made sure an IPv6-only lease has a PublicIPv6.
+        let public: IpAddr = match (&cfg.ipv4, l.attrs.public_ipv6) {
+            (None, Some(ip6)) => ip6.into(),
+            _ => l.attrs.public_ip.into(),
+        };
+        let endpoint = SocketAddr::new(public, cfg.backend.port);
+        set.peers.push(Peer { subnet: l.key.v4, endpoint, vtep_mac, v6 });
     }
     set
+}
+
+/// What a lease's backend fields give a peer of ours.
+enum Mac {
+    /// A lease of our backend: its VTEP MAC (vxlan), or none (udp, host-gw).
+    Of(Option<MacAddr>),
+    /// A lease of another backend: skipped silently, as flannel does.
+    OtherBackend,
+    /// A vxlan lease that cannot be used, and why.
+    Refused(String),
+}
+
+fn vtep_mac_for(cfg: &NetConfig, l: &Lease) -> Mac {
+    match (cfg.backend.kind, l.attrs.backend_name()) {
+        (BackendType::Udp, "udp") | (BackendType::HostGw, "host-gw") => Mac::Of(None),
+        (BackendType::Vxlan, "vxlan") => {
+            // An IPv6-only vxlan lease has its VNI and VtepMAC in BackendV6Data only.
+            let data = match cfg.ipv4 {
+                Some(_) => l.attrs.vxlan_data(),
+                None => l.attrs.vxlan_v6_data(),
+            };
+            match data {
+                Some(d) if d.vni == cfg.backend.vni => Mac::Of(Some(d.vtep_mac)),
+                Some(d) => Mac::Refused(format!("VNI {} is not ours ({})", d.vni, cfg.backend.vni)),
+                None => Mac::Refused("its BackendData has no VNI and VtepMAC".into()),
+            }
+        }
+        _ => Mac::OtherBackend,
+    }
 }
 
 #[cfg(test)]
@@ -261,6 +346,7 @@ mod tests {
     use crate::proto::lease::VxlanData;
     use crate::proto::mac::MacAddr;
     use rand::SeedableRng;
+    use std::net::Ipv4Addr;
 
     fn cfg() -> NetConfig {
         NetConfig::parse(r#"{"Network":"100.96.0.0/16","SubnetMin":"100.96.1.0","SubnetMax":"100.96.10.0"}"#).unwrap()
@@ -282,23 +368,28 @@ mod tests {
     #[test]
     fn reuses_own_fitting_lease() {
         let ls = [lease("100.96.3.0/24", [198, 18, 0, 2]), lease("100.96.4.0/24", [198, 18, 0, 1])];
-        assert_eq!(plan(&cfg(), &ls, Ipv4Addr::new(198, 18, 0, 1), None, &mut rng()), Plan::Reuse(ls[1].clone()));
+        assert_eq!(
+            plan(&cfg(), &ls, Ipv4Addr::new(198, 18, 0, 1).into(), None, &mut rng()),
+            Plan::Reuse(ls[1].clone())
+        );
         // A lease of ours that no longer fits (outside SubnetMin..Max) is not reused.
         let ls = [lease("100.96.200.0/24", [198, 18, 0, 1])];
-        assert!(matches!(plan(&cfg(), &ls, Ipv4Addr::new(198, 18, 0, 1), None, &mut rng()), Plan::Create(_)));
+        assert!(matches!(plan(&cfg(), &ls, Ipv4Addr::new(198, 18, 0, 1).into(), None, &mut rng()), Plan::Create(_)));
     }
 
     #[test]
     fn previous_subnet_first_when_free() {
         let ls = [lease("100.96.3.0/24", [198, 18, 0, 2])];
-        let Plan::Create(o) = plan(&cfg(), &ls, Ipv4Addr::new(198, 18, 0, 1), Some(key("100.96.7.0/24")), &mut rng())
+        let Plan::Create(o) =
+            plan(&cfg(), &ls, Ipv4Addr::new(198, 18, 0, 1).into(), Some(key("100.96.7.0/24")), &mut rng())
         else {
             panic!()
         };
         assert_eq!(o[0], SubnetKey::v4("100.96.7.0/24".parse().unwrap()));
         assert_eq!(o.len(), 9);
         assert!(!o.contains(&SubnetKey::v4("100.96.3.0/24".parse().unwrap())));
-        let Plan::Create(o) = plan(&cfg(), &ls, Ipv4Addr::new(198, 18, 0, 1), Some(key("100.96.3.0/24")), &mut rng())
+        let Plan::Create(o) =
+            plan(&cfg(), &ls, Ipv4Addr::new(198, 18, 0, 1).into(), Some(key("100.96.3.0/24")), &mut rng())
         else {
             panic!()
         };
@@ -309,14 +400,14 @@ mod tests {
     #[test]
     fn random_pool_is_capped_at_100() {
         let c = NetConfig::parse(r#"{"Network":"100.64.0.0/10"}"#).unwrap();
-        let Plan::Create(o) = plan(&c, &[], Ipv4Addr::new(198, 18, 0, 1), None, &mut rng()) else { panic!() };
+        let Plan::Create(o) = plan(&c, &[], Ipv4Addr::new(198, 18, 0, 1).into(), None, &mut rng()) else { panic!() };
         assert_eq!(o.len(), RANDOM_POOL);
         assert!(o.iter().all(|k| key_fits(&c, k) && k.v6.is_none()));
     }
 
     fn key(s: &str) -> SubnetKey {
         match s.split_once('&') {
-            Some((v4, v6)) => SubnetKey { v4: v4.parse().unwrap(), v6: Some(v6.parse().unwrap()) },
+            Some((v4, v6)) => SubnetKey::dual(v4.parse().unwrap(), v6.parse().unwrap()),
             None => SubnetKey::v4(s.parse().unwrap()),
         }
     }
@@ -337,7 +428,7 @@ mod tests {
     fn dual_stack_keys_pair_free_subnets_of_both_families() {
         let c = dual_cfg();
         let ls = [dual_lease("100.96.3.0/24&2001:db8:1:4::/64", [198, 18, 0, 2])];
-        let Plan::Create(o) = plan(&c, &ls, Ipv4Addr::new(198, 18, 0, 1), None, &mut rng()) else { panic!() };
+        let Plan::Create(o) = plan(&c, &ls, Ipv4Addr::new(198, 18, 0, 1).into(), None, &mut rng()) else { panic!() };
         assert_eq!(o.len(), 9, "nine free IPv4 subnets, nine free IPv6 ones: {o:?}");
         assert!(o.iter().all(|k| key_fits(&c, k)));
         assert!(o.iter().all(|k| k.v4 != key("100.96.3.0/24").v4 && k.v6 != key("100.96.3.0/24&2001:db8:1:4::/64").v6));
@@ -345,13 +436,18 @@ mod tests {
         assert_eq!(v6s.len(), 9);
         // The subnet file's pair comes first when both halves are free, and not otherwise.
         let prev = key("100.96.7.0/24&2001:db8:1:7::/64");
-        let Plan::Create(o) = plan(&c, &ls, Ipv4Addr::new(198, 18, 0, 1), Some(prev), &mut rng()) else { panic!() };
+        let Plan::Create(o) = plan(&c, &ls, Ipv4Addr::new(198, 18, 0, 1).into(), Some(prev), &mut rng()) else {
+            panic!()
+        };
         assert_eq!(o[0], prev);
         let taken = key("100.96.7.0/24&2001:db8:1:4::/64");
-        let Plan::Create(o) = plan(&c, &ls, Ipv4Addr::new(198, 18, 0, 1), Some(taken), &mut rng()) else { panic!() };
+        let Plan::Create(o) = plan(&c, &ls, Ipv4Addr::new(198, 18, 0, 1).into(), Some(taken), &mut rng()) else {
+            panic!()
+        };
         assert!(!o.contains(&taken));
         // An IPv4 subnet file on a dual-stack network is not a whole key.
-        let Plan::Create(o) = plan(&c, &ls, Ipv4Addr::new(198, 18, 0, 1), Some(key("100.96.7.0/24")), &mut rng())
+        let Plan::Create(o) =
+            plan(&c, &ls, Ipv4Addr::new(198, 18, 0, 1).into(), Some(key("100.96.7.0/24")), &mut rng())
         else {
             panic!()
         };
@@ -363,19 +459,19 @@ mod tests {
         let c = dual_cfg();
         let own = dual_lease("100.96.5.0/24&2001:db8:1:5::/64", [198, 18, 0, 1]);
         assert_eq!(
-            plan(&c, std::slice::from_ref(&own), Ipv4Addr::new(198, 18, 0, 1), None, &mut rng()),
+            plan(&c, std::slice::from_ref(&own), Ipv4Addr::new(198, 18, 0, 1).into(), None, &mut rng()),
             Plan::Reuse(own.clone())
         );
         // An IPv4-only lease of ours does not fit a dual-stack network; on an IPv4 network a
         // dual-stack one does.
         let v4_only = lease("100.96.5.0/24", [198, 18, 0, 1]);
-        assert!(matches!(plan(&c, &[v4_only], Ipv4Addr::new(198, 18, 0, 1), None, &mut rng()), Plan::Create(_)));
+        assert!(matches!(plan(&c, &[v4_only], Ipv4Addr::new(198, 18, 0, 1).into(), None, &mut rng()), Plan::Create(_)));
         assert_eq!(
-            plan(&cfg(), std::slice::from_ref(&own), Ipv4Addr::new(198, 18, 0, 1), None, &mut rng()),
+            plan(&cfg(), std::slice::from_ref(&own), Ipv4Addr::new(198, 18, 0, 1).into(), None, &mut rng()),
             Plan::Reuse(own)
         );
         let outside = dual_lease("100.96.5.0/24&2001:db8:1:b::/64", [198, 18, 0, 1]);
-        assert!(matches!(plan(&c, &[outside], Ipv4Addr::new(198, 18, 0, 1), None, &mut rng()), Plan::Create(_)));
+        assert!(matches!(plan(&c, &[outside], Ipv4Addr::new(198, 18, 0, 1).into(), None, &mut rng()), Plan::Create(_)));
     }
 
     #[test]
@@ -445,6 +541,75 @@ mod tests {
             assert_eq!(v6, [routed]);
             assert!(set.v6_unrouted.len() == 1 && set.v6_unrouted[0].why.contains(unrouted), "{:?}", set.v6_unrouted);
         }
+    }
+
+    fn v6_only_cfg(backend: &str) -> NetConfig {
+        NetConfig::parse(&format!(
+            r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"2001:db8:1::/48",
+                "IPv6SubnetMax":"2001:db8:1:a::","Backend":{{"Type":"{backend}"}}}}"#
+        ))
+        .unwrap()
+    }
+
+    fn v6_lease(net6: &str, public6: &str) -> Lease {
+        Lease {
+            key: SubnetKey::v6_only(net6.parse().unwrap()),
+            attrs: LeaseAttrs::udp(Ipv4Addr::new(198, 18, 0, 9)).dual_stack(public6.parse().ok(), None).without_ipv4(),
+            expires: None,
+            reserved: false,
+        }
+    }
+
+    /// An IPv6-only network: keys hold the IPv6 subnet alone, and a node knows its lease by
+    /// its PublicIPv6 (every PublicIP is the empty one).
+    #[test]
+    fn ipv6_only_keys_and_reuse_by_public_ipv6() {
+        let c = v6_only_cfg("udp");
+        let ls = [v6_lease("2001:db8:1:3::/64", "2001:db8::2"), v6_lease("2001:db8:1:4::/64", "2001:db8::1")];
+        let me: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(identity(&c, &ls[1].attrs), Some(me));
+        assert_eq!(plan(&c, &ls, me, None, &mut rng()), Plan::Reuse(ls[1].clone()));
+        let Plan::Create(o) = plan(&c, &ls[..1], me, None, &mut rng()) else { panic!() };
+        assert_eq!(o.len(), 9, "{o:?}");
+        assert!(o.iter().all(|k| k.v4.is_none() && key_fits(&c, k)));
+        assert!(o.iter().all(|k| k.to_string().starts_with("0.0.0.0-0&2001:db8:1:")));
+        assert!(!o.contains(&SubnetKey::v6_only("2001:db8:1:3::/64".parse().unwrap())));
+        // The subnet file's IPv6 subnet comes first; a dual-stack key does not fit.
+        let prev = SubnetKey::v6_only("2001:db8:1:7::/64".parse().unwrap());
+        let Plan::Create(o) = plan(&c, &[], me, Some(prev), &mut rng()) else { panic!() };
+        assert_eq!(o[0], prev);
+        assert!(!key_fits(&c, &key("100.96.1.0/24&2001:db8:1:7::/64")));
+    }
+
+    #[test]
+    fn ipv6_only_peers_are_reached_at_their_public_ipv6() {
+        let c = v6_only_cfg("vxlan");
+        let mac6 = MacAddr([2, 0, 0, 0, 0, 6]);
+        let vx = |net6: &str, public6: &str| Lease {
+            attrs: LeaseAttrs::vxlan(Ipv4Addr::new(198, 18, 0, 9), VxlanData { vni: 1, vtep_mac: mac6 })
+                .dual_stack(public6.parse().ok(), Some(VxlanData { vni: 1, vtep_mac: mac6 }))
+                .without_ipv4(),
+            ..v6_lease(net6, public6)
+        };
+        let own = SubnetKey::v6_only("2001:db8:1:1::/64".parse().unwrap());
+        let ls = [
+            vx("2001:db8:1:1::/64", "2001:db8::1"),
+            vx("2001:db8:1:2::/64", "2001:db8::2"),
+            vx("2001:db8:1:3::/64", "x"),
+            vx("2001:db8:2:4::/64", "2001:db8::4"),
+            Lease { key: key("100.96.5.0/24&2001:db8:1:5::/64"), ..vx("2001:db8:1:5::/64", "2001:db8::5") },
+        ];
+        let set = peers_from_leases(&c, &ls, &own, Ipv6Carrier::Ipv6Underlay);
+        assert_eq!(set.peers.len(), 1, "{set:?}");
+        let p = &set.peers[0];
+        assert_eq!(p.endpoint, "[2001:db8::2]:8472".parse::<SocketAddr>().unwrap());
+        assert_eq!((p.subnet, p.vtep_mac), (None, Some(mac6)));
+        assert_eq!(p.v6.unwrap().subnet, "2001:db8:1:2::/64".parse::<Ipv6Net>().unwrap());
+        let why: Vec<&str> = set.refused.iter().map(|r| r.why.as_str()).collect();
+        assert_eq!(why.len(), 3, "{why:?}");
+        assert!(why[0].contains("no PublicIPv6"), "{why:?}");
+        assert!(why[1].contains("not a /64 of IPv6Network"), "{why:?}");
+        assert!(why[2].contains("IPv4 subnet"), "{why:?}");
     }
 
     #[test]

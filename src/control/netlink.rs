@@ -72,6 +72,9 @@ pub struct IfaceChoice<'a> {
     pub can_reach: Option<Ipv4Addr>,
     /// `--public-ip`.
     pub public_ip: Option<Ipv4Addr>,
+    /// The network has IPv4 pods: PublicIP is needed. An IPv6-only network needs none, and
+    /// without a choice takes the interface of the IPv6 default route when there is no IPv4 one.
+    pub ipv4: bool,
 }
 
 /// The source address the kernel picks towards `dst` (a connected UDP socket sends nothing).
@@ -93,8 +96,8 @@ pub struct Underlay {
     pub name: String,
     /// Its MTU.
     pub mtu: u32,
-    /// Its IPv4 address used as PublicIP.
-    pub addr: Ipv4Addr,
+    /// Its IPv4 address used as PublicIP (None: it has none, on an IPv6-only network).
+    pub addr: Option<Ipv4Addr>,
     /// The connected subnet of that address (its L2 segment), when the address is on the link.
     pub subnet: Option<Ipv4Net>,
     /// Its first global IPv6 address: a dual-stack node's PublicIPv6 unless `--public-ipv6`.
@@ -195,8 +198,12 @@ impl Netlink {
         }
     }
 
-    async fn default_route_oif(&self) -> Result<Option<u32>, NetlinkError> {
-        let mut s = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+    async fn default_route_oif(&self, v6: bool) -> Result<Option<u32>, NetlinkError> {
+        let msg = match v6 {
+            false => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            true => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        };
+        let mut s = self.handle.route().get(msg).execute();
         loop {
             match s.try_next().await {
                 Ok(Some(m)) => {
@@ -265,22 +272,30 @@ impl Netlink {
             })?;
             (by_index(idx)?, Some(ip))
         } else {
-            let idx = self.default_route_oif().await?.ok_or_else(|| {
+            let idx = match self.default_route_oif(false).await? {
+                None if !choice.ipv4 => self.default_route_oif(true).await?,
+                found => found,
+            };
+            let idx = idx.ok_or_else(|| {
                 NetlinkError::NotFound(
                     "no default route to pick the underlay interface; pass --iface or --public-ip".into(),
                 )
             })?;
             (by_index(idx)?, None)
         };
-        let addr = match choice.public_ip.or(chosen_addr) {
-            Some(ip) => ip,
-            None => addrs.iter().find(|(i, _, _)| *i == link.index).map(|(_, a, _)| *a).ok_or_else(|| {
-                NetlinkError::NotFound(format!("interface {} has no IPv4 address; pass --public-ip", link.name))
-            })?,
-        };
+        let addr = choice
+            .public_ip
+            .or(chosen_addr)
+            .or_else(|| addrs.iter().find(|(i, _, _)| *i == link.index).map(|(_, a, _)| *a));
+        if addr.is_none() && choice.ipv4 {
+            return Err(NetlinkError::NotFound(format!(
+                "interface {} has no IPv4 address; pass --public-ip",
+                link.name
+            )));
+        }
         let subnet = addrs
             .iter()
-            .find(|(i, a, _)| *i == link.index && *a == addr)
+            .find(|(i, a, _)| *i == link.index && Some(*a) == addr)
             .and_then(|(_, a, l)| Ipv4Net::new(*a, *l).ok())
             .map(|n| n.trunc());
         let addr6 = self.v6_addr(link.index).await?;
@@ -514,7 +529,8 @@ impl VxlanDevice {
             name: format!("flannel.{}", cfg.backend.vni),
             vni: cfg.backend.vni,
             port: cfg.backend.port,
-            local: underlay.addr.into(),
+            // Made only for a network with IPv4, whose underlay has an IPv4 address.
+            local: underlay.addr.unwrap_or(Ipv4Addr::UNSPECIFIED).into(),
             underlay: underlay.index,
             mac,
             mtu,

@@ -51,16 +51,14 @@ impl NftError {
 /// What to install.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirewallSpec {
-    /// The net-config's `Network`.
-    pub network: Ipv4Net,
-    /// This node's lease.
-    pub lease: Ipv4Net,
+    /// The net-config's `Network` and this node's lease (None on an IPv6-only network).
+    pub network4: Option<(Ipv4Net, Ipv4Net)>,
     /// `--ip-masq`.
     pub masquerade: bool,
     /// `--iptables-forward-rules`.
     pub forward: bool,
-    /// `IPv6Network` of a dual-stack network and this node's IPv6 lease: its traffic gets the
-    /// same masquerade and forward rules.
+    /// `IPv6Network` of a dual-stack or IPv6-only network and this node's IPv6 lease: its
+    /// traffic gets the same masquerade and forward rules.
     pub network6: Option<(Ipv6Net, Ipv6Net)>,
 }
 
@@ -123,8 +121,14 @@ impl Firewall {
         if !spec.masquerade && !spec.forward {
             return None;
         }
-        let table = format!("weft_{}", spec.network.to_string().replace(['.', '/'], "_"));
-        let tag = format!("weft {}", spec.network);
+        // Named after the IPv4 network, as before dual-stack; an IPv6-only one after its own.
+        let network = match (spec.network4, spec.network6) {
+            (Some((n, _)), _) => n.to_string(),
+            (None, Some((n, _))) => n.to_string(),
+            (None, None) => return None,
+        };
+        let table = format!("weft_{}", network.replace(['.', '/', ':'], "_"));
+        let tag = format!("weft {network}");
         Some(Self { spec, table, tag, fully_random: true })
     }
 
@@ -135,10 +139,10 @@ impl Firewall {
 
     /// The rules of weft's table of `family` (`ip`, or `ip6` on a dual-stack network).
     fn family_chains(&self, family: &str) -> Vec<(&'static str, &'static str, Vec<String>)> {
-        let (n, l, multicast): (String, String, &str) = match (family, self.spec.network6) {
-            ("ip6", Some((n, l))) => (n.to_string(), l.to_string(), "ff00::/8"),
-            ("ip6", None) => return Vec::new(),
-            _ => (self.spec.network.to_string(), self.spec.lease.to_string(), "224.0.0.0/4"),
+        let (n, l, multicast): (String, String, &str) = match (family, self.spec.network4, self.spec.network6) {
+            ("ip6", _, Some((n, l))) => (n.to_string(), l.to_string(), "ff00::/8"),
+            ("ip", Some((n, l)), _) => (n.to_string(), l.to_string(), "224.0.0.0/4"),
+            _ => return Vec::new(),
         };
         let tag = &self.tag;
         let masq = if self.fully_random { "masquerade fully-random" } else { "masquerade" };
@@ -168,8 +172,7 @@ impl Firewall {
     fn accepts(&self, family: &str) -> Vec<String> {
         let tag = &self.tag;
         let mut v = Vec::new();
-        if matches!(family, "ip" | "inet") {
-            let n = self.spec.network;
+        if let (Some((n, _)), "ip" | "inet") = (self.spec.network4, family) {
             v.push(format!("ip saddr {n} accept comment \"{tag}\""));
             v.push(format!("ip daddr {n} accept comment \"{tag}\""));
         }
@@ -180,9 +183,13 @@ impl Firewall {
         v
     }
 
-    /// The table families weft keeps: `ip`, and `ip6` on a dual-stack network.
+    /// The table families weft keeps: `ip` for an IPv4 network, `ip6` for an IPv6 one.
     fn families(&self) -> &'static [&'static str] {
-        if self.spec.network6.is_some() { &["ip", "ip6"] } else { &["ip"] }
+        match (self.spec.network4.is_some(), self.spec.network6.is_some()) {
+            (true, true) => &["ip", "ip6"],
+            (false, true) => &["ip6"],
+            _ => &["ip"],
+        }
     }
 
     /// The `nft -f` script that makes weft's tables anew, whole, in one transaction.
@@ -349,8 +356,7 @@ mod tests {
 
     fn fw(masquerade: bool, forward: bool) -> Option<Firewall> {
         Firewall::new(FirewallSpec {
-            network: "100.96.0.0/16".parse().unwrap(),
-            lease: "100.96.1.0/24".parse().unwrap(),
+            network4: Some(("100.96.0.0/16".parse().unwrap(), "100.96.1.0/24".parse().unwrap())),
             masquerade,
             forward,
             network6: None,
@@ -405,5 +411,19 @@ mod tests {
         assert_eq!(f.accepts("inet").len(), 4);
         assert!(f.accepts("bridge").is_empty());
         assert!(fw(false, true).unwrap().accepts("ip6").is_empty());
+    }
+
+    #[test]
+    fn an_ipv6_only_network_gets_an_ip6_table_alone() {
+        let mut f = fw(true, true).unwrap();
+        f.spec.network4 = None;
+        f.spec.network6 = Some(("2001:db8:96::/48".parse().unwrap(), "2001:db8:96:1::/64".parse().unwrap()));
+        let f = Firewall::new(f.spec).unwrap();
+        let s = f.table_script();
+        assert!(s.starts_with("table ip6 weft_2001_db8_96___48 {\n}\n"), "{s}");
+        assert!(!s.contains("table ip "), "{s}");
+        assert!(s.contains("ip6 saddr 2001:db8:96::/48 ip6 daddr != ff00::/8 masquerade"), "{s}");
+        assert!(f.chains().is_empty(), "no ip table");
+        assert_eq!((f.accepts("ip").len(), f.accepts("inet").len()), (0, 2));
     }
 }

@@ -30,8 +30,10 @@ drop_reasons! {
     NoRoute => "no_route",
     /// A packet from the TUN for our own subnet (a routing loop).
     OwnSubnet => "own_subnet",
-    /// An inner IPv6 packet; the overlay is IPv4.
+    /// An inner IPv6 packet on an IPv4-only network.
     Ipv6 => "ipv6",
+    /// An inner IPv4 packet on an IPv6-only network.
+    Ipv4 => "ipv4",
     /// A datagram from an address that is no peer's PublicIP.
     UnknownSender => "unknown_sender",
     /// Inner source outside the sending peer's subnet (spoofed).

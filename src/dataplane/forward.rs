@@ -14,7 +14,7 @@ use crate::proto::mac::MacAddr;
 use crate::proto::vxlan::{self, VxlanPacket};
 use crate::proto::{icmp, icmpv6, ip_version};
 use ipnet::{Ipv4Net, Ipv6Net};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 
 /// Bytes the scratch buffer of [`Forwarder::egress`] must hold: the larger of the ICMP and
@@ -40,20 +40,27 @@ pub enum Encap {
 pub struct Forwarder {
     /// Encapsulation of the backend.
     pub encap: Encap,
-    /// Our leased subnet.
-    pub subnet: Ipv4Net,
-    /// Address of the TUN device (source of the ICMP errors we generate).
-    pub tun_addr: Ipv4Addr,
+    /// The IPv4 side (None on an IPv6-only network: IPv4 packets are dropped as `Ipv4`).
+    pub v4: Option<ForwarderV4>,
     /// Accept only inner sources inside the sending peer's subnet (flannel accepts any).
     pub check_inner_src: bool,
     /// The overlay MTU: no peer sends a larger inner packet in one datagram (GSO segments
     /// included), so a larger one is dropped as `Oversize`.
     pub mtu: usize,
-    /// The IPv6 side of a dual-stack node (None: IPv6 packets are dropped as `Ipv6`).
+    /// The IPv6 side of a dual-stack or IPv6-only node (None: IPv6 packets are dropped as `Ipv6`).
     pub v6: Option<ForwarderV6>,
 }
 
-/// What the forwarding decision knows of a dual-stack node's IPv6 side.
+/// What the forwarding decision knows of a node's IPv4 side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwarderV4 {
+    /// Our leased subnet.
+    pub subnet: Ipv4Net,
+    /// Address of the TUN device (source of the ICMP errors we generate).
+    pub tun_addr: Ipv4Addr,
+}
+
+/// What the forwarding decision knows of a node's IPv6 side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwarderV6 {
     /// Our leased IPv6 subnet.
@@ -70,7 +77,7 @@ pub enum Egress {
         /// The encapsulated frame within the buffer.
         range: Range<usize>,
         /// The peer's endpoint.
-        to: SocketAddrV4,
+        to: SocketAddr,
         /// The inner packet's flow ([`Ipv4Packet::flow_hash`]): what picks its source port.
         flow: u32,
     },
@@ -122,22 +129,25 @@ impl Forwarder {
                 None => Egress::Drop(DropReason::Ipv6),
             };
         }
+        let Some(v4) = &self.v4 else {
+            return Egress::Drop(DropReason::Ipv4);
+        };
         let mut ip = match Ipv4Packet::new_checked(&mut pkt[..]) {
             Ok(ip) => ip,
             Err(e) => return Egress::Drop(wire_drop(e)),
         };
         let dst = ip.dst();
         let Some(peer) = peers.lookup(dst) else {
-            if self.subnet.contains(&dst) {
+            if v4.subnet.contains(&dst) {
                 return Egress::Drop(DropReason::OwnSubnet);
             }
             let offender = Ipv4Packet::new_unchecked(&buf[HEADROOM..HEADROOM + len]);
-            return match icmp::net_unreachable(&offender, self.tun_addr, scratch) {
+            return match icmp::net_unreachable(&offender, v4.tun_addr, scratch) {
                 Some(n) => Egress::Reply { len: n },
                 None => Egress::Drop(DropReason::NoRoute),
             };
         };
-        if peer.subnet == self.subnet {
+        if peer.subnet == Some(v4.subnet) {
             return Egress::Drop(DropReason::OwnSubnet);
         }
         if !ip.decrement_ttl() {
@@ -147,7 +157,7 @@ impl Forwarder {
         self.encapsulate(buf, inner, peer.endpoint, peer.vtep_mac)
     }
 
-    /// [`Forwarder::egress`] for an IPv6 packet of a dual-stack node.
+    /// [`Forwarder::egress`] for an IPv6 packet.
     fn egress_v6(&self, v6: &ForwarderV6, peers: &PeerTable, buf: &mut [u8], len: usize, scratch: &mut [u8]) -> Egress {
         let pkt = &mut buf[HEADROOM..HEADROOM + len];
         let mut ip = match Ipv6Packet::new_checked(&mut pkt[..]) {
@@ -176,7 +186,7 @@ impl Forwarder {
     }
 
     /// Writes the backend's outer headers in front of the inner packet at `buf[HEADROOM..]`.
-    fn encapsulate(&self, buf: &mut [u8], inner: Inner, to: SocketAddrV4, peer_mac: Option<MacAddr>) -> Egress {
+    fn encapsulate(&self, buf: &mut [u8], inner: Inner, to: SocketAddr, peer_mac: Option<MacAddr>) -> Egress {
         let Inner { total, flow, ethertype } = inner;
         match self.encap {
             Encap::Udp => Egress::Send { range: HEADROOM..HEADROOM + total, to, flow },
@@ -195,10 +205,8 @@ impl Forwarder {
     /// Decides the fate of the datagram `buf[..len]` received from `from`. May rewrite the
     /// inner packet (TTL).
     pub fn ingress(&self, peers: &PeerTable, from: SocketAddr, buf: &mut [u8], len: usize) -> Ingress {
-        let SocketAddr::V4(from) = from else {
-            return Ingress::Drop(DropReason::UnknownSender);
-        };
-        if !peers.is_sender(*from.ip()) {
+        let from = from.ip();
+        if !peers.is_sender(from) {
             return Ingress::Drop(DropReason::UnknownSender);
         }
         let Some(dgram) = buf.get(..len) else {
@@ -232,10 +240,13 @@ impl Forwarder {
         }
         if v6 {
             return match &self.v6 {
-                Some(v6) => self.ingress_v6(v6, peers, *from.ip(), &mut buf[..len], start),
+                Some(v6) => self.ingress_v6(v6, peers, from, &mut buf[..len], start),
                 None => Ingress::Drop(DropReason::Ipv6),
             };
         }
+        let Some(v4) = &self.v4 else {
+            return Ingress::Drop(DropReason::Ipv4);
+        };
         let inner = &mut buf[start..len];
         let mut ip = match Ipv4Packet::new_checked(&mut inner[..]) {
             Ok(ip) => ip,
@@ -243,11 +254,11 @@ impl Forwarder {
         };
         if self.check_inner_src {
             let src = ip.src();
-            if !peers.senders(*from.ip()).any(|p| p.subnet.contains(&src)) {
+            if !peers.senders(from).any(|p| p.subnet.is_some_and(|s| s.contains(&src))) {
                 return Ingress::Drop(DropReason::ForeignSource);
             }
         }
-        if !self.subnet.contains(&ip.dst()) {
+        if !v4.subnet.contains(&ip.dst()) {
             return Ingress::Drop(DropReason::NotForUs);
         }
         if ip.total_len() > self.mtu {
@@ -261,14 +272,7 @@ impl Forwarder {
     }
 
     /// [`Forwarder::ingress`] for the IPv6 packet at `dgram[start..]` from the peer at `from`.
-    fn ingress_v6(
-        &self,
-        v6: &ForwarderV6,
-        peers: &PeerTable,
-        from: Ipv4Addr,
-        dgram: &mut [u8],
-        start: usize,
-    ) -> Ingress {
+    fn ingress_v6(&self, v6: &ForwarderV6, peers: &PeerTable, from: IpAddr, dgram: &mut [u8], start: usize) -> Ingress {
         let mut ip = match Ipv6Packet::new_checked(&mut dgram[start..]) {
             Ok(ip) => ip,
             Err(e) => return Ingress::Drop(wire_drop(e)),
@@ -314,20 +318,19 @@ mod tests {
     const PEER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
     fn fwd(encap: Encap) -> Forwarder {
-        Forwarder {
-            encap,
-            subnet: "100.96.1.0/24".parse().unwrap(),
-            tun_addr: Ipv4Addr::new(100, 96, 1, 0),
-            check_inner_src: true,
-            mtu: 1450,
-            v6: None,
-        }
+        Forwarder { encap, v4: Some(v4("100.96.1.0/24")), check_inner_src: true, mtu: 1450, v6: None }
+    }
+
+    /// The IPv4 side of a node leasing `subnet`, its TUN at the network address.
+    fn v4(subnet: &str) -> ForwarderV4 {
+        let subnet: Ipv4Net = subnet.parse().unwrap();
+        ForwarderV4 { subnet, tun_addr: subnet.network() }
     }
 
     fn table(port: u16) -> PeerTable {
         PeerTable::new([Peer {
-            subnet: "100.96.2.0/24".parse().unwrap(),
-            endpoint: SocketAddrV4::new(PEER_IP, port),
+            subnet: Some("100.96.2.0/24".parse().unwrap()),
+            endpoint: SocketAddr::new(PEER_IP.into(), port),
             vtep_mac: Some(PEER_MAC),
             v6: None,
         }])
@@ -362,7 +365,7 @@ mod tests {
         let mut s = [0u8; SCRATCH_LEN];
         let e = fwd(Encap::Udp).egress(&table(8285), &mut b, p.len(), &mut s);
         let Egress::Send { range, to, .. } = e else { panic!("{e:?}") };
-        assert_eq!(to, SocketAddrV4::new(PEER_IP, 8285));
+        assert_eq!(to, SocketAddr::new(PEER_IP.into(), 8285));
         let out = Ipv4Packet::new_checked(&b[range]).unwrap();
         assert_eq!(out.ttl(), 63);
         assert!(out.verify_checksum());
@@ -382,13 +385,13 @@ mod tests {
         assert_eq!(f.len(), 22 + p.len());
         // What we send, the peer accepts.
         let peer = Forwarder {
-            subnet: "100.96.2.0/24".parse().unwrap(),
+            v4: Some(v4("100.96.2.0/24")),
             encap: Encap::Vxlan { vni: 1, mac: PEER_MAC },
             ..fwd(Encap::Udp)
         };
         let back = PeerTable::new([Peer {
-            subnet: "100.96.1.0/24".parse().unwrap(),
-            endpoint: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 8472),
+            subnet: Some("100.96.1.0/24".parse().unwrap()),
+            endpoint: SocketAddr::new(Ipv4Addr::new(198, 18, 0, 1).into(), 8472),
             vtep_mac: Some(LOCAL_MAC),
             v6: None,
         }]);
@@ -436,8 +439,8 @@ mod tests {
         assert_eq!(f.egress(&t, &mut small, 5, &mut s), Egress::Drop(DropReason::Truncated));
         // A vxlan peer without a MAC cannot be reached.
         let nomac = PeerTable::new([Peer {
-            subnet: "100.96.2.0/24".parse().unwrap(),
-            endpoint: SocketAddrV4::new(PEER_IP, 8472),
+            subnet: Some("100.96.2.0/24".parse().unwrap()),
+            endpoint: SocketAddr::new(PEER_IP.into(), 8472),
             vtep_mac: None,
             v6: None,
         }]);
@@ -453,7 +456,7 @@ mod tests {
     fn ingress_checks_sender_source_and_destination() {
         let f = fwd(Encap::Udp);
         let t = table(8285);
-        let from: SocketAddr = SocketAddr::V4(SocketAddrV4::new(PEER_IP, 8285));
+        let from: SocketAddr = SocketAddr::new(PEER_IP.into(), 8285);
         let run = |p: &[u8], from: SocketAddr| {
             let mut b = p.to_vec();
             f.ingress(&t, from, &mut b, p.len())
@@ -482,7 +485,7 @@ mod tests {
     fn ingress_vxlan_rejects_wrong_vni_mac_and_ethertype() {
         let f = fwd(Encap::Vxlan { vni: 1, mac: LOCAL_MAC });
         let t = table(8472);
-        let from: SocketAddr = SocketAddr::V4(SocketAddrV4::new(PEER_IP, 8472));
+        let from: SocketAddr = SocketAddr::new(PEER_IP.into(), 8472);
         let inner = packet([100, 96, 2, 2], [100, 96, 1, 2]);
         let frame = |vni: u32, dst: MacAddr, et: u16| {
             let mut v = vec![0u8; HEADROOM];
@@ -520,8 +523,8 @@ mod tests {
             ..fwd(encap)
         };
         let t = PeerTable::new([Peer {
-            subnet: "100.96.2.0/24".parse().unwrap(),
-            endpoint: SocketAddrV4::new(PEER_IP, 8472),
+            subnet: Some("100.96.2.0/24".parse().unwrap()),
+            endpoint: SocketAddr::new(PEER_IP.into(), 8472),
             vtep_mac: Some(PEER_MAC),
             v6: Some(crate::dataplane::peers::PeerV6 {
                 subnet: "2001:db8:1:2::/64".parse().unwrap(),
@@ -549,7 +552,7 @@ mod tests {
             let mut b = in_buf(&p);
             let mut s = [0u8; SCRATCH_LEN];
             let Egress::Send { range, to, .. } = f.egress(&t, &mut b, p.len(), &mut s) else { panic!("{encap:?}") };
-            assert_eq!(to, SocketAddrV4::new(PEER_IP, 8472));
+            assert_eq!(to, SocketAddr::new(PEER_IP.into(), 8472));
             let start = match encap {
                 Encap::Udp => HEADROOM,
                 Encap::Vxlan { .. } => {
@@ -564,7 +567,7 @@ mod tests {
             assert_eq!(&b[start + 40..range.end], &p[40..]);
             // What we send, the peer accepts: the same forwarder mirrored.
             let peer = Forwarder {
-                subnet: "100.96.2.0/24".parse().unwrap(),
+                v4: Some(v4("100.96.2.0/24")),
                 encap: match encap {
                     Encap::Udp => Encap::Udp,
                     Encap::Vxlan { vni, .. } => Encap::Vxlan { vni, mac: PEER6_MAC },
@@ -576,8 +579,8 @@ mod tests {
                 ..f.clone()
             };
             let back = PeerTable::new([Peer {
-                subnet: "100.96.1.0/24".parse().unwrap(),
-                endpoint: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 8472),
+                subnet: Some("100.96.1.0/24".parse().unwrap()),
+                endpoint: SocketAddr::new(Ipv4Addr::new(198, 18, 0, 1).into(), 8472),
                 vtep_mac: Some(LOCAL_MAC),
                 v6: Some(crate::dataplane::peers::PeerV6 {
                     subnet: "2001:db8:1:1::/64".parse().unwrap(),
@@ -623,7 +626,7 @@ mod tests {
     #[test]
     fn ipv6_ingress_checks_source_destination_size_and_hop_limit() {
         let (f, t) = dual(Encap::Udp);
-        let from: SocketAddr = SocketAddr::V4(SocketAddrV4::new(PEER_IP, 8472));
+        let from: SocketAddr = SocketAddr::new(PEER_IP.into(), 8472);
         let run = |f: &Forwarder, p: &[u8]| {
             let mut b = p.to_vec();
             f.ingress(&t, from, &mut b, p.len())
@@ -652,6 +655,54 @@ mod tests {
         let mut b = good.clone();
         let n = b.len();
         assert_eq!(f.ingress(&v4_peer, from, &mut b, n), Ingress::Drop(DropReason::ForeignSource));
+    }
+
+    /// An IPv6-only network: no IPv4 side, peers at their PublicIPv6 over the IPv6 underlay.
+    #[test]
+    fn ipv6_only_sends_to_public_ipv6_and_drops_ipv4() {
+        let local6 =
+            ForwarderV6 { subnet: "2001:db8:1:1::/64".parse().unwrap(), tun_addr: "2001:db8:1:1::".parse().unwrap() };
+        let f = Forwarder { v4: None, v6: Some(local6), ..fwd(Encap::Vxlan { vni: 1, mac: LOCAL_MAC }) };
+        let peer_at: SocketAddr = "[2001:db8::2]:8472".parse().unwrap();
+        let t = PeerTable::new([Peer {
+            subnet: None,
+            endpoint: peer_at,
+            vtep_mac: None,
+            v6: Some(crate::dataplane::peers::PeerV6 {
+                subnet: "2001:db8:1:2::/64".parse().unwrap(),
+                vtep_mac: Some(PEER6_MAC),
+                public_ip: Some("2001:db8::2".parse().unwrap()),
+            }),
+        }]);
+        let mut s = [0u8; SCRATCH_LEN];
+        let p = packet6("2001:db8:1:1::2", "2001:db8:1:2::2", 100);
+        let mut b = in_buf(&p);
+        let Egress::Send { range, to, .. } = f.egress(&t, &mut b, p.len(), &mut s) else { panic!() };
+        assert_eq!(to, peer_at);
+        assert_eq!(&b[8..22], &[2, 0, 0, 0, 0, 6, 2, 0, 0, 0, 0, 1, 0x86, 0xdd]);
+        // The peer's reply comes from its PublicIPv6; from anywhere else it is unknown.
+        let mut reply = vec![0u8; HEADROOM];
+        vxlan::write_header(&mut reply, 1).unwrap();
+        ethernet::write_header(&mut reply[8..], LOCAL_MAC, PEER6_MAC, 0x86dd).unwrap();
+        let back = packet6("2001:db8:1:2::2", "2001:db8:1:1::2", 100);
+        reply.extend_from_slice(&back);
+        let run = |from: &str| {
+            let mut rx = reply.clone();
+            f.ingress(&t, from.parse().unwrap(), &mut rx, reply.len())
+        };
+        assert_eq!(run("[2001:db8::2]:8472"), Ingress::Deliver(HEADROOM..HEADROOM + back.len()));
+        assert_eq!(run("[2001:db8::9]:8472"), Ingress::Drop(DropReason::UnknownSender));
+        assert_eq!(run("198.18.0.2:8472"), Ingress::Drop(DropReason::UnknownSender));
+        assert_eq!(range.len(), HEADROOM + p.len());
+        // IPv4 has no place here, either way.
+        let p4 = packet([100, 96, 1, 2], [100, 96, 2, 2]);
+        let mut b = in_buf(&p4);
+        assert_eq!(f.egress(&t, &mut b, p4.len(), &mut s), Egress::Drop(DropReason::Ipv4));
+        let mut v4_frame = reply[..HEADROOM].to_vec();
+        v4_frame[20..22].copy_from_slice(&[0x08, 0x00]);
+        v4_frame.extend_from_slice(&packet([100, 96, 2, 2], [100, 96, 1, 2]));
+        let n = v4_frame.len();
+        assert_eq!(f.ingress(&t, peer_at, &mut v4_frame, n), Ingress::Drop(DropReason::Ipv4));
     }
 
     #[test]

@@ -7,23 +7,33 @@ use crate::proto::mac::MacAddr;
 use ipnet::{Ipv4Net, Ipv6Net};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// One remote host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
-    /// The subnet it leases.
-    pub subnet: Ipv4Net,
-    /// Where its encapsulated traffic goes (PublicIP and the backend port).
-    pub endpoint: SocketAddrV4,
+    /// The IPv4 subnet it leases (None on an IPv6-only network).
+    pub subnet: Option<Ipv4Net>,
+    /// Where its encapsulated traffic goes: PublicIP and the backend port, or PublicIPv6 on
+    /// an IPv6-only network.
+    pub endpoint: SocketAddr,
     /// Its VTEP MAC (vxlan peers only).
     pub vtep_mac: Option<MacAddr>,
     /// Its IPv6 subnet, when it is a dual-stack peer of a dual-stack network.
     pub v6: Option<PeerV6>,
 }
 
-/// The IPv6 side of a dual-stack peer. The userspace path sends its IPv6 pods' packets to the
-/// same endpoint as its IPv4 pods' (over the IPv4 underlay); the kernel paths send them to its
+impl Peer {
+    /// Its subnets, for logs: `100.96.2.0/24`, `2001:db8:1:2::/64`, or both joined by `,`.
+    pub fn subnets(&self) -> String {
+        let v4 = self.subnet.map(|s| s.to_string());
+        let v6 = self.v6.map(|v| v.subnet.to_string());
+        v4.into_iter().chain(v6).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// The IPv6 side of a peer. The userspace path sends its IPv6 pods' packets to the peer's
+/// endpoint (over the IPv4 underlay on a dual-stack network); the kernel paths send them to its
 /// PublicIPv6.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerV6 {
@@ -48,6 +58,8 @@ pub struct PeerTable {
     by_prefix_v6: Vec<(u8, AddrMap<u128, usize>)>,
     /// PublicIP → indices of the peers (normally one) that send from it.
     by_sender: AddrMap<u32, Vec<usize>>,
+    /// The same for peers reached over the IPv6 underlay.
+    by_sender_v6: AddrMap<u128, Vec<usize>>,
 }
 
 /// A map keyed by an IP address as an integer, probed on every packet (every datagram of a GRO
@@ -108,27 +120,34 @@ fn insert_prefix<K: std::hash::Hash + Eq>(maps: &mut Vec<(u8, AddrMap<K, usize>)
 }
 
 impl PeerTable {
-    /// Builds a table. A later peer with the same subnet replaces an earlier one.
+    /// Builds a table. A later peer with the same subnets replaces an earlier one.
     pub fn new(peers: impl IntoIterator<Item = Peer>) -> Self {
         let mut t = Self::default();
-        let mut index: HashMap<Ipv4Net, usize> = HashMap::new();
+        let mut index: HashMap<(Option<Ipv4Net>, Option<Ipv6Net>), usize> = HashMap::new();
         for p in peers {
-            let subnet = p.subnet.trunc();
-            match index.get(&subnet) {
-                Some(&i) => t.peers[i] = Peer { subnet, ..p },
+            let subnet = p.subnet.map(|s| s.trunc());
+            let v6 = p.v6.map(|v6| PeerV6 { subnet: v6.subnet.trunc(), ..v6 });
+            let p = Peer { subnet, v6, ..p };
+            match index.get(&(subnet, v6.map(|v| v.subnet))) {
+                Some(&i) => t.peers[i] = p,
                 None => {
-                    index.insert(subnet, t.peers.len());
-                    t.peers.push(Peer { subnet, ..p });
+                    index.insert((subnet, v6.map(|v| v.subnet)), t.peers.len());
+                    t.peers.push(p);
                 }
             }
         }
         for (i, p) in t.peers.iter().enumerate() {
-            insert_prefix(&mut t.by_prefix, p.subnet.prefix_len(), u32::from(p.subnet.network()), i);
+            if let Some(net) = p.subnet {
+                insert_prefix(&mut t.by_prefix, net.prefix_len(), u32::from(net.network()), i);
+            }
             if let Some(v6) = &p.v6 {
-                let net = v6.subnet.trunc();
+                let net = v6.subnet;
                 insert_prefix(&mut t.by_prefix_v6, net.prefix_len(), u128::from(net.network()), i);
             }
-            t.by_sender.entry(u32::from(*p.endpoint.ip())).or_default().push(i);
+            match p.endpoint.ip() {
+                IpAddr::V4(ip) => t.by_sender.entry(u32::from(ip)).or_default().push(i),
+                IpAddr::V6(ip) => t.by_sender_v6.entry(u128::from(ip)).or_default().push(i),
+            }
         }
         t.by_prefix.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
         t.by_prefix_v6.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
@@ -150,13 +169,20 @@ impl PeerTable {
     }
 
     /// The peers that send from `ip`.
-    pub fn senders(&self, ip: Ipv4Addr) -> impl Iterator<Item = &Peer> {
-        self.by_sender.get(&u32::from(ip)).into_iter().flatten().filter_map(|&i| self.peers.get(i))
+    pub fn senders(&self, ip: IpAddr) -> impl Iterator<Item = &Peer> {
+        let found = match ip {
+            IpAddr::V4(ip) => self.by_sender.get(&u32::from(ip)),
+            IpAddr::V6(ip) => self.by_sender_v6.get(&u128::from(ip)),
+        };
+        found.into_iter().flatten().filter_map(|&i| self.peers.get(i))
     }
 
-    /// True when `ip` is some peer's PublicIP.
-    pub fn is_sender(&self, ip: Ipv4Addr) -> bool {
-        self.by_sender.contains_key(&u32::from(ip))
+    /// True when `ip` is some peer's PublicIP (or PublicIPv6, on an IPv6-only network).
+    pub fn is_sender(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(ip) => self.by_sender.contains_key(&u32::from(ip)),
+            IpAddr::V6(ip) => self.by_sender_v6.contains_key(&u128::from(ip)),
+        }
     }
 
     /// Number of peers.
@@ -180,7 +206,8 @@ mod tests {
     use super::*;
 
     fn peer(net: &str, ip: [u8; 4]) -> Peer {
-        Peer { subnet: net.parse().unwrap(), endpoint: SocketAddrV4::new(ip.into(), 8285), vtep_mac: None, v6: None }
+        let endpoint = SocketAddr::new(Ipv4Addr::from(ip).into(), 8285);
+        Peer { subnet: Some(net.parse().unwrap()), endpoint, vtep_mac: None, v6: None }
     }
 
     fn dual(net: &str, net6: &str, ip: [u8; 4]) -> Peer {
@@ -195,7 +222,11 @@ mod tests {
             dual("100.96.4.0/24", "2001:db8:1:3:8000::/65", [198, 18, 0, 4]),
             peer("100.96.5.0/24", [198, 18, 0, 5]),
         ]);
-        let at = |a: &str| t.lookup_v6(a.parse().unwrap()).map(|(p, _)| p.endpoint.ip().octets()[3]);
+        let last = |p: &Peer| match p.endpoint.ip() {
+            IpAddr::V4(ip) => ip.octets()[3],
+            IpAddr::V6(ip) => ip.octets()[15],
+        };
+        let at = |a: &str| t.lookup_v6(a.parse().unwrap()).map(|(p, _)| last(p));
         assert_eq!(at("2001:db8:1:2::9"), Some(2));
         assert_eq!(at("2001:db8:1:3::9"), Some(3));
         assert_eq!(at("2001:db8:1:3:8000::9"), Some(4));
@@ -205,8 +236,7 @@ mod tests {
             (0..=255u8).map(|x| dual(&format!("100.64.{x}.0/24"), &format!("2001:db8:0:{x:x}::/64"), [198, 18, 1, x])),
         );
         assert!((0..=255u8).all(|x| {
-            many.lookup_v6(format!("2001:db8:0:{x:x}::5").parse().unwrap())
-                .is_some_and(|(p, _)| p.endpoint.ip().octets()[3] == x)
+            many.lookup_v6(format!("2001:db8:0:{x:x}::5").parse().unwrap()).is_some_and(|(p, _)| last(p) == x)
         }));
         use std::hash::BuildHasher;
         let b = BuildHasherDefault::<AddrHasher>::default();
@@ -216,6 +246,28 @@ mod tests {
         assert!(low.len() > 150, "only {} of 256 buckets", low.len());
     }
 
+    /// An IPv6-only network: peers with no IPv4 subnet, reached at their PublicIPv6.
+    #[test]
+    fn ipv6_only_peers() {
+        let v6_only = |net6: &str, ip: &str| Peer {
+            subnet: None,
+            endpoint: SocketAddr::new(ip.parse().unwrap(), 8472),
+            vtep_mac: None,
+            v6: Some(PeerV6 { subnet: net6.parse().unwrap(), vtep_mac: None, public_ip: ip.parse().ok() }),
+        };
+        let t =
+            PeerTable::new([v6_only("2001:db8:1:2::/64", "2001:db8::2"), v6_only("2001:db8:1:3::/64", "2001:db8::3")]);
+        assert_eq!(t.len(), 2);
+        let (p, _) = t.lookup_v6("2001:db8:1:3::9".parse().unwrap()).unwrap();
+        assert_eq!(p.endpoint, "[2001:db8::3]:8472".parse::<SocketAddr>().unwrap());
+        assert!(t.lookup(Ipv4Addr::new(0, 0, 0, 1)).is_none());
+        let sender: IpAddr = "2001:db8::2".parse().unwrap();
+        assert!(t.is_sender(sender));
+        assert!(!t.is_sender("2001:db8::4".parse().unwrap()));
+        assert!(!t.is_sender(Ipv4Addr::UNSPECIFIED.into()));
+        assert_eq!(t.senders(sender).count(), 1);
+    }
+
     #[test]
     fn longest_prefix_wins() {
         let t = PeerTable::new([
@@ -223,9 +275,10 @@ mod tests {
             peer("100.96.2.0/24", [198, 18, 0, 2]),
             peer("100.96.2.128/25", [198, 18, 0, 3]),
         ]);
-        assert_eq!(t.lookup(Ipv4Addr::new(100, 96, 2, 200)).unwrap().endpoint.ip(), &Ipv4Addr::new(198, 18, 0, 3));
-        assert_eq!(t.lookup(Ipv4Addr::new(100, 96, 2, 1)).unwrap().endpoint.ip(), &Ipv4Addr::new(198, 18, 0, 2));
-        assert_eq!(t.lookup(Ipv4Addr::new(100, 96, 7, 1)).unwrap().endpoint.ip(), &Ipv4Addr::new(198, 18, 0, 9));
+        let at = |a: Ipv4Addr| t.lookup(a).map(|p| p.endpoint.ip());
+        assert_eq!(at(Ipv4Addr::new(100, 96, 2, 200)), Some(Ipv4Addr::new(198, 18, 0, 3).into()));
+        assert_eq!(at(Ipv4Addr::new(100, 96, 2, 1)), Some(Ipv4Addr::new(198, 18, 0, 2).into()));
+        assert_eq!(at(Ipv4Addr::new(100, 96, 7, 1)), Some(Ipv4Addr::new(198, 18, 0, 9).into()));
         assert!(t.lookup(Ipv4Addr::new(100, 97, 0, 1)).is_none());
         assert!(PeerTable::default().lookup(Ipv4Addr::new(1, 2, 3, 4)).is_none());
     }
@@ -234,9 +287,9 @@ mod tests {
     fn senders_and_replacement() {
         let t = PeerTable::new([peer("100.96.2.0/24", [198, 18, 0, 2]), peer("100.96.2.0/24", [198, 18, 0, 5])]);
         assert_eq!(t.len(), 1);
-        assert!(t.is_sender(Ipv4Addr::new(198, 18, 0, 5)));
-        assert!(!t.is_sender(Ipv4Addr::new(198, 18, 0, 2)));
-        assert_eq!(t.senders(Ipv4Addr::new(198, 18, 0, 5)).count(), 1);
+        assert!(t.is_sender(Ipv4Addr::new(198, 18, 0, 5).into()));
+        assert!(!t.is_sender(Ipv4Addr::new(198, 18, 0, 2).into()));
+        assert_eq!(t.senders(Ipv4Addr::new(198, 18, 0, 5).into()).count(), 1);
     }
 
     /// The bucket index comes from the hash's low bits: the /24 network addresses of one
@@ -249,11 +302,10 @@ mod tests {
             (0..=255u32).map(|x| b.hash_one(u32::from(Ipv4Addr::new(100, 64, 0, 0)) | (x << 8)) & 0xff).collect();
         assert!(low.len() > 150, "only {} of 256 buckets", low.len());
         let t = PeerTable::new((0..=255u8).map(|x| peer(&format!("100.64.{x}.0/24"), [198, 18, 1, x])));
-        assert!(
-            (0..=255u8)
-                .all(|x| t.lookup(Ipv4Addr::new(100, 64, x, 9)).is_some_and(|p| p.subnet.network().octets()[2] == x))
-        );
-        assert!((0..=255u8).all(|x| t.is_sender(Ipv4Addr::new(198, 18, 1, x))));
+        assert!((0..=255u8).all(|x| {
+            t.lookup(Ipv4Addr::new(100, 64, x, 9)).is_some_and(|p| p.subnet.unwrap().network().octets()[2] == x)
+        }));
+        assert!((0..=255u8).all(|x| t.is_sender(Ipv4Addr::new(198, 18, 1, x).into())));
     }
 
     #[test]

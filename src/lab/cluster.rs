@@ -102,7 +102,7 @@ pub fn seed_leases(topo: &Topology, config: &str) -> io::Result<Vec<(String, Str
     use crate::proto::netconfig::{BackendType, NetConfig};
     let cfg = NetConfig::parse(config).map_err(io::Error::other)?;
     let backend = cfg.backend;
-    let dual = cfg.ipv6.is_some();
+    let (dual, v6_only) = (cfg.ipv6.is_some(), cfg.ipv4.is_none());
     Ok(topo
         .hosts
         .iter()
@@ -115,9 +115,12 @@ pub fn seed_leases(topo: &Topology, config: &str) -> io::Result<Vec<(String, Str
                 BackendType::Vxlan => LeaseAttrs::vxlan(h.underlay_ip, data),
             };
             let vxlan = (backend.kind == BackendType::Vxlan).then_some(data);
-            let (key, attrs) = match dual {
-                true => (SubnetKey { v4: h.subnet, v6: Some(h.subnet6) }, attrs.dual_stack(None, vxlan)),
-                false => (SubnetKey::v4(h.subnet), attrs),
+            let (key, attrs) = match (dual, v6_only) {
+                (_, true) => {
+                    (SubnetKey::v6_only(h.subnet6), attrs.dual_stack(Some(h.underlay_ip6), vxlan).without_ipv4())
+                }
+                (true, false) => (SubnetKey::dual(h.subnet, h.subnet6), attrs.dual_stack(None, vxlan)),
+                (false, false) => (SubnetKey::v4(h.subnet), attrs),
             };
             (key.to_string(), attrs.to_json())
         })
@@ -127,6 +130,11 @@ pub fn seed_leases(topo: &Topology, config: &str) -> io::Result<Vec<(String, Str
 /// The net-config JSON of a lab cluster with `backend` (a `Backend` object).
 pub fn lab_config(backend: &str) -> String {
     format!(r#"{{"Network":"{POD_NETWORK}","Backend":{backend}}}"#)
+}
+
+/// The net-config JSON of an IPv6-only lab cluster with `backend`.
+pub fn lab_config_v6_only(backend: &str) -> String {
+    format!(r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"{POD_NETWORK_V6}","Backend":{backend}}}"#)
 }
 
 /// The net-config JSON of a dual-stack lab cluster with `backend`.
@@ -144,6 +152,8 @@ pub struct Cluster {
     pub topo: Topology,
     /// etcd client URLs, when the hosts use etcd.
     pub etcd_endpoints: Option<String>,
+    /// An IPv6-only network: each host is started with `--public-ipv6`.
+    pub ipv6_only: bool,
 }
 
 /// How to start a cluster.
@@ -166,6 +176,9 @@ pub struct ClusterSpec {
     pub etcd_endpoints: Option<String>,
     /// A dual-stack network: IPv6 pod addresses, and `EnableIPv6` in the config.
     pub dual_stack: bool,
+    /// An IPv6-only network (`EnableIPv4: false`): IPv6 pod addresses, and every host announces
+    /// its underlay IPv6 address as PublicIPv6 (pods keep their IPv4 addresses, unrouted).
+    pub ipv6_only: bool,
 }
 
 impl ClusterSpec {
@@ -181,6 +194,7 @@ impl ClusterSpec {
             skip_hosts: vec![],
             etcd_endpoints: None,
             dual_stack: false,
+            ipv6_only: false,
         }
     }
 }
@@ -224,11 +238,12 @@ impl Cluster {
 
     /// Builds the topology and the registry directory; starts nothing.
     pub fn build(spec: &ClusterSpec) -> io::Result<Self> {
-        let topo = Topology::build_with(&spec.tag, spec.hosts, spec.dual_stack)?;
+        let topo = Topology::build_with(&spec.tag, spec.hosts, spec.dual_stack || spec.ipv6_only)?;
         let registry = tempfile::Builder::new().prefix("weft-registry-").tempdir()?;
-        let config = match spec.dual_stack {
-            true => lab_config_dual(&spec.backend),
-            false => lab_config(&spec.backend),
+        let config = match (spec.dual_stack, spec.ipv6_only) {
+            (_, true) => lab_config_v6_only(&spec.backend),
+            (true, false) => lab_config_dual(&spec.backend),
+            (false, false) => lab_config(&spec.backend),
         };
         write_atomic(&registry.path().join("config"), config.as_bytes())?;
         std::fs::create_dir_all(registry.path().join("subnets"))?;
@@ -237,7 +252,8 @@ impl Cluster {
                 write_atomic(&registry.path().join("subnets").join(key), value.as_bytes())?;
             }
         }
-        Ok(Cluster { procs: Vec::new(), registry, topo, etcd_endpoints: spec.etcd_endpoints.clone() })
+        let ipv6_only = spec.ipv6_only;
+        Ok(Cluster { procs: Vec::new(), registry, topo, etcd_endpoints: spec.etcd_endpoints.clone(), ipv6_only })
     }
 
     /// The standard arguments for host `i` (0-based).
@@ -247,7 +263,7 @@ impl Cluster {
             Some(e) => ["--etcd-endpoints".to_string(), e.clone()],
             None => ["--registry-dir".to_string(), self.registry.path().display().to_string()],
         };
-        vec![
+        let mut args = vec![
             registry[0].clone(),
             registry[1].clone(),
             "--public-ip".into(),
@@ -256,7 +272,11 @@ impl Cluster {
             UNDERLAY_IF.into(),
             "--subnet-file".into(),
             self.subnet_file(i).display().to_string(),
-        ]
+        ];
+        if self.ipv6_only {
+            args.extend(["--public-ipv6".into(), h.underlay_ip6.to_string()]);
+        }
+        args
     }
 
     /// Host `i`'s subnet.env path.

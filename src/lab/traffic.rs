@@ -420,7 +420,7 @@ pub fn udp_flood_at(
             for (i, p) in payloads.iter_mut().take(batch_len).enumerate() {
                 small_payload(seq + i as u64, p);
             }
-            let msgs: Vec<(&[u8], Option<std::net::SocketAddrV4>)> =
+            let msgs: Vec<(&[u8], Option<std::net::SocketAddr>)> =
                 payloads.iter().take(batch_len).map(|p| (&p[..], None)).collect();
             calls += 1;
             match batch.send(&sock, &msgs) {

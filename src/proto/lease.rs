@@ -1,4 +1,8 @@
 //! Subnet lease keys (`10.244.1.0-24`) and values (`LeaseAttrs`), byte-for-byte as flannel.
+//!
+//! A dual-stack key adds the IPv6 subnet (`10.244.1.0-24&fc00:0:0:1::-64`); an IPv6-only key
+//! has flannel's empty IPv4 subnet in front (`0.0.0.0-0&fc00:0:0:1::-64`), and its value the
+//! empty PublicIP (`"0.0.0.0"`) and no `BackendData`.
 
 use super::json::GoObject;
 use super::mac::MacAddr;
@@ -11,8 +15,8 @@ use std::str::FromStr;
 /// The key of a lease under `<prefix>/subnets/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubnetKey {
-    /// The IPv4 subnet.
-    pub v4: Ipv4Net,
+    /// The IPv4 subnet; None in an IPv6-only lease.
+    pub v4: Option<Ipv4Net>,
     /// The IPv6 subnet of a dual-stack lease.
     pub v6: Option<Ipv6Net>,
 }
@@ -25,9 +29,29 @@ pub struct KeyError(pub String);
 impl SubnetKey {
     /// An IPv4-only key.
     pub fn v4(v4: Ipv4Net) -> Self {
-        Self { v4, v6: None }
+        Self { v4: Some(v4), v6: None }
+    }
+
+    /// A dual-stack key.
+    pub fn dual(v4: Ipv4Net, v6: Ipv6Net) -> Self {
+        Self { v4: Some(v4), v6: Some(v6) }
+    }
+
+    /// An IPv6-only key.
+    pub fn v6_only(v6: Ipv6Net) -> Self {
+        Self { v4: None, v6: Some(v6) }
+    }
+
+    /// True when the two keys share a subnet: two such leases would route the same pods.
+    pub fn overlaps(&self, other: &Self) -> bool {
+        let v4 = self.v4.is_some() && self.v4 == other.v4;
+        let v6 = self.v6.is_some() && self.v6 == other.v6;
+        v4 || v6
     }
 }
+
+/// flannel's empty IPv4 subnet, which stands first in an IPv6-only key.
+const NO_IPV4: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::UNSPECIFIED, 0);
 
 fn split_net(s: &str) -> Option<(&str, u8)> {
     let (addr, len) = s.rsplit_once('-')?;
@@ -63,13 +87,18 @@ impl FromStr for SubnetKey {
                 Some(n)
             }
         };
-        Ok(Self { v4, v6 })
+        match (v4 == NO_IPV4, v6) {
+            (true, None) => Err(bad()),
+            (true, Some(v6)) => Ok(Self::v6_only(v6)),
+            (false, v6) => Ok(Self { v4: Some(v4), v6 }),
+        }
     }
 }
 
 impl fmt::Display for SubnetKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.v4.addr(), self.v4.prefix_len())?;
+        let v4 = self.v4.unwrap_or(NO_IPV4);
+        write!(f, "{}-{}", v4.addr(), v4.prefix_len())?;
         if let Some(v6) = self.v6 {
             write!(f, "&{}-{}", v6.addr(), v6.prefix_len())?;
         }
@@ -154,6 +183,12 @@ impl LeaseAttrs {
         Self { public_ipv6, backend_v6_data: v6_data.and_then(|d| d.raw()), ..self }
     }
 
+    /// The same lease for a node of an IPv6-only network: flannel's empty PublicIP, and the
+    /// IPv4 `BackendData` left out.
+    pub fn without_ipv4(self) -> Self {
+        Self { public_ip: Ipv4Addr::UNSPECIFIED, backend_data: None, ..self }
+    }
+
     /// The attributes of a host-gw lease.
     pub fn host_gw(public_ip: Ipv4Addr) -> Self {
         Self { backend_type: Some("host-gw".into()), ..Self::udp(public_ip) }
@@ -231,11 +266,17 @@ mod tests {
     #[test]
     fn keys() {
         let k: SubnetKey = "10.244.1.0-24".parse().unwrap();
-        assert_eq!(k.v4, "10.244.1.0/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(k.v4, Some("10.244.1.0/24".parse::<Ipv4Net>().unwrap()));
         assert_eq!(k.to_string(), "10.244.1.0-24");
         let k: SubnetKey = "10.1.5.0-24&fc00::-64".parse().unwrap();
         assert_eq!(k.v6, Some("fc00::/64".parse().unwrap()));
         assert_eq!(k.to_string(), "10.1.5.0-24&fc00::-64");
+        let k: SubnetKey = "0.0.0.0-0&2001:db8:0:1::-64".parse().unwrap();
+        assert_eq!(k, SubnetKey::v6_only("2001:db8:0:1::/64".parse().unwrap()));
+        assert_eq!(k.to_string(), "0.0.0.0-0&2001:db8:0:1::-64");
+        assert!(k.overlaps(&"10.1.5.0-24&2001:db8:0:1::-64".parse().unwrap()));
+        assert!(!k.overlaps(&"0.0.0.0-0&2001:db8:0:2::-64".parse().unwrap()));
+        assert!(!SubnetKey::v4("10.1.5.0/24".parse().unwrap()).overlaps(&k));
         for bad in [
             "",
             "10.244.1.0",
@@ -248,6 +289,7 @@ mod tests {
             "10.244.1.0-+24",
             "10.244.1.0-24&fc00::1-64",
             "10.244.1.0/24",
+            "0.0.0.0-0",
         ] {
             assert!(bad.parse::<SubnetKey>().is_err(), "{bad}");
         }
@@ -292,6 +334,23 @@ mod tests {
         let udp = LeaseAttrs::udp(Ipv4Addr::new(198, 18, 0, 3)).dual_stack(None, None);
         assert_eq!(udp.to_json(), r#"{"PublicIP":"198.18.0.3","PublicIPv6":null}"#);
         assert_eq!(udp.vxlan_v6_data(), None);
+    }
+
+    /// An IPv6-only vxlan lease as flanneld writes it: the empty PublicIP, `BackendV6Data` only.
+    #[test]
+    fn ipv6_only_value_exact_bytes() {
+        let text = concat!(
+            r#"{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::3","BackendType":"vxlan","#,
+            r#""BackendV6Data":{"VNI":1,"VtepMAC":"9a:1b:2c:3d:4e:5f"}}"#
+        );
+        let a = LeaseAttrs::parse(text).unwrap();
+        assert_eq!(a.to_json(), text);
+        assert_eq!(a.vxlan_data(), None);
+        let v6 = a.vxlan_v6_data().unwrap();
+        let built = LeaseAttrs::vxlan(Ipv4Addr::new(198, 18, 0, 3), v6)
+            .dual_stack(Some("2001:db8::3".parse().unwrap()), Some(v6))
+            .without_ipv4();
+        assert_eq!(built.to_json(), text);
     }
 
     #[test]

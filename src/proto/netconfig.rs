@@ -72,9 +72,20 @@ pub struct BackendConfig {
     pub direct_routing: bool,
 }
 
-/// A validated network configuration.
+/// A validated network configuration: an IPv4 pod network, an IPv6 one, or both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
+    /// The IPv4 pod network (`EnableIPv4`, the default), None for an IPv6-only network.
+    pub ipv4: Option<Ipv4Config>,
+    /// The IPv6 pod network (`EnableIPv6`), None for an IPv4-only network.
+    pub ipv6: Option<Ipv6Config>,
+    /// The backend.
+    pub backend: BackendConfig,
+}
+
+/// The IPv4 pod network, with flanneld's defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv4Config {
     /// `Network`.
     pub network: Ipv4Net,
     /// `SubnetLen` with defaults applied.
@@ -83,10 +94,6 @@ pub struct NetConfig {
     pub subnet_min: Ipv4Addr,
     /// `SubnetMax` with defaults applied.
     pub subnet_max: Ipv4Addr,
-    /// The IPv6 pod network (`EnableIPv6`), None for an IPv4-only network.
-    pub ipv6: Option<Ipv6Config>,
-    /// The backend.
-    pub backend: BackendConfig,
 }
 
 /// The IPv6 half of a dual-stack network, with flanneld's defaults applied.
@@ -118,63 +125,17 @@ impl NetConfig {
         let get_err = ConfigError;
         let enable_v4: bool = obj.get("EnableIPv4").map_err(get_err)?.unwrap_or(true);
         let enable_v6: bool = obj.get("EnableIPv6").map_err(get_err)?.unwrap_or(false);
-        if !enable_v4 {
-            return err("EnableIPv4=false (an IPv6-only network) is not supported by weft; use a dual-stack network");
+        if !enable_v4 && !enable_v6 {
+            return err("EnableIPv4 and EnableIPv6 are both false: the network has no pods' addresses");
         }
-        let network: Ipv4Net = match obj.get::<String>("Network").map_err(get_err)? {
-            None => return err("Network is missing"),
-            Some(s) => s.parse().map_err(|_| ConfigError(format!("Network {s:?} is not an IPv4 CIDR")))?,
-        };
-        if network.network() != network.addr() {
-            return err(format!("Network {network} has host bits set"));
-        }
-        if let Some((block, what)) =
-            RESERVED.iter().find(|(b, _)| b.contains(&network.network()) || network.contains(b))
-        {
-            return err(format!(
-                "Network {network} overlaps {block} ({what}): pods cannot have such addresses; choose a private range"
-            ));
-        }
-        let prefix = network.prefix_len();
-        let subnet_len = match obj.get::<u8>("SubnetLen").map_err(get_err)? {
-            None | Some(0) => match prefix {
-                0..=22 => 24,
-                23..=28 => prefix + 2,
-                _ => return err(format!("Network {network} is too small (prefix > 28)")),
-            },
-            Some(n) if n > 30 => return err(format!("SubnetLen {n} is larger than 30")),
-            Some(n) if n < prefix + 2 => {
-                return err(format!("SubnetLen {n} must be at least the network prefix + 2 ({})", prefix + 2));
-            }
-            Some(n) => n,
-        };
-        let net_start = u32::from(network.network());
-        let subnet_size = 1u64 << (32 - u32::from(subnet_len));
-        let net_size = 1u64 << (32 - u32::from(prefix));
-        let to_addr = |v: u64| Ipv4Addr::from(u32::try_from(v).unwrap_or(u32::MAX));
-        let default_min = to_addr(u64::from(net_start) + subnet_size);
-        let default_max = to_addr(u64::from(net_start) + net_size - subnet_size);
-        let bound = |name: &str, default: Ipv4Addr| -> Result<Ipv4Addr, ConfigError> {
-            let Some(s) = obj.get::<String>(name).map_err(ConfigError)? else {
-                return Ok(default);
-            };
-            let a: Ipv4Addr = s.parse().map_err(|_| ConfigError(format!("{name} {s:?} is not an IPv4 address")))?;
-            if !network.contains(&a) {
-                return Err(ConfigError(format!("{name} {a} is not inside Network {network}")));
-            }
-            if u64::from(u32::from(a)) % subnet_size != 0 {
-                return Err(ConfigError(format!("{name} {a} is not aligned to SubnetLen {subnet_len}")));
-            }
-            Ok(a)
-        };
-        let subnet_min = bound("SubnetMin", default_min)?;
-        let subnet_max = bound("SubnetMax", default_max)?;
-        if subnet_min > subnet_max {
-            return err(format!("SubnetMin {subnet_min} is above SubnetMax {subnet_max}"));
-        }
+        let ipv4 = if enable_v4 { Some(parse_ipv4(&obj)?) } else { None };
         let ipv6 = if enable_v6 { Some(parse_ipv6(&obj)?) } else { None };
         let backend = parse_backend(&obj)?;
-        Ok(Self { network, subnet_len, subnet_min, subnet_max, ipv6, backend })
+        Ok(Self { ipv4, ipv6, backend })
+    }
+    /// True when `subnet` is an IPv4 subnet this configuration can hand out.
+    pub fn fits(&self, subnet: &Ipv4Net) -> bool {
+        self.ipv4.as_ref().is_some_and(|c| c.fits(subnet))
     }
 
     /// True when `subnet` is an IPv6 subnet this configuration can hand out.
@@ -182,6 +143,15 @@ impl NetConfig {
         self.ipv6.as_ref().is_some_and(|c| c.fits(subnet))
     }
 
+    /// The pod networks, for logs: `100.96.0.0/16`, `2001:db8::/48`, or both joined by `,`.
+    pub fn networks(&self) -> String {
+        let v4 = self.ipv4.as_ref().map(|c| c.network.to_string());
+        let v6 = self.ipv6.as_ref().map(|c| c.network.to_string());
+        v4.into_iter().chain(v6).collect::<Vec<_>>().join(",")
+    }
+}
+
+impl Ipv4Config {
     /// True when `subnet` is one this configuration can hand out.
     pub fn fits(&self, subnet: &Ipv4Net) -> bool {
         subnet.prefix_len() == self.subnet_len
@@ -227,6 +197,60 @@ impl Ipv6Config {
 /// Addresses in one IPv6 subnet of prefix `len` (≥ 1: a /0 subnet is never valid here).
 fn subnet_size_v6(len: u8) -> u128 {
     1u128.checked_shl(128 - u32::from(len)).unwrap_or(0)
+}
+
+/// The IPv4 half, checked as flanneld's `CheckNetworkConfig` does, plus the reserved blocks.
+fn parse_ipv4(obj: &GoObject<'_>) -> Result<Ipv4Config, ConfigError> {
+    let network: Ipv4Net = match obj.get::<String>("Network").map_err(ConfigError)? {
+        None => return err("Network is missing"),
+        Some(s) => s.parse().map_err(|_| ConfigError(format!("Network {s:?} is not an IPv4 CIDR")))?,
+    };
+    if network.network() != network.addr() {
+        return err(format!("Network {network} has host bits set"));
+    }
+    if let Some((block, what)) = RESERVED.iter().find(|(b, _)| b.contains(&network.network()) || network.contains(b)) {
+        return err(format!(
+            "Network {network} overlaps {block} ({what}): pods cannot have such addresses; choose a private range"
+        ));
+    }
+    let prefix = network.prefix_len();
+    let subnet_len = match obj.get::<u8>("SubnetLen").map_err(ConfigError)? {
+        None | Some(0) => match prefix {
+            0..=22 => 24,
+            23..=28 => prefix + 2,
+            _ => return err(format!("Network {network} is too small (prefix > 28)")),
+        },
+        Some(n) if n > 30 => return err(format!("SubnetLen {n} is larger than 30")),
+        Some(n) if n < prefix + 2 => {
+            return err(format!("SubnetLen {n} must be at least the network prefix + 2 ({})", prefix + 2));
+        }
+        Some(n) => n,
+    };
+    let net_start = u32::from(network.network());
+    let subnet_size = 1u64 << (32 - u32::from(subnet_len));
+    let net_size = 1u64 << (32 - u32::from(prefix));
+    let to_addr = |v: u64| Ipv4Addr::from(u32::try_from(v).unwrap_or(u32::MAX));
+    let default_min = to_addr(u64::from(net_start) + subnet_size);
+    let default_max = to_addr(u64::from(net_start) + net_size - subnet_size);
+    let bound = |name: &str, default: Ipv4Addr| -> Result<Ipv4Addr, ConfigError> {
+        let Some(s) = obj.get::<String>(name).map_err(ConfigError)? else {
+            return Ok(default);
+        };
+        let a: Ipv4Addr = s.parse().map_err(|_| ConfigError(format!("{name} {s:?} is not an IPv4 address")))?;
+        if !network.contains(&a) {
+            return Err(ConfigError(format!("{name} {a} is not inside Network {network}")));
+        }
+        if u64::from(u32::from(a)) % subnet_size != 0 {
+            return Err(ConfigError(format!("{name} {a} is not aligned to SubnetLen {subnet_len}")));
+        }
+        Ok(a)
+    };
+    let subnet_min = bound("SubnetMin", default_min)?;
+    let subnet_max = bound("SubnetMax", default_max)?;
+    if subnet_min > subnet_max {
+        return err(format!("SubnetMin {subnet_min} is above SubnetMax {subnet_max}"));
+    }
+    Ok(Ipv4Config { network, subnet_len, subnet_min, subnet_max })
 }
 
 /// The IPv6 half, checked as flanneld's `CheckNetworkConfig` does, plus the reserved blocks.
@@ -329,14 +353,20 @@ mod tests {
         NetConfig::parse(s)
     }
 
+    /// The IPv4 half of a config that has one.
+    fn v4(s: &str) -> Ipv4Config {
+        parse(s).unwrap().ipv4.unwrap()
+    }
+
     #[test]
     fn flannel_example_defaults() {
         let c = parse(r#"{"Network":"100.96.0.0/16","Backend":{"Type":"udp"}}"#).unwrap();
+        assert_eq!(c.backend.kind, BackendType::Udp);
+        assert_eq!(c.backend.port, 8285);
+        let c = c.ipv4.unwrap();
         assert_eq!(c.subnet_len, 24);
         assert_eq!(c.subnet_min, Ipv4Addr::new(100, 96, 1, 0));
         assert_eq!(c.subnet_max, Ipv4Addr::new(100, 96, 255, 0));
-        assert_eq!(c.backend.kind, BackendType::Udp);
-        assert_eq!(c.backend.port, 8285);
         assert_eq!(c.subnets().count(), 255);
     }
 
@@ -344,7 +374,7 @@ mod tests {
     fn backend_absent_is_udp_and_names_are_case_insensitive() {
         let c = parse(r#"{"network":"10.1.0.0/16","SUBNETLEN":26}"#).unwrap();
         assert_eq!(c.backend.kind, BackendType::Udp);
-        assert_eq!(c.subnet_len, 26);
+        assert_eq!(c.ipv4.unwrap().subnet_len, 26);
         let c = parse(r#"{"Network":"10.1.0.0/16","backend":{"type":"VXLAN"}}"#).unwrap();
         assert_eq!(c.backend.kind, BackendType::Vxlan);
         assert_eq!(c.backend.port, 8472);
@@ -356,18 +386,18 @@ mod tests {
     #[test]
     fn subnet_len_defaults_by_prefix() {
         for (net, want) in [("10.0.0.0/8", 24), ("10.0.0.0/22", 24), ("10.0.0.0/23", 25), ("10.0.0.0/28", 30)] {
-            assert_eq!(parse(&format!(r#"{{"Network":"{net}"}}"#)).unwrap().subnet_len, want, "{net}");
+            assert_eq!(v4(&format!(r#"{{"Network":"{net}"}}"#)).subnet_len, want, "{net}");
         }
         assert!(parse(r#"{"Network":"10.0.0.0/29"}"#).is_err());
     }
 
     #[test]
     fn min_max_defaults_and_checks() {
-        let c = parse(r#"{"Network":"10.0.0.0/23"}"#).unwrap();
+        let c = v4(r#"{"Network":"10.0.0.0/23"}"#);
         assert_eq!(c.subnet_len, 25);
         assert_eq!((c.subnet_min, c.subnet_max), (Ipv4Addr::new(10, 0, 0, 128), Ipv4Addr::new(10, 0, 1, 128)));
         let c = parse(r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.10.0","SubnetMax":"10.0.20.0"}"#).unwrap();
-        assert_eq!(c.subnets().count(), 11);
+        assert_eq!(c.ipv4.as_ref().unwrap().subnets().count(), 11);
         assert!(c.fits(&"10.0.10.0/24".parse().unwrap()));
         assert!(!c.fits(&"10.0.9.0/24".parse().unwrap()));
         assert!(!c.fits(&"10.0.10.0/25".parse().unwrap()));
@@ -384,7 +414,8 @@ mod tests {
             r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
             r#"{"Network":"10.0.0.0/16","Backend":{"Type":"udp","Port":"x"}}"#,
             r#"{"Network":"10.0.0.0/16","Backend":[]}"#,
-            r#"{"Network":"10.0.0.0/16","EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}"#,
+            r#"{"Network":"10.0.0.0/16","EnableIPv4":false}"#,
+            r#"{"EnableIPv4":false,"EnableIPv6":true}"#,
             r#"{"Network":"0.0.0.0/0"}"#,
             r#"{"Network":"0.0.0.0/1"}"#,
             r#"{"Network":"127.0.0.0/8"}"#,
@@ -430,6 +461,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.ipv6.unwrap().subnets().count(), 3);
+    }
+
+    #[test]
+    fn ipv6_only_as_flanneld() {
+        // flanneld checks no IPv4 field of an IPv6-only network: Network may be absent or stale.
+        for text in [
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"2001:db8:1::/48"}"#,
+            r#"{"Network":"not a CIDR","EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"2001:db8:1::/48"}"#,
+        ] {
+            let c = parse(text).unwrap();
+            assert_eq!(c.ipv4, None, "{text}");
+            assert_eq!(c.ipv6.as_ref().unwrap().subnet_len, 64);
+            assert!(!c.fits(&"100.96.1.0/24".parse().unwrap()));
+            assert!(c.fits_v6(&"2001:db8:1:7::/64".parse().unwrap()));
+            assert_eq!(c.networks(), "2001:db8:1::/48");
+        }
+        let dual = parse(r#"{"Network":"100.96.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8:1::/48"}"#).unwrap();
+        assert_eq!(dual.networks(), "100.96.0.0/16,2001:db8:1::/48");
     }
 
     #[test]

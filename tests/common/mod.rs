@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 pub mod traffic;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use weft::lab::cluster::{Cluster, ClusterSpec};
@@ -79,5 +79,18 @@ pub fn tcp_both_ways(c: &Cluster, bytes: u64) {
         )
         .unwrap_or_else(|e| panic!("TCP {} → {}: {e}\n{}", cli.container_ip, srv.container_ip, c.logs()));
         assert_eq!(r.bytes, bytes);
+    }
+}
+
+/// `ping -6` of `size` bytes; returns ping's output when not every echo came back.
+pub fn ping6(ns: &str, dst: Ipv6Addr, size: usize) -> Result<(), String> {
+    let out = ns_exec(
+        ns,
+        &["ping", "-6", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "2", "-s", &size.to_string(), &dst.to_string()],
+    )
+    .expect("ping runs (apt-get install iputils-ping)");
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))),
     }
 }

@@ -11,7 +11,7 @@ use crate::control::netlink::{Netlink, NetlinkError, OwnedRoute, Underlay, Vxlan
 use crate::control::nft::{Firewall, FirewallSpec, NftError};
 use crate::control::registry::Lease;
 use crate::dataplane::engine::{self, EngineContext, EngineError};
-use crate::dataplane::forward::{Encap, Forwarder, ForwarderV6};
+use crate::dataplane::forward::{Encap, Forwarder, ForwarderV4, ForwarderV6};
 use crate::dataplane::offloads::{Capabilities, Offloads};
 use crate::dataplane::peers::{Peer, PeerTable};
 use crate::proto::netconfig::{BackendType, NetConfig};
@@ -62,21 +62,24 @@ fn engine_params(
 ) -> Result<EngineParams, SetupError> {
     let encap = match cfg.backend.kind {
         BackendType::Vxlan => {
-            let mac = lease.attrs.vxlan_data().map(|d| d.vtep_mac).ok_or(SetupError::NoVtepMac)?;
+            let data = lease.attrs.vxlan_data().or(lease.attrs.vxlan_v6_data());
+            let mac = data.map(|d| d.vtep_mac).ok_or(SetupError::NoVtepMac)?;
             Encap::Vxlan { vni: cfg.backend.vni, mac }
         }
         _ => Encap::Udp,
     };
-    let subnet = lease.key.v4;
     // The TUN's addresses are its subnets' network addresses, as flanneld gives its devices.
+    let v4 = match (&cfg.ipv4, lease.key.v4) {
+        (Some(_), Some(subnet)) => Some(ForwarderV4 { subnet, tun_addr: subnet.network() }),
+        _ => None,
+    };
     let v6 = match (&cfg.ipv6, lease.key.v6) {
         (Some(_), Some(subnet)) => Some(ForwarderV6 { subnet, tun_addr: subnet.network() }),
         _ => None,
     };
     let forwarder = Forwarder {
         encap,
-        subnet,
-        tun_addr: subnet.network(),
+        v4,
         check_inner_src: !opts.allow_foreign_src,
         mtu: usize::try_from(mtu).unwrap_or(usize::MAX),
         v6,
@@ -108,11 +111,16 @@ struct KernelPaths {
     main_v6: Option<KernelDataplane>,
 }
 
+/// True when the peer's PublicIP is on the underlay segment `seg` (DirectRouting's test).
+fn on_segment(seg: &Ipv4Net, p: &Peer) -> bool {
+    matches!(p.endpoint.ip(), std::net::IpAddr::V4(ip) if seg.contains(&ip))
+}
+
 impl KernelPaths {
     /// The peers the main path carries: all but DirectRouting's.
     fn main_peers(&self, peers: &[Peer]) -> Vec<Peer> {
         match &self.direct {
-            Some((_, seg)) => peers.iter().filter(|p| !seg.contains(p.endpoint.ip())).cloned().collect(),
+            Some((_, seg)) => peers.iter().filter(|p| !on_segment(seg, p)).cloned().collect(),
             None => peers.to_vec(),
         }
     }
@@ -122,7 +130,7 @@ impl KernelPaths {
     async fn sync(&mut self, peers: &[Peer]) -> Vec<Peer> {
         let rest = self.main_peers(peers);
         if let Some((d, seg)) = self.direct.as_mut() {
-            let direct: Vec<Peer> = peers.iter().filter(|p| seg.contains(p.endpoint.ip())).cloned().collect();
+            let direct: Vec<Peer> = peers.iter().filter(|p| on_segment(seg, p)).cloned().collect();
             d.sync(&direct).await;
         }
         if let Some(k) = self.main.as_mut() {
@@ -204,8 +212,9 @@ struct EngineParams {
 /// The data path of a node holding a lease.
 pub struct DataPath {
     nl: Netlink,
-    network: Ipv4Net,
-    /// `IPv6Network` of a dual-stack network, routed through the TUN.
+    /// `Network`, routed through the TUN (None on an IPv6-only network).
+    network: Option<Ipv4Net>,
+    /// `IPv6Network` of a dual-stack or IPv6-only network, routed through the TUN.
     network_v6: Option<Ipv6Net>,
     kernel: KernelPaths,
     params: Option<EngineParams>,
@@ -226,10 +235,10 @@ impl DataPath {
         lease: &Lease,
         peers: &[Peer],
     ) -> Result<Self, SetupError> {
-        let Prepared { nl, underlay, mtu, userspace, metrics, vtep_mac: _ } = prepared;
+        let Prepared { nl, underlay, mtu, userspace, metrics, vtep_mac: _, public_ipv6: _ } = prepared;
         let mut dp = Self {
             nl,
-            network: cfg.network,
+            network: cfg.ipv4.as_ref().map(|v4| v4.network),
             network_v6: cfg.ipv6.as_ref().map(|v6| v6.network),
             kernel: KernelPaths::default(),
             params: None,
@@ -237,8 +246,7 @@ impl DataPath {
             engines: None,
             metrics,
             firewall: Firewall::new(FirewallSpec {
-                network: cfg.network,
-                lease: lease.key.v4,
+                network4: cfg.ipv4.as_ref().zip(lease.key.v4).map(|(v4, lease4)| (v4.network, lease4)),
                 masquerade: opts.ip_masq,
                 forward: opts.iptables_forward_rules,
                 network6: cfg.ipv6.as_ref().zip(lease.key.v6).map(|(v6, lease6)| (v6.network, lease6)),
@@ -267,7 +275,11 @@ impl DataPath {
             return Err(e);
         }
         dp.sync(peers).await;
-        match remove_stale_routes(&dp.nl, dp.network, &dp.expected_routes()).await {
+        let stale = match dp.network {
+            Some(network) => remove_stale_routes(&dp.nl, network, &dp.expected_routes()).await,
+            None => Ok(0),
+        };
+        match stale {
             Ok(0) => {}
             Ok(n) => tracing::info!("removed {n} stale routes of an earlier weft"),
             Err(e) => tracing::warn!("looking for stale routes: {e}"),
@@ -277,6 +289,12 @@ impl DataPath {
 
     fn set_up_direct_routing(&mut self, cfg: &NetConfig, underlay: &Underlay) -> Result<(), SetupError> {
         if cfg.backend.kind != BackendType::Vxlan || !cfg.backend.direct_routing {
+            return Ok(());
+        }
+        if cfg.ipv4.is_none() {
+            tracing::warn!(
+                "DirectRouting applies to IPv4 peers only (as in flanneld); on this IPv6-only network every peer goes through VXLAN"
+            );
             return Ok(());
         }
         match underlay.subnet {
@@ -296,21 +314,25 @@ impl DataPath {
         underlay: &Underlay,
         mtu: u32,
     ) -> Result<(), SetupError> {
-        let backend = match cfg.backend.kind {
-            BackendType::Vxlan => {
-                let mac = lease.attrs.vxlan_data().map(|d| d.vtep_mac).ok_or(SetupError::NoVtepMac)?;
-                let dev = VxlanDevice::flannel(cfg, underlay, mtu, mac);
-                KernelDataplane::vxlan(&self.nl, dev, lease.key.v4.network().into()).await?
-            }
-            _ => KernelBackend::HostGw { segment: underlay.subnet },
-        };
-        self.kernel.main = Some(KernelDataplane::new(self.nl.clone(), backend));
+        if let (Some(_), Some(subnet)) = (&cfg.ipv4, lease.key.v4) {
+            let backend = match cfg.backend.kind {
+                BackendType::Vxlan => {
+                    let mac = lease.attrs.vxlan_data().map(|d| d.vtep_mac).ok_or(SetupError::NoVtepMac)?;
+                    let dev = VxlanDevice::flannel(cfg, underlay, mtu, mac);
+                    KernelDataplane::vxlan(&self.nl, dev, subnet.network().into()).await?
+                }
+                _ => KernelBackend::HostGw { segment: underlay.subnet },
+            };
+            self.kernel.main = Some(KernelDataplane::new(self.nl.clone(), backend));
+        }
         let (Some(_), Some(subnet6)) = (&cfg.ipv6, lease.key.v6) else { return Ok(()) };
+        // On an IPv6-only network `mtu` already counts the outer IPv6 header.
+        let mtu6 = if cfg.ipv4.is_some() { mtu_v6(mtu) } else { mtu };
         let backend = match cfg.backend.kind {
             BackendType::Vxlan => {
                 let mac = lease.attrs.vxlan_v6_data().map(|d| d.vtep_mac).ok_or(SetupError::NoVtepMac)?;
                 let local = lease.attrs.public_ipv6.ok_or(SetupError::NoPublicIpv6)?;
-                let dev = VxlanDevice::flannel_v6(cfg, underlay, local, mtu_v6(mtu), mac);
+                let dev = VxlanDevice::flannel_v6(cfg, underlay, local, mtu6, mac);
                 KernelDataplane::vxlan(&self.nl, dev, subnet6.network().into()).await?
             }
             _ => KernelBackend::HostGw { segment: None },
@@ -354,8 +376,10 @@ impl DataPath {
         // Our ICMP errors come from the TUN's own address; let the kernel accept them.
         let _ = sysctl(&format!("net/ipv4/conf/{name}/accept_local"), "1");
         self.nl.set_up(index, p.mtu, p.tun_queue_len).await?;
-        self.nl.add_address(index, p.forwarder.tun_addr, 32).await?;
-        self.nl.add_dev_route(self.network, index).await?;
+        if let (Some(network), Some(v4)) = (self.network, p.forwarder.v4) {
+            self.nl.add_address(index, v4.tun_addr, 32).await?;
+            self.nl.add_dev_route(network, index).await?;
+        }
         if let (Some(network), Some(v6)) = (self.network_v6, p.forwarder.v6) {
             self.nl.add_address(index, v6.tun_addr, 128).await?;
             self.nl.add_dev_route_v6(network, index).await?;
@@ -418,7 +442,9 @@ impl DataPath {
     fn expected_routes(&self) -> Vec<OwnedRoute> {
         let mut v = self.kernel.expected();
         // The TUN's route to the whole network.
-        v.extend(self.tun.iter().map(|t| OwnedRoute { dst: self.network, gateway: None, oif: Some(t.index) }));
+        if let Some(network) = self.network {
+            v.extend(self.tun.iter().map(|t| OwnedRoute { dst: network, gateway: None, oif: Some(t.index) }));
+        }
         v
     }
 
@@ -499,7 +525,7 @@ impl DataPath {
     /// Stops the engines and removes what weft set up (a failed start removes the TUN even when
     /// it was to persist).
     async fn remove(&mut self, failed_start: bool) {
-        let kernel_keeps_forwarding = !failed_start && self.kernel.main.is_some();
+        let kernel_keeps_forwarding = !failed_start && (self.kernel.main.is_some() || self.kernel.main_v6.is_some());
         self.with_firewall(move |f| f.release(kernel_keeps_forwarding)).await;
         if let Some(e) = self.engines.take() {
             e.stop().await;
@@ -514,7 +540,9 @@ impl DataPath {
             // A non-persistent TUN vanishes with its last fd (closed when the engines returned);
             // delete it explicitly in case something else still holds it open. With
             // --persist-tun it stays, with its address and route, for the next weft.
-            self.nl.del_dev_route(self.network, t.index).await.ok();
+            if let Some(network) = self.network {
+                self.nl.del_dev_route(network, t.index).await.ok();
+            }
             self.nl.delete_link(t.index).await.ok();
             tracing::debug!(tun = %t.name, "removed the TUN device");
         }

@@ -50,8 +50,9 @@ fn unix_now() -> u64 {
 }
 
 fn log_peer_changes(old: &[Peer], new: &[Peer]) {
-    let show =
-        |ps: &[Peer]| -> BTreeSet<String> { ps.iter().map(|p| format!("{} via {}", p.subnet, p.endpoint)).collect() };
+    let show = |ps: &[Peer]| -> BTreeSet<String> {
+        ps.iter().map(|p| format!("{} via {}", p.subnets(), p.endpoint)).collect()
+    };
     let (before, after) = (show(old), show(new));
     for added in after.difference(&before) {
         tracing::info!("peer added: {added}");
@@ -111,8 +112,8 @@ impl<'a, R: Registry> Follower<'a, R> {
 
     /// Notes whether our own lease is still ours in `now`.
     fn check_own(&mut self, now: &[Lease]) {
-        let subnet = self.own.key.v4;
-        match now.iter().find(|l| l.key.v4 == subnet) {
+        let subnet = self.own.key;
+        match now.iter().find(|l| l.key.overlaps(&subnet)) {
             None => tracing::warn!(
                 %subnet,
                 "our lease is gone (deleted, expired, or lost with the registry's data); taking it again"
@@ -131,7 +132,7 @@ impl<'a, R: Registry> Follower<'a, R> {
     /// stands. Left to the next heal tick if the registry fails.
     async fn reclaim_lease(&mut self) {
         let (key, attrs) = (&self.own.key, &self.own.attrs);
-        let gone = !self.known.iter().any(|l| l.key.v4 == key.v4);
+        let gone = !self.known.iter().any(|l| l.key.overlaps(key));
         let written = if gone {
             match self.reg.create_lease(key, attrs, LEASE_TTL).await {
                 Ok(true) => Ok(()),
@@ -146,7 +147,7 @@ impl<'a, R: Registry> Follower<'a, R> {
             Ok(()) => {
                 self.reclaim = false;
                 self.metrics.lease_expiry.store(unix_now() + LEASE_TTL.as_secs(), Ordering::Relaxed);
-                tracing::info!(subnet = %key.v4, "our lease is written back");
+                tracing::info!(subnet = %key, "our lease is written back");
             }
             Err(e) => tracing::warn!("writing our lease back: {e}; trying again in {HEAL_EVERY:?}"),
         }
@@ -177,7 +178,7 @@ impl<'a, R: Registry> Follower<'a, R> {
             Ok(()) => {
                 backoff.reset();
                 self.metrics.lease_expiry.store(unix_now() + LEASE_TTL.as_secs(), Ordering::Relaxed);
-                tracing::info!(subnet = %self.own.key.v4, "lease renewed");
+                tracing::info!(subnet = %self.own.key, "lease renewed");
                 Instant::now() + self.renew_every
             }
             Err(e) => {

@@ -23,7 +23,7 @@ pub mod prepare;
 pub mod signals;
 
 use super::backoff::Backoff;
-use super::lease::{AcquireError, Acquired, acquire};
+use super::lease::{AcquireError, Acquired, acquire, identity};
 use super::registry::dir::{DirRegistry, write_atomic};
 use super::registry::etcd::{EtcdOptions, EtcdRegistry};
 use super::registry::{Registry, RegistryError};
@@ -31,14 +31,14 @@ use crate::dataplane::counters::{CounterSet, Crossing, DropReason};
 use crate::proto::lease::{LeaseAttrs, SubnetKey, VxlanData};
 use crate::proto::mac::MacAddr;
 use crate::proto::netconfig::{BackendType, NetConfig};
-use crate::proto::subnet_env::{SubnetEnv, SubnetEnvV6};
+use crate::proto::subnet_env::{SubnetEnv, SubnetEnvV4, SubnetEnvV6};
 use anyhow::{Context, Result};
 use datapath::DataPath;
 use follow::{Ended, Follower};
 pub use options::{DEFAULT_TUN_QUEUE_LEN, Dataplane, EngineChoice, RunOptions};
 use signals::{Interrupted, Shutdown};
 use std::future::Future;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -164,25 +164,27 @@ fn read_previous_subnet(path: &std::path::Path) -> Option<SubnetKey> {
 /// vxlan, `BackendV6Data` with the same VtepMAC: its one TUN takes both families' frames.
 fn attrs_for(
     cfg: &NetConfig,
-    public_ip: Ipv4Addr,
+    public_ip: Option<Ipv4Addr>,
     public_ipv6: Option<Ipv6Addr>,
     device: Option<MacAddr>,
     previous: Option<&LeaseAttrs>,
 ) -> LeaseAttrs {
+    let public_ip = public_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
     let (attrs, vxlan) = match cfg.backend.kind {
         BackendType::Udp => (LeaseAttrs::udp(public_ip), None),
         BackendType::HostGw => (LeaseAttrs::host_gw(public_ip), None),
         BackendType::Vxlan => {
             let vtep_mac = device
-                .or_else(|| previous.and_then(|p| p.vxlan_data()).map(|d| d.vtep_mac))
+                .or_else(|| previous.and_then(|p| p.vxlan_data().or(p.vxlan_v6_data())).map(|d| d.vtep_mac))
                 .unwrap_or_else(|| MacAddr::random_local(&mut rand::rng()));
             let data = VxlanData { vni: cfg.backend.vni, vtep_mac };
             (LeaseAttrs::vxlan(public_ip, data), Some(data))
         }
     };
-    match cfg.ipv6 {
-        Some(_) => attrs.dual_stack(public_ipv6, vxlan),
-        None => attrs,
+    match (&cfg.ipv4, &cfg.ipv6) {
+        (None, _) => attrs.dual_stack(public_ipv6, vxlan).without_ipv4(),
+        (Some(_), Some(_)) => attrs.dual_stack(public_ipv6, vxlan),
+        (Some(_), None) => attrs,
     }
 }
 
@@ -193,6 +195,10 @@ fn attrs_for(
 fn public_ipv6(opts: &RunOptions, cfg: &NetConfig, prepared: &prepare::Prepared) -> Result<Option<Ipv6Addr>> {
     if cfg.ipv6.is_none() {
         return Ok(None);
+    }
+    // An IPv6-only network: every data path sends from it; prepare found it.
+    if prepared.public_ipv6.is_some() {
+        return Ok(prepared.public_ipv6);
     }
     if !prepared.kernel_path() {
         if let Some(ip) = opts.public_ipv6 {
@@ -209,18 +215,30 @@ fn public_ipv6(opts: &RunOptions, cfg: &NetConfig, prepared: &prepare::Prepared)
     }
 }
 
+/// What this node announces in its lease: PublicIP (None on an IPv6-only network whose
+/// underlay has no IPv4 address), PublicIPv6, and the VTEP MAC of an adopted device.
+struct Announce {
+    public_ip: Option<Ipv4Addr>,
+    public_ipv6: Option<Ipv6Addr>,
+    device_mac: Option<MacAddr>,
+}
+
 /// Stage 3: a lease, retried while the registry is unreachable.
 async fn acquire_lease<R: Registry>(
     reg: &R,
     cfg: &NetConfig,
-    (public_ip, public_ipv6, device_mac): (Ipv4Addr, Option<Ipv6Addr>, Option<MacAddr>),
+    ours: &Announce,
     opts: &RunOptions,
     shutdown: &mut Shutdown,
 ) -> Result<Acquired> {
     let previous = read_previous_subnet(&opts.subnet_file);
-    let attrs = |prev: Option<&LeaseAttrs>| attrs_for(cfg, public_ip, public_ipv6, device_mac, prev);
+    let attrs = |prev: Option<&LeaseAttrs>| attrs_for(cfg, ours.public_ip, ours.public_ipv6, ours.device_mac, prev);
+    let probe = attrs(None);
+    let Some(identity) = identity(cfg, &probe) else {
+        anyhow::bail!("an IPv6-only network needs a PublicIPv6 (internal: none was found before the lease)");
+    };
     let acquired =
-        retrying("acquiring a lease", shutdown, Attempt::RunsToEnd, || acquire(reg, cfg, public_ip, previous, attrs))
+        retrying("acquiring a lease", shutdown, Attempt::RunsToEnd, || acquire(reg, cfg, identity, previous, attrs))
             .await?;
     if shutdown.check().is_err() {
         give_back(reg, &acquired).await;
@@ -232,7 +250,7 @@ async fn acquire_lease<R: Registry>(
 /// After a start failed with a lease in hand: gives back a lease this start created, keeps one
 /// it reused (it was ours before, and a restart takes it again).
 async fn give_back<R: Registry>(reg: &R, acquired: &Acquired) {
-    let subnet = acquired.lease.key.v4;
+    let subnet = acquired.lease.key;
     if !acquired.created {
         tracing::info!(%subnet, "keeping our lease: it was ours before this start, and a restart reuses it");
         return;
@@ -247,12 +265,16 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions, shutdown: &mut Shutdown) -
     let cfg_text = retrying("reading the network config", shutdown, Attempt::Cancellable, || reg.config()).await?;
     let cfg = NetConfig::parse(&cfg_text)?;
     let prepared = prepare::prepare(&opts, &cfg).await?;
-    let (public_ip, mtu) = (prepared.underlay.addr, prepared.mtu);
-    tracing::info!(network = %cfg.network, backend = %cfg.backend.kind, iface = %prepared.underlay.name, %public_ip, registry = %reg.describe(), dataplane = %prepared.metrics.dataplane, "starting");
+    let (public_ip, mtu) = (prepared.underlay.addr.filter(|_| cfg.ipv4.is_some()), prepared.mtu);
+    let public_ipv6 = public_ipv6(&opts, &cfg, &prepared)?;
+    // prepare has made sure there is one: PublicIP, or an IPv6-only network's PublicIPv6.
+    let public: IpAddr =
+        public_ip.map(IpAddr::from).or(public_ipv6.map(IpAddr::from)).unwrap_or(Ipv4Addr::UNSPECIFIED.into());
+    tracing::info!(network = %cfg.networks(), backend = %cfg.backend.kind, iface = %prepared.underlay.name, public_ip = %public, registry = %reg.describe(), dataplane = %prepared.metrics.dataplane, "starting");
     let metrics = prepared.metrics.clone();
 
-    let public_ipv6 = public_ipv6(&opts, &cfg, &prepared)?;
-    let acquired = acquire_lease(&reg, &cfg, (public_ip, public_ipv6, prepared.vtep_mac), &opts, shutdown).await?;
+    let ours = Announce { public_ip, public_ipv6, device_mac: prepared.vtep_mac };
+    let acquired = acquire_lease(&reg, &cfg, &ours, &opts, shutdown).await?;
     let lease = acquired.lease.clone();
     let started = async {
         let known = retrying("listing leases", shutdown, Attempt::Cancellable, || reg.leases()).await?;
@@ -271,17 +293,19 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions, shutdown: &mut Shutdown) -
         }
     };
 
-    let mut env = SubnetEnv::for_lease(cfg.network, lease.key.v4, mtu, opts.ip_masq);
-    if let (Some(v6), Some(subnet)) = (&cfg.ipv6, lease.key.v6) {
-        env.ipv6 = Some(SubnetEnvV6::for_lease(v6.network, subnet));
-    }
+    let env = SubnetEnv {
+        ipv4: cfg.ipv4.as_ref().zip(lease.key.v4).map(|(v4, subnet)| SubnetEnvV4::for_lease(v4.network, subnet)),
+        ipv6: cfg.ipv6.as_ref().zip(lease.key.v6).map(|(v6, subnet)| SubnetEnvV6::for_lease(v6.network, subnet)),
+        mtu,
+        ipmasq: opts.ip_masq,
+    };
     let written = write_atomic(&opts.subnet_file, env.render().as_bytes())
         .with_context(|| format!("writing {}", opts.subnet_file.display()));
     let ended = match written {
         Ok(()) => {
             metrics.ready.store(true, Ordering::Relaxed);
             sd_notify("READY=1");
-            tracing::info!(subnet = %lease.key.v4, mtu, peers = follower.peers().len(), dataplane = %metrics.dataplane, "ready");
+            tracing::info!(subnet = %lease.key, mtu, peers = follower.peers().len(), dataplane = %metrics.dataplane, "ready");
             follower.run(&mut dp, shutdown, Duration::from_secs(opts.iptables_resync)).await
         }
         Err(e) => {

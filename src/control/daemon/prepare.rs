@@ -18,7 +18,7 @@ use crate::proto::mac::MacAddr;
 use crate::proto::netconfig::{BackendType, NetConfig};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,8 +26,13 @@ use std::sync::Arc;
 pub const UDP_OVERHEAD: u32 = 28;
 /// Bytes VXLAN adds: outer IPv4 20 + UDP 8 + VXLAN 8 + Ethernet 14.
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// What an outer IPv6 header costs beyond an outer IPv4 one (40 bytes against 20): an
+/// IPv6-only network's packets travel over the IPv6 underlay.
+pub const IPV6_UNDERLAY_EXTRA: u32 = 20;
 /// The smallest overlay MTU weft accepts (IPv4's minimum datagram every host must take).
 const MIN_MTU: u32 = 576;
+/// The smallest overlay MTU of an IPv6-only network (IPv6's minimum link MTU).
+const MIN_MTU_V6: u32 = 1280;
 
 /// Why this host cannot join: each message says what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +47,7 @@ pub enum HostError {
     #[error("{0}")]
     Flag(String),
     /// The overlay MTU would be too small.
-    #[error("{from} {underlay} leaves {overlay} for the overlay (< {MIN_MTU}); raise it")]
+    #[error("{from} {underlay} leaves {overlay} for the overlay (< {min}); raise it")]
     Mtu {
         /// Where the underlay MTU came from (the interface, or Backend.MTU).
         from: String,
@@ -50,6 +55,8 @@ pub enum HostError {
         underlay: u32,
         /// What would be left.
         overlay: u32,
+        /// The least the overlay needs.
+        min: u32,
     },
     /// The subnet.env directory cannot be created or written.
     #[error("subnet file directory {}: {error} (choose another --subnet-file)", path.display())]
@@ -123,7 +130,7 @@ pub struct UserspaceIo {
 pub struct UserspaceSpec {
     /// The TUN device's name.
     pub name: String,
-    /// PublicIP and the backend's port.
+    /// PublicIP (PublicIPv6 on an IPv6-only network) and the backend's port.
     pub local: SocketAddr,
     /// Workers (TUN queues, socket pairs).
     pub workers: usize,
@@ -137,14 +144,14 @@ pub struct UserspaceSpec {
 
 impl UserspaceSpec {
     /// The spec `weft run`'s flags and the config ask for.
-    pub fn new(opts: &RunOptions, cfg: &NetConfig, public_ip: Ipv4Addr) -> Self {
+    pub fn new(opts: &RunOptions, cfg: &NetConfig, public_ip: IpAddr) -> Self {
         let name = opts.tun_name.clone().unwrap_or_else(|| match cfg.backend.kind {
             BackendType::Vxlan => format!("weft.{}", cfg.backend.vni),
             _ => "flannel0".to_string(),
         });
         Self {
             name,
-            local: SocketAddr::new(public_ip.into(), cfg.backend.port),
+            local: SocketAddr::new(public_ip, cfg.backend.port),
             workers: usize::from(opts.threads),
             flow_ports: usize::from(opts.flow_ports),
             choice: opts.mode,
@@ -204,6 +211,9 @@ pub struct Prepared {
     /// The MAC of a `flannel.<VNI>` that a kernel-path start will adopt: it stays the VtepMAC,
     /// so that peers' entries for this host stay valid.
     pub vtep_mac: Option<MacAddr>,
+    /// An IPv6-only network's PublicIPv6 (`--public-ipv6`, else the underlay's first global
+    /// IPv6 address): the address every data path sends from and peers send to.
+    pub public_ipv6: Option<Ipv6Addr>,
 }
 
 impl Prepared {
@@ -217,20 +227,47 @@ impl Prepared {
 /// is the underlay MTU to count from, as in flanneld (`{"Type":"vxlan","MTU":1400}` gives a
 /// 1350 device and `FLANNEL_MTU=1350`).
 pub fn mtu_for(cfg: &NetConfig, underlay: &Underlay) -> Result<u32, HostError> {
+    let v6_underlay = cfg.ipv4.is_none();
     let overhead = match cfg.backend.kind {
         BackendType::Udp => UDP_OVERHEAD,
         BackendType::Vxlan => VXLAN_OVERHEAD,
         BackendType::HostGw => 0,
+    };
+    let overhead = match (v6_underlay, overhead) {
+        (true, o) if o > 0 => o + IPV6_UNDERLAY_EXTRA,
+        (_, o) => o,
     };
     let (from, base) = match cfg.backend.mtu {
         Some(m) => ("Backend.MTU".to_string(), m),
         None => (format!("underlay {} MTU", underlay.name), underlay.mtu),
     };
     let overlay = base.saturating_sub(overhead);
-    if overlay < MIN_MTU {
-        return Err(HostError::Mtu { from, underlay: base, overlay });
+    let min = if v6_underlay { MIN_MTU_V6 } else { MIN_MTU };
+    if overlay < min {
+        return Err(HostError::Mtu { from, underlay: base, overlay, min });
     }
     Ok(overlay)
+}
+
+/// Where an IPv6-only network's packets are sent from: `--public-ipv6`, else the underlay's
+/// first global IPv6 address. None for a network with IPv4 (see the daemon's `public_ipv6`).
+fn ipv6_only_public(opts: &RunOptions, cfg: &NetConfig, underlay: &Underlay) -> Result<Option<Ipv6Addr>, HostError> {
+    if cfg.ipv4.is_some() {
+        return Ok(None);
+    }
+    let Some(ip) = opts.public_ipv6.or(underlay.addr6) else {
+        return Err(HostError::PublicIp(format!(
+            "an IPv6-only network sends its packets over the IPv6 underlay, and {} has no global IPv6 address: add one, or pass --public-ipv6",
+            underlay.name
+        )));
+    };
+    if crate::control::lease::unreachable_v6(ip) {
+        return Err(HostError::PublicIp(format!(
+            "PublicIPv6 {ip} (interface {}) is not an address other hosts can send to; pass --public-ipv6",
+            underlay.name
+        )));
+    }
+    Ok(Some(ip))
 }
 
 /// Refuses a PublicIP that no peer can send to.
@@ -389,9 +426,19 @@ pub async fn prepare(opts: &RunOptions, cfg: &NetConfig) -> Result<Prepared, Hos
         regexes: &regexes,
         can_reach: opts.iface_can_reach,
         public_ip: opts.public_ip,
+        ipv4: cfg.ipv4.is_some(),
     };
     let underlay = nl.underlay(&choice).await?;
-    check_public_ip(underlay.addr, &underlay.name)?;
+    let public_ipv6 = ipv6_only_public(opts, cfg, &underlay)?;
+    // The address the userspace path binds: PublicIP, or an IPv6-only network's PublicIPv6.
+    let local: IpAddr = match (public_ipv6, underlay.addr) {
+        (Some(ip6), _) => ip6.into(),
+        (None, Some(ip)) => {
+            check_public_ip(ip, &underlay.name)?;
+            ip.into()
+        }
+        (None, None) => return Err(HostError::PublicIp(format!("interface {} has no IPv4 address", underlay.name))),
+    };
     let mtu = mtu_for(cfg, &underlay)?;
     prepare_subnet_dir(&opts.subnet_file)?;
     let kernel = cfg.backend.kind == BackendType::HostGw || opts.dataplane == Dataplane::Kernel;
@@ -400,13 +447,13 @@ pub async fn prepare(opts: &RunOptions, cfg: &NetConfig) -> Result<Prepared, Hos
     }
     let endpoints = bind_endpoints(opts).await?;
     let vtep_mac = match cfg.backend.kind {
-        BackendType::Vxlan => vxlan_leftover(&nl, cfg, &underlay, mtu, kernel).await?,
+        BackendType::Vxlan => vxlan_leftover(&nl, cfg, &underlay, public_ipv6, mtu, kernel).await?,
         _ => None,
     };
     let userspace = match kernel {
         true => None,
         false => {
-            let spec = UserspaceSpec::new(opts, cfg, underlay.addr);
+            let spec = UserspaceSpec::new(opts, cfg, local);
             port_free(spec.local).await?;
             Some(spec.open()?)
         }
@@ -427,20 +474,25 @@ pub async fn prepare(opts: &RunOptions, cfg: &NetConfig) -> Result<Prepared, Hos
     for e in endpoints {
         tokio::spawn(metrics::serve(e, metrics.clone()));
     }
-    Ok(Prepared { nl, underlay, mtu, userspace, metrics, vtep_mac })
+    Ok(Prepared { nl, underlay, mtu, userspace, metrics, vtep_mac, public_ipv6 })
 }
 
-/// A `flannel.<VNI>` left by an earlier kernel-path weft (or flanneld): the kernel path adopts
-/// it when it matches (its MAC is returned, to stay the VtepMAC); the userspace path removes
-/// one that holds the backend's port, which it needs.
+/// A `flannel.<VNI>` (`flannel-v6.<VNI>` on an IPv6-only network) left by an earlier
+/// kernel-path weft (or flanneld): the kernel path adopts it when it matches (its MAC is
+/// returned, to stay the VtepMAC); the userspace path removes one that holds the backend's
+/// port, which it needs.
 async fn vxlan_leftover(
     nl: &Netlink,
     cfg: &NetConfig,
     underlay: &Underlay,
+    public_ipv6: Option<Ipv6Addr>,
     mtu: u32,
     kernel: bool,
 ) -> Result<Option<MacAddr>, HostError> {
-    let want = VxlanDevice::flannel(cfg, underlay, mtu, MacAddr([0; 6]));
+    let want = match public_ipv6 {
+        Some(local) => VxlanDevice::flannel_v6(cfg, underlay, local, mtu, MacAddr([0; 6])),
+        None => VxlanDevice::flannel(cfg, underlay, mtu, MacAddr([0; 6])),
+    };
     let Some(found) = nl.existing_link(&want.name).await? else { return Ok(None) };
     if kernel {
         return Ok(found.mac.filter(|_| found.mismatch(&want).is_none()));
@@ -471,7 +523,7 @@ mod tests {
             index: 2,
             name: "eth0".into(),
             mtu: 9000,
-            addr: Ipv4Addr::new(198, 18, 0, 1),
+            addr: Some(Ipv4Addr::new(198, 18, 0, 1)),
             subnet: None,
             addr6: None,
         };
@@ -482,6 +534,18 @@ mod tests {
         assert_eq!(mtu_for(&cfg(r#"{"Type":"vxlan"}"#), &underlay).unwrap(), 8950);
         let e = mtu_for(&cfg(r#"{"Type":"vxlan","MTU":600}"#), &underlay).unwrap_err().to_string();
         assert!(e.contains("Backend.MTU 600 leaves 550"), "{e}");
+        // An IPv6-only network pays the outer IPv6 header, and needs IPv6's 1280.
+        let v6 = |b: &str| {
+            NetConfig::parse(&format!(
+                r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"2001:db8:1::/48","Backend":{b}}}"#
+            ))
+            .unwrap()
+        };
+        assert_eq!(mtu_for(&v6(r#"{"Type":"vxlan"}"#), &underlay).unwrap(), 8930);
+        assert_eq!(mtu_for(&v6(r#"{"Type":"udp","MTU":1500}"#), &underlay).unwrap(), 1452);
+        assert_eq!(mtu_for(&v6(r#"{"Type":"host-gw","MTU":1500}"#), &underlay).unwrap(), 1500);
+        let e = mtu_for(&v6(r#"{"Type":"vxlan","MTU":1300}"#), &underlay).unwrap_err().to_string();
+        assert!(e.contains("leaves 1230 for the overlay (< 1280)"), "{e}");
     }
 
     #[test]

@@ -234,7 +234,7 @@ impl Registry for DirRegistry {
 
     async fn create_lease(&self, key: &SubnetKey, attrs: &LeaseAttrs, _ttl: Duration) -> Result<bool, RegistryError> {
         let _guard = self.lock()?;
-        if self.list()?.iter().any(|l| l.key.v4 == key.v4) {
+        if self.list()?.iter().any(|l| l.key.overlaps(key)) {
             return Ok(false);
         }
         self.write(key, attrs)?;

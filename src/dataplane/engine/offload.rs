@@ -33,7 +33,7 @@ use crate::dataplane::sys::udp::{MAX_SEGMENTS, RecvMeta, gro_cmsg_space, recv_gr
 use crate::proto::gso::{Headers, Segmenter};
 use crate::proto::virtio;
 use std::io::IoSlice;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::ops::Range;
 
 /// The offloads the TUN must be set up with for this engine.
@@ -74,7 +74,7 @@ struct Staged {
 /// Where a super-packet's datagrams go: the peer, and the pool's socket they leave from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Dest {
-    to: SocketAddrV4,
+    to: SocketAddr,
     tx: usize,
 }
 

@@ -11,7 +11,7 @@ use crate::dataplane::offloads::{Offload, refused};
 use crate::dataplane::packet::PacketBuf;
 use crate::dataplane::sys::mmsg::{Gathered, MmsgBatch};
 use std::io::IoSlice;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::Range;
 
 /// Most datagrams per batch, and per GSO send.
@@ -55,7 +55,7 @@ pub struct Pending {
     /// The datagram (outer header included) within it.
     pub range: Range<usize>,
     /// The peer.
-    pub to: SocketAddrV4,
+    pub to: SocketAddr,
     /// The sending socket ([`TxPool::index`](crate::dataplane::sys::udp::TxPool::index)).
     pub tx: usize,
 }
@@ -110,7 +110,7 @@ impl RunSender {
         for (slot, p) in iov.iter_mut().zip(pending) {
             *slot = IoSlice::new(&bufs[p.buf].as_slice()[p.range.clone()]);
         }
-        let nowhere = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+        let nowhere = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0);
         let mut msgs = [Gathered { parts: &[], to: nowhere, segment: None }; BATCH];
         // Where each message's datagrams start in `pending`.
         let mut starts = [0usize; BATCH + 1];

@@ -1,9 +1,10 @@
 //! Batched datagram syscalls: `sendmmsg` and `recvmmsg` on a UDP socket, with header arrays owned
 //! by the caller and reused across calls (no allocation per batch).
 
+use super::sockaddr::{self, RawAddr};
 use super::udp::RecvMeta;
 use std::io::{self, IoSlice};
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
 
 /// Most messages one call may carry (the kernel's UIO_MAXIOV).
@@ -13,7 +14,7 @@ pub const MAX_BATCH: usize = 1024;
 pub struct MmsgBatch {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
-    addrs: Vec<libc::sockaddr_in>,
+    addrs: Vec<RawAddr>,
     /// Control messages of [`MmsgBatch::send_gathered`], one per message, grown on first use.
     cmsgs: Vec<SegmentCmsg>,
 }
@@ -22,38 +23,30 @@ pub struct MmsgBatch {
 // dereferenced outside one; the arrays themselves are plain data.
 unsafe impl Send for MmsgBatch {}
 
-pub(crate) fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap_or(2),
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
-        sin_zero: [0; 8],
-    }
-}
-
-fn from_sockaddr_in(a: &libc::sockaddr_in) -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(a.sin_addr.s_addr.to_ne_bytes().into(), u16::from_be(a.sin_port)))
+/// What a received datagram's sender reads as when the kernel gave no IPv4 or IPv6 address.
+fn unknown_sender() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
 }
 
 impl MmsgBatch {
     /// Header arrays for `capacity` (≤ [`MAX_BATCH`]) messages.
     pub fn new(capacity: usize) -> Self {
         let n = capacity.clamp(1, MAX_BATCH);
-        // SAFETY: mmsghdr, iovec and sockaddr_in are C structs for which all-zero bytes is a
-        // valid value (null pointers, zero lengths).
+        // SAFETY: mmsghdr and iovec are C structs for which all-zero bytes is a valid value
+        // (null pointers, zero lengths).
         let zeroed = || unsafe { std::mem::zeroed::<libc::mmsghdr>() };
         Self {
             hdrs: (0..n).map(|_| zeroed()).collect(),
             // SAFETY: as above.
             iovs: (0..n).map(|_| unsafe { std::mem::zeroed::<libc::iovec>() }).collect(),
-            // SAFETY: as above.
-            addrs: (0..n).map(|_| unsafe { std::mem::zeroed::<libc::sockaddr_in>() }).collect(),
+            addrs: (0..n).map(|_| RawAddr::zeroed()).collect(),
             cmsgs: Vec::new(),
         }
     }
 
-    /// Points header `i` at one buffer and, with `named`, at address slot `i`.
-    fn set(&mut self, i: usize, base: *mut u8, len: usize, named: bool) {
+    /// Points header `i` at one buffer and, with `name_len`, at address slot `i` (that many bytes
+    /// of it).
+    fn set(&mut self, i: usize, base: *mut u8, len: usize, name_len: Option<libc::socklen_t>) {
         self.iovs[i] = libc::iovec { iov_base: base.cast(), iov_len: len };
         let h = &mut self.hdrs[i].msg_hdr;
         h.msg_iov = &mut self.iovs[i];
@@ -61,12 +54,15 @@ impl MmsgBatch {
         h.msg_control = std::ptr::null_mut();
         h.msg_controllen = 0;
         h.msg_flags = 0;
-        if named {
-            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap_or(16);
-        } else {
-            h.msg_name = std::ptr::null_mut();
-            h.msg_namelen = 0;
+        match name_len {
+            Some(n) => {
+                h.msg_name = self.addrs[i].as_mut_ptr();
+                h.msg_namelen = n;
+            }
+            None => {
+                h.msg_name = std::ptr::null_mut();
+                h.msg_namelen = 0;
+            }
         }
     }
 
@@ -77,7 +73,7 @@ impl MmsgBatch {
 
     /// Sends `msgs` (each a datagram and an optional destination; `None` for a connected
     /// socket) with one `sendmmsg`. Returns how many were sent (a prefix of `msgs`).
-    pub fn send(&mut self, sock: &impl AsFd, msgs: &[(&[u8], Option<SocketAddrV4>)]) -> io::Result<usize> {
+    pub fn send(&mut self, sock: &impl AsFd, msgs: &[(&[u8], Option<SocketAddr>)]) -> io::Result<usize> {
         self.send_with(sock, msgs.len(), |i| msgs[i])
     }
 
@@ -87,16 +83,14 @@ impl MmsgBatch {
         &mut self,
         sock: &impl AsFd,
         n: usize,
-        msg: impl Fn(usize) -> (&'a [u8], Option<SocketAddrV4>),
+        msg: impl Fn(usize) -> (&'a [u8], Option<SocketAddr>),
     ) -> io::Result<usize> {
         let n = n.min(self.capacity());
         for i in 0..n {
             let (data, dst) = msg(i);
-            if let Some(a) = dst {
-                self.addrs[i] = sockaddr_in(a);
-            }
+            let name_len = dst.map(|a| self.addrs[i].set(a));
             // The kernel only reads the buffer on send; the pointer is mutable by C's signature.
-            self.set(i, data.as_ptr().cast_mut(), data.len(), dst.is_some());
+            self.set(i, data.as_ptr().cast_mut(), data.len(), name_len);
         }
         let count = libc::c_uint::try_from(n).unwrap_or(0);
         // SAFETY: the first `n` headers point at iovecs and sockaddrs in `self` and at the
@@ -121,7 +115,7 @@ impl MmsgBatch {
         let n = bufs.len().min(meta.len()).min(self.capacity());
         for (i, b) in bufs.iter_mut().take(n).enumerate() {
             let b = b.as_mut();
-            self.set(i, b.as_mut_ptr(), b.len(), true);
+            self.set(i, b.as_mut_ptr(), b.len(), Some(sockaddr::capacity()));
         }
         let count = libc::c_uint::try_from(n).unwrap_or(0);
         // SAFETY: the first `n` headers point at writable buffers borrowed mutably from the caller
@@ -142,7 +136,7 @@ impl MmsgBatch {
         let got = usize::try_from(rc).unwrap_or(0);
         for ((m, h), a) in meta.iter_mut().zip(&self.hdrs).zip(&self.addrs).take(got) {
             let len = usize::try_from(h.msg_len).unwrap_or(0);
-            *m = RecvMeta { len, from: from_sockaddr_in(a), stride: len.max(1) };
+            *m = RecvMeta { len, from: a.get().unwrap_or_else(unknown_sender), stride: len.max(1) };
         }
         Ok(got)
     }
@@ -156,7 +150,7 @@ pub struct Gathered<'a> {
     /// The message's pieces, in order.
     pub parts: &'a [IoSlice<'a>],
     /// The destination.
-    pub to: SocketAddrV4,
+    pub to: SocketAddr,
     /// Bytes per datagram, for a GSO send.
     pub segment: Option<u16>,
 }
@@ -175,13 +169,14 @@ impl MmsgBatch {
             self.cmsgs.resize(n, [0; 4]);
         }
         for (i, m) in msgs.iter().take(n).enumerate() {
-            self.addrs[i] = sockaddr_in(m.to);
+            let name_len = self.addrs[i].set(m.to);
+            let name = self.addrs[i].as_mut_ptr();
             let h = &mut self.hdrs[i].msg_hdr;
             // IoSlice is ABI-compatible with iovec on Unix; the kernel only reads the pieces.
             h.msg_iov = m.parts.as_ptr().cast::<libc::iovec>().cast_mut();
             h.msg_iovlen = m.parts.len();
-            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap_or(16);
+            h.msg_name = name;
+            h.msg_namelen = name_len;
             h.msg_flags = 0;
             match m.segment {
                 Some(size) => {
@@ -227,11 +222,16 @@ mod tests {
 
     #[test]
     fn batch_round_trip_on_loopback() {
-        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let SocketAddr::V4(dst) = rx.local_addr().unwrap() else { panic!() };
+        round_trip("127.0.0.1:0");
+        round_trip("[::1]:0");
+    }
+
+    fn round_trip(local: &str) {
+        let rx = UdpSocket::bind(local).unwrap();
+        let tx = UdpSocket::bind(local).unwrap();
+        let dst = rx.local_addr().unwrap();
         let payloads: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 10 + usize::from(i)]).collect();
-        let msgs: Vec<(&[u8], Option<SocketAddrV4>)> = payloads.iter().map(|p| (p.as_slice(), Some(dst))).collect();
+        let msgs: Vec<(&[u8], Option<SocketAddr>)> = payloads.iter().map(|p| (p.as_slice(), Some(dst))).collect();
         let mut b = MmsgBatch::new(16);
         assert_eq!(b.send(&tx, &msgs).unwrap(), 10);
         let mut store = vec![vec![0u8; 64]; 16];

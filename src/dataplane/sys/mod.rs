@@ -6,6 +6,7 @@ pub mod mmsg;
 pub mod netns;
 pub mod poll;
 pub mod simd;
+pub mod sockaddr;
 pub mod tun;
 pub mod udp;
 pub mod uring;

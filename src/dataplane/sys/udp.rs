@@ -96,15 +96,10 @@ pub fn has_gso(sock: &UdpSocket) -> bool {
 /// Sends the datagrams gathered from `iov` to `dst` with one `sendmsg`. With `segment`, the
 /// kernel cuts the gathered bytes into datagrams of that size, the last one shorter
 /// (`UDP_SEGMENT`, ≤ 64 segments); without, it is one datagram.
-pub fn send_gso(
-    sock: &UdpSocket,
-    iov: &[io::IoSlice<'_>],
-    segment: Option<u16>,
-    dst: std::net::SocketAddrV4,
-) -> io::Result<usize> {
-    use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrIn, sendmsg};
+pub fn send_gso(sock: &UdpSocket, iov: &[io::IoSlice<'_>], segment: Option<u16>, dst: SocketAddr) -> io::Result<usize> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg};
     use std::os::fd::AsRawFd;
-    let addr = SockaddrIn::from(dst);
+    let addr = SockaddrStorage::from(dst);
     let r = match segment {
         Some(seg) => {
             sendmsg(sock.as_raw_fd(), iov, &[ControlMessage::UdpGsoSegments(&seg)], MsgFlags::empty(), Some(&addr))
@@ -147,10 +142,10 @@ impl RecvMeta {
 /// Receives into `buf` without blocking. `cmsg` is caller-owned control-message space (see
 /// [`gro_cmsg_space`]).
 pub fn recv_gro(sock: &UdpSocket, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result<RecvMeta> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg};
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrLike, SockaddrStorage, recvmsg};
     use std::os::fd::AsRawFd;
     let mut iov = [io::IoSliceMut::new(buf)];
-    let msg = recvmsg::<SockaddrIn>(sock.as_raw_fd(), &mut iov, Some(cmsg), MsgFlags::MSG_DONTWAIT)
+    let msg = recvmsg::<SockaddrStorage>(sock.as_raw_fd(), &mut iov, Some(cmsg), MsgFlags::MSG_DONTWAIT)
         .map_err(io::Error::from)?;
     let mut seg = None;
     if let Ok(cmsgs) = msg.cmsgs() {
@@ -162,7 +157,11 @@ pub fn recv_gro(sock: &UdpSocket, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result
     }
     let from = msg
         .address
-        .map(|a| SocketAddr::V4(std::net::SocketAddrV4::new(a.ip(), a.port())))
+        .and_then(|a| match a.family() {
+            Some(nix::sys::socket::AddressFamily::Inet) => a.as_sockaddr_in().map(|a| SocketAddr::from(*a)),
+            Some(nix::sys::socket::AddressFamily::Inet6) => a.as_sockaddr_in6().map(|a| SocketAddr::from(*a)),
+            _ => None,
+        })
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
     Ok(RecvMeta { len: msg.bytes, from, stride: seg.unwrap_or(msg.bytes).max(1) })
 }

@@ -14,10 +14,11 @@
 //! Dropping the ring cancels what is in flight and waits for it; if the kernel does not finish in
 //! time, the packet memory is leaked rather than freed under it.
 
+use super::sockaddr::{self, RawAddr};
 use io_uring::{IoUring, cqueue, opcode, types};
 use std::alloc::Layout;
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -34,9 +35,10 @@ const GROUP: u16 = 0;
 /// Page size the buffer ring must be aligned to.
 const PAGE: usize = 4096;
 /// Bytes the kernel writes in front of a multishot recvmsg payload: `io_uring_recvmsg_out`
-/// (16) and the fixed-size name field (a `sockaddr_in`, 16). No control messages are asked for.
+/// (16) and the fixed-size name field (room for a `sockaddr_in6`, 28). No control messages are
+/// asked for.
 pub const RECVMSG_PREFIX: usize = 16 + NAME_LEN;
-const NAME_LEN: usize = std::mem::size_of::<libc::sockaddr_in>();
+const NAME_LEN: usize = sockaddr::CAPACITY;
 
 /// What a completion was for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +116,7 @@ pub struct PacketRing {
     mask: u16,
     tail: u16,
     owner: Vec<Owner>,
-    dest: Box<[libc::sockaddr_in]>,
+    dest: Box<[RawAddr]>,
     recv_hdr: Box<libc::msghdr>,
     multishot: Option<Op>,
     tun_fd: RawFd,
@@ -175,11 +177,10 @@ impl PacketRing {
         // SAFETY: `bufs` is page-aligned, zeroed, `slots` entries long and owned by the returned
         // value, which unregisters nothing explicitly but drops the ring before freeing it.
         unsafe { ring.submitter().register_buf_ring_with_flags(ptr as u64, slots, GROUP, 0)? };
-        // SAFETY: sockaddr_in and msghdr are C structs for which all-zero bytes are valid.
-        let dest = vec![unsafe { std::mem::zeroed::<libc::sockaddr_in>() }; n].into_boxed_slice();
-        // SAFETY: as above.
+        let dest = vec![RawAddr::zeroed(); n].into_boxed_slice();
+        // SAFETY: msghdr is a C struct for which all-zero bytes are valid.
         let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
-        recv_hdr.msg_namelen = libc::socklen_t::try_from(NAME_LEN).unwrap_or(16);
+        recv_hdr.msg_namelen = sockaddr::capacity();
         let mut r = Self {
             ring: std::mem::ManuallyDrop::new(ring),
             mem,
@@ -232,11 +233,10 @@ impl PacketRing {
 
     /// Lends `slot[range]` to the kernel as one datagram to `to`; the slot comes back with the
     /// [`Op::UdpSend`] completion.
-    pub fn send(&mut self, slot: usize, range: Range<usize>, to: SocketAddrV4) -> io::Result<()> {
+    pub fn send(&mut self, slot: usize, range: Range<usize>, to: SocketAddr) -> io::Result<()> {
         let (ptr, len) = self.lend(slot, range)?;
-        self.dest[slot] = crate::dataplane::sys::mmsg::sockaddr_in(to);
-        let addr = (&self.dest[slot] as *const libc::sockaddr_in).cast::<libc::sockaddr>();
-        let addr_len = libc::socklen_t::try_from(NAME_LEN).unwrap_or(16);
+        let addr_len = self.dest[slot].set(to);
+        let addr = self.dest[slot].as_mut_ptr().cast_const().cast::<libc::sockaddr>();
         let e = opcode::Send::new(TX, ptr, len).dest_addr(addr).dest_addr_len(addr_len).build();
         self.push(e.user_data(Op::UdpSend.user_data(slot)))
     }
@@ -391,15 +391,8 @@ pub fn parse_received(buf: &[u8], result: usize) -> Option<Received> {
     let word = |at: usize| buf.get(at..at + 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
     let (namelen, payloadlen, flags) = (word(0)?, word(8)?, word(12)?);
     let name = buf.get(16..16 + NAME_LEN)?;
-    let from = if usize::try_from(namelen).ok()? >= 8 && u16::from_ne_bytes([name[0], name[1]]) == libc::AF_INET as u16
-    {
-        SocketAddr::V4(SocketAddrV4::new(
-            [name[4], name[5], name[6], name[7]].into(),
-            u16::from_be_bytes([name[2], name[3]]),
-        ))
-    } else {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    };
+    let namelen = usize::try_from(namelen).ok()?.min(NAME_LEN);
+    let from = sockaddr::from_bytes(&name[..namelen]).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
     let have = result.min(buf.len()).saturating_sub(RECVMSG_PREFIX);
     let len = usize::try_from(payloadlen).ok()?;
     let truncated = flags & (libc::MSG_TRUNC as u32) != 0 || len > have;
@@ -432,7 +425,8 @@ impl Drop for PacketRing {
 mod tests {
     use super::*;
 
-    /// A buffer as a multishot recvmsg leaves it: io_uring_recvmsg_out, a sockaddr_in, payload.
+    /// A buffer as a multishot recvmsg leaves it: io_uring_recvmsg_out, a sockaddr_in in the
+    /// name field, payload.
     fn received(namelen: u32, payloadlen: u32, flags: u32, payload: &[u8]) -> Vec<u8> {
         let mut b = Vec::new();
         for w in [namelen, 0, payloadlen, flags] {
@@ -441,9 +435,19 @@ mod tests {
         b.extend_from_slice(&u16::try_from(libc::AF_INET).unwrap().to_ne_bytes());
         b.extend_from_slice(&8285u16.to_be_bytes());
         b.extend_from_slice(&[198, 18, 0, 2]);
-        b.extend_from_slice(&[0; 8]);
+        b.extend_from_slice(&[0; NAME_LEN - 8]);
         b.extend_from_slice(payload);
         b
+    }
+
+    #[test]
+    fn parses_an_ipv6_sender() {
+        let mut b = received(28, 3, 0, b"abc");
+        b[16..18].copy_from_slice(&u16::try_from(libc::AF_INET6).unwrap().to_ne_bytes());
+        b[24..40].copy_from_slice(&"2001:db8::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        let r = parse_received(&b, b.len()).unwrap();
+        assert_eq!(r.from, "[2001:db8::2]:8285".parse::<SocketAddr>().unwrap());
+        assert_eq!(&b[r.payload.clone()], b"abc");
     }
 
     #[test]
