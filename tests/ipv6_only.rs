@@ -207,3 +207,33 @@ fn ipv6_only_leases_are_acquired_written_and_reused() {
     assert_eq!(keys(), before, "a restart reuses its lease");
     assert_eq!(std::fs::read_to_string(c.subnet_file(0)).unwrap(), text);
 }
+
+fn weft_routes6(ns: &str) -> Vec<String> {
+    let out = ns_exec(ns, &["ip", "-6", "route", "show", "proto", "87"]).unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// A crashed host-gw weft leaves its IPv6 routes; the next start removes the stale ones (into
+/// IPv6Network, marked as weft's) and adds nothing twice.
+#[test]
+fn restart_after_a_crash_removes_stale_ipv6_routes() {
+    let mut c = v6_cluster("v6crash", r#"{"Type":"host-gw"}"#, &[]);
+    let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
+    let route_to = |subnet: &str, via: &str| format!("{subnet} via {via} dev eth0 ");
+    let h2_route = route_to(&h2.subnet6.to_string(), &h2.underlay_ip6.to_string());
+    assert!(weft_routes6(&h1.ns).iter().any(|r| r.starts_with(&h2_route)), "{:?}", weft_routes6(&h1.ns));
+    // While host 1 is down, host 2 leaves and another host's lease comes.
+    c.procs[0].kill_hard();
+    c.procs[1].stop(Duration::from_secs(5)).unwrap();
+    let key = |net6: &str| c.registry.path().join("subnets").join(format!("0.0.0.0-0&{net6}-64"));
+    std::fs::remove_file(key(&h2.subnet6.network().to_string())).unwrap();
+    let value = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8:18::3","BackendType":"host-gw"}"#;
+    weft::control::registry::dir::write_atomic(&key("2001:db8:96:3::"), value.as_bytes()).unwrap();
+    c.start_host(bin(), 0, &[]).unwrap();
+    c.wait_ready(Duration::from_secs(10)).unwrap();
+    let want = route_to("2001:db8:96:3::/64", "2001:db8:18::3");
+    let routes = || weft_routes6(&h1.ns).into_iter().filter(|r| r.contains(" via ")).collect::<Vec<_>>();
+    assert!(eventually(Duration::from_secs(5), || routes().len() == 1), "{:?}\n{}", routes(), c.logs());
+    assert!(routes()[0].starts_with(&want), "{:?}", routes());
+    assert!(c.logs().contains("removed 1 stale routes"), "{}", c.logs());
+}

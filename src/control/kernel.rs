@@ -140,22 +140,18 @@ impl KernelDataplane {
         }
     }
 
-    /// The IPv4 routes the installed peers should have (to tell stale routes from ours).
+    /// The routes the installed peers should have (to tell stale routes from ours).
     pub fn expected_routes(&self) -> Vec<OwnedRoute> {
-        if self.family != Family::V4 {
-            return Vec::new();
-        }
         self.installed
             .iter()
-            .filter_map(|p| Family::V4.entry(p))
-            .filter_map(|e| match e.dest {
-                Dest::V4 { subnet, public } => Some((subnet, public)),
-                Dest::V6 { .. } => None,
-            })
-            .map(|(dst, public)| match &self.backend {
-                KernelBackend::HostGw { .. } => OwnedRoute { dst, gateway: Some(public), oif: None },
-                KernelBackend::Vxlan { index, .. } => {
-                    OwnedRoute { dst, gateway: Some(dst.network()), oif: Some(*index) }
+            .filter_map(|p| self.family.entry(p))
+            .map(|e| {
+                let dst = e.dest.subnet();
+                match &self.backend {
+                    KernelBackend::HostGw { .. } => OwnedRoute { dst, gateway: Some(e.dest.public()), oif: None },
+                    KernelBackend::Vxlan { index, .. } => {
+                        OwnedRoute { dst, gateway: Some(dst.network()), oif: Some(*index) }
+                    }
                 }
             })
             .collect()
@@ -260,16 +256,18 @@ impl KernelDataplane {
     }
 }
 
-/// Deletes every weft-marked route into `network` that is not in `expected` (compared by
-/// destination and gateway): what a crashed or killed weft of this network left behind. Routes
-/// into other networks belong to other weft processes on this host, and are left alone.
+/// Deletes every weft-marked route into `networks` (the network's IPv4 and IPv6 pod
+/// networks) that is not in `expected` (compared by destination and gateway): what a crashed
+/// or killed weft of this network left behind. Routes into other networks belong to other
+/// weft processes on this host, and are left alone.
 pub async fn remove_stale_routes(
     nl: &Netlink,
-    network: Ipv4Net,
+    networks: &[IpNet],
     expected: &[OwnedRoute],
 ) -> Result<usize, NetlinkError> {
     let mut removed = 0;
-    for r in nl.owned_routes().await?.into_iter().filter(|r| network.contains(&r.dst)) {
+    let ours = |r: &OwnedRoute| networks.iter().any(|n| n.contains(&r.dst));
+    for r in nl.owned_routes().await?.into_iter().filter(ours) {
         if !expected.iter().any(|e| e.dst == r.dst && e.gateway == r.gateway) {
             tracing::info!(dst = %r.dst, gateway = ?r.gateway, "removing a stale route of an earlier weft");
             nl.del_owned_route(&r).await?;

@@ -2,7 +2,7 @@
 
 use crate::proto::mac::MacAddr;
 use futures::TryStreamExt;
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;
@@ -50,10 +50,10 @@ pub const WEFT_ROUTE_PROTO: u8 = 87;
 /// A route weft installed (found by its protocol number).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnedRoute {
-    /// Destination.
-    pub dst: Ipv4Net,
-    /// Gateway, if any.
-    pub gateway: Option<Ipv4Addr>,
+    /// Destination (IPv4 or IPv6).
+    pub dst: IpNet,
+    /// Gateway, if any (of the destination's family).
+    pub gateway: Option<IpAddr>,
     /// Output interface, if any.
     pub oif: Option<u32>,
 }
@@ -339,40 +339,74 @@ impl Netlink {
     /// Every IPv4 route in the main table that carries weft's protocol number.
     pub async fn owned_routes(&self) -> Result<Vec<OwnedRoute>, NetlinkError> {
         let mut out = Vec::new();
-        let mut s = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
-        loop {
-            match s.try_next().await {
-                Ok(Some(m)) => {
-                    if m.header.protocol != RouteProtocol::Other(WEFT_ROUTE_PROTO) {
-                        continue;
-                    }
-                    let (mut dst, mut gateway, mut oif) = (Ipv4Addr::UNSPECIFIED, None, None);
-                    for a in m.attributes {
-                        match a {
-                            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = d,
-                            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(g),
-                            RouteAttribute::Oif(i) => oif = Some(i),
-                            _ => {}
-                        }
-                    }
-                    if let Ok(dst) = Ipv4Net::new(dst, m.header.destination_prefix_length) {
-                        out.push(OwnedRoute { dst, gateway, oif });
-                    }
+        let dumps = [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()];
+        for dump in dumps {
+            let mut s = self.handle.route().get(dump).execute();
+            loop {
+                match s.try_next().await {
+                    Ok(Some(m)) => out.extend(Self::owned_of(m)),
+                    Ok(None) => break,
+                    Err(error) => return Err(NetlinkError::Request { what: "listing routes".into(), error }),
                 }
-                Ok(None) => return Ok(out),
-                Err(error) => return Err(NetlinkError::Request { what: "listing routes".into(), error }),
             }
         }
+        Ok(out)
+    }
+
+    /// The route of `m`, when it is one of weft's.
+    fn owned_of(m: RouteMessage) -> Option<OwnedRoute> {
+        if m.header.protocol != RouteProtocol::Other(WEFT_ROUTE_PROTO) {
+            return None;
+        }
+        let (mut dst, mut gateway, mut oif) = (None, None, None);
+        for a in m.attributes {
+            match a {
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(IpAddr::V4(d)),
+                RouteAttribute::Destination(RouteAddress::Inet6(d)) => dst = Some(IpAddr::V6(d)),
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(IpAddr::V4(g)),
+                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gateway = Some(IpAddr::V6(g)),
+                RouteAttribute::Oif(i) => oif = Some(i),
+                _ => {}
+            }
+        }
+        // A default route has no destination attribute.
+        let dst = dst.unwrap_or(match m.header.address_family {
+            AddressFamily::Inet6 => Ipv6Addr::UNSPECIFIED.into(),
+            _ => Ipv4Addr::UNSPECIFIED.into(),
+        });
+        let dst = IpNet::new(dst, m.header.destination_prefix_length).ok()?;
+        Some(OwnedRoute { dst, gateway, oif })
     }
 
     /// The message for one of weft's routes: out of a device, via a gateway, or via a gateway
-    /// on a device (onlink, as the kernel VXLAN path's routes are).
+    /// on a device (onlink, as the kernel VXLAN path's routes are). A gateway of the other
+    /// family than the destination's is left out (weft never makes such a route).
     fn owned_route(r: &OwnedRoute) -> RouteMessage {
-        match (r.gateway, r.oif) {
-            (Some(gw), Some(i)) => Self::onlink_route(r.dst, gw, i),
-            (Some(gw), None) => Self::via_route(r.dst, gw),
-            (None, Some(i)) => Self::dev_route(r.dst, i),
-            (None, None) => Self::route(r.dst).build(),
+        match r.dst {
+            IpNet::V4(dst) => {
+                let gw = match r.gateway {
+                    Some(IpAddr::V4(g)) => Some(g),
+                    _ => None,
+                };
+                match (gw, r.oif) {
+                    (Some(gw), Some(i)) => Self::onlink_route(dst, gw, i),
+                    (Some(gw), None) => Self::via_route(dst, gw),
+                    (None, Some(i)) => Self::dev_route(dst, i),
+                    (None, None) => Self::route(dst).build(),
+                }
+            }
+            IpNet::V6(dst) => {
+                let gw = match r.gateway {
+                    Some(IpAddr::V6(g)) => Some(g),
+                    _ => None,
+                };
+                match (gw, r.oif) {
+                    (Some(gw), Some(i)) => Self::onlink_route_v6(dst, gw, i),
+                    (Some(gw), None) => Self::route_v6(dst).gateway(gw).build(),
+                    (None, Some(i)) => Self::route_v6(dst).output_interface(i).build(),
+                    (None, None) => Self::route_v6(dst).build(),
+                }
+            }
         }
     }
 

@@ -15,7 +15,7 @@ use crate::dataplane::forward::{Encap, Forwarder, ForwarderV4, ForwarderV6};
 use crate::dataplane::offloads::{Capabilities, Offloads};
 use crate::dataplane::peers::{Peer, PeerTable};
 use crate::proto::netconfig::{BackendType, NetConfig};
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
@@ -159,6 +159,7 @@ impl KernelPaths {
     fn expected(&self) -> Vec<OwnedRoute> {
         let mut v: Vec<OwnedRoute> = self.main.iter().flat_map(|k| k.expected_routes()).collect();
         v.extend(self.direct.iter().flat_map(|(d, _)| d.expected_routes()));
+        v.extend(self.main_v6.iter().flat_map(|k| k.expected_routes()));
         v
     }
 
@@ -275,11 +276,9 @@ impl DataPath {
             return Err(e);
         }
         dp.sync(peers).await;
-        let stale = match dp.network {
-            Some(network) => remove_stale_routes(&dp.nl, network, &dp.expected_routes()).await,
-            None => Ok(0),
-        };
-        match stale {
+        let networks: Vec<IpNet> =
+            dp.network.map(IpNet::from).into_iter().chain(dp.network_v6.map(IpNet::from)).collect();
+        match remove_stale_routes(&dp.nl, &networks, &dp.expected_routes()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!("removed {n} stale routes of an earlier weft"),
             Err(e) => tracing::warn!("looking for stale routes: {e}"),
@@ -442,8 +441,10 @@ impl DataPath {
     fn expected_routes(&self) -> Vec<OwnedRoute> {
         let mut v = self.kernel.expected();
         // The TUN's route to the whole network.
-        if let Some(network) = self.network {
-            v.extend(self.tun.iter().map(|t| OwnedRoute { dst: network, gateway: None, oif: Some(t.index) }));
+        // The TUN's routes to the whole network, of each family.
+        let networks = self.network.map(IpNet::from).into_iter().chain(self.network_v6.map(IpNet::from));
+        for dst in networks {
+            v.extend(self.tun.iter().map(|t| OwnedRoute { dst, gateway: None, oif: Some(t.index) }));
         }
         v
     }
