@@ -243,3 +243,19 @@ fn both_families_run_on_one_dual_stack_network() {
     assert!(records.iter().all(|r| r["family"] == "ipv6"), "{records:?}");
     assert!(records.iter().any(|r| r["data_path"] == "weft vxlan uring"), "{records:?}");
 }
+
+/// `--family ipv6-only`: an IPv6-only network per data path; kernel VXLAN is `flannel-v6.1`
+/// and the userspace path sends over the IPv6 underlay too.
+#[test]
+fn ipv6_only_runs_every_path_over_the_ipv6_underlay() {
+    let (stdout, doc) = quick_lab(&["--streams", "1", "--family", "ipv6-only", "--only", "vxlan"]);
+    assert!(stdout.lines().next().unwrap().contains("IPv6-only overlay"), "{stdout}");
+    assert_eq!(doc["family"], "ipv6-only");
+    let records = doc["records"].as_array().unwrap();
+    assert!(records.iter().all(|r| r["family"] == "ipv6" && r["workload"].as_str().unwrap().ends_with("/ipv6")));
+    for path in ["vxlan (kernel)", "weft vxlan offload"] {
+        let tcp = records.iter().find(|r| r["data_path"] == path && r["workload"] == "tcp-1/ipv6").unwrap();
+        assert!(tcp["throughput_gbit_s"].as_f64().unwrap() > 0.0, "{tcp}");
+        assert!(tcp["wire_packets"].as_u64().unwrap() > 0, "{tcp}");
+    }
+}

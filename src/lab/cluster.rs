@@ -132,6 +132,15 @@ pub fn lab_config(backend: &str) -> String {
     format!(r#"{{"Network":"{POD_NETWORK}","Backend":{backend}}}"#)
 }
 
+/// The net-config JSON `spec` asks for: IPv4-only, dual-stack or IPv6-only.
+pub fn config_for(spec: &ClusterSpec) -> String {
+    match (spec.dual_stack, spec.ipv6_only) {
+        (_, true) => lab_config_v6_only(&spec.backend),
+        (true, false) => lab_config_dual(&spec.backend),
+        (false, false) => lab_config(&spec.backend),
+    }
+}
+
 /// The net-config JSON of an IPv6-only lab cluster with `backend`.
 pub fn lab_config_v6_only(backend: &str) -> String {
     format!(r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"{POD_NETWORK_V6}","Backend":{backend}}}"#)
@@ -240,11 +249,7 @@ impl Cluster {
     pub fn build(spec: &ClusterSpec) -> io::Result<Self> {
         let topo = Topology::build_with(&spec.tag, spec.hosts, spec.dual_stack || spec.ipv6_only)?;
         let registry = tempfile::Builder::new().prefix("weft-registry-").tempdir()?;
-        let config = match (spec.dual_stack, spec.ipv6_only) {
-            (_, true) => lab_config_v6_only(&spec.backend),
-            (true, false) => lab_config_dual(&spec.backend),
-            (false, false) => lab_config(&spec.backend),
-        };
+        let config = config_for(spec);
         write_atomic(&registry.path().join("config"), config.as_bytes())?;
         std::fs::create_dir_all(registry.path().join("subnets"))?;
         if spec.preseed && spec.etcd_endpoints.is_none() {

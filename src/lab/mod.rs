@@ -50,7 +50,8 @@ pub struct LabOptions {
     /// The overlay families every workload runs over. With IPv6 the network is dual-stack: the
     /// kernel paths carry IPv6 over the IPv6 underlay (flannel-v6.<VNI>, host-gw's IPv6 routes),
     /// the userspace paths over the IPv4 underlay. `both` runs IPv4 and IPv6 on the same hosts,
-    /// one after the other, so that their ratios come from one run.
+    /// one after the other, so that their ratios come from one run. `ipv6-only` runs IPv6 on an
+    /// IPv6-only network, where every path carries it over the IPv6 underlay.
     #[arg(long, value_enum, default_value_t = Families::Ipv4)]
     pub family: Families,
     /// Short for `--family ipv6`.
@@ -73,6 +74,9 @@ pub enum Families {
     Ipv6,
     /// Both, on one dual-stack network.
     Both,
+    /// IPv6 pods of an IPv6-only network (`EnableIPv4: false`).
+    #[value(name = "ipv6-only")]
+    Ipv6Only,
 }
 
 impl Families {
@@ -80,7 +84,7 @@ impl Families {
     fn list(self) -> &'static [Family] {
         match self {
             Self::Ipv4 => &[Family::Ipv4],
-            Self::Ipv6 => &[Family::Ipv6],
+            Self::Ipv6 | Self::Ipv6Only => &[Family::Ipv6],
             Self::Both => &[Family::Ipv4, Family::Ipv6],
         }
     }
@@ -91,6 +95,7 @@ impl Families {
             Self::Ipv4 => "ipv4",
             Self::Ipv6 => "ipv6",
             Self::Both => "both",
+            Self::Ipv6Only => "ipv6-only",
         }
     }
 }
@@ -289,10 +294,7 @@ fn start_cluster(bin: &std::path::Path, spec: &ClusterSpec, name: &str) -> Resul
         Some(_) => {
             let e = etcd::Etcd::in_netns(&cluster.topo.hosts[0].ns, LAB_ETCD_IP).context("starting etcd")?;
             e.try_wait_healthy(&[], Duration::from_secs(20))?;
-            let config = match spec.dual_stack {
-                true => cluster::lab_config_dual(&spec.backend),
-                false => cluster::lab_config(&spec.backend),
-            };
+            let config = cluster::config_for(spec);
             e.try_put("/coreos.com/network/config", &config)?;
             for (key, value) in cluster::seed_leases(&cluster.topo, &config)? {
                 e.try_put(&format!("/coreos.com/network/subnets/{key}"), &value)?;
@@ -433,7 +435,8 @@ pub fn run(opts: LabOptions) -> Result<()> {
             hosts: opts.hosts,
             extra_args: extra,
             etcd_endpoints: opts.etcd.then(|| format!("http://{LAB_ETCD_IP}:2379")),
-            dual_stack: families != Families::Ipv4,
+            dual_stack: matches!(families, Families::Ipv6 | Families::Both),
+            ipv6_only: families == Families::Ipv6Only,
             ..ClusterSpec::two_hosts("lab", dp.backend)
         };
         let (cluster, _etcd) = start_cluster(&bin, &spec, &dp.name)?;

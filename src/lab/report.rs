@@ -165,7 +165,7 @@ pub struct Report {
     /// Rounds: every data path ran every workload once per round, the paths in turn, so that
     /// a slow drift of the machine touches every path alike.
     pub rounds: u32,
-    /// The overlay families the run measured: `ipv4`, `ipv6` or `both` (`--family`).
+    /// The overlay families the run measured: `ipv4`, `ipv6`, `both` or `ipv6-only` (`--family`).
     pub family: &'static str,
     /// The records, every round's.
     pub records: Vec<Record>,
@@ -198,6 +198,7 @@ impl Report {
     fn family_name(&self) -> &'static str {
         match self.family {
             "ipv6" => "IPv6",
+            "ipv6-only" => "IPv6-only",
             "both" => "IPv4 and IPv6",
             _ => "IPv4",
         }
@@ -335,7 +336,7 @@ impl Report {
 
     /// The workload the chart draws: `tcp-1`, or `tcp-1/ipv6` in an IPv6-only run.
     fn chart_workload(&self) -> &'static str {
-        if self.family == "ipv6" { "tcp-1/ipv6" } else { "tcp-1" }
+        if matches!(self.family, "ipv6" | "ipv6-only") { "tcp-1/ipv6" } else { "tcp-1" }
     }
 
     /// Draws throughput (tcp-1) and forwarder syscalls per packet (sum of the four crossings,
