@@ -237,3 +237,37 @@ fn restart_after_a_crash_removes_stale_ipv6_routes() {
     assert!(routes()[0].starts_with(&want), "{:?}", routes());
     assert!(c.logs().contains("removed 1 stale routes"), "{}", c.logs());
 }
+
+/// `--iface` with an IPv6 address picks the interface that holds it, and that address is the
+/// PublicIPv6 (as flanneld's `--iface` takes an address of either family).
+#[test]
+fn iface_by_ipv6_address_gives_the_public_ipv6() {
+    require_privileges();
+    let spec = ClusterSpec { skip_hosts: vec![0], ..v6_spec("v6iface", r#"{"Type":"vxlan"}"#) };
+    let c = Cluster::start(bin(), &spec, Duration::from_secs(15)).expect("cluster starts");
+    let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
+    let mut args = Vec::new();
+    let mut given = c.host_args(0).into_iter();
+    while let Some(a) = given.next() {
+        match a.as_str() {
+            "--iface" => {
+                given.next();
+                args.extend(["--iface".to_string(), h1.underlay_ip6.to_string()]);
+            }
+            "--public-ipv6" | "--public-ip" => {
+                given.next();
+            }
+            _ => args.push(a),
+        }
+    }
+    let log = c.registry.path().join("h1-iface.log");
+    let _weft = weft::lab::cluster::spawn_weft(bin(), &h1.ns, &args, c.subnet_file(0), log.clone()).unwrap();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(eventually(Duration::from_secs(15), || c.subnet_file(0).exists()), "not ready:\n{}", log_text());
+    let key = format!("0.0.0.0-0&{}-64", h1.subnet6.network());
+    let value = std::fs::read_to_string(c.registry.path().join("subnets").join(key)).unwrap();
+    assert!(value.contains(&format!(r#""PublicIPv6":"{}""#, h1.underlay_ip6)), "{value}");
+    if let Err(out) = ping6(&h1.container_ns, h2.container_ip6, 56) {
+        panic!("ping6 failed:\n{out}\n{}\n{}", log_text(), c.logs());
+    }
+}

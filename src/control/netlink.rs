@@ -153,9 +153,10 @@ impl Netlink {
         Ok(self.links().await?.into_iter().find(|l| l.name == name).map(|l| l.index))
     }
 
-    /// The first global-scope IPv6 address of link `index` (not link-local, not temporary).
-    async fn v6_addr(&self, index: u32) -> Result<Option<Ipv6Addr>, NetlinkError> {
-        let mut s = self.handle.address().get().set_link_index_filter(index).execute();
+    /// Every global-scope IPv6 address (not link-local), with its link, in the kernel's order.
+    async fn v6_addrs(&self) -> Result<Vec<(u32, Ipv6Addr)>, NetlinkError> {
+        let mut out = Vec::new();
+        let mut s = self.handle.address().get().execute();
         loop {
             match s.try_next().await {
                 Ok(Some(m)) => {
@@ -163,13 +164,13 @@ impl Netlink {
                     for a in m.attributes {
                         if let AddressAttribute::Address(IpAddr::V6(ip)) = a
                             && global
-                            && m.header.index == index
+                            && !out.contains(&(m.header.index, ip))
                         {
-                            return Ok(Some(ip));
+                            out.push((m.header.index, ip));
                         }
                     }
                 }
-                Ok(None) => return Ok(None),
+                Ok(None) => return Ok(out),
                 Err(error) => return Err(NetlinkError::Request { what: "listing IPv6 addresses".into(), error }),
             }
         }
@@ -225,25 +226,34 @@ impl Netlink {
 
     /// Finds the underlay as flanneld does ([`IfaceChoice`]). PublicIP is `--public-ip` if
     /// given, else the address that chose the interface, else the interface's first IPv4
-    /// address.
+    /// address; its IPv6 address is the one that chose it (`--iface` with an IPv6 address),
+    /// else its first global one.
     pub async fn underlay(&self, choice: &IfaceChoice<'_>) -> Result<Underlay, NetlinkError> {
         let links = self.links().await?;
         let addrs = self.v4_addrs().await?;
+        let addrs6 = self.v6_addrs().await?;
         let by_index = |idx: u32| {
             links.iter().find(|l| l.index == idx).ok_or_else(|| NetlinkError::NotFound(format!("link {idx} vanished")))
         };
         let holding = |ip: Ipv4Addr| addrs.iter().find(|(_, a, _)| *a == ip).map(|(i, _, _)| *i);
+        let holding6 = |ip: Ipv6Addr| addrs6.iter().find(|(_, a)| *a == ip).map(|(i, _)| *i);
+        let mut chosen6 = None;
         let (link, chosen_addr) = if !choice.ifaces.is_empty() {
             choice
                 .ifaces
                 .iter()
-                .find_map(|spec| match spec.parse::<Ipv4Addr>() {
-                    Ok(ip) => holding(ip).and_then(|i| by_index(i).ok()).map(|l| (l, Some(ip))),
+                .find_map(|spec| match spec.parse::<IpAddr>() {
+                    Ok(IpAddr::V4(ip)) => holding(ip).and_then(|i| by_index(i).ok()).map(|l| (l, Some(ip))),
+                    Ok(IpAddr::V6(ip)) => {
+                        let l = holding6(ip).and_then(|i| by_index(i).ok())?;
+                        chosen6 = Some(ip);
+                        Some((l, None))
+                    }
                     Err(_) => links.iter().find(|l| l.name == *spec).map(|l| (l, None)),
                 })
                 .ok_or_else(|| {
                     NetlinkError::NotFound(format!(
-                        "no interface matches --iface {}: give an interface's name or one of its IPv4 addresses",
+                        "no interface matches --iface {}: give an interface's name or one of its addresses",
                         choice.ifaces.join(",")
                     ))
                 })?
@@ -298,7 +308,7 @@ impl Netlink {
             .find(|(i, a, _)| *i == link.index && Some(*a) == addr)
             .and_then(|(_, a, l)| Ipv4Net::new(*a, *l).ok())
             .map(|n| n.trunc());
-        let addr6 = self.v6_addr(link.index).await?;
+        let addr6 = chosen6.or_else(|| addrs6.iter().find(|(i, _)| *i == link.index).map(|(_, a)| *a));
         Ok(Underlay { index: link.index, name: link.name.clone(), mtu: link.mtu, addr, subnet, addr6 })
     }
 

@@ -49,12 +49,14 @@ pub struct RunOptions {
     /// IP other hosts send to (default: the chosen interface's first IPv4 address).
     #[arg(long, value_name = "IP", env = "FLANNELD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
-    /// IPv6 address other hosts send IPv6 pods' traffic to on a dual-stack network with a kernel
-    /// data path, written as the lease's PublicIPv6 (default: the interface's first global IPv6
-    /// address). The userspace path carries IPv6 over the IPv4 underlay and announces none.
+    /// IPv6 address other hosts send IPv6 pods' traffic to, written as the lease's PublicIPv6:
+    /// on an IPv6-only network, and on a dual-stack one with a kernel data path (default: the
+    /// IPv6 address --iface names, else the interface's first global IPv6 address). On a
+    /// dual-stack network the userspace path carries IPv6 over the IPv4 underlay and announces
+    /// none.
     #[arg(long, value_name = "IPV6", env = "FLANNELD_PUBLIC_IPV6")]
     pub public_ipv6: Option<Ipv6Addr>,
-    /// Underlay interface, by name or by one of its IPv4 addresses; several (repeated or
+    /// Underlay interface, by name or by one of its addresses (IPv4, or IPv6); several (repeated or
     /// comma-separated) are tried in order and the first that exists is taken. Default: the
     /// one holding --public-ip, else the default route's.
     #[arg(long, value_name = "NAME|IP", value_delimiter = ',', env = "FLANNELD_IFACE")]

@@ -430,6 +430,9 @@ pub async fn prepare(opts: &RunOptions, cfg: &NetConfig) -> Result<Prepared, Hos
     };
     let underlay = nl.underlay(&choice).await?;
     let public_ipv6 = ipv6_only_public(opts, cfg, &underlay)?;
+    if let (None, Some(ip)) = (&cfg.ipv4, opts.public_ip) {
+        tracing::warn!(%ip, "--public-ip is not announced: on an IPv6-only network a lease's PublicIP is the empty 0.0.0.0, as flanneld writes it");
+    }
     // The address the userspace path binds: PublicIP, or an IPv6-only network's PublicIPv6.
     let local: IpAddr = match (public_ipv6, underlay.addr) {
         (Some(ip6), _) => ip6.into(),

@@ -35,10 +35,11 @@ const GROUP: u16 = 0;
 /// Page size the buffer ring must be aligned to.
 const PAGE: usize = 4096;
 /// Bytes the kernel writes in front of a multishot recvmsg payload: `io_uring_recvmsg_out`
-/// (16) and the fixed-size name field (room for a `sockaddr_in6`, 28). No control messages are
-/// asked for.
+/// (16) and the fixed-size name field. No control messages are asked for.
 pub const RECVMSG_PREFIX: usize = 16 + NAME_LEN;
-const NAME_LEN: usize = sockaddr::CAPACITY;
+/// The name field: room for a `sockaddr_in6` (28), rounded up so that the payload starts
+/// 16-byte aligned (at 48), as it started 32-byte aligned when the field held a `sockaddr_in`.
+const NAME_LEN: usize = sockaddr::CAPACITY.next_multiple_of(16);
 
 /// What a completion was for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,7 +181,7 @@ impl PacketRing {
         let dest = vec![RawAddr::zeroed(); n].into_boxed_slice();
         // SAFETY: msghdr is a C struct for which all-zero bytes are valid.
         let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
-        recv_hdr.msg_namelen = sockaddr::capacity();
+        recv_hdr.msg_namelen = libc::socklen_t::try_from(NAME_LEN).unwrap_or_else(|_| sockaddr::capacity());
         let mut r = Self {
             ring: std::mem::ManuallyDrop::new(ring),
             mem,
