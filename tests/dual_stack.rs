@@ -28,27 +28,9 @@ fn dual_cluster(tag: &str, backend: &str, args: &[&str]) -> Cluster {
 
 /// ping6 of several sizes and 20 MB of verified TCP over IPv6 each way, and IPv4 beside it.
 fn both_families(c: &Cluster, what: &str) {
-    let (h1, h2) = (&c.topo.hosts[0], &c.topo.hosts[1]);
-    for (from, to) in [(&h1, &h2), (&h2, &h1)] {
-        // 3000 bytes: the sending container cuts it into IPv6 fragments after the host's
-        // Packet Too Big (the overlay MTU is below the container link's).
-        for size in [56, 1200, 3000] {
-            if let Err(out) = ping6(&from.container_ns, to.container_ip6, size) {
-                panic!("{what}: ping6 -s {size} {} failed:\n{out}\n{}", to.container_ip6, c.logs());
-            }
-        }
-        let r = tcp_bulk(
-            &to.container_ns,
-            to.container_ip6,
-            &from.container_ns,
-            1,
-            Amount::Bytes(20 * MB),
-            Duration::from_secs(60),
-        )
-        .unwrap_or_else(|e| panic!("{what}: TCP over IPv6 to {}: {e}\n{}", to.container_ip6, c.logs()));
-        assert_eq!(r.bytes, 20 * MB);
-    }
+    ipv6_traffic(c, what);
     // IPv4 still flows on the same network.
+    let (h1, h2) = (&c.topo.hosts[0], &c.topo.hosts[1]);
     assert!(ping(&h1.container_ns, h2.container_ip, 2), "{what}: IPv4 broke\n{}", c.logs());
     tcp_both_ways(c, 5 * MB);
 }
@@ -110,21 +92,7 @@ fn suite(tag: &str, backend: &str, mode: &str) {
 fn kernel_suite(tag: &str, backend: &str) {
     let c = dual_cluster(tag, backend, &["--dataplane", "kernel"]);
     both_families(&c, backend);
-    let (h1, h2) = (&c.topo.hosts[0], &c.topo.hosts[1]);
-    let routes = ns_exec(&h1.ns, &["ip", "-6", "route", "show", &h2.subnet6.to_string()]).unwrap();
-    let routes = String::from_utf8_lossy(&routes.stdout);
-    match backend.contains("vxlan") {
-        true => {
-            assert!(routes.contains(&format!("via {} dev flannel-v6.1 ", h2.subnet6.network())), "{routes}");
-            let d = ns_exec(&h1.ns, &["ip", "-d", "link", "show", "flannel-v6.1"]).unwrap();
-            let d = String::from_utf8_lossy(&d.stdout);
-            assert!(d.contains(&format!("local {}", h1.underlay_ip6)) && d.contains("dstport 8472"), "{d}");
-            let fdb = ns_exec(&h1.ns, &["bridge", "fdb", "show", "dev", "flannel-v6.1"]).unwrap();
-            let fdb = String::from_utf8_lossy(&fdb.stdout);
-            assert!(fdb.contains(&format!("dst {} self permanent", h2.underlay_ip6)), "{fdb}");
-        }
-        false => assert!(routes.contains(&format!("via {} dev eth0", h2.underlay_ip6)), "{routes}"),
-    }
+    ipv6_kernel_routes(&c, backend);
 }
 
 #[test]

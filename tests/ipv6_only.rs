@@ -12,10 +12,7 @@ use weft::control::metrics::name;
 use weft::lab::cluster::{Cluster, ClusterSpec};
 use weft::lab::measure::scrape;
 use weft::lab::topology::{Host, ns_exec};
-use weft::lab::traffic::{Amount, tcp_bulk};
 use weft::proto::subnet_env::SubnetEnv;
-
-const MB: u64 = 1 << 20;
 
 fn v6_spec(tag: &str, backend: &str) -> ClusterSpec {
     ClusterSpec { ipv6_only: true, ..ClusterSpec::two_hosts(tag, backend) }
@@ -29,25 +26,9 @@ fn v6_cluster(tag: &str, backend: &str, args: &[&str]) -> Cluster {
 
 /// ping6 of several sizes and 20 MB of verified TCP over IPv6 each way; IPv4 is not carried.
 fn ipv6_only_traffic(c: &Cluster, what: &str) {
-    let (h1, h2) = (&c.topo.hosts[0], &c.topo.hosts[1]);
-    for (from, to) in [(h1, h2), (h2, h1)] {
-        for size in [56, 1200, 3000] {
-            if let Err(out) = ping6(&from.container_ns, to.container_ip6, size) {
-                panic!("{what}: ping6 -s {size} {} failed:\n{out}\n{}", to.container_ip6, c.logs());
-            }
-        }
-        let r = tcp_bulk(
-            &to.container_ns,
-            to.container_ip6,
-            &from.container_ns,
-            1,
-            Amount::Bytes(20 * MB),
-            Duration::from_secs(60),
-        )
-        .unwrap_or_else(|e| panic!("{what}: TCP over IPv6 to {}: {e}\n{}", to.container_ip6, c.logs()));
-        assert_eq!(r.bytes, 20 * MB);
-    }
+    ipv6_traffic(c, what);
     // The network has no IPv4 side: the pods' IPv4 addresses are not routed between hosts.
+    let (h1, h2) = (&c.topo.hosts[0], &c.topo.hosts[1]);
     assert!(!ping(&h1.container_ns, h2.container_ip, 1), "{what}: IPv4 crossed an IPv6-only network");
 }
 
@@ -126,18 +107,10 @@ fn uring_vxlan() {
 fn kernel_suite(tag: &str, backend: &str) {
     let c = v6_cluster(tag, backend, &["--dataplane", "kernel"]);
     ipv6_only_traffic(&c, backend);
-    let (h1, h2) = (&c.topo.hosts[0], &c.topo.hosts[1]);
-    let routes = ns_exec(&h1.ns, &["ip", "-6", "route", "show", &h2.subnet6.to_string()]).unwrap();
-    let routes = String::from_utf8_lossy(&routes.stdout);
-    let links = ns_exec(&h1.ns, &["ip", "-o", "link", "show"]).unwrap();
+    ipv6_kernel_routes(&c, backend);
+    let links = ns_exec(&c.topo.hosts[0].ns, &["ip", "-o", "link", "show"]).unwrap();
     let links = String::from_utf8_lossy(&links.stdout);
-    match backend.contains("vxlan") {
-        true => {
-            assert!(routes.contains(&format!("via {} dev flannel-v6.1 ", h2.subnet6.network())), "{routes}");
-            assert!(links.contains("flannel-v6.1") && !links.contains("flannel.1:"), "{links}");
-        }
-        false => assert!(routes.contains(&format!("via {} dev eth0", h2.underlay_ip6)), "{routes}"),
-    }
+    assert!(!links.contains("flannel.1:"), "an IPv6-only network made flannel.1: {links}");
 }
 
 #[test]
@@ -269,5 +242,41 @@ fn iface_by_ipv6_address_gives_the_public_ipv6() {
     assert!(value.contains(&format!(r#""PublicIPv6":"{}""#, h1.underlay_ip6)), "{value}");
     if let Err(out) = ping6(&h1.container_ns, h2.container_ip6, 56) {
         panic!("ping6 failed:\n{out}\n{}\n{}", log_text(), c.logs());
+    }
+}
+
+/// `--ip-masq` and the forward rules of an IPv6-only network: one `ip6` table named after
+/// IPv6Network and no `ip` table; the overlay passes a host's `ip6 filter FORWARD` drop policy;
+/// nothing of weft's is left on exit.
+#[test]
+fn ipv6_only_firewall_rules_live_in_one_ip6_table() {
+    require_privileges();
+    let spec = ClusterSpec { skip_hosts: vec![0, 1], ..v6_spec("v6fw", r#"{"Type":"vxlan"}"#) };
+    let mut c = Cluster::start(bin(), &spec, Duration::from_secs(15)).expect("cluster builds");
+    let nft = |ns: &str, args: &[&str]| {
+        let o = ns_exec(ns, &[&["nft"], args].concat()).unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    for h in &c.topo.hosts {
+        let drop =
+            "add table ip6 filter; add chain ip6 filter FORWARD { type filter hook forward priority 0; policy drop; }";
+        assert!(nft(&h.ns, &[drop]).0);
+    }
+    for i in 0..2 {
+        c.start_host(bin(), i, &["--ip-masq".into()]).unwrap();
+    }
+    c.wait_ready(Duration::from_secs(15)).unwrap();
+    let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
+    if let Err(out) = ping6(&h1.container_ns, h2.container_ip6, 56) {
+        panic!("the ip6 FORWARD drop policy stopped the overlay:\n{out}\n{}", c.logs());
+    }
+    let (ok, table) = nft(&h1.ns, &["list", "table", "ip6", "weft_2001_db8_96___48"]);
+    assert!(ok && table.contains("ip6 saddr 2001:db8:96::/48 ip6 daddr != ff00::/8 masquerade"), "{table}");
+    let (_, all) = nft(&h1.ns, &["list", "ruleset"]);
+    assert!(!all.contains("table ip weft_"), "an IPv6-only network made an ip table:\n{all}");
+    for i in 0..2 {
+        c.procs[i].stop(Duration::from_secs(5)).unwrap().expect("clean exit");
+        let (_, left) = nft(&c.topo.hosts[i].ns, &["list", "ruleset"]);
+        assert!(!left.contains("weft"), "host {}: weft's rules left:\n{left}", i + 1);
     }
 }

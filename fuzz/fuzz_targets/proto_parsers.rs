@@ -48,8 +48,11 @@ fuzz_target!(|data: &[u8]| {
             let _ = (a.vxlan_data(), a.vxlan_v6_data());
         }
         if let Ok(c) = netconfig::NetConfig::parse(text) {
-            assert!(c.subnet_min <= c.subnet_max);
-            let _ = c.subnets().take(3).count();
+            assert!(c.ipv4.is_some() || c.ipv6.is_some());
+            if let Some(v4) = &c.ipv4 {
+                assert!(v4.subnet_min <= v4.subnet_max);
+                assert!(v4.subnets().take(3).all(|n| c.fits(&n)));
+            }
             if let Some(v6) = &c.ipv6 {
                 assert!(v6.subnet_min <= v6.subnet_max);
                 assert!(v6.subnets().take(3).all(|n| c.fits_v6(&n)));

@@ -94,3 +94,47 @@ pub fn ping6(ns: &str, dst: Ipv6Addr, size: usize) -> Result<(), String> {
         false => Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))),
     }
 }
+
+/// ping6 of several sizes and 20 MB of verified TCP over IPv6 each way between the two pods.
+pub fn ipv6_traffic(c: &Cluster, what: &str) {
+    const MB: u64 = 1 << 20;
+    let (h1, h2) = (&c.topo.hosts[0], &c.topo.hosts[1]);
+    for (from, to) in [(h1, h2), (h2, h1)] {
+        // 3000 bytes: the sending container cuts it into IPv6 fragments after the host's
+        // Packet Too Big (the overlay MTU is below the container link's).
+        for size in [56, 1200, 3000] {
+            if let Err(out) = ping6(&from.container_ns, to.container_ip6, size) {
+                panic!("{what}: ping6 -s {size} {} failed:\n{out}\n{}", to.container_ip6, c.logs());
+            }
+        }
+        let r = weft::lab::traffic::tcp_bulk(
+            &to.container_ns,
+            to.container_ip6,
+            &from.container_ns,
+            1,
+            weft::lab::traffic::Amount::Bytes(20 * MB),
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("{what}: TCP over IPv6 to {}: {e}\n{}", to.container_ip6, c.logs()));
+        assert_eq!(r.bytes, 20 * MB);
+    }
+}
+
+/// The IPv6 side of a kernel path as flanneld programs it, seen from host 1: host-gw's route
+/// via host 2's PublicIPv6, or `flannel-v6.1` over the IPv6 underlay with its onlink route and
+/// fdb entry.
+pub fn ipv6_kernel_routes(c: &Cluster, backend: &str) {
+    let (h1, h2) = (&c.topo.hosts[0], &c.topo.hosts[1]);
+    let text = |args: &[&str]| String::from_utf8_lossy(&ns_exec(&h1.ns, args).unwrap().stdout).into_owned();
+    let routes = text(&["ip", "-6", "route", "show", &h2.subnet6.to_string()]);
+    match backend.contains("vxlan") {
+        true => {
+            assert!(routes.contains(&format!("via {} dev flannel-v6.1 ", h2.subnet6.network())), "{routes}");
+            let d = text(&["ip", "-d", "link", "show", "flannel-v6.1"]);
+            assert!(d.contains(&format!("local {}", h1.underlay_ip6)) && d.contains("dstport 8472"), "{d}");
+            let fdb = text(&["bridge", "fdb", "show", "dev", "flannel-v6.1"]);
+            assert!(fdb.contains(&format!("dst {} self permanent", h2.underlay_ip6)), "{fdb}");
+        }
+        false => assert!(routes.contains(&format!("via {} dev eth0", h2.underlay_ip6)), "{routes}"),
+    }
+}
