@@ -16,7 +16,7 @@ use super::registry::{LEASE_TTL, Lease, Registry, RegistryError};
 use crate::dataplane::peers::{Peer, PeerV6};
 use crate::proto::lease::{LeaseAttrs, SubnetKey};
 use crate::proto::mac::MacAddr;
-use crate::proto::netconfig::{BackendType, NetConfig};
+use crate::proto::netconfig::{BackendType, Ipv6Config, NetConfig};
 use ipnet::{Ipv4Net, Ipv6Net};
 use rand::seq::SliceRandom;
 use std::collections::HashSet;
@@ -208,14 +208,21 @@ fn check_ipv6_only(cfg: &NetConfig, lease: &Lease) -> Option<String> {
     let (Some(c), Some(subnet)) = (&cfg.ipv6, lease.key.v6) else {
         return Some("it has no IPv6 subnet".into());
     };
-    if !c.network.contains(&subnet) || subnet.prefix_len() != c.subnet_len {
-        return Some(format!("IPv6 subnet {subnet} is not a /{} of IPv6Network {}", c.subnet_len, c.network));
+    if let Some(why) = v6_misfit(c, subnet) {
+        return Some(why);
     }
     match lease.attrs.public_ipv6 {
         None => Some("it has no PublicIPv6 to send its IPv6 pods' packets to".into()),
         Some(ip) if unreachable_v6(ip) => Some(format!("PublicIPv6 {ip} is not an address a host can be reached at")),
         Some(_) => None,
     }
+}
+
+/// Why a peer's IPv6 subnet cannot be routed under `c` (None: it can): one of another size, or
+/// outside IPv6Network, would take traffic that belongs to another host.
+fn v6_misfit(c: &Ipv6Config, subnet: Ipv6Net) -> Option<String> {
+    let fits = c.network.contains(&subnet) && subnet.prefix_len() == c.subnet_len;
+    (!fits).then(|| format!("IPv6 subnet {subnet} is not a /{} of IPv6Network {}", c.subnet_len, c.network))
 }
 
 /// True for an IPv6 address no peer can send to (unspecified, loopback, multicast).
@@ -250,8 +257,8 @@ impl Ipv6Carrier {
 /// network is IPv4-only; `Err`: why its IPv6 subnet cannot be routed (its IPv4 side still is).
 fn peer_v6(cfg: &NetConfig, lease: &Lease, ours: Ipv6Carrier) -> Result<Option<PeerV6>, String> {
     let (Some(v6), Some(subnet)) = (cfg.ipv6.as_ref(), lease.key.v6) else { return Ok(None) };
-    if !v6.network.contains(&subnet) || subnet.prefix_len() != v6.subnet_len {
-        return Err(format!("IPv6 subnet {subnet} is not a /{} of IPv6Network {}", v6.subnet_len, v6.network));
+    if let Some(why) = v6_misfit(v6, subnet) {
+        return Err(why);
     }
     let theirs = Ipv6Carrier::of(&lease.attrs);
     if theirs != ours {

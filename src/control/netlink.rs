@@ -346,7 +346,7 @@ impl Netlink {
         Self::route(dst).gateway(gw).build()
     }
 
-    /// Every IPv4 route in the main table that carries weft's protocol number.
+    /// Every route, IPv4 or IPv6, in the main tables that carries weft's protocol number.
     pub async fn owned_routes(&self) -> Result<Vec<OwnedRoute>, NetlinkError> {
         let mut out = Vec::new();
         let dumps = [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()];
@@ -412,8 +412,8 @@ impl Netlink {
                 };
                 match (gw, r.oif) {
                     (Some(gw), Some(i)) => Self::onlink_route_v6(dst, gw, i),
-                    (Some(gw), None) => Self::route_v6(dst).gateway(gw).build(),
-                    (None, Some(i)) => Self::route_v6(dst).output_interface(i).build(),
+                    (Some(gw), None) => Self::via_route_v6(dst, gw),
+                    (None, Some(i)) => Self::dev_route_v6(dst, i),
                     (None, None) => Self::route_v6(dst).build(),
                 }
             }
@@ -457,21 +457,28 @@ impl Netlink {
             .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTO))
     }
 
-    /// Adds an IPv6 route for `dst` out of link `index` (a dual-stack TUN's); an existing one is
-    /// fine. It goes with the link, so weft never deletes it by itself.
+    fn dev_route_v6(dst: Ipv6Net, index: u32) -> RouteMessage {
+        Self::route_v6(dst).output_interface(index).build()
+    }
+
+    fn via_route_v6(dst: Ipv6Net, gw: Ipv6Addr) -> RouteMessage {
+        Self::route_v6(dst).gateway(gw).build()
+    }
+
+    /// Adds an IPv6 route for `dst` out of link `index` (the TUN's); an existing one is fine. It
+    /// goes with the link, so weft never deletes it by itself.
     pub async fn add_dev_route_v6(&self, dst: Ipv6Net, index: u32) -> Result<(), NetlinkError> {
-        let msg = Self::route_v6(dst).output_interface(index).build();
-        self.add(msg, format!("adding route {dst} dev {index}")).await
+        self.add(Self::dev_route_v6(dst, index), format!("adding route {dst} dev {index}")).await
     }
 
     /// Adds an IPv6 route for `dst` via `gw` (host-gw); an existing one is fine.
     pub async fn add_via_route_v6(&self, dst: Ipv6Net, gw: Ipv6Addr) -> Result<(), NetlinkError> {
-        self.add(Self::route_v6(dst).gateway(gw).build(), format!("adding route {dst} via {gw}")).await
+        self.add(Self::via_route_v6(dst, gw), format!("adding route {dst} via {gw}")).await
     }
 
     /// Removes the IPv6 route for `dst` via `gw`; a missing one is fine.
     pub async fn del_via_route_v6(&self, dst: Ipv6Net, gw: Ipv6Addr) -> Result<(), NetlinkError> {
-        self.del(Self::route_v6(dst).gateway(gw).build(), format!("deleting route {dst} via {gw}")).await
+        self.del(Self::via_route_v6(dst, gw), format!("deleting route {dst} via {gw}")).await
     }
 
     fn onlink_route_v6(dst: Ipv6Net, gw: Ipv6Addr, index: u32) -> RouteMessage {

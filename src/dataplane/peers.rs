@@ -127,11 +127,12 @@ impl PeerTable {
         for p in peers {
             let subnet = p.subnet.map(|s| s.trunc());
             let v6 = p.v6.map(|v6| PeerV6 { subnet: v6.subnet.trunc(), ..v6 });
+            let key = (subnet, v6.map(|v| v.subnet));
             let p = Peer { subnet, v6, ..p };
-            match index.get(&(subnet, v6.map(|v| v.subnet))) {
+            match index.get(&key) {
                 Some(&i) => t.peers[i] = p,
                 None => {
-                    index.insert((subnet, v6.map(|v| v.subnet)), t.peers.len());
+                    index.insert(key, t.peers.len());
                     t.peers.push(p);
                 }
             }

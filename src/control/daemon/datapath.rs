@@ -236,7 +236,7 @@ impl DataPath {
         lease: &Lease,
         peers: &[Peer],
     ) -> Result<Self, SetupError> {
-        let Prepared { nl, underlay, mtu, userspace, metrics, vtep_mac: _, public_ipv6: _ } = prepared;
+        let Prepared { nl, underlay, mtu, userspace, metrics, vtep_mac: _, public: _ } = prepared;
         let mut dp = Self {
             nl,
             network: cfg.ipv4.as_ref().map(|v4| v4.network),
@@ -276,8 +276,7 @@ impl DataPath {
             return Err(e);
         }
         dp.sync(peers).await;
-        let networks: Vec<IpNet> =
-            dp.network.map(IpNet::from).into_iter().chain(dp.network_v6.map(IpNet::from)).collect();
+        let networks: Vec<IpNet> = dp.networks().collect();
         match remove_stale_routes(&dp.nl, &networks, &dp.expected_routes()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!("removed {n} stale routes of an earlier weft"),
@@ -440,13 +439,16 @@ impl DataPath {
     /// The routes weft should have for the current peers (to tell stale routes from ours).
     fn expected_routes(&self) -> Vec<OwnedRoute> {
         let mut v = self.kernel.expected();
-        // The TUN's route to the whole network.
         // The TUN's routes to the whole network, of each family.
-        let networks = self.network.map(IpNet::from).into_iter().chain(self.network_v6.map(IpNet::from));
-        for dst in networks {
+        for dst in self.networks() {
             v.extend(self.tun.iter().map(|t| OwnedRoute { dst, gateway: None, oif: Some(t.index) }));
         }
         v
+    }
+
+    /// The network's pod networks: `Network` and `IPv6Network`, whichever it has.
+    fn networks(&self) -> impl Iterator<Item = IpNet> {
+        self.network.map(IpNet::from).into_iter().chain(self.network_v6.map(IpNet::from))
     }
 
     /// Brings the kernel's entries and the engines' peer table in step with `peers`.

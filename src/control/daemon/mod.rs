@@ -23,7 +23,7 @@ pub mod prepare;
 pub mod signals;
 
 use super::backoff::Backoff;
-use super::lease::{AcquireError, Acquired, acquire, identity};
+use super::lease::{AcquireError, Acquired, acquire};
 use super::registry::dir::{DirRegistry, write_atomic};
 use super::registry::etcd::{EtcdOptions, EtcdRegistry};
 use super::registry::{Registry, RegistryError};
@@ -197,8 +197,8 @@ fn public_ipv6(opts: &RunOptions, cfg: &NetConfig, prepared: &prepare::Prepared)
         return Ok(None);
     }
     // An IPv6-only network: every data path sends from it; prepare found it.
-    if prepared.public_ipv6.is_some() {
-        return Ok(prepared.public_ipv6);
+    if let (None, IpAddr::V6(ip)) = (&cfg.ipv4, prepared.public) {
+        return Ok(Some(ip));
     }
     if !prepared.kernel_path() {
         if let Some(ip) = opts.public_ipv6 {
@@ -215,12 +215,23 @@ fn public_ipv6(opts: &RunOptions, cfg: &NetConfig, prepared: &prepare::Prepared)
     }
 }
 
-/// What this node announces in its lease: PublicIP (None on an IPv6-only network whose
-/// underlay has no IPv4 address), PublicIPv6, and the VTEP MAC of an adopted device.
+/// What this node announces in its lease: the address its lease is known by (PublicIP, or an
+/// IPv6-only network's PublicIPv6: see [`crate::control::lease::identity`]), PublicIPv6, and
+/// the VTEP MAC of an adopted device.
 struct Announce {
-    public_ip: Option<Ipv4Addr>,
+    public: IpAddr,
     public_ipv6: Option<Ipv6Addr>,
     device_mac: Option<MacAddr>,
+}
+
+impl Announce {
+    /// PublicIP; None on an IPv6-only network.
+    fn public_ip(&self) -> Option<Ipv4Addr> {
+        match self.public {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(_) => None,
+        }
+    }
 }
 
 /// Stage 3: a lease, retried while the registry is unreachable.
@@ -232,13 +243,9 @@ async fn acquire_lease<R: Registry>(
     shutdown: &mut Shutdown,
 ) -> Result<Acquired> {
     let previous = read_previous_subnet(&opts.subnet_file);
-    let attrs = |prev: Option<&LeaseAttrs>| attrs_for(cfg, ours.public_ip, ours.public_ipv6, ours.device_mac, prev);
-    let probe = attrs(None);
-    let Some(identity) = identity(cfg, &probe) else {
-        anyhow::bail!("an IPv6-only network needs a PublicIPv6 (internal: none was found before the lease)");
-    };
+    let attrs = |prev: Option<&LeaseAttrs>| attrs_for(cfg, ours.public_ip(), ours.public_ipv6, ours.device_mac, prev);
     let acquired =
-        retrying("acquiring a lease", shutdown, Attempt::RunsToEnd, || acquire(reg, cfg, identity, previous, attrs))
+        retrying("acquiring a lease", shutdown, Attempt::RunsToEnd, || acquire(reg, cfg, ours.public, previous, attrs))
             .await?;
     if shutdown.check().is_err() {
         give_back(reg, &acquired).await;
@@ -265,15 +272,12 @@ async fn serve<R: Registry>(reg: R, opts: RunOptions, shutdown: &mut Shutdown) -
     let cfg_text = retrying("reading the network config", shutdown, Attempt::Cancellable, || reg.config()).await?;
     let cfg = NetConfig::parse(&cfg_text)?;
     let prepared = prepare::prepare(&opts, &cfg).await?;
-    let (public_ip, mtu) = (prepared.underlay.addr.filter(|_| cfg.ipv4.is_some()), prepared.mtu);
+    let (public, mtu) = (prepared.public, prepared.mtu);
     let public_ipv6 = public_ipv6(&opts, &cfg, &prepared)?;
-    // prepare has made sure there is one: PublicIP, or an IPv6-only network's PublicIPv6.
-    let public: IpAddr =
-        public_ip.map(IpAddr::from).or(public_ipv6.map(IpAddr::from)).unwrap_or(Ipv4Addr::UNSPECIFIED.into());
     tracing::info!(network = %cfg.networks(), backend = %cfg.backend.kind, iface = %prepared.underlay.name, public_ip = %public, registry = %reg.describe(), dataplane = %prepared.metrics.dataplane, "starting");
     let metrics = prepared.metrics.clone();
 
-    let ours = Announce { public_ip, public_ipv6, device_mac: prepared.vtep_mac };
+    let ours = Announce { public, public_ipv6, device_mac: prepared.vtep_mac };
     let acquired = acquire_lease(&reg, &cfg, &ours, &opts, shutdown).await?;
     let lease = acquired.lease.clone();
     let started = async {

@@ -211,9 +211,10 @@ pub struct Prepared {
     /// The MAC of a `flannel.<VNI>` that a kernel-path start will adopt: it stays the VtepMAC,
     /// so that peers' entries for this host stay valid.
     pub vtep_mac: Option<MacAddr>,
-    /// An IPv6-only network's PublicIPv6 (`--public-ipv6`, else the underlay's first global
-    /// IPv6 address): the address every data path sends from and peers send to.
-    pub public_ipv6: Option<Ipv6Addr>,
+    /// The address peers send this node's packets to, and the lease is known by: PublicIP, or
+    /// on an IPv6-only network PublicIPv6 (`--public-ipv6`, else the address `--iface` names,
+    /// else the underlay's first global IPv6 address).
+    pub public: IpAddr,
 }
 
 impl Prepared {
@@ -433,8 +434,7 @@ pub async fn prepare(opts: &RunOptions, cfg: &NetConfig) -> Result<Prepared, Hos
     if let (None, Some(ip)) = (&cfg.ipv4, opts.public_ip) {
         tracing::warn!(%ip, "--public-ip is not announced: on an IPv6-only network a lease's PublicIP is the empty 0.0.0.0, as flanneld writes it");
     }
-    // The address the userspace path binds: PublicIP, or an IPv6-only network's PublicIPv6.
-    let local: IpAddr = match (public_ipv6, underlay.addr) {
+    let public: IpAddr = match (public_ipv6, underlay.addr) {
         (Some(ip6), _) => ip6.into(),
         (None, Some(ip)) => {
             check_public_ip(ip, &underlay.name)?;
@@ -456,7 +456,7 @@ pub async fn prepare(opts: &RunOptions, cfg: &NetConfig) -> Result<Prepared, Hos
     let userspace = match kernel {
         true => None,
         false => {
-            let spec = UserspaceSpec::new(opts, cfg, local);
+            let spec = UserspaceSpec::new(opts, cfg, public);
             port_free(spec.local).await?;
             Some(spec.open()?)
         }
@@ -477,7 +477,7 @@ pub async fn prepare(opts: &RunOptions, cfg: &NetConfig) -> Result<Prepared, Hos
     for e in endpoints {
         tokio::spawn(metrics::serve(e, metrics.clone()));
     }
-    Ok(Prepared { nl, underlay, mtu, userspace, metrics, vtep_mac, public_ipv6 })
+    Ok(Prepared { nl, underlay, mtu, userspace, metrics, vtep_mac, public })
 }
 
 /// A `flannel.<VNI>` (`flannel-v6.<VNI>` on an IPv6-only network) left by an earlier

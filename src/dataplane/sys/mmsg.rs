@@ -23,11 +23,6 @@ pub struct MmsgBatch {
 // dereferenced outside one; the arrays themselves are plain data.
 unsafe impl Send for MmsgBatch {}
 
-/// What a received datagram's sender reads as when the kernel gave no IPv4 or IPv6 address.
-fn unknown_sender() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 0))
-}
-
 impl MmsgBatch {
     /// Header arrays for `capacity` (≤ [`MAX_BATCH`]) messages.
     pub fn new(capacity: usize) -> Self {
@@ -136,7 +131,7 @@ impl MmsgBatch {
         let got = usize::try_from(rc).unwrap_or(0);
         for ((m, h), a) in meta.iter_mut().zip(&self.hdrs).zip(&self.addrs).take(got) {
             let len = usize::try_from(h.msg_len).unwrap_or(0);
-            *m = RecvMeta { len, from: a.get().unwrap_or_else(unknown_sender), stride: len.max(1) };
+            *m = RecvMeta { len, from: a.get().unwrap_or(sockaddr::UNKNOWN_SENDER), stride: len.max(1) };
         }
         Ok(got)
     }

@@ -12,6 +12,10 @@ pub union RawAddr {
     v6: libc::sockaddr_in6,
 }
 
+/// What a received datagram's sender reads as when the kernel gave no IPv4 or IPv6 address:
+/// no peer sends from it, so such a datagram is dropped as `unknown_sender`.
+pub const UNKNOWN_SENDER: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+
 /// Bytes of the larger form: what a receive offers the kernel for the sender's address.
 pub const CAPACITY: usize = std::mem::size_of::<libc::sockaddr_in6>();
 

@@ -127,11 +127,7 @@ pub struct RecvMeta {
 
 impl RecvMeta {
     /// Nothing received yet: a placeholder for a caller's array.
-    pub const EMPTY: Self = Self {
-        len: 0,
-        from: SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0)),
-        stride: 1,
-    };
+    pub const EMPTY: Self = Self { len: 0, from: super::sockaddr::UNKNOWN_SENDER, stride: 1 };
 
     /// How many datagrams it holds.
     pub fn datagrams(&self) -> usize {
@@ -162,7 +158,7 @@ pub fn recv_gro(sock: &UdpSocket, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result
             Some(nix::sys::socket::AddressFamily::Inet6) => a.as_sockaddr_in6().map(|a| SocketAddr::from(*a)),
             _ => None,
         })
-        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        .unwrap_or(super::sockaddr::UNKNOWN_SENDER);
     Ok(RecvMeta { len: msg.bytes, from, stride: seg.unwrap_or(msg.bytes).max(1) })
 }
 

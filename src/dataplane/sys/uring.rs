@@ -393,7 +393,7 @@ pub fn parse_received(buf: &[u8], result: usize) -> Option<Received> {
     let (namelen, payloadlen, flags) = (word(0)?, word(8)?, word(12)?);
     let name = buf.get(16..16 + NAME_LEN)?;
     let namelen = usize::try_from(namelen).ok()?.min(NAME_LEN);
-    let from = sockaddr::from_bytes(&name[..namelen]).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+    let from = sockaddr::from_bytes(&name[..namelen]).unwrap_or(sockaddr::UNKNOWN_SENDER);
     let have = result.min(buf.len()).saturating_sub(RECVMSG_PREFIX);
     let len = usize::try_from(payloadlen).ok()?;
     let truncated = flags & (libc::MSG_TRUNC as u32) != 0 || len > have;
