@@ -1,6 +1,6 @@
 //! Every engine, both backends: byte-exact TCP (200 MB each way), small verified UDP, ICMP of
-//! mixed sizes (fragmented too), net-unreachable, and the offload engine against a kernel VXLAN
-//! peer set up as flanneld does (offload and uring), and offload with GSO sends turned off.
+//! mixed sizes (fragmented too), net-unreachable, the offload and uring engines against a kernel
+//! VXLAN peer set up as flanneld does, and both with GSO sends turned off.
 
 mod common;
 
@@ -29,10 +29,13 @@ fn crossing_delta(before: &Samples, after: &Samples, metric: &str, crossing: &st
     after.get(&key).copied().unwrap_or(0.0) - before.get(&key).copied().unwrap_or(0.0)
 }
 
-/// Packets per syscall on `crossing` between two scrapes of one host.
-fn packets_per_call(before: &Samples, after: &Samples, crossing: &str) -> f64 {
-    crossing_delta(before, after, name::CROSSING_PACKETS, crossing)
-        / crossing_delta(before, after, name::CROSSING_SYSCALLS, crossing).max(1.0)
+/// Packets per call on `crossing` between two scrapes of one host: per syscall, or for the
+/// uring engine per io_uring request (its sends and writes make no syscall of their own).
+fn packets_per_call(before: &Samples, after: &Samples, crossing: &str, mode: &str) -> f64 {
+    let calls = if mode == "uring" { name::CROSSING_REQUESTS } else { name::CROSSING_SYSCALLS };
+    let n = crossing_delta(before, after, calls, crossing);
+    assert!(n > 0.0, "{mode}: no {calls} on {crossing}");
+    crossing_delta(before, after, name::CROSSING_PACKETS, crossing) / n
 }
 
 fn suite(tag: &str, backend: &str, mode: &str) {
@@ -44,10 +47,10 @@ fn suite(tag: &str, backend: &str, mode: &str) {
     let before = [scrape(&h1.ns).unwrap(), scrape(&h2.ns).unwrap()];
     let u = udp_flood(&h2.container_ns, h2.container_ip, &h1.container_ns, Duration::from_millis(500)).unwrap();
     assert!(u.received > 0 && u.bad == 0, "{mode}/{backend}: {u:?}");
-    if mode == "offload" || mode == "batched" {
+    if mode != "naive" {
         // The flood's datagrams leave host 1 in GSO runs and enter host 2's TUN in USO runs.
         let per_call = |host: usize, crossing: &str| {
-            packets_per_call(&before[host], &scrape(&c.topo.hosts[host].ns).unwrap(), crossing)
+            packets_per_call(&before[host], &scrape(&c.topo.hosts[host].ns).unwrap(), crossing, mode)
         };
         let (sent, written) = (per_call(0, "udp_send"), per_call(1, "tun_write"));
         assert!(
@@ -55,7 +58,7 @@ fn suite(tag: &str, backend: &str, mode: &str) {
             "{mode}/{backend}: {sent:.1} datagrams per send, {written:.1} per TUN write"
         );
     }
-    if mode == "offload" {
+    if mode == "offload" || mode == "uring" {
         // A sender using UDP_SEGMENT (as QUIC stacks do): with USO the TUN hands each of its
         // 40-datagram sends to weft as one super-packet, which weft cuts into the same datagrams.
         let before = scrape(&h1.ns).unwrap();
@@ -64,7 +67,7 @@ fn suite(tag: &str, backend: &str, mode: &str) {
         // Super-packets of 40 read back to back leave as GSO sends of up to 52–53 (one's tail
         // leads the next one's first send), and still in order.
         assert_eq!(g.reordered, 0, "{backend}: UDP GSO datagrams reordered: {g:?}");
-        let per_read = packets_per_call(&before, &scrape(&h1.ns).unwrap(), "tun_read");
+        let per_read = packets_per_call(&before, &scrape(&h1.ns).unwrap(), "tun_read", mode);
         assert!(per_read > 4.0, "{backend}: {per_read:.1} datagrams per TUN read: no USO super-packets");
     }
     let err = udp_probe_error(&h1.container_ns, "100.96.77.2:9".parse::<SocketAddr>().unwrap(), Duration::from_secs(3))
@@ -118,11 +121,17 @@ fn uring_vxlan_with_a_kernel_vxlan_peer() {
 /// of it still byte-exact.
 #[test]
 fn offload_vxlan_without_udp_gso() {
-    let c = cluster(
-        "offnogso",
-        r#"{"Type":"vxlan"}"#,
-        &["--mode", "offload", "--no-udp-gso", "--metrics-addr", "127.0.0.1:9100"],
-    );
+    without_udp_gso("offnogso", "offload");
+}
+
+/// The same for the uring engine: one datagram per queued send.
+#[test]
+fn uring_vxlan_without_udp_gso() {
+    without_udp_gso("urnogso", "uring");
+}
+
+fn without_udp_gso(tag: &str, mode: &str) {
+    let c = cluster(tag, r#"{"Type":"vxlan"}"#, &["--mode", mode, "--no-udp-gso", "--metrics-addr", "127.0.0.1:9100"]);
     let (h1, h2) = (c.topo.hosts[0].clone(), c.topo.hosts[1].clone());
     ping_sizes(&h1.container_ns, h2.container_ip);
     tcp_both_ways(&c, MB200);
@@ -138,14 +147,14 @@ fn offload_vxlan_without_udp_gso() {
         amount,
         Duration::from_secs(60),
     )
-    .unwrap_or_else(|e| panic!("TCP without GSO: {e}\n{}", c.logs()));
+    .unwrap_or_else(|e| panic!("{mode}: TCP without GSO: {e}\n{}", c.logs()));
     assert_eq!(r.bytes, 20 << 20);
     let after = scrape(&h1.ns).unwrap();
-    let per_read = packets_per_call(&before, &after, "tun_read");
-    let per_send = packets_per_call(&before, &after, "udp_send");
-    assert!(per_read > 4.0, "{per_read:.1} segments per TUN read: no super-packets");
+    let per_read = packets_per_call(&before, &after, "tun_read", mode);
+    let per_send = packets_per_call(&before, &after, "udp_send", mode);
+    assert!(per_read > 4.0, "{mode}: {per_read:.1} segments per TUN read: no super-packets");
     let sent = crossing_delta(&before, &after, name::CROSSING_PACKETS, "udp_send");
-    assert!(sent > 14_000.0 && per_send < 1.5, "{per_send:.2} datagrams per send without GSO ({sent} sent)");
+    assert!(sent > 14_000.0 && per_send < 1.5, "{mode}: {per_send:.2} datagrams per send without GSO ({sent} sent)");
 }
 
 fn with_a_kernel_vxlan_peer(tag: &str, mode: &str) {
@@ -172,6 +181,12 @@ fn flows_spread_over_workers_and_keep_their_order() {
 #[test]
 fn flows_spread_with_the_batched_engine() {
     flows_spread("flowsbat", "batched");
+}
+
+/// The same with the uring engine, whose sends are queued on the ring per socket.
+#[test]
+fn flows_spread_with_the_uring_engine() {
+    flows_spread("flowsur", "uring");
 }
 
 fn flows_spread(tag: &str, mode: &str) {

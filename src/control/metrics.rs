@@ -22,6 +22,8 @@ pub mod name {
     pub const CROSSING_BYTES: &str = "weft_crossing_bytes_total";
     /// Time inside each crossing's syscalls.
     pub const CROSSING_SECONDS: &str = "weft_crossing_seconds_total";
+    /// io_uring requests per crossing (the uring engine's).
+    pub const CROSSING_REQUESTS: &str = "weft_crossing_ring_requests_total";
     /// Inner packets per worker and crossing (labels `worker`, `crossing`): how flows spread.
     pub const WORKER_PACKETS: &str = "weft_worker_packets_total";
     /// Packets not forwarded (label `reason`).
@@ -127,6 +129,13 @@ pub fn render(state: &MetricsState) -> String {
         "counter",
         "Wall-clock time spent inside the syscalls of each crossing.",
         &per_crossing(&|c| s.nanos(c) as f64 / 1e9),
+    );
+    metric(
+        &mut out,
+        name::CROSSING_REQUESTS,
+        "counter",
+        "io_uring requests completed on each crossing (uring engine: reads, receives, sends, writes).",
+        &per_crossing(&|c| s.requests(c) as f64),
     );
     worker_metrics(&mut out, &state.counters);
     let drops: Vec<(String, f64)> =

@@ -99,6 +99,8 @@ pub struct CrossingCounters {
     pub bytes: AtomicU64,
     /// Nanoseconds spent inside those syscalls (wall clock around each call).
     pub nanos: AtomicU64,
+    /// io_uring requests completed on this crossing (made inside enters counted as syscalls).
+    pub requests: AtomicU64,
 }
 
 /// One worker's counters. Written by one thread with relaxed atomics, read by anyone.
@@ -130,11 +132,12 @@ impl Counters {
         }
     }
 
-    /// Counts `packets` packets of `bytes` bytes moved on `c` by a syscall counted elsewhere (an
-    /// io_uring request submitted and completed within one `io_uring_enter` of the ring).
+    /// Counts `packets` packets of `bytes` bytes moved on `c` by one io_uring request, submitted
+    /// and completed within `io_uring_enter`s counted elsewhere.
     #[inline]
     pub fn moved(&self, c: Crossing, packets: u64, bytes: u64) {
         let cc = &self.crossings[c as usize];
+        cc.requests.fetch_add(1, Ordering::Relaxed);
         cc.packets.fetch_add(packets, Ordering::Relaxed);
         cc.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
@@ -166,6 +169,7 @@ impl Counters {
                 cc.packets.load(Ordering::Relaxed),
                 cc.bytes.load(Ordering::Relaxed),
                 cc.nanos.load(Ordering::Relaxed),
+                cc.requests.load(Ordering::Relaxed),
             ];
         }
         for (i, d) in self.drops.iter().enumerate() {
@@ -254,8 +258,8 @@ pub fn timed<T>(f: impl FnOnce() -> T) -> (T, u64) {
 /// A copy of [`Counters`] at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    /// Per crossing: [syscalls, packets, bytes, nanoseconds].
-    pub crossings: [[u64; 4]; 4],
+    /// Per crossing: [syscalls, packets, bytes, nanoseconds, io_uring requests].
+    pub crossings: [[u64; 5]; 4],
     /// Per drop reason.
     pub drops: [u64; DROP_REASONS],
     /// ICMP messages sent.
@@ -280,6 +284,10 @@ impl Snapshot {
     /// Nanoseconds spent in syscalls on `c`.
     pub fn nanos(&self, c: Crossing) -> u64 {
         self.crossings[c as usize][3]
+    }
+    /// io_uring requests completed on `c`.
+    pub fn requests(&self, c: Crossing) -> u64 {
+        self.crossings[c as usize][4]
     }
     /// Drops under `r`.
     pub fn drops(&self, r: DropReason) -> u64 {
@@ -325,7 +333,12 @@ mod tests {
         c.syscall(Crossing::TunRead, 1, 100, 500);
         c.syscall(Crossing::TunRead, 0, 0, 100);
         c.count_drop(DropReason::NoRoute);
+        c.moved(Crossing::UdpSend, 44, 64_000);
         let a = c.snapshot();
+        assert_eq!(
+            (a.requests(Crossing::UdpSend), a.packets(Crossing::UdpSend), a.syscalls(Crossing::UdpSend)),
+            (1, 44, 0)
+        );
         assert_eq!(
             (a.syscalls(Crossing::TunRead), a.packets(Crossing::TunRead), a.bytes(Crossing::TunRead)),
             (2, 1, 100)

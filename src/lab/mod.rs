@@ -39,8 +39,7 @@ pub struct LabOptions {
     /// Hosts in the topology (the workloads run between hosts 1 and 2).
     #[arg(long, default_value_t = 2)]
     pub hosts: usize,
-    /// Only data paths whose name contains this text (e.g. `naive`, `kernel`), chosen from
-    /// every data path weft has: the io_uring engine's, which the default set leaves out, too.
+    /// Only data paths whose name contains this text (e.g. `naive`, `kernel`, `uring`).
     #[arg(long, value_name = "TEXT")]
     pub only: Option<String>,
     /// Run the hosts against a real etcd (spawned in host 1's namespace) instead of a registry
@@ -123,21 +122,17 @@ struct DataPath {
     name: String,
     backend: &'static str,
     extra: Vec<String>,
-    /// In the set a plain `weft lab` runs (io_uring's paths lose to offload everywhere and run
-    /// only when `--only` picks them; see docs/performance.md).
-    default: bool,
 }
 
 /// Every data path weft has: the kernel baselines through weft's control plane, and every
 /// userspace engine × backend.
 fn data_paths() -> Vec<DataPath> {
     let mut v = vec![
-        DataPath { name: "host-gw (kernel)".into(), backend: r#"{"Type":"host-gw"}"#, extra: vec![], default: true },
+        DataPath { name: "host-gw (kernel)".into(), backend: r#"{"Type":"host-gw"}"#, extra: vec![] },
         DataPath {
             name: "vxlan (kernel)".into(),
             backend: r#"{"Type":"vxlan"}"#,
             extra: vec!["--dataplane".into(), "kernel".into()],
-            default: true,
         },
     ];
     use crate::dataplane::engine::Mode;
@@ -147,7 +142,6 @@ fn data_paths() -> Vec<DataPath> {
                 name: format!("weft {backend} {}", mode.name()),
                 backend: json,
                 extra: vec!["--mode".into(), mode.name().into()],
-                default: *mode != Mode::Uring,
             });
         }
     }
@@ -157,17 +151,17 @@ fn data_paths() -> Vec<DataPath> {
             name: format!("weft vxlan {} mq2", mode.name()),
             backend: r#"{"Type":"vxlan"}"#,
             extra: vec!["--mode".into(), mode.name().into(), "--threads".into(), "2".into()],
-            default: mode != Mode::Uring,
         });
     }
     // Two workers, each flow keeping one of eight source ports per worker: the peer's
     // SO_REUSEPORT group spreads flows over its workers instead of senders.
-    v.push(DataPath {
-        name: "weft vxlan offload mq2 flows".into(),
-        backend: r#"{"Type":"vxlan"}"#,
-        extra: ["--mode", "offload", "--threads", "2", "--flow-ports", "8"].map(String::from).to_vec(),
-        default: true,
-    });
+    for mode in [Mode::Offload, Mode::Uring] {
+        v.push(DataPath {
+            name: format!("weft vxlan {} mq2 flows", mode.name()),
+            backend: r#"{"Type":"vxlan"}"#,
+            extra: ["--mode", mode.name(), "--threads", "2", "--flow-ports", "8"].map(String::from).to_vec(),
+        });
+    }
     v
 }
 
@@ -411,13 +405,8 @@ pub fn run(opts: LabOptions) -> Result<()> {
         workloads.push(Workload::Tcp { streams: opts.streams });
     }
     workloads.extend([Workload::UdpSmall, Workload::RequestResponse]);
-    let paths: Vec<DataPath> = data_paths()
-        .into_iter()
-        .filter(|d| match opts.only.as_deref() {
-            Some(o) => d.name.contains(o),
-            None => d.default,
-        })
-        .collect();
+    let paths: Vec<DataPath> =
+        data_paths().into_iter().filter(|d| opts.only.as_deref().is_none_or(|o| d.name.contains(o))).collect();
     let families = if opts.ipv6 { Families::Ipv6 } else { opts.family };
     if paths.is_empty() {
         bail!("--only {:?} matches no data path", opts.only.unwrap_or_default());

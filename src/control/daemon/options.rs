@@ -165,7 +165,7 @@ pub enum EngineChoice {
     Batched,
     /// TUN TSO super-packets cut in user space and sent with UDP GSO; UDP GRO on receive.
     Offload,
-    /// The batched engine's forwarding with every crossing submitted through io_uring (Linux ≥ 6.7).
+    /// The offload engine's work with every crossing submitted through io_uring (Linux ≥ 6.7).
     Uring,
 }
 

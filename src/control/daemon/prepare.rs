@@ -165,7 +165,7 @@ impl UserspaceSpec {
         // The port first: it is what a second weft on this host collides on.
         let sockets = bind_sockets(local, workers, self.flow_ports)?;
         let (first, mode, tun_uso) = open_first_queue(self.choice, name, workers > 1, self.dual_stack)?;
-        if mode == Mode::Offload {
+        if matches!(mode, Mode::Offload | Mode::Uring) {
             for s in &sockets {
                 udp::enable_gro(&s.rx).map_err(|error| HostError::Udp {
                     addr: local,
@@ -174,7 +174,7 @@ impl UserspaceSpec {
                 })?;
             }
         }
-        let vnet_hdr = matches!(mode, Mode::Batched | Mode::Offload);
+        let vnet_hdr = matches!(mode, Mode::Batched | Mode::Offload | Mode::Uring);
         let mut queues = vec![first];
         for _ in 1..workers {
             queues.push(Tun::open_with(name, vnet_hdr, true).map_err(|e| tun_error("adding a queue to TUN", name, e))?);
@@ -374,18 +374,19 @@ fn bind_sockets(local: SocketAddr, workers: usize, flow_ports: usize) -> Result<
 /// set; elsewhere assumed, and found out at the first coalesced UDP write.
 fn open_first_queue(choice: EngineChoice, name: &str, multi: bool, ipv6: bool) -> Result<(Tun, Mode, bool), HostError> {
     // batched writes coalesced runs, so its TUN carries a virtio_net_hdr too (but no offloads).
-    let vnet_hdr = matches!(choice, EngineChoice::Auto | EngineChoice::Batched | EngineChoice::Offload);
+    let vnet_hdr = !matches!(choice, EngineChoice::Naive);
     let tun = Tun::open_with(name, vnet_hdr, multi).map_err(|e| tun_error("creating TUN device", name, e))?;
     let (mode, tun_uso) = match choice.fixed() {
-        Some(Mode::Offload) => {
+        Some(mode @ (Mode::Offload | Mode::Uring)) => {
             let uso = set_tun_offloads(&tun, ipv6).map_err(|e| HostError::Tun {
                 what: "enabling TSO (TUNSETOFFLOAD) on",
                 name: name.to_string(),
                 hint: " (use --mode batched or auto on this kernel)",
                 error: e,
             })?;
+            tracing::info!(engine = mode.name(), "engine: {} (--mode)", mode.name());
             log_uso(name, uso);
-            (Mode::Offload, uso)
+            (mode, uso)
         }
         Some(mode) => {
             tracing::info!(engine = mode.name(), "engine: {} (--mode)", mode.name());

@@ -90,7 +90,7 @@ impl EgressPath {
             read += 1;
             let Read::Packet(packet, ns) = r else { continue };
             c.syscall(Crossing::TunRead, 1, u64_len(packet.len), ns);
-            let len = match plain_packet(buf, &packet) {
+            let len = match plain_packet(buf.as_mut_slice(), &packet) {
                 Ok(len) => len,
                 Err(reason) => {
                     c.count_drop(reason);

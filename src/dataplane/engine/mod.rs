@@ -6,6 +6,7 @@ pub mod coalesce;
 pub mod naive;
 pub mod offload;
 pub mod runs;
+pub mod stage;
 pub mod uring;
 
 use super::counters::Counters;
@@ -36,9 +37,9 @@ pub enum Mode {
     /// TUN TSO super-packets cut in user space and sent with UDP GSO; UDP GRO on receive,
     /// coalesced and written back as GSO packets.
     Offload,
-    /// The batched engine's forwarding with every crossing submitted through io_uring: one
-    /// multishot TUN read and socket receive, sends and fixed-buffer TUN writes queued and
-    /// submitted together (Linux ≥ 6.7).
+    /// The offload engine's work with every crossing submitted through io_uring: one multishot
+    /// TUN read of super-packets and one multishot GRO receive, GSO sends and coalesced TUN
+    /// writes queued and submitted together (Linux ≥ 6.7).
     Uring,
 }
 
@@ -256,13 +257,56 @@ pub(crate) fn read_tun(ctx: &EngineContext, buf: &mut PacketBuf) -> Result<Read,
 
 /// A packet read from the TUN that is not a super-packet, made ready to forward: its partial
 /// checksum completed where the `virtio_net_hdr` asks (a TUN without offloads hands over nothing
-/// else; anything else is a device someone else set up). Returns the packet's length.
-pub(crate) fn plain_packet(buf: &mut PacketBuf, read: &TunRead) -> Result<usize, super::counters::DropReason> {
+/// else; anything else is a device someone else set up). `buf` holds the packet at
+/// [`HEADROOM`](super::packet::HEADROOM). Returns the packet's length.
+pub(crate) fn plain_packet(buf: &mut [u8], read: &TunRead) -> Result<usize, super::counters::DropReason> {
     if read.vnet.gso_kind() != crate::proto::virtio::GSO_NONE {
         return Err(super::counters::DropReason::BadIpHeader);
     }
-    read.vnet.complete_checksum(buf.inner_mut(read.len)).map_err(|_| super::counters::DropReason::BadIpHeader)?;
+    let inner = buf.get_mut(super::packet::HEADROOM..).and_then(|b| b.get_mut(..read.len)).unwrap_or(&mut []);
+    read.vnet.complete_checksum(inner).map_err(|_| super::counters::DropReason::BadIpHeader)?;
     Ok(read.len)
+}
+
+/// What a packet read from a TUN with offloads is: plain, or a super-packet to cut.
+pub(crate) enum Kind {
+    /// One packet, its checksum completed.
+    Plain,
+    /// A TCP or UDP super-packet and how to cut it.
+    Super(crate::proto::gso::Segmenter),
+}
+
+/// Classifies the packet `read` put at [`HEADROOM`](super::packet::HEADROOM) of `buf`. Returns
+/// how many packets it counts as (a super-packet counts as its segments, so that every packet
+/// read is accounted for, sent or dropped) and its kind, or why it is dropped.
+pub(crate) fn classify(
+    ctx: &EngineContext,
+    buf: &mut [u8],
+    read: &TunRead,
+) -> (u64, Result<Kind, super::counters::DropReason>) {
+    use crate::proto::gso::Segmenter;
+    use crate::proto::virtio;
+    let (len, size) = (read.len, usize::from(read.vnet.gso_size));
+    let inner = buf.get(super::packet::HEADROOM..).and_then(|b| b.get(..len)).unwrap_or(&[]);
+    let seg = match read.vnet.gso_kind() {
+        virtio::GSO_TCPV4 => Segmenter::new(inner, size).ok(),
+        virtio::GSO_TCPV6 => Segmenter::new_v6(inner, size).ok(),
+        // USO comes for both IP versions under one type.
+        virtio::GSO_UDP_L4 => Segmenter::for_packet(inner, false, size).ok(),
+        _ => None,
+    };
+    let pkts = u64_len(seg.as_ref().map_or(1, |s| s.count()));
+    let kind = match (read.vnet.gso_kind(), seg) {
+        (virtio::GSO_TCPV4 | virtio::GSO_TCPV6 | virtio::GSO_UDP_L4, Some(seg)) => Ok(Kind::Super(seg)),
+        (virtio::GSO_NONE, _) => plain_packet(buf, read).map(|_| Kind::Plain),
+        // An IPv6 super-packet on a node without IPv6 (the TUN offers TSO6 only to a dual-stack
+        // node, but USO covers both versions): an IPv6 drop like any other.
+        (_, None) if ctx.forwarder.v6.is_none() && crate::proto::ip_version(inner) == Some(6) => {
+            Err(super::counters::DropReason::Ipv6)
+        }
+        _ => Err(super::counters::DropReason::BadIpHeader),
+    };
+    (pkts, kind)
 }
 
 /// Writes one inner packet into the TUN (crossing: TUN write), counting it or its drop.

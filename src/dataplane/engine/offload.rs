@@ -23,17 +23,15 @@
 
 use super::coalesce::{Outer, TunWriter};
 use super::runs::{BATCH, MAX_GSO_BYTES, Pending, RunSender, count_sent, gso_refused};
-use super::{EngineContext, EngineError, Read, drain, empty_read, plain_packet, read_tun, reply_icmp, u64_len};
+use super::stage::{Dest, Outbox, Staged, Stager};
+use super::{EngineContext, EngineError, Kind, Read, classify, drain, empty_read, read_tun, reply_icmp, u64_len};
 use crate::dataplane::counters::{Crossing, DropLog, DropReason, timed};
 use crate::dataplane::forward::{Egress, Ingress, SCRATCH_LEN};
 use crate::dataplane::offloads::Offload;
-use crate::dataplane::packet::{HEADROOM, PacketBuf};
+use crate::dataplane::packet::PacketBuf;
 use crate::dataplane::sys::tun::{Tun, offload};
 use crate::dataplane::sys::udp::{MAX_SEGMENTS, RecvMeta, gro_cmsg_space, recv_gro, send_gso};
-use crate::proto::gso::{Headers, Segmenter};
-use crate::proto::virtio;
 use std::io::IoSlice;
-use std::net::SocketAddr;
 use std::ops::Range;
 
 /// The offloads the TUN must be set up with for this engine.
@@ -54,39 +52,15 @@ pub fn set_tun_offloads(tun: &Tun, ipv6: bool) -> std::io::Result<bool> {
     }
 }
 
-/// Datagrams written for one GSO send and not sent yet, framed as they go on the wire, one
-/// after another from the start of `State::frames`. The send leaves when it is full (44
-/// segments of 1 472 bytes, [`MAX_GSO_BYTES`]) or when a shorter datagram ends it. A 64 KiB
-/// TCP super-packet has 47 such segments, so alone each would cost two sends, two receives and
-/// two TUN writes, the second for 3 segments: its tail stays staged, and when the next read is
-/// another super-packet to the same peer with segments of the same size, that one's segments
-/// join the send. Anything else read sends the staged datagrams first, and so does the end of
-/// the batch.
-#[derive(Debug, Clone, Copy)]
-struct Staged {
-    dest: Dest,
-    /// Bytes of each datagram on the wire (outer header + segment).
-    size: usize,
-    /// Bytes written: `size` per datagram, but the last may be shorter (and then it is sent).
-    len: usize,
-}
-
-/// Where a super-packet's datagrams go: the peer, and the pool's socket they leave from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Dest {
-    to: SocketAddr,
-    tx: usize,
-}
-
 /// Egress: read buffers, what is to be sent from them, and the GSO sends being written.
 struct EgressPath {
     /// [`BATCH`] read buffers.
     bufs: Vec<PacketBuf>,
     pending: Vec<Pending>,
     sender: RunSender,
-    /// The datagrams of one GSO send, written whole ([`Staged`]).
-    frames: Vec<u8>,
-    staged: Option<Staged>,
+    /// A super-packet's datagrams, written whole for one GSO send ([`Stager`]).
+    frame: Vec<u8>,
+    stager: Stager,
     scratch: [u8; SCRATCH_LEN],
 }
 
@@ -111,8 +85,8 @@ pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
                 bufs: PacketBuf::many(BATCH),
                 pending: Vec::with_capacity(BATCH),
                 sender: RunSender::default(),
-                frames: vec![0u8; MAX_GSO_BYTES],
-                staged: None,
+                frame: vec![0u8; MAX_GSO_BYTES],
+                stager: Stager::default(),
                 scratch: [0u8; SCRATCH_LEN],
             };
             drain(ctx, &ctx.tun, || e.batch(ctx))
@@ -153,24 +127,22 @@ fn send_datagrams(ctx: &EngineContext, frames: &[u8], size: usize, dest: Dest) -
     Ok(())
 }
 
-/// Sends the staged datagrams, if any.
-fn send_staged(ctx: &EngineContext, frames: &[u8], staged: &mut Option<Staged>) -> Result<(), EngineError> {
-    let Some(k) = staged.take() else { return Ok(()) };
-    send_datagrams(ctx, &frames[..k.len], k.size, k.dest)
+/// The offload engine's outbox: one frame, each send made at once.
+struct SendNow<'a> {
+    ctx: &'a EngineContext,
+    frame: &'a mut [u8],
 }
 
-/// Writes `outer` and then segment `i` of `sup` whole at `at` in `frames`; returns the
-/// datagram's length, or `None` if it cannot be written.
-fn write_datagram(frames: &mut [u8], at: usize, outer: &[u8], h: &Headers, sup: &[u8], i: usize) -> Option<usize> {
-    let (o, segment) = frames.get_mut(at..)?.split_at_mut_checked(outer.len())?;
-    o.copy_from_slice(outer);
-    Some(outer.len() + h.write_segment(sup, i, segment).ok()?)
-}
-
-/// What a packet read from the TUN is: plain, or a super-packet to cut.
-enum Kind {
-    Plain,
-    Super(Segmenter),
+impl Outbox for SendNow<'_> {
+    fn frame(&mut self) -> Result<&mut [u8], EngineError> {
+        Ok(self.frame)
+    }
+    fn send(&mut self, k: Staged) -> Result<(), EngineError> {
+        send_datagrams(self.ctx, &self.frame[..k.len], k.size, k.dest)
+    }
+    fn gso(&self) -> bool {
+        self.ctx.offloads.has(Offload::UdpGso)
+    }
 }
 
 impl EgressPath {
@@ -192,39 +164,16 @@ impl EgressPath {
             }
             reads += 1;
             let Read::Packet(packet, ns) = r else { continue };
-            let (len, size) = (packet.len, usize::from(packet.vnet.gso_size));
-            let inner = buf.inner(len);
-            let seg = match packet.vnet.gso_kind() {
-                virtio::GSO_TCPV4 => Segmenter::new(inner, size).ok(),
-                virtio::GSO_TCPV6 => Segmenter::new_v6(inner, size).ok(),
-                // USO comes for both IP versions under one type.
-                virtio::GSO_UDP_L4 => Segmenter::for_packet(inner, false, size).ok(),
-                _ => None,
-            };
-            // Every packet read is accounted for: a super-packet counts as its segments, sent or
-            // dropped.
-            let pkts = u64_len(seg.map_or(1, |s| s.count()));
-            c.syscall(Crossing::TunRead, pkts, u64_len(len), ns);
-            let kind = match (packet.vnet.gso_kind(), seg) {
-                (virtio::GSO_TCPV4 | virtio::GSO_TCPV6 | virtio::GSO_UDP_L4, Some(seg)) => Kind::Super(seg),
-                (virtio::GSO_NONE, _) => match plain_packet(buf, &packet) {
-                    Ok(_) => Kind::Plain,
-                    Err(reason) => {
-                        c.count_drop(reason);
-                        continue;
-                    }
-                },
-                // An IPv6 super-packet on a node without IPv6 (the TUN offers TSO6 only to a
-                // dual-stack node, but USO covers both versions): an IPv6 drop like any other.
-                (_, None) if ctx.forwarder.v6.is_none() && crate::proto::ip_version(inner) == Some(6) => {
-                    c.count_drop(DropReason::Ipv6);
-                    continue;
-                }
-                _ => {
-                    c.count_drop(DropReason::BadIpHeader);
+            let (pkts, kind) = classify(ctx, buf.as_mut_slice(), &packet);
+            c.syscall(Crossing::TunRead, pkts, u64_len(packet.len), ns);
+            let kind = match kind {
+                Ok(kind) => kind,
+                Err(reason) => {
+                    c.count_drops(reason, pkts);
                     continue;
                 }
             };
+            let len = packet.len;
             let (range, to, tx) = match ctx.forwarder.egress(&peers, buf.as_mut_slice(), len, &mut self.scratch) {
                 Egress::Send { range, to, flow } => (range, to, ctx.tx.index(flow)),
                 Egress::Reply { len } => {
@@ -240,16 +189,21 @@ impl EgressPath {
             match kind {
                 Kind::Plain => {
                     // Whatever was read before this packet leaves before it.
-                    send_staged(ctx, &self.frames, &mut self.staged)?;
+                    self.stager.flush(&mut SendNow { ctx, frame: &mut self.frame })?;
                     self.pending.push(Pending { buf: slot, range, to, tx });
                 }
                 Kind::Super(seg) => {
                     self.send_runs(ctx)?;
-                    self.send_super_packet(ctx, slot, &seg, range, Dest { to, tx })?;
+                    // The outer header (VXLAN + Ethernet, or nothing for the udp backend) is the
+                    // same for every segment; the egress decision wrote it (and decremented the
+                    // TTL) in front of the packet.
+                    let (outer, sup) = self.bufs[slot].outer_and_inner(range.start);
+                    let out = &mut SendNow { ctx, frame: &mut self.frame };
+                    self.stager.super_packet(out, c, outer, sup, &seg, Dest { to, tx })?;
                 }
             }
         }
-        send_staged(ctx, &self.frames, &mut self.staged)?;
+        self.stager.flush(&mut SendNow { ctx, frame: &mut self.frame })?;
         self.send_runs(ctx)?;
         Ok(reads == BATCH)
     }
@@ -258,51 +212,6 @@ impl EgressPath {
     fn send_runs(&mut self, ctx: &EngineContext) -> Result<(), EngineError> {
         self.sender.send(ctx, &self.bufs, &mut self.pending)?;
         self.pending.clear();
-        Ok(())
-    }
-
-    /// Cuts the TCP or UDP super-packet in `bufs[slot]` (its outer header in front of it from
-    /// `range.start`) and sends its segments with GSO sends, each written whole into `frames`
-    /// behind what is staged there if it goes the same way with segments of the same size (see
-    /// [`Staged`]). A tail that a further super-packet could fill stays staged.
-    fn send_super_packet(
-        &mut self,
-        ctx: &EngineContext,
-        slot: usize,
-        seg: &Segmenter,
-        range: Range<usize>,
-        dest: Dest,
-    ) -> Result<(), EngineError> {
-        let c = &*ctx.counters;
-        let size = (HEADROOM - range.start) + seg.segment_len(0);
-        if size > MAX_GSO_BYTES {
-            // No datagram this large can be sent (the TUN's MTU keeps gso_size far below it).
-            c.count_drops(DropReason::Oversize, u64_len(seg.count()));
-            return Ok(());
-        }
-        let per_send = (MAX_GSO_BYTES / size).clamp(1, MAX_SEGMENTS);
-        if self.staged.is_some_and(|k| k.dest != dest || k.size != size) {
-            send_staged(ctx, &self.frames, &mut self.staged)?;
-        }
-        let Self { bufs, frames, staged, .. } = self;
-        // The outer header (VXLAN + Ethernet, or nothing for the udp backend) is the same for
-        // every segment; the egress decision wrote it (and decremented the TTL) in front of the
-        // packet.
-        let (outer, sup) = bufs[slot].outer_and_inner(range.start);
-        let headers = seg.headers(sup);
-        for i in 0..seg.count() {
-            let at = staged.map_or(0, |k| k.len);
-            let Some(n) = headers.as_ref().ok().and_then(|h| write_datagram(frames, at, outer, h, sup, i)) else {
-                c.count_drops(DropReason::BadIpHeader, u64_len(seg.count() - i));
-                return send_staged(ctx, frames, staged);
-            };
-            let k = staged.get_or_insert(Staged { dest, size, len: 0 });
-            k.len += n;
-            // A GSO send's datagrams are all `size` bytes but its last.
-            if k.len == per_send * size || n < size {
-                send_staged(ctx, frames, staged)?;
-            }
-        }
         Ok(())
     }
 }

@@ -152,7 +152,32 @@ pub struct Gathered<'a> {
 
 /// Control-message space for one `UDP_SEGMENT` (`CMSG_SPACE(sizeof(u16))` = 24 on 64-bit),
 /// as u64s so that the `cmsghdr` inside is aligned.
-type SegmentCmsg = [u64; 4];
+pub type SegmentCmsg = [u64; 4];
+
+/// Points `h` at a `UDP_SEGMENT` control message of `segment` bytes written into `ctrl` (a GSO
+/// send), or at none. `ctrl` must stay where it is until the kernel has read `h`.
+pub fn set_segment(h: &mut libc::msghdr, ctrl: &mut SegmentCmsg, segment: Option<u16>) {
+    let Some(size) = segment else {
+        h.msg_control = std::ptr::null_mut();
+        h.msg_controllen = 0;
+        return;
+    };
+    let space = std::mem::size_of::<SegmentCmsg>();
+    *ctrl = [0; 4];
+    h.msg_control = ctrl.as_mut_ptr().cast();
+    h.msg_controllen = space;
+    // SAFETY: msg_control points at `space` (32) bytes, aligned for cmsghdr, owned by the caller
+    // and zeroed; CMSG_SPACE(2) = 24 ≤ 32, so CMSG_FIRSTHDR is non-null and the header and its 2
+    // data bytes lie inside that buffer.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(h);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(2).try_into().unwrap_or_default();
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), size);
+        h.msg_controllen = libc::CMSG_SPACE(2).try_into().unwrap_or(space);
+    }
+}
 
 impl MmsgBatch {
     /// Sends `msgs` with one `sendmmsg`, each message gathered from its parts and, with a segment
@@ -173,30 +198,7 @@ impl MmsgBatch {
             h.msg_name = name;
             h.msg_namelen = name_len;
             h.msg_flags = 0;
-            match m.segment {
-                Some(size) => {
-                    let space = std::mem::size_of::<SegmentCmsg>();
-                    let ctrl = &mut self.cmsgs[i];
-                    *ctrl = [0; 4];
-                    h.msg_control = ctrl.as_mut_ptr().cast();
-                    h.msg_controllen = space;
-                    // SAFETY: msg_control points at `space` (32) bytes, aligned for cmsghdr, owned by
-                    // `self` and zeroed; CMSG_SPACE(2) = 24 ≤ 32, so CMSG_FIRSTHDR is non-null and the
-                    // header and its 2 data bytes lie inside that buffer.
-                    unsafe {
-                        let c = libc::CMSG_FIRSTHDR(h);
-                        (*c).cmsg_level = libc::SOL_UDP;
-                        (*c).cmsg_type = libc::UDP_SEGMENT;
-                        (*c).cmsg_len = libc::CMSG_LEN(2).try_into().unwrap_or_default();
-                        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), size);
-                        h.msg_controllen = libc::CMSG_SPACE(2).try_into().unwrap_or(space);
-                    }
-                }
-                None => {
-                    h.msg_control = std::ptr::null_mut();
-                    h.msg_controllen = 0;
-                }
-            }
+            set_segment(h, &mut self.cmsgs[i], m.segment);
         }
         let count = libc::c_uint::try_from(n).unwrap_or(0);
         // SAFETY: the first `n` headers point at the callers' iovec arrays (alive for the call,
