@@ -421,19 +421,24 @@ impl IngressState {
         // As in the offload engine: a bundle of two or more datagrams had verified outer
         // checksums; a lone datagram merges with nothing.
         let outer = if count > 1 { Outer::Verified } else { Outer::AsTheBackend };
-        let mut packets: [&[u8]; MAX_SEGMENTS] = [&[]; MAX_SEGMENTS];
-        for (p, r) in packets.iter_mut().zip(&self.delivered) {
-            *p = &buf[r.clone()];
-        }
-        let n = self.delivered.len().min(MAX_SEGMENTS);
+        let rules = rules(ctx, outer);
         let Self { writer, delivered, later, .. } = self;
-        for w in writer.plan(&packets[..n], rules(ctx, outer), c) {
-            let mut parts: [std::ops::Range<usize>; MAX_SEGMENTS] = std::array::from_fn(|_| 0..0);
-            for (p, (d, r)) in parts.iter_mut().zip(delivered[w.range()].iter().zip(w.parts())) {
-                *p = d.start + r.start..d.start + r.end;
+        // A bundle holds at most 64 datagrams on today's kernels; more (a larger GSO send from a
+        // local sender) are planned in further chunks, none left behind.
+        for chunk in delivered.chunks(MAX_SEGMENTS) {
+            let mut packets: [&[u8]; MAX_SEGMENTS] = [&[]; MAX_SEGMENTS];
+            for (p, r) in packets.iter_mut().zip(chunk) {
+                *p = &buf[r.clone()];
             }
-            let msg = free_msg(core, later, |_, d| written(ctx, d))?;
-            core.write_tun(msg, slot, w.head(), &parts[..w.packets()], w.packets()).map_err(EngineError::Ring)?;
+            for w in writer.plan(&packets[..chunk.len()], rules, c) {
+                let mut parts: [std::ops::Range<usize>; MAX_SEGMENTS] = std::array::from_fn(|_| 0..0);
+                for (p, (d, r)) in parts.iter_mut().zip(chunk[w.range()].iter().zip(w.parts())) {
+                    *p = d.start + r.start..d.start + r.end;
+                }
+                let msg = free_msg(core, later, |_, d| written(ctx, d))?;
+                let n = w.packets();
+                core.write_tun(msg, slot, w.head(), &parts[..n], n).map_err(EngineError::Ring)?;
+            }
         }
         core.give_back(slot);
         Ok(())
