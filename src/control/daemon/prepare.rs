@@ -373,6 +373,14 @@ fn bind_sockets(local: SocketAddr, workers: usize, flow_ports: usize) -> Result<
 /// accepts TSO, else batched. Also says whether the TUN takes USO: known where offloads were
 /// set; elsewhere assumed, and found out at the first coalesced UDP write.
 fn open_first_queue(choice: EngineChoice, name: &str, multi: bool, ipv6: bool) -> Result<(Tun, Mode, bool), HostError> {
+    if choice == EngineChoice::Uring {
+        crate::dataplane::sys::uring::probe().map_err(|e| {
+            HostError::Flag(format!(
+                "--mode uring: this process cannot use io_uring ({e}); it needs Linux ≥ 6.7 with io_uring \
+                 allowed (sysctl kernel.io_uring_disabled = 0, no seccomp profile that blocks it): use --mode offload"
+            ))
+        })?;
+    }
     // batched writes coalesced runs, so its TUN carries a virtio_net_hdr too (but no offloads).
     let vnet_hdr = !matches!(choice, EngineChoice::Naive);
     let tun = Tun::open_with(name, vnet_hdr, multi).map_err(|e| tun_error("creating TUN device", name, e))?;

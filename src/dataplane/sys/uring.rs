@@ -238,16 +238,7 @@ impl PacketRing {
             .setup_cqsize(entries * 4)
             .build(entries)
             .or_else(|_| IoUring::builder().setup_cqsize(entries * 4).build(entries))?;
-        let mut probe = io_uring::Probe::new();
-        ring.submitter().register_probe(&mut probe)?;
-        for code in [opcode::ReadMulti::CODE, opcode::RecvMsgMulti::CODE, opcode::SendMsg::CODE, opcode::Writev::CODE] {
-            if !probe.is_supported(code) {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    format!("io_uring opcode {code} is not supported (the uring engine needs Linux ≥ 6.7)"),
-                ));
-            }
-        }
+        check_opcodes(&ring)?;
         ring.submitter().register_files(files)?;
         let mut mem = vec![0u8; n * slot_len].into_boxed_slice();
         let frames = vec![0u8; msgs * frame_len].into_boxed_slice();
@@ -573,6 +564,24 @@ impl Ring {
     }
 }
 
+/// Fails with `Unsupported` unless `ring` offers every opcode the uring engine submits.
+fn check_opcodes(ring: &IoUring) -> io::Result<()> {
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    for code in [opcode::ReadMulti::CODE, opcode::RecvMsgMulti::CODE, opcode::SendMsg::CODE, opcode::Writev::CODE] {
+        if !probe.is_supported(code) {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, format!("io_uring opcode {code} is not supported")));
+        }
+    }
+    Ok(())
+}
+
+/// Whether this process may use what the uring engine needs: a ring at all (a seccomp profile
+/// or `kernel.io_uring_disabled` can refuse one) and its opcodes (Linux ≥ 6.7).
+pub fn probe() -> io::Result<()> {
+    check_opcodes(&IoUring::new(2)?)
+}
+
 /// The result of an `io_uring_enter`: a timeout, a signal or a full completion queue is not an
 /// error (the next round goes on).
 fn entered(r: io::Result<usize>) -> io::Result<()> {
@@ -695,6 +704,11 @@ mod tests {
         c.extend_from_slice(&size.to_ne_bytes());
         c.extend_from_slice(&[0; 4]);
         c
+    }
+
+    #[test]
+    fn this_kernel_has_what_the_engine_needs() {
+        probe().unwrap();
     }
 
     #[test]
