@@ -31,6 +31,16 @@ pub struct TunRead {
     pub len: usize,
 }
 
+/// What a read of `n` bytes from a TUN (with a `virtio_net_hdr` where `vnet`) put into `buf` at
+/// [`READ_AT`] (else at [`HEADROOM`]); `Truncated` when it is shorter than its `virtio_net_hdr`.
+pub fn tun_read(buf: &[u8], vnet: bool, n: usize) -> Result<TunRead, WireError> {
+    if !vnet {
+        return Ok(TunRead { vnet: VnetHdr::default(), len: n });
+    }
+    let len = n.checked_sub(virtio::LEN).ok_or(WireError::Truncated)?;
+    Ok(TunRead { vnet: VnetHdr::parse(buf.get(READ_AT..HEADROOM).ok_or(WireError::Truncated)?)?, len })
+}
+
 /// One packet buffer of [`BUF_LEN`] bytes, owned by an engine and reused for every packet.
 #[derive(Debug, Clone)]
 pub struct PacketBuf {
@@ -58,11 +68,7 @@ impl PacketBuf {
     /// What a read of `n` bytes into [`PacketBuf::tun_read_area`] holds; `Truncated` when it is
     /// shorter than its `virtio_net_hdr`.
     pub fn tun_read(&self, vnet: bool, n: usize) -> Result<TunRead, WireError> {
-        if !vnet {
-            return Ok(TunRead { vnet: VnetHdr::default(), len: n });
-        }
-        let len = n.checked_sub(virtio::LEN).ok_or(WireError::Truncated)?;
-        Ok(TunRead { vnet: VnetHdr::parse(&self.bytes[READ_AT..HEADROOM])?, len })
+        tun_read(&self.bytes, vnet, n)
     }
 
     /// The inner packet of `len` bytes read from the TUN.

@@ -35,7 +35,7 @@ use crate::dataplane::sys::udp::{MAX_SEGMENTS, send_gso};
 use crate::dataplane::sys::uring::{
     Completion, Geometry, HEAD_LEN, Op, PacketRing, RECVMSG_PREFIX, Ring, parse_received,
 };
-use crate::proto::virtio::{self, VnetHdr};
+use crate::proto::virtio;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd};
@@ -262,11 +262,7 @@ impl EgressState {
         let c = &*ctx.counters;
         let (buf, core) = ring.split(slot);
         let n = usize::try_from(result).unwrap_or(0);
-        let read = n.checked_sub(virtio::LEN).and_then(|len| {
-            let vnet = VnetHdr::parse(buf.get(READ_AT..HEADROOM)?).ok()?;
-            Some(crate::dataplane::packet::TunRead { vnet, len })
-        });
-        let Some(read) = read else {
+        let Ok(read) = crate::dataplane::packet::tun_read(buf, true, n) else {
             c.moved(Crossing::TunRead, 1, u64_len(n));
             c.count_drop(DropReason::TooShort);
             core.give_back(slot);
