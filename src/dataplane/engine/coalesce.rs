@@ -137,7 +137,8 @@ impl TunWriter {
             p.first = i;
             let Ok(mut run) = FlowRun::start(first, rules) else {
                 p.vnet = VnetHdr::default();
-                p.head = [0; HEAD_ROOM];
+                // A lone packet's head is a virtio_net_hdr of zeros; the rest of the room is unused.
+                p.head[..virtio::LEN].fill(0);
                 p.head_len = virtio::LEN;
                 p.parts[0] = 0..first.len();
                 p.n = 1;

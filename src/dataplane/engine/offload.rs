@@ -23,7 +23,7 @@
 
 use super::coalesce::{Outer, TunWriter};
 use super::runs::{BATCH, MAX_GSO_BYTES, Pending, RunSender, count_sent, gso_refused};
-use super::stage::{Dest, Outbox, Staged, Stager};
+use super::stage::{Dest, Outbox, Staged, Stager, send_one_by_one};
 use super::{EngineContext, EngineError, Kind, Read, classify, drain, empty_read, read_tun, reply_icmp, u64_len};
 use crate::dataplane::counters::{Crossing, DropLog, DropReason, timed};
 use crate::dataplane::forward::{Egress, Ingress, SCRATCH_LEN};
@@ -120,11 +120,7 @@ fn send_datagrams(ctx: &EngineContext, frames: &[u8], size: usize, dest: Dest) -
             r => return count_sent(c, r, ns, count),
         }
     }
-    for datagram in frames.chunks(size) {
-        let (r, ns) = timed(|| send_gso(sock, &[IoSlice::new(datagram)], None, to));
-        count_sent(c, r, ns, 1)?;
-    }
-    Ok(())
+    send_one_by_one(ctx, frames, size, dest)
 }
 
 /// The offload engine's outbox: one frame, each send made at once.

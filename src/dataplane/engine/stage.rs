@@ -7,12 +7,13 @@
 //! read the payload, and saves the kernel's copy the fixed cost of each gathered piece
 //! (docs/performance.md, "The send layout").
 
-use super::EngineError;
-use super::runs::MAX_GSO_BYTES;
-use crate::dataplane::counters::{Counters, DropReason};
+use super::runs::{MAX_GSO_BYTES, count_sent};
+use super::{EngineContext, EngineError};
+use crate::dataplane::counters::{Counters, DropReason, timed};
 use crate::dataplane::engine::u64_len;
-use crate::dataplane::sys::udp::MAX_SEGMENTS;
+use crate::dataplane::sys::udp::{MAX_SEGMENTS, send_gso};
 use crate::proto::gso::{Headers, Segmenter};
+use std::io::IoSlice;
 use std::net::SocketAddr;
 
 /// Where datagrams go: the peer, and the pool's socket they leave from.
@@ -138,6 +139,17 @@ impl Stager {
         }
         Ok(())
     }
+}
+
+/// Sends the datagrams laid out one after another in `frames`, `size` bytes each but the last,
+/// to `dest`, one `sendmsg` each: what a GSO send the kernel refused becomes (nothing is lost).
+pub fn send_one_by_one(ctx: &EngineContext, frames: &[u8], size: usize, dest: Dest) -> Result<(), EngineError> {
+    let sock = ctx.tx.get(dest.tx);
+    for datagram in frames.chunks(size.max(1)) {
+        let (r, ns) = timed(|| send_gso(sock, &[IoSlice::new(datagram)], None, dest.to));
+        count_sent(&ctx.counters, r, ns, 1)?;
+    }
+    Ok(())
 }
 
 /// Writes `outer` and then segment `i` of `sup` whole at the start of `room`; returns the

@@ -25,19 +25,19 @@
 
 use super::coalesce::{HEAD_ROOM, Outer, TunWriter, rules};
 use super::runs::MAX_GSO_BYTES;
-use super::stage::{Dest, Outbox, Staged, Stager};
+use super::stage::{Dest, Outbox, Staged, Stager, send_one_by_one};
 use super::{EngineContext, EngineError, Kind, STOP_CHECK, classify, per_packet, reply_icmp, u64_len};
 use crate::dataplane::counters::{Counters, Crossing, DropLog, DropReason, timed};
 use crate::dataplane::forward::{Egress, Ingress, SCRATCH_LEN};
 use crate::dataplane::offloads::{Offload, refused};
 use crate::dataplane::packet::{HEADROOM, MAX_PACKET, READ_AT};
-use crate::dataplane::sys::udp::{MAX_SEGMENTS, send_gso};
+use crate::dataplane::sys::udp::MAX_SEGMENTS;
 use crate::dataplane::sys::uring::{
     Completion, Geometry, HEAD_LEN, Op, PacketRing, RECVMSG_PREFIX, Ring, parse_received,
 };
 use crate::proto::virtio;
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::Ordering;
 
@@ -200,11 +200,7 @@ fn sent(
             match k {
                 Some(k) if k.segment().is_some() && refused(&e) => {
                     ctx.offloads.refuse(Offload::UdpGso, &e);
-                    let sock = ctx.tx.get(k.dest.tx);
-                    for datagram in ring.frame(msg)[..k.len].chunks(k.size.max(1)) {
-                        let (r, ns) = timed(|| send_gso(sock, &[IoSlice::new(datagram)], None, k.dest.to));
-                        super::runs::count_sent(c, r, ns, 1)?;
-                    }
+                    send_one_by_one(ctx, &ring.frame(msg)[..k.len], k.size, k.dest)?;
                 }
                 _ if per_packet(&e) => c.count_drops(DropReason::SendFailed, u64_len(d.packets)),
                 _ => return Err(EngineError::Udp(e)),
