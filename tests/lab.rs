@@ -262,3 +262,16 @@ fn ipv6_only_runs_every_path_over_the_ipv6_underlay() {
         assert!(tcp["wire_packets"].as_u64().unwrap() > 0, "{tcp}");
     }
 }
+
+/// `--workload` runs only the workloads it names, in the lab's own order, and refuses a choice
+/// that leaves nothing to run.
+#[test]
+fn workload_picks_the_workloads() {
+    let (_, doc) = quick_lab(&["--workload", "rr-64B,tcp-1", "--streams", "1", "--only", "vxlan (kernel)"]);
+    let got: Vec<&str> = doc["records"].as_array().unwrap().iter().map(|r| r["workload"].as_str().unwrap()).collect();
+    assert_eq!(got, ["tcp-1", "rr-64B"]);
+    let out =
+        Command::new(common::bin()).args(["lab", "--quick", "--workload", "tcp-n", "--streams", "1"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--workload tcp-n needs --streams 2"), "{stderr}");
+}

@@ -42,6 +42,10 @@ pub struct LabOptions {
     /// Only data paths whose name contains this text (e.g. `naive`, `kernel`, `uring`).
     #[arg(long, value_name = "TEXT")]
     pub only: Option<String>,
+    /// Only these workloads (comma-separated or repeated; default: all). `tcp-n` is the
+    /// multi-stream bulk workload (`--streams`).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "WORKLOAD")]
+    pub workload: Vec<WorkloadChoice>,
     /// Run the hosts against a real etcd (spawned in host 1's namespace) instead of a registry
     /// directory.
     #[arg(long)]
@@ -62,6 +66,23 @@ pub struct LabOptions {
     /// Write a chart of throughput and syscalls per packet (SVG).
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
+}
+
+/// A workload `--workload` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkloadChoice {
+    /// One TCP stream.
+    #[value(name = "tcp-1")]
+    Tcp1,
+    /// `--streams` TCP streams.
+    #[value(name = "tcp-n")]
+    TcpN,
+    /// 64-byte UDP datagrams at the highest rate with < 1 % loss.
+    #[value(name = "udp-64B")]
+    Udp64,
+    /// 64-byte request/response round trips.
+    #[value(name = "rr-64B")]
+    Rr64,
 }
 
 /// Which overlay families `weft lab` measures.
@@ -187,6 +208,20 @@ impl Workload {
             Family::Ipv6 => format!("{base}/{}", family.label()),
         }
     }
+}
+
+/// The workloads to run, in order: every one, or those `--workload` names.
+fn workloads(opts: &LabOptions) -> Vec<Workload> {
+    let all = [
+        (WorkloadChoice::Tcp1, Some(Workload::Tcp { streams: 1 })),
+        (WorkloadChoice::TcpN, (opts.streams > 1).then_some(Workload::Tcp { streams: opts.streams })),
+        (WorkloadChoice::Udp64, Some(Workload::UdpSmall)),
+        (WorkloadChoice::Rr64, Some(Workload::RequestResponse)),
+    ];
+    all.into_iter()
+        .filter(|(choice, _)| opts.workload.is_empty() || opts.workload.contains(choice))
+        .filter_map(|(_, w)| w)
+        .collect()
 }
 
 fn preflight() -> Result<()> {
@@ -400,16 +435,15 @@ pub fn run(opts: LabOptions) -> Result<()> {
     crate::control::daemon::signals::unblock().context("unblocking SIGINT and SIGTERM")?;
     let bin = std::env::current_exe().context("locating the weft binary")?;
     let secs = if opts.quick { 1 } else { opts.seconds.max(1) };
-    let mut workloads = vec![Workload::Tcp { streams: 1 }];
-    if opts.streams > 1 {
-        workloads.push(Workload::Tcp { streams: opts.streams });
-    }
-    workloads.extend([Workload::UdpSmall, Workload::RequestResponse]);
+    let workloads = workloads(&opts);
     let paths: Vec<DataPath> =
         data_paths().into_iter().filter(|d| opts.only.as_deref().is_none_or(|o| d.name.contains(o))).collect();
     let families = if opts.ipv6 { Families::Ipv6 } else { opts.family };
     if paths.is_empty() {
         bail!("--only {:?} matches no data path", opts.only.unwrap_or_default());
+    }
+    if workloads.is_empty() {
+        bail!("--workload tcp-n needs --streams 2 or more");
     }
     let mut report = Report::new(secs, opts.rounds, families.label());
     eprintln!("lab: {}", report.machine());
