@@ -201,23 +201,37 @@ pub(crate) fn empty_read(
     Err(if udp { EngineError::Udp(e) } else { EngineError::Tun(e) })
 }
 
-/// Polls `input` and, while it is readable, calls `step` up to [`ROUNDS`] times in a row (it
-/// returns whether more may be queued), until `ctx.stop`: one direction's loop.
-pub(crate) fn drain(
+/// Serves both directions on the calling thread until `ctx.stop`: polls the TUN and the socket,
+/// then calls the step of each readable side up to [`ROUNDS`] times in a row (a step returns
+/// whether more may be queued).
+///
+/// One thread, not one per direction: at low load the thread that has just written a request
+/// into the TUN is still awake when the reply comes back through it, so a round trip sleeps
+/// and wakes fewer threads; under load, two threads per worker on a small machine compete with
+/// the applications for the cores. Parallelism comes from workers (`--threads`), each serving
+/// both directions of the flows its queue and socket get (docs/performance.md, "Latency").
+pub(crate) fn serve_both(
     ctx: &EngineContext,
-    input: &dyn std::os::fd::AsFd,
-    mut step: impl FnMut() -> Result<bool, EngineError>,
+    mut egress: impl FnMut() -> Result<bool, EngineError>,
+    mut ingress: impl FnMut() -> Result<bool, EngineError>,
 ) -> Result<(), EngineError> {
-    while !ctx.stop.load(std::sync::atomic::Ordering::Relaxed) {
-        ctx.counters.polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let [ready] = super::sys::poll::wait_readable([input], STOP_CHECK).map_err(EngineError::Poll)?;
-        if !ready {
-            continue;
-        }
+    fn rounds(step: &mut impl FnMut() -> Result<bool, EngineError>) -> Result<(), EngineError> {
         for _ in 0..ROUNDS {
             if !step()? {
                 break;
             }
+        }
+        Ok(())
+    }
+    while !ctx.stop.load(std::sync::atomic::Ordering::Relaxed) {
+        ctx.counters.polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let [tun, udp] =
+            super::sys::poll::wait_readable([&ctx.tun, &ctx.socket], STOP_CHECK).map_err(EngineError::Poll)?;
+        if tun {
+            rounds(&mut egress)?;
+        }
+        if udp {
+            rounds(&mut ingress)?;
         }
     }
     Ok(())

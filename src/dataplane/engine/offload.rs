@@ -24,7 +24,7 @@
 use super::coalesce::{Outer, TunWriter};
 use super::runs::{BATCH, MAX_GSO_BYTES, Pending, RunSender, count_sent, gso_refused};
 use super::stage::{Dest, Outbox, Staged, Stager, send_one_by_one};
-use super::{EngineContext, EngineError, Kind, Read, classify, drain, empty_read, read_tun, reply_icmp, u64_len};
+use super::{EngineContext, EngineError, Kind, Read, classify, empty_read, read_tun, reply_icmp, serve_both, u64_len};
 use crate::dataplane::counters::{Crossing, DropLog, DropReason, timed};
 use crate::dataplane::forward::{Egress, Ingress, SCRATCH_LEN};
 use crate::dataplane::offloads::Offload;
@@ -73,35 +73,26 @@ struct IngressPath {
     log: DropLog,
 }
 
-/// Runs until stopped: egress on this thread, ingress on a second one (each direction keeps
-/// its order; the two directions do not wait for each other). `ctx.tun` must have been opened
-/// with `IFF_VNET_HDR` and [`TUN_OFFLOADS`], and `ctx.socket` must have `UDP_GRO`.
+/// Runs until stopped: both directions on this thread, the way batched does (each keeps its
+/// order; see [`serve_both`] for why one thread and not one per direction). `ctx.tun` must have
+/// been opened with `IFF_VNET_HDR` and [`TUN_OFFLOADS`], and `ctx.socket` must have `UDP_GRO`.
 pub fn run(ctx: EngineContext) -> Result<(), EngineError> {
-    super::both_directions(
-        &ctx,
-        "weft-offload-rx",
-        |ctx| {
-            let mut e = EgressPath {
-                bufs: PacketBuf::many(BATCH),
-                pending: Vec::with_capacity(BATCH),
-                sender: RunSender::default(),
-                frame: vec![0u8; MAX_GSO_BYTES],
-                stager: Stager::default(),
-                scratch: [0u8; SCRATCH_LEN],
-            };
-            drain(ctx, &ctx.tun, || e.batch(ctx))
-        },
-        |ctx| {
-            let mut i = IngressPath {
-                buf: PacketBuf::default(),
-                cmsg: gro_cmsg_space(),
-                delivered: Vec::with_capacity(MAX_SEGMENTS),
-                writer: TunWriter::default(),
-                log: DropLog::default(),
-            };
-            drain(ctx, &ctx.socket, || i.receive(ctx))
-        },
-    )
+    let mut e = EgressPath {
+        bufs: PacketBuf::many(BATCH),
+        pending: Vec::with_capacity(BATCH),
+        sender: RunSender::default(),
+        frame: vec![0u8; MAX_GSO_BYTES],
+        stager: Stager::default(),
+        scratch: [0u8; SCRATCH_LEN],
+    };
+    let mut i = IngressPath {
+        buf: PacketBuf::default(),
+        cmsg: gro_cmsg_space(),
+        delivered: Vec::with_capacity(MAX_SEGMENTS),
+        writer: TunWriter::default(),
+        log: DropLog::default(),
+    };
+    serve_both(&ctx, || e.batch(&ctx), || i.receive(&ctx))
 }
 
 /// Sends the datagrams laid out one after another in `frames`, `size` bytes each but the last,
