@@ -111,27 +111,42 @@ fn step(
     Ok(!done.is_empty())
 }
 
-/// Waits for a free descriptor: submits, reaps, and hands what it reaps to `finish` (which
-/// frees the descriptors of finished sends and writes and returns the completions that are
-/// not about them, to be handled in order later, into `later`).
-fn free_msg(
-    ring: &mut Ring,
-    later: &mut VecDeque<Completion>,
-    mut finish: impl FnMut(&mut Ring, Completion) -> Result<Option<Completion>, EngineError>,
-) -> Result<usize, EngineError> {
-    let mut reaped = VecDeque::new();
-    loop {
-        if let Some(m) = ring.take_msg() {
-            return Ok(m);
-        }
-        ring.submit().map_err(EngineError::Ring)?;
-        ring.completions(&mut reaped);
-        if reaped.is_empty() {
-            ring.wait(STOP_CHECK).map_err(EngineError::Ring)?;
-            ring.completions(&mut reaped);
-        }
-        while let Some(d) = reaped.pop_front() {
-            later.extend(finish(ring, d)?);
+/// Completions reaped while waiting for a free descriptor: those not about a send or a write,
+/// to be handled in order next (`later`), and the reap's own buffer; both reused.
+struct Backlog {
+    later: VecDeque<Completion>,
+    reaped: VecDeque<Completion>,
+}
+
+impl Backlog {
+    fn new() -> Self {
+        let cap = usize::from(SLOTS) * 4;
+        Self { later: VecDeque::with_capacity(cap), reaped: VecDeque::with_capacity(cap) }
+    }
+
+    /// The next completion to handle: one reaped while waiting, else the next of `done`.
+    fn next(&mut self, done: &mut VecDeque<Completion>) -> Option<Completion> {
+        self.later.pop_front().or_else(|| done.pop_front())
+    }
+
+    /// Waits for a free descriptor, a counted [`step`] of the ring at a time, and hands what it
+    /// reaps to `finish` (which frees the descriptors of finished sends and writes and returns
+    /// the completions that are not about them, kept in order for [`Backlog::next`]).
+    fn free_msg(
+        &mut self,
+        ring: &mut Ring,
+        c: &Counters,
+        crossing: Crossing,
+        mut finish: impl FnMut(&mut Ring, Completion) -> Result<Option<Completion>, EngineError>,
+    ) -> Result<usize, EngineError> {
+        loop {
+            if let Some(m) = ring.take_msg() {
+                return Ok(m);
+            }
+            step(ring, &mut self.reaped, c, crossing)?;
+            while let Some(d) = self.reaped.pop_front() {
+                self.later.extend(finish(ring, d)?);
+            }
         }
     }
 }
@@ -143,8 +158,7 @@ struct EgressState {
     held: Option<usize>,
     /// What each descriptor's send carries, for the fallback when GSO is refused.
     sends: Vec<Option<Staged>>,
-    /// Completions reaped while waiting for a descriptor, handled next.
-    later: VecDeque<Completion>,
+    backlog: Backlog,
     scratch: [u8; SCRATCH_LEN],
 }
 
@@ -154,7 +168,7 @@ struct Queue<'a> {
     ring: &'a mut Ring,
     held: &'a mut Option<usize>,
     sends: &'a mut [Option<Staged>],
-    later: &'a mut VecDeque<Completion>,
+    backlog: &'a mut Backlog,
 }
 
 impl Outbox for Queue<'_> {
@@ -163,7 +177,8 @@ impl Outbox for Queue<'_> {
             Some(m) => m,
             None => {
                 let (ctx, sends) = (self.ctx, &mut *self.sends);
-                let m = free_msg(self.ring, self.later, |ring, d| sent(ctx, ring, sends, d))?;
+                let c = &*ctx.counters;
+                let m = self.backlog.free_msg(self.ring, c, Crossing::TunRead, |ring, d| sent(ctx, ring, sends, d))?;
                 *self.held = Some(m);
                 m
             }
@@ -219,7 +234,7 @@ fn egress_loop(ctx: &EngineContext) -> Result<(), EngineError> {
         stager: Stager::default(),
         held: None,
         sends: vec![None; SENDS],
-        later: VecDeque::new(),
+        backlog: Backlog::new(),
         scratch: [0u8; SCRATCH_LEN],
     };
     while !ctx.stop.load(Ordering::Relaxed) {
@@ -229,7 +244,7 @@ fn egress_loop(ctx: &EngineContext) -> Result<(), EngineError> {
         if !step(&mut ring, &mut done, c, Crossing::TunRead)? {
             continue;
         }
-        while let Some(d) = e.later.pop_front().or_else(|| done.pop_front()) {
+        while let Some(d) = e.backlog.next(&mut done) {
             match (d.op, d.slot) {
                 (Op::TunRead, Some(slot)) => e.forward(ctx, &mut ring, slot, d.result)?,
                 // No buffer left (re-armed once some come back), cancelled, or interrupted.
@@ -239,8 +254,8 @@ fn egress_loop(ctx: &EngineContext) -> Result<(), EngineError> {
                 }
             }
         }
-        let EgressState { stager, held, sends, later, .. } = &mut e;
-        stager.flush(&mut Queue { ctx, ring: &mut ring, held, sends, later })?;
+        let EgressState { stager, held, sends, backlog, .. } = &mut e;
+        stager.flush(&mut Queue { ctx, ring: &mut ring, held, sends, backlog })?;
     }
     Ok(())
 }
@@ -274,8 +289,8 @@ impl EgressState {
                 return Ok(());
             }
         };
-        let Self { stager, held, sends, later, scratch } = self;
-        let out = &mut Queue { ctx, ring: core, held, sends, later };
+        let Self { stager, held, sends, backlog, scratch } = self;
+        let out = &mut Queue { ctx, ring: core, held, sends, backlog };
         match decision {
             (Kind::Plain, Egress::Send { range, to, flow }) => {
                 let dest = Dest { to, tx: ctx.tx.index(flow) };
@@ -335,7 +350,7 @@ struct IngressState {
     writer: TunWriter,
     /// Where each delivered inner packet lies in the slot.
     delivered: Vec<std::ops::Range<usize>>,
-    later: VecDeque<Completion>,
+    backlog: Backlog,
     log: DropLog,
 }
 
@@ -346,7 +361,7 @@ fn ingress_loop(ctx: &EngineContext) -> Result<(), EngineError> {
     let mut i = IngressState {
         writer: TunWriter::default(),
         delivered: Vec::with_capacity(MAX_SEGMENTS),
-        later: VecDeque::new(),
+        backlog: Backlog::new(),
         log: DropLog::default(),
     };
     while !ctx.stop.load(Ordering::Relaxed) {
@@ -356,7 +371,7 @@ fn ingress_loop(ctx: &EngineContext) -> Result<(), EngineError> {
         if !step(&mut ring, &mut done, c, Crossing::UdpRecv)? {
             continue;
         }
-        while let Some(d) = i.later.pop_front().or_else(|| done.pop_front()) {
+        while let Some(d) = i.backlog.next(&mut done) {
             match (d.op, d.slot) {
                 (Op::UdpRecv, Some(slot)) => i.deliver(ctx, &mut ring, slot, d.result)?,
                 // ICMP errors of earlier sends surface here too (ECONNREFUSED and friends).
@@ -414,7 +429,7 @@ impl IngressState {
         // checksums; a lone datagram merges with nothing.
         let outer = if count > 1 { Outer::Verified } else { Outer::AsTheBackend };
         let rules = rules(ctx, outer);
-        let Self { writer, delivered, later, .. } = self;
+        let Self { writer, delivered, backlog, .. } = self;
         // A bundle holds at most 64 datagrams on today's kernels; more (a larger GSO send from a
         // local sender) are planned in further chunks, none left behind.
         for chunk in delivered.chunks(MAX_SEGMENTS) {
@@ -427,7 +442,7 @@ impl IngressState {
                 for (p, (d, r)) in parts.iter_mut().zip(chunk[w.range()].iter().zip(w.parts())) {
                     *p = d.start + r.start..d.start + r.end;
                 }
-                let msg = free_msg(core, later, |_, d| written(ctx, d))?;
+                let msg = backlog.free_msg(core, c, Crossing::UdpRecv, |_, d| written(ctx, d))?;
                 let n = w.packets();
                 core.write_tun(msg, slot, w.head(), &parts[..n], n).map_err(EngineError::Ring)?;
             }
