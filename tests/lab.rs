@@ -274,4 +274,10 @@ fn workload_picks_the_workloads() {
         Command::new(common::bin()).args(["lab", "--quick", "--workload", "tcp-n", "--streams", "1"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("--workload tcp-n needs --streams 2"), "{stderr}");
+    let out = Command::new(common::bin())
+        .args(["lab", "--quick", "--workload", "rr-64B", "--svg", "x.svg"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("add tcp-1 to --workload"), "{stderr}");
 }

@@ -445,6 +445,9 @@ pub fn run(opts: LabOptions) -> Result<()> {
     if workloads.is_empty() {
         bail!("--workload tcp-n needs --streams 2 or more");
     }
+    if opts.svg.is_some() && !opts.workload.is_empty() && !opts.workload.contains(&WorkloadChoice::Tcp1) {
+        bail!("--svg charts the tcp-1 workload: add tcp-1 to --workload");
+    }
     let mut report = Report::new(secs, opts.rounds, families.label());
     eprintln!("lab: {}", report.machine());
     let rounds = (1..=opts.rounds).flat_map(|round| paths.iter().map(move |dp| (round, dp)));
