@@ -225,9 +225,21 @@ fn flows_spread(tag: &str, mode: &str) {
 }
 
 /// `--threads 2`: a TUN with two queues and two SO_REUSEPORT sockets per host (plus one sending
-/// socket per worker), a second weft refused, and the whole suite still byte-exact.
+/// socket per worker), each worker with one engine thread (uring: one per direction), a second
+/// weft refused, and the whole suite still byte-exact.
 fn multi_queue(tag: &str, backend: &str, mode: &str, tun: &str, port: &str) {
     let c = cluster(tag, backend, &["--mode", mode, "--threads", "2"]);
+    let per_worker = if mode == "uring" { 2 } else { 1 };
+    for p in &c.procs {
+        let pid = p.pid().expect("weft is running");
+        let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|c| c.trim().to_string())
+            .collect();
+        let engine = threads.iter().filter(|t| t.starts_with(&format!("weft-{mode}"))).count();
+        assert_eq!(engine, 2 * per_worker, "{mode}: engine threads of two workers: {threads:?}");
+    }
     for h in &c.topo.hosts {
         let q = ns_exec(&h.ns, &["ls", &format!("/sys/class/net/{tun}/queues")]).unwrap();
         let queues = String::from_utf8_lossy(&q.stdout);
