@@ -445,7 +445,7 @@ pub fn run(opts: LabOptions) -> Result<()> {
     if workloads.is_empty() {
         bail!("--workload tcp-n needs --streams 2 or more");
     }
-    if opts.svg.is_some() && !opts.workload.is_empty() && !opts.workload.contains(&WorkloadChoice::Tcp1) {
+    if opts.svg.is_some() && !workloads.iter().any(|w| matches!(w, Workload::Tcp { streams: 1 })) {
         bail!("--svg charts the tcp-1 workload: add tcp-1 to --workload");
     }
     let mut report = Report::new(secs, opts.rounds, families.label());
