@@ -31,6 +31,9 @@ fn quick_lab_reports_every_path_and_honest_counters() {
     let model = doc["cpu_model"].as_str().unwrap();
     assert!(!model.is_empty() && model != "unknown CPU", "{model}");
     assert!(stdout.lines().next().unwrap().contains(model), "{stdout}");
+    // The TCP workloads run Linux's default congestion control, whatever the machine's is.
+    assert_eq!(doc["tcp_congestion_control"], "cubic");
+    assert!(stdout.lines().next().unwrap().contains("TCP cubic"), "{stdout}");
     let records = doc["records"].as_array().unwrap();
     let paths = [
         "host-gw (kernel)",
@@ -280,4 +283,22 @@ fn workload_picks_the_workloads() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("add tcp-1 to --workload"), "{stderr}");
+}
+
+/// `--congestion-control` names the TCP workloads' algorithm: recorded in the JSON and the
+/// table's first line; a name the kernel lacks stops the run before it builds anything.
+#[test]
+fn congestion_control_is_chosen_and_recorded() {
+    let (stdout, doc) = quick_lab(&["--workload", "tcp-1", "--only", "vxlan (kernel)", "--congestion-control", "reno"]);
+    assert_eq!(doc["tcp_congestion_control"], "reno");
+    assert!(stdout.lines().next().unwrap().contains("TCP reno"), "{stdout}");
+    let tcp = &doc["records"][0];
+    assert!(tcp["throughput_gbit_s"].as_f64().unwrap() > 0.0, "{tcp}");
+    let out = Command::new(common::bin())
+        .args(["lab", "--quick", "--congestion-control", "no-such-algorithm"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("the kernel has no such algorithm"), "{stderr}");
+    assert!(!stderr.contains("lab: "), "the run started: {stderr}");
 }

@@ -18,7 +18,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use traffic::{Amount, tcp_bulk, udp_flood, udp_lossless_rate, udp_ping_pong};
+use traffic::{Amount, tcp_bulk_with, udp_flood, udp_lossless_rate, udp_ping_pong};
+
+/// The TCP workloads' congestion control unless `--congestion-control` names another: the
+/// kernel's built-in default.
+pub const DEFAULT_CONGESTION_CONTROL: &str = "cubic";
 
 /// Options of `weft lab`.
 #[derive(Debug, Clone, clap::Args)]
@@ -60,6 +64,13 @@ pub struct LabOptions {
     /// Short for `--family ipv6`.
     #[arg(long, conflicts_with = "family")]
     pub ipv6: bool,
+    /// The TCP congestion control of the bulk workloads' senders, on every data path alike
+    /// (`net.ipv4.tcp_available_congestion_control` lists those the kernel has loaded). The
+    /// default is Linux's own, not the machine's: some images default to BBR, whose pacing
+    /// holds one stream well below what the CPUs carry, by a different factor on each path
+    /// (docs/performance.md, "The congestion control").
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_CONGESTION_CONTROL)]
+    pub congestion_control: String,
     /// Write every figure as JSON (schema `weft-lab/1`, in docs/lab-json.md).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -224,7 +235,7 @@ fn workloads(opts: &LabOptions) -> Vec<Workload> {
         .collect()
 }
 
-fn preflight() -> Result<()> {
+fn preflight(opts: &LabOptions) -> Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         bail!("weft lab needs root (it creates network namespaces); run it with sudo");
     }
@@ -232,6 +243,11 @@ fn preflight() -> Result<()> {
         bail!("/dev/net/tun is missing (modprobe tun)");
     }
     topology::ip(&["-V"]).context("weft lab needs iproute2's `ip` command (apt-get install iproute2)")?;
+    // Asked of a socket that never connects, so that a name the kernel lacks stops the run
+    // before the first cluster, not in the middle of it.
+    let probe =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).context("opening a TCP socket")?;
+    traffic::set_congestion_control(&probe, &opts.congestion_control).context("--congestion-control")?;
     Ok(())
 }
 
@@ -342,6 +358,8 @@ struct Trial<'a> {
     round: u32,
     secs: u64,
     quick: bool,
+    /// The TCP senders' congestion control.
+    congestion: &'a str,
 }
 
 impl Trial<'_> {
@@ -368,8 +386,10 @@ impl Trial<'_> {
         rec.family = family.label();
         let (sender, packets, ceiling) = match w {
             Workload::Tcp { streams } => {
-                let r = tcp_bulk(&h2.container_ns, dst, &h1.container_ns, streams, Amount::Duration(dur), bound)
-                    .with_context(|| format!("{} over {name}\n{}", w.name(family), self.cluster.logs()))?;
+                let (server, client) = (&h2.container_ns, &h1.container_ns);
+                let r =
+                    tcp_bulk_with(server, dst, client, streams, Amount::Duration(dur), bound, Some(self.congestion))
+                        .with_context(|| format!("{} over {name}\n{}", w.name(family), self.cluster.logs()))?;
                 rec.duration_s = r.seconds;
                 rec.throughput_gbit_s = Some(r.gbit_per_s());
                 (r.sender, r.sender.wire_packets, None)
@@ -425,7 +445,7 @@ impl Trial<'_> {
 
 /// Runs the lab.
 pub fn run(opts: LabOptions) -> Result<()> {
-    preflight()?;
+    preflight(&opts)?;
     let interrupted = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, interrupted.clone()).context("installing signal handlers")?;
@@ -449,6 +469,7 @@ pub fn run(opts: LabOptions) -> Result<()> {
         bail!("--svg charts the tcp-1 workload: add tcp-1 to --workload");
     }
     let mut report = Report::new(secs, opts.rounds, families.label());
+    report.tcp_congestion_control.clone_from(&opts.congestion_control);
     eprintln!("lab: {}", report.machine());
     let rounds = (1..=opts.rounds).flat_map(|round| paths.iter().map(move |dp| (round, dp)));
     for (round, dp) in rounds {
@@ -466,7 +487,8 @@ pub fn run(opts: LabOptions) -> Result<()> {
             ..ClusterSpec::two_hosts("lab", dp.backend)
         };
         let (cluster, _etcd) = start_cluster(&bin, &spec, &dp.name)?;
-        let trial = Trial { cluster: &cluster, path: dp, round, secs, quick: opts.quick };
+        let trial =
+            Trial { cluster: &cluster, path: dp, round, secs, quick: opts.quick, congestion: &opts.congestion_control };
         for (family, w) in families.list().iter().flat_map(|f| workloads.iter().map(move |w| (*f, *w))) {
             if interrupted.load(Ordering::Relaxed) {
                 bail!("interrupted; everything the lab created has been removed");

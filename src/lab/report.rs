@@ -167,6 +167,8 @@ pub struct Report {
     pub rounds: u32,
     /// The overlay families the run measured: `ipv4`, `ipv6`, `both` or `ipv6-only` (`--family`).
     pub family: &'static str,
+    /// The TCP workloads' congestion control (`--congestion-control`).
+    pub tcp_congestion_control: String,
     /// The records, every round's.
     pub records: Vec<Record>,
 }
@@ -191,7 +193,18 @@ impl Report {
                 t.lines().find_map(|l| Some(l.strip_prefix("model name")?.split_once(':')?.1.trim().to_string()))
             })
             .unwrap_or_else(|| "unknown CPU".into());
-        Self { schema: "weft-lab/1", kernel, cpus, cpu_model, seconds, rounds, family, records: Vec::new() }
+        let tcp_congestion_control = super::DEFAULT_CONGESTION_CONTROL.to_string();
+        Self {
+            schema: "weft-lab/1",
+            kernel,
+            cpus,
+            cpu_model,
+            seconds,
+            rounds,
+            family,
+            tcp_congestion_control,
+            records: Vec::new(),
+        }
     }
 
     /// `IPv4`, `IPv6` or `IPv4 and IPv6`, as the table's first line names the families.
@@ -255,19 +268,21 @@ impl Report {
         let _ = if self.rounds > 1 {
             writeln!(
                 out,
-                "weft lab: {}, {} overlay, {} s per workload, {} rounds (every data path in turn in each round)\n\
+                "weft lab: {}, {} overlay, TCP {}, {} s per workload, {} rounds (every data path in turn in each round)\n\
                  each row: the round with the median ratio to {BASELINE} of the same round; (lowest-highest) ratio over the rounds",
                 self.machine(),
                 self.family_name(),
+                self.tcp_congestion_control,
                 self.seconds,
                 self.rounds
             )
         } else {
             writeln!(
                 out,
-                "weft lab: {}, {} overlay, {} s per workload; ratios are to {BASELINE} in this run",
+                "weft lab: {}, {} overlay, TCP {}, {} s per workload; ratios are to {BASELINE} in this run",
                 self.machine(),
                 self.family_name(),
+                self.tcp_congestion_control,
                 self.seconds
             )
         };

@@ -144,7 +144,8 @@ fn tcp_send(mut s: TcpStream, amount: Amount, timeout: Duration) -> io::Result<(
 }
 
 /// `streams` TCP streams from `client_ns` to `server_ip` (listener in `server_ns`), each sending
-/// the pattern; the receiver checks every byte. `timeout` bounds the whole run.
+/// the pattern; the receiver checks every byte. `timeout` bounds the whole run. The senders use
+/// the namespace's default congestion control ([`tcp_bulk_with`] names one).
 pub fn tcp_bulk(
     server_ns: &str,
     server_ip: impl Into<IpAddr>,
@@ -153,12 +154,60 @@ pub fn tcp_bulk(
     amount: Amount,
     timeout: Duration,
 ) -> io::Result<TcpResult> {
+    tcp_bulk_with(server_ns, server_ip, client_ns, streams, amount, timeout, None)
+}
+
+/// Sets the TCP congestion control `name` (e.g. `cubic`) on `s`. An algorithm the kernel does
+/// not have is `ENOENT`, said in words.
+pub fn set_congestion_control(s: &impl std::os::fd::AsFd, name: &str) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    setsockopt(s, sockopt::TcpCongestion, &std::ffi::OsString::from(name)).map_err(|e| {
+        let why = if e == nix::errno::Errno::ENOENT { "the kernel has no such algorithm" } else { e.desc() };
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!(
+                "TCP congestion control {name:?}: {why} (net.ipv4.tcp_available_congestion_control lists those loaded)"
+            ),
+        )
+    })
+}
+
+/// Connects to `to` with the congestion control `congestion` (`None`: the namespace's default).
+/// It is set before the connect: the algorithm the connection starts with initialises it, and
+/// BBR leaves the socket paced (`sk_pacing_status`) even after a switch to another.
+fn connect_with(to: SocketAddr, congestion: Option<&str>) -> io::Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(to), socket2::Type::STREAM, None)?;
+    if let Some(name) = congestion {
+        set_congestion_control(&s, name)?;
+    }
+    s.connect_timeout(&to.into(), Duration::from_secs(5))?;
+    Ok(s.into())
+}
+
+/// [`tcp_bulk`], each sender with the congestion control `congestion` (`None`: the namespace's
+/// default).
+pub fn tcp_bulk_with(
+    server_ns: &str,
+    server_ip: impl Into<IpAddr>,
+    client_ns: &str,
+    streams: usize,
+    amount: Amount,
+    timeout: Duration,
+    congestion: Option<&str>,
+) -> io::Result<TcpResult> {
     let server_ip = server_ip.into();
+    let congestion = congestion.map(str::to_string);
     let streams = streams.clamp(1, 64);
     let (ready_tx, ready_rx) = mpsc::channel();
     let any = unspecified(server_ip);
+    let server_congestion = congestion.clone();
     let server = in_ns(server_ns, move || {
         let l = TcpListener::bind((any, TCP_PORT))?;
+        // The receivers only acknowledge, but take the same algorithm (accepted sockets inherit
+        // the listener's), so that neither end runs the namespace's default.
+        if let Some(name) = &server_congestion {
+            set_congestion_control(&l, name)?;
+        }
         let _ = ready_tx.send(());
         l.set_nonblocking(true)?;
         let deadline = Instant::now() + timeout;
@@ -184,7 +233,7 @@ pub fn tcp_bulk(
         let segs0 = measure::snmp("Tcp", "OutSegs")?;
         let mut senders = Vec::new();
         for _ in 0..streams {
-            let s = TcpStream::connect_timeout(&SocketAddr::from((server_ip, TCP_PORT)), Duration::from_secs(5))?;
+            let s = connect_with(SocketAddr::from((server_ip, TCP_PORT)), congestion.as_deref())?;
             senders.push(thread::spawn(move || tcp_send(s, amount, timeout)));
         }
         let mut st = SenderStats::default();
