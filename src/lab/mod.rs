@@ -64,7 +64,7 @@ pub struct LabOptions {
     /// Short for `--family ipv6`.
     #[arg(long, conflicts_with = "family")]
     pub ipv6: bool,
-    /// The TCP congestion control of the bulk workloads' senders, on every data path alike
+    /// The TCP congestion control of the bulk workloads' sockets, on every data path alike
     /// (`net.ipv4.tcp_available_congestion_control` lists those the kernel has loaded). The
     /// default is Linux's own, not the machine's: some images default to BBR, whose pacing
     /// holds one stream well below what the CPUs carry, by a different factor on each path
@@ -358,7 +358,7 @@ struct Trial<'a> {
     round: u32,
     secs: u64,
     quick: bool,
-    /// The TCP senders' congestion control.
+    /// The TCP workloads' congestion control.
     congestion: &'a str,
 }
 
