@@ -50,6 +50,7 @@ fn suite(tag: &str, backend: &str, mode: &str) {
             1,
             Amount::Bytes(20 * MB),
             Duration::from_secs(60),
+            None,
         )
         .unwrap();
         assert_eq!(r.bytes, 20 * MB);

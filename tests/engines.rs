@@ -146,6 +146,7 @@ fn without_udp_gso(tag: &str, mode: &str) {
         1,
         amount,
         Duration::from_secs(60),
+        None,
     )
     .unwrap_or_else(|e| panic!("{mode}: TCP without GSO: {e}\n{}", c.logs()));
     assert_eq!(r.bytes, 20 << 20);
@@ -207,6 +208,7 @@ fn flows_spread(tag: &str, mode: &str) {
         streams,
         weft::lab::traffic::Amount::Bytes(4 << 20),
         Duration::from_secs(120),
+        None,
     )
     .unwrap_or_else(|e| panic!("{streams} streams: {e}\n{}", c.logs()));
     assert_eq!(r.bytes, u64::try_from(streams).unwrap() * (4 << 20), "{r:?}");

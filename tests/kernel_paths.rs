@@ -24,6 +24,7 @@ fn host_gw_pair_routes_and_unroutes() {
         1,
         Amount::Bytes(50 << 20),
         Duration::from_secs(60),
+        None,
     )
     .unwrap();
     assert_eq!(r.bytes, 50 << 20);

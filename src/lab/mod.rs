@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use traffic::{Amount, tcp_bulk_with, udp_flood, udp_lossless_rate, udp_ping_pong};
+use traffic::{Amount, tcp_bulk, udp_flood, udp_lossless_rate, udp_ping_pong};
 
 /// The TCP workloads' congestion control unless `--congestion-control` names another: the
 /// kernel's built-in default.
@@ -387,9 +387,8 @@ impl Trial<'_> {
         let (sender, packets, ceiling) = match w {
             Workload::Tcp { streams } => {
                 let (server, client) = (&h2.container_ns, &h1.container_ns);
-                let r =
-                    tcp_bulk_with(server, dst, client, streams, Amount::Duration(dur), bound, Some(self.congestion))
-                        .with_context(|| format!("{} over {name}\n{}", w.name(family), self.cluster.logs()))?;
+                let r = tcp_bulk(server, dst, client, streams, Amount::Duration(dur), bound, Some(self.congestion))
+                    .with_context(|| format!("{} over {name}\n{}", w.name(family), self.cluster.logs()))?;
                 rec.duration_s = r.seconds;
                 rec.throughput_gbit_s = Some(r.gbit_per_s());
                 (r.sender, r.sender.wire_packets, None)

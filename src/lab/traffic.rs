@@ -143,20 +143,6 @@ fn tcp_send(mut s: TcpStream, amount: Amount, timeout: Duration) -> io::Result<(
     Ok((sent, calls, u1 - u0, s1 - s0))
 }
 
-/// `streams` TCP streams from `client_ns` to `server_ip` (listener in `server_ns`), each sending
-/// the pattern; the receiver checks every byte. `timeout` bounds the whole run. The senders use
-/// the namespace's default congestion control ([`tcp_bulk_with`] names one).
-pub fn tcp_bulk(
-    server_ns: &str,
-    server_ip: impl Into<IpAddr>,
-    client_ns: &str,
-    streams: usize,
-    amount: Amount,
-    timeout: Duration,
-) -> io::Result<TcpResult> {
-    tcp_bulk_with(server_ns, server_ip, client_ns, streams, amount, timeout, None)
-}
-
 /// Sets the TCP congestion control `name` (e.g. `cubic`) on `s`. An algorithm the kernel does
 /// not have is `ENOENT`, said in words.
 pub fn set_congestion_control(s: &impl std::os::fd::AsFd, name: &str) -> io::Result<()> {
@@ -184,9 +170,10 @@ fn connect_with(to: SocketAddr, congestion: Option<&str>) -> io::Result<TcpStrea
     Ok(s.into())
 }
 
-/// [`tcp_bulk`], each sender with the congestion control `congestion` (`None`: the namespace's
-/// default).
-pub fn tcp_bulk_with(
+/// `streams` TCP streams from `client_ns` to `server_ip` (listener in `server_ns`), each sending
+/// the pattern; the receiver checks every byte. `timeout` bounds the whole run. Both ends use the
+/// congestion control `congestion` (`None`: the namespace's default).
+pub fn tcp_bulk(
     server_ns: &str,
     server_ip: impl Into<IpAddr>,
     client_ns: &str,

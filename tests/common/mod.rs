@@ -76,6 +76,7 @@ pub fn tcp_both_ways(c: &Cluster, bytes: u64) {
             1,
             weft::lab::traffic::Amount::Bytes(bytes),
             Duration::from_secs(120),
+            None,
         )
         .unwrap_or_else(|e| panic!("TCP {} → {}: {e}\n{}", cli.container_ip, srv.container_ip, c.logs()));
         assert_eq!(r.bytes, bytes);
@@ -114,6 +115,7 @@ pub fn ipv6_traffic(c: &Cluster, what: &str) {
             1,
             weft::lab::traffic::Amount::Bytes(20 * MB),
             Duration::from_secs(60),
+            None,
         )
         .unwrap_or_else(|e| panic!("{what}: TCP over IPv6 to {}: {e}\n{}", to.container_ip6, c.logs()));
         assert_eq!(r.bytes, 20 * MB);
