@@ -467,8 +467,7 @@ pub fn run(opts: LabOptions) -> Result<()> {
     if opts.svg.is_some() && !workloads.iter().any(|w| matches!(w, Workload::Tcp { streams: 1 })) {
         bail!("--svg charts the tcp-1 workload: add tcp-1 to --workload");
     }
-    let mut report = Report::new(secs, opts.rounds, families.label());
-    report.tcp_congestion_control.clone_from(&opts.congestion_control);
+    let mut report = Report::new(secs, opts.rounds, families.label(), &opts.congestion_control);
     eprintln!("lab: {}", report.machine());
     let rounds = (1..=opts.rounds).flat_map(|round| paths.iter().map(move |dp| (round, dp)));
     for (round, dp) in rounds {

@@ -184,7 +184,7 @@ pub struct Summary<'a> {
 
 impl Report {
     /// An empty report for this machine.
-    pub fn new(seconds: u64, rounds: u32, family: &'static str) -> Self {
+    pub fn new(seconds: u64, rounds: u32, family: &'static str, tcp_congestion_control: &str) -> Self {
         let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
@@ -193,7 +193,7 @@ impl Report {
                 t.lines().find_map(|l| Some(l.strip_prefix("model name")?.split_once(':')?.1.trim().to_string()))
             })
             .unwrap_or_else(|| "unknown CPU".into());
-        let tcp_congestion_control = super::DEFAULT_CONGESTION_CONTROL.to_string();
+        let tcp_congestion_control = tcp_congestion_control.to_string();
         Self {
             schema: "weft-lab/1",
             kernel,
@@ -432,7 +432,7 @@ mod tests {
 
     #[test]
     fn ratios_are_per_round_and_the_table_shows_the_median_round() {
-        let mut rep = Report::new(5, 3, "ipv4");
+        let mut rep = Report::new(5, 3, "ipv4", "cubic");
         // The machine is faster in round 1: a ratio must use its own round's baseline.
         for (round, kernel, weft) in [(1, 20.0, 10.0), (2, 10.0, 6.0), (3, 10.0, 4.0)] {
             rep.records.push(tcp(BASELINE, round, kernel));
@@ -456,7 +456,7 @@ mod tests {
 
     #[test]
     fn even_rounds_show_a_measured_round_and_one_round_shows_no_range() {
-        let mut rep = Report::new(5, 2, "ipv6");
+        let mut rep = Report::new(5, 2, "ipv6", "cubic");
         for (round, weft) in [(1, 3.0), (2, 7.0)] {
             rep.records.push(tcp(BASELINE, round, 10.0));
             rep.records.push(tcp("weft udp offload", round, weft));
@@ -466,7 +466,7 @@ mod tests {
         assert!(rep.table().lines().next().unwrap().contains("IPv6 overlay"), "{}", rep.table());
         assert!(rep.json().unwrap().contains(r#""family": "ipv6""#), "{}", rep.json().unwrap());
 
-        let mut one = Report::new(5, 1, "ipv4");
+        let mut one = Report::new(5, 1, "ipv4", "cubic");
         one.records.push(tcp(BASELINE, 1, 10.0));
         one.records.push(tcp("weft udp naive", 1, 1.0));
         one.compute_ratios();
