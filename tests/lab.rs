@@ -302,3 +302,24 @@ fn congestion_control_is_chosen_and_recorded() {
     assert!(!out.status.success() && stderr.contains("the kernel has no such algorithm"), "{stderr}");
     assert!(!stderr.contains("lab: "), "the run started: {stderr}");
 }
+
+/// A TCP server that cannot start says why: `tcp_bulk` with an algorithm the kernel lacks
+/// returns the listener's own error, not a bare timeout. Nothing is sent.
+#[test]
+fn a_server_that_fails_to_start_says_why() {
+    common::require_privileges();
+    let topo = weft::lab::topology::Topology::build("ccfail", 2).unwrap();
+    let (h1, h2) = (&topo.hosts[0], &topo.hosts[1]);
+    let err = weft::lab::traffic::tcp_bulk(
+        &h2.container_ns,
+        h2.container_ip,
+        &h1.container_ns,
+        1,
+        weft::lab::traffic::Amount::Bytes(1),
+        std::time::Duration::from_secs(10),
+        Some("no-such-algorithm"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("TCP server did not start") && err.contains("the kernel has no such algorithm"), "{err}");
+}

@@ -83,6 +83,24 @@ pub fn in_ns<T: Send + 'static>(
     })
 }
 
+/// Waits until the server thread `server` says on `ready` that it listens, and hands it back.
+/// A server that failed first (a port in use, a socket option refused) has dropped its sender:
+/// its own error is returned at once, not a timeout that hides it.
+pub fn listening<T>(
+    server: thread::JoinHandle<io::Result<T>>,
+    ready: &mpsc::Receiver<()>,
+    what: &str,
+) -> io::Result<thread::JoinHandle<io::Result<T>>> {
+    let not_started = |why: String| io::Error::other(format!("{what} did not start{why}"));
+    match ready.recv_timeout(Duration::from_secs(5)) {
+        Ok(()) => Ok(server),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Err(join(server).err().map_or_else(|| not_started(String::new()), |e| not_started(format!(": {e}"))))
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(not_started(" within 5 s".into())),
+    }
+}
+
 /// Waits for a traffic thread; its panic becomes an error.
 pub fn join<T>(h: thread::JoinHandle<io::Result<T>>) -> io::Result<T> {
     h.join().map_err(|_| io::Error::other("traffic thread panicked"))?
@@ -215,7 +233,7 @@ pub fn tcp_bulk(
         }
         Ok((got, start.elapsed()))
     });
-    ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("TCP server did not start"))?;
+    let server = listening(server, &ready_rx, "TCP server")?;
     let client = in_ns(client_ns, move || {
         let segs0 = measure::snmp("Tcp", "OutSegs")?;
         let mut senders = Vec::new();
@@ -434,7 +452,7 @@ pub fn udp_flood_at(
         }
         Ok(arrivals)
     });
-    ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("UDP server did not start"))?;
+    let server = listening(server, &ready_rx, "UDP server")?;
     let client = in_ns(client_ns, move || {
         let sock = UdpSocket::bind((unspecified(server_ip), 0))?;
         sock.connect((server_ip, UDP_PORT))?;
@@ -514,8 +532,7 @@ pub fn echo_server(server_ns: &str, stop_at: Instant) -> io::Result<thread::Join
         }
         Ok(())
     });
-    ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("echo server did not start"))?;
-    Ok(server)
+    listening(server, &ready_rx, "echo server")
 }
 
 /// UDP ping-pong with 64-byte payloads, one request in flight, for `duration` (at most 50 000

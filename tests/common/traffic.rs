@@ -159,7 +159,7 @@ pub fn udp_gso_burst(
         }
         Ok(arrivals)
     });
-    ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("UDP GSO receiver did not start"))?;
+    let server = weft::lab::traffic::listening(server, &ready_rx, "UDP GSO receiver")?;
     let client = in_ns(client_ns, move || {
         let sock = UdpSocket::bind((any, 0))?;
         let to = SocketAddr::new(server_ip, GSO_PORT);
